@@ -1,0 +1,79 @@
+//! An axum service that reports its version, runnable under `baton run` or
+//! on its own with baton as a library.
+//!
+//! ```text
+//! HELLO_VERSION=2.0.0 cargo build --release --example hello
+//! target/release/examples/hello --listen 127.0.0.1:8080          # library master
+//! target/release/examples/hello --listen 127.0.0.1:8080 --standalone
+//! target/release/examples/hello --probe                           # prints 2.0.0
+//! ```
+//!
+//! `GET /` answers `hello <version>`; `GET /?sleep=<ms>` answers after that
+//! delay.
+
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+/// Baked in at build time: two builds give two versions.
+const VERSION: &str = match option_env!("HELLO_VERSION") {
+    Some(v) => v,
+    None => "0.0.0",
+};
+
+#[derive(Deserialize)]
+struct Params {
+    sleep: Option<u64>,
+}
+
+async fn hello(Query(params): Query<Params>) -> String {
+    if let Some(ms) = params.sleep {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    format!("hello {VERSION}\n")
+}
+
+fn main() -> std::process::ExitCode {
+    let mut options = baton::Options::new(VERSION);
+    let mut args = std::env::args().skip(1);
+    let mut listen = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen.extend(args.next()),
+            "--standalone" => options = options.standalone(true),
+            "--probe" => {} // handled by baton::run before any serving code
+            other => {
+                eprintln!("hello: unknown argument {other:?}; use --listen ADDR, --standalone or --probe");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if listen.is_empty() {
+        listen.push("127.0.0.1:8080".to_owned());
+    }
+    for addr in listen {
+        options = options.listen(addr);
+    }
+    let result = baton::run(options, |mut worker| async move {
+        let listener = worker.tcp(0)?;
+        let app = Router::new().route("/", get(hello));
+        worker.ready()?;
+        baton::serve::http(listener, app, worker.shutdown()).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            eprintln!("hello: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! baton keeps a network service serving while its binary is replaced.
+//!
+//! A small master process holds the listening sockets and a PID that never
+//! changes; the service runs as a worker child that inherits the sockets.
+//! On a signal (SIGHUP or SIGUSR2) the master runs a graceful cycle: a new
+//! worker starts on the same sockets and reports ready, and only then is the
+//! old worker asked to drain and exit. If the new worker fails to start or to
+//! become ready, it is killed and the old worker never stopped.
+//!
+//! # Two ways to use it
+//!
+//! 1. The daemon, `baton run --config baton.toml`, supervises any program that
+//!    speaks the systemd protocols (see below).
+//! 2. The library: call [`run`] from the service's own `main`. The same binary
+//!    becomes master, worker or probe depending on how it was started:
+//!
+//! ```no_run
+//! # async fn app() {}
+//! fn main() -> Result<(), baton::Error> {
+//!     // Code here runs in the master, in every worker and in probes: keep
+//!     // one-time jobs (migrations, cron-like tasks) out of it, or guard them
+//!     // with `baton::role() == baton::Role::Master`.
+//!     let options = baton::Options::new(env!("CARGO_PKG_VERSION")).listen("127.0.0.1:8080");
+//!     baton::run(options, |mut worker| async move {
+//!         // Per-worker setup goes here.
+//!         let listener = worker.tcp(0)?;
+//!         let app = tower_service_fn_placeholder();
+//!         worker.ready()?;
+//!         baton::serve::http(listener, app, worker.shutdown()).await
+//!     })
+//! }
+//! # fn tower_service_fn_placeholder() -> std::convert::Infallible { unreachable!() }
+//! ```
+//!
+//! # The worker protocol
+//!
+//! - Sockets arrive as fds 3, 4, … with `LISTEN_FDS`, `LISTEN_PID` (the
+//!   worker's own PID) and `LISTEN_FDNAMES`, exactly as `sd_listen_fds(3)`
+//!   expects. Every other descriptor of the master is close-on-exec.
+//! - Readiness: `READY=1` sent to the datagram socket in `NOTIFY_SOCKET`, as
+//!   `sd_notify(3)` does (`STATUS=` lines are shown in the master's log). Or
+//!   a fixed delay (`ready = "delay:2s"`), or an HTTP health path on the first
+//!   TCP socket (`ready = "http:/healthz"`).
+//! - Stop: the configured stop signal (default SIGTERM). The worker stops
+//!   accepting, answers the next request on each open keep-alive connection
+//!   with `Connection: close`, closes connections only once they have been
+//!   idle for a grace period, and exits when in-flight requests are done.
+//!   After `drain_timeout` the master kills the worker's process group.
+//! - Environment: `BATON_WORKER_ID`, and `BATON_STOP_SIGNAL` (the stop
+//!   signal's name).
+//! - Probe: `<binary> --probe` with `BATON_PROBE=1` prints the version and
+//!   exits 0; [`run`] does this before any user code.
+//!
+//! # Limitations
+//!
+//! - `http:` readiness during a cycle may be answered by the old worker,
+//!   since both accept on the same socket; prefer `notify`.
+//! - Workers live in their own process group; whatever is left in it when the
+//!   worker exits is killed.
+//! - The library's server helper speaks HTTP/1.1.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod master;
+pub mod serve;
+mod sys;
+mod worker;
+
+use std::future::Future;
+
+pub use config::{Config, Program};
+pub use worker::Worker;
+
+/// An error from [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The options or config are invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The master could not start.
+    #[error(transparent)]
+    Master(#[from] master::Error),
+    /// The worker could not take its sockets.
+    #[error("cannot set up the worker")]
+    Worker(#[source] std::io::Error),
+    /// The user's serving code returned an error.
+    #[error("the service failed")]
+    Serve(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The master was stopped hard (a second SIGTERM/SIGINT).
+    #[error("stopped hard: workers were killed")]
+    StoppedHard,
+}
+
+/// Which part this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `--probe` or `BATON_PROBE=1`: print the version and exit.
+    Probe,
+    /// Started by a master (or systemd) with sockets to serve on.
+    Worker,
+    /// Started by a person or a supervisor: hold the sockets, run workers.
+    Master,
+}
+
+/// The part this process plays, from its arguments and environment.
+pub fn role() -> Role {
+    if std::env::var_os("BATON_PROBE").is_some_and(|v| v == "1")
+        || std::env::args_os().nth(1).is_some_and(|a| a == "--probe")
+    {
+        Role::Probe
+    } else if std::env::var_os("BATON_WORKER_ID").is_some()
+        || std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string())
+    {
+        Role::Worker
+    } else {
+        Role::Master
+    }
+}
+
+/// Library-mode settings for [`run`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    version: String,
+    listen: Vec<String>,
+    program: Program,
+    standalone: bool,
+}
+
+impl Options {
+    /// Options for a service of this version (printed by `--probe`).
+    pub fn new(version: impl Into<String>) -> Options {
+        let mut program = Program::new("");
+        program.ready = config::Ready::Notify;
+        Options {
+            version: version.into(),
+            listen: Vec::new(),
+            program,
+            standalone: false,
+        }
+    }
+
+    /// Adds an address to listen on (`[name=]127.0.0.1:8080`, `unix:PATH`,
+    /// `udp:ADDR`), as in the config's `program.listen`.
+    pub fn listen(mut self, addr: impl Into<String>) -> Options {
+        self.listen.push(addr.into());
+        self
+    }
+
+    /// How long a new worker has to call [`Worker::ready`] (default 30 s).
+    pub fn ready_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.program.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a draining worker has before it is killed (default 30 s).
+    pub fn drain_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.program.drain_timeout = timeout;
+        self
+    }
+
+    /// Serve directly without a master (no cycles): for development, and for
+    /// measuring the service alone.
+    pub fn standalone(mut self, standalone: bool) -> Options {
+        self.standalone = standalone;
+        self
+    }
+
+    fn program(&self) -> Result<Program, Error> {
+        let mut program = self.program.clone();
+        program.command = std::env::current_exe().map_err(Error::Runtime)?;
+        program.args = std::env::args().skip(1).collect();
+        program.workdir = std::env::current_dir().map_err(Error::Runtime)?;
+        program.listen = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut l: config::Listen = text.parse().map_err(|reason| config::Error::Invalid {
+                    key: "listen".into(),
+                    value: text.clone(),
+                    reason,
+                })?;
+                if l.name.is_empty() {
+                    l.name = format!("listen{i}");
+                }
+                Ok(l)
+            })
+            .collect::<Result<_, Error>>()?;
+        if program.listen.is_empty() {
+            return Err(config::Error::Invalid {
+                key: "listen".into(),
+                value: "[]".into(),
+                reason: "give at least one address with Options::listen".into(),
+            }
+            .into());
+        }
+        Ok(program)
+    }
+}
+
+/// Runs this process in the part [`role`] names:
+///
+/// - probe: prints the version and returns, before any user code;
+/// - worker: takes the inherited sockets, installs the stop-signal handler,
+///   and runs `serve` on a multi-threaded tokio runtime;
+/// - master: binds the sockets and supervises workers (this same binary)
+///   until SIGTERM/SIGINT, cycling on SIGHUP/SIGUSR2.
+pub fn run<F, Fut, E>(options: Options, serve: F) -> Result<(), Error>
+where
+    F: FnOnce(Worker) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match role() {
+        Role::Probe => {
+            println!("{}", options.version);
+            Ok(())
+        }
+        Role::Worker => run_worker(serve, |rx| Worker::from_env(rx).map_err(Error::Worker)),
+        Role::Master if options.standalone => {
+            let program = options.program()?;
+            run_worker(serve, |rx| Ok(Worker::standalone(&program.listen, rx)?))
+        }
+        Role::Master => {
+            let program = options.program()?;
+            if !tracing::dispatcher::has_been_set() {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(
+                        tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+                            .unwrap_or_else(|_| "info".into()),
+                    )
+                    .with_writer(std::io::stderr)
+                    .try_init();
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Runtime)?;
+            match rt.block_on(master::run(program))? {
+                master::Stopped::Graceful => Ok(()),
+                master::Stopped::Hard => Err(Error::StoppedHard),
+            }
+        }
+    }
+}
+
+fn run_worker<F, Fut, E>(
+    serve: F,
+    make: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> Result<Worker, Error>,
+) -> Result<(), Error>
+where
+    F: FnOnce(Worker) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(async {
+        let rx = stop_signals().map_err(Error::Worker)?;
+        let worker = make(rx)?;
+        serve(worker).await.map_err(|e| Error::Serve(e.into()))
+    })
+}
+
+/// Installs handlers for SIGTERM, SIGINT and `BATON_STOP_SIGNAL` before any
+/// user code runs, so a stop request is never lost nor kills the worker
+/// outright.
+fn stop_signals() -> std::io::Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut kinds = vec![SignalKind::terminate(), SignalKind::interrupt()];
+    if let Some(sig) = std::env::var("BATON_STOP_SIGNAL")
+        .ok()
+        .and_then(|s| s.parse::<config::Signal>().ok())
+    {
+        kinds.push(SignalKind::from_raw(sig.number()));
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    for kind in kinds {
+        let mut stream = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if stream.recv().await.is_some() {
+                let _ = tx.send(true);
+            }
+        });
+    }
+    Ok(rx)
+}

@@ -1,0 +1,200 @@
+//! The listening sockets the master binds (or adopts from systemd) once and
+//! holds for its whole life, and hands to every worker as fds 3, 4, ….
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::Error;
+use crate::config::{Listen, ListenAddr};
+use crate::sys;
+
+const BACKLOG: i32 = 1024;
+
+/// One held socket.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The name workers see in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// What it is bound to, for logs.
+    pub describe: String,
+    /// The bound TCP address, for HTTP readiness checks.
+    pub tcp: Option<SocketAddr>,
+    fd: OwnedFd,
+}
+
+/// All held sockets, in `LISTEN_FDS` order.
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    held: Vec<Held>,
+    /// Unix socket files this master created, removed when it exits.
+    created: Vec<PathBuf>,
+}
+
+impl Sockets {
+    /// Adopts the sockets systemd passed to this process, if any; else binds
+    /// every configured address.
+    pub(crate) fn open(listen: &[Listen]) -> Result<Sockets, Error> {
+        let inherited = sys::inherited_listen_fds().map_err(Error::Adopt)?;
+        let (held, created) = match inherited {
+            Some(fds) => (adopt(fds)?, Vec::new()),
+            None => {
+                let mut held = Vec::new();
+                let mut created = Vec::new();
+                for l in listen {
+                    held.push(bind(l, &mut created).map_err(|source| Error::Bind {
+                        addr: l.addr.to_string(),
+                        source,
+                    })?);
+                }
+                (held, created)
+            }
+        };
+        // Keep every held descriptor above the range the worker's copies
+        // land in (3..3+n), so dup2 in the child never clobbers a source.
+        let min = sys::LISTEN_FDS_START + held.len() as RawFd;
+        let held = held
+            .into_iter()
+            .map(|h| {
+                let fd = sys::dup_at_least(&h.fd, min).map_err(Error::Adopt)?;
+                Ok(Held { fd, ..h })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Sockets { held, created })
+    }
+
+    /// The held sockets in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.held.iter()
+    }
+
+    /// Raw descriptors in order, for the worker's exec plan.
+    pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
+        self.held.iter().map(|h| h.fd.as_raw_fd()).collect()
+    }
+
+    /// `LISTEN_FDNAMES` for workers.
+    pub(crate) fn names(&self) -> String {
+        self.held.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(":")
+    }
+
+    /// Copies of the descriptors and their names, for a process that serves
+    /// on the sockets itself (standalone mode).
+    pub(crate) fn take(&self) -> io::Result<(Vec<OwnedFd>, Vec<String>)> {
+        let mut fds = Vec::with_capacity(self.held.len());
+        for h in &self.held {
+            fds.push(h.fd.try_clone()?);
+        }
+        Ok((fds, self.held.iter().map(|h| h.name.clone()).collect()))
+    }
+
+    /// The first TCP listener's address.
+    pub(crate) fn first_tcp(&self) -> Option<SocketAddr> {
+        self.held.iter().find_map(|h| h.tcp)
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for path in &self.created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn adopt(fds: Vec<(OwnedFd, String)>) -> Result<Vec<Held>, Error> {
+    fds.into_iter()
+        .map(|(fd, name)| {
+            let socket = Socket::from(fd);
+            let local = socket.local_addr().map_err(Error::Adopt)?;
+            let tcp = match socket.r#type().map_err(Error::Adopt)? {
+                Type::STREAM => local.as_socket(),
+                _ => None,
+            };
+            let describe = match (local.as_socket(), local.as_pathname()) {
+                (Some(a), _) => a.to_string(),
+                (None, Some(p)) => format!("unix:{}", p.display()),
+                _ => "inherited socket".to_owned(),
+            };
+            Ok(Held {
+                name,
+                describe: format!("{describe} (from systemd)"),
+                tcp,
+                fd: socket.into(),
+            })
+        })
+        .collect()
+}
+
+fn bind(listen: &Listen, created: &mut Vec<PathBuf>) -> io::Result<Held> {
+    let (socket, tcp) = match &listen.addr {
+        ListenAddr::Tcp(addr) => {
+            let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&(*addr).into())?;
+            s.listen(BACKLOG)?;
+            let bound = s.local_addr()?.as_socket();
+            (s, bound)
+        }
+        ListenAddr::Udp(addr) => {
+            let s = Socket::new(Domain::for_address(*addr), Type::DGRAM, None)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&(*addr).into())?;
+            (s, None)
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_unix_socket(path)?;
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            s.bind(&SockAddr::unix(path)?)?;
+            created.push(path.clone());
+            s.listen(BACKLOG)?;
+            (s, None)
+        }
+    };
+    let describe = match (&listen.addr, tcp) {
+        (ListenAddr::Tcp(_), Some(bound)) => bound.to_string(),
+        (ListenAddr::Udp(_), _) => match socket.local_addr()?.as_socket() {
+            Some(a) => format!("udp:{a}"),
+            None => listen.addr.to_string(),
+        },
+        _ => listen.addr.to_string(),
+    };
+    Ok(Held {
+        name: listen.name.clone(),
+        describe,
+        tcp,
+        fd: socket.into(),
+    })
+}
+
+/// A unix socket file left by a master that died is removed; one that still
+/// answers, or a file that is not a socket, is an error.
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is accepting on this socket",
+        )),
+        Err(_) => std::fs::remove_file(path),
+    }
+}

@@ -1,0 +1,262 @@
+//! An HTTP/1.1 server loop whose shutdown never resets a keep-alive client.
+//!
+//! The usual graceful shutdown closes idle keep-alive connections at once,
+//! racing the client's next request that may already be on the wire: the
+//! client sees "connection reset by peer". Here, once shutdown begins:
+//!
+//! - the listener is closed (the master still holds the socket, so new
+//!   connections queue for the next worker);
+//! - every open connection answers its next request with `Connection: close`
+//!   and is closed after that response;
+//! - a connection that stays idle is closed only after it has been idle for
+//!   the grace period (default 1 s), never in the instant after a response;
+//! - requests in flight finish.
+//!
+//! Servers in other languages get the same behaviour by doing the same three
+//! things on their stop signal.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The default idle grace period.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// A listener the server loop can accept from.
+pub trait Accept: Send + 'static {
+    /// The accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Polls for the next connection.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        })
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(stream, _)| stream)
+    }
+}
+
+/// Serves `service` (an axum `Router`, or any tower service over hyper's
+/// request body) on `listener` until `shutdown` resolves, then drains as the
+/// module docs describe, with the default idle grace. Returns when every
+/// connection has closed.
+pub async fn http<L, S, B>(listener: L, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+where
+    L: Accept,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Server::new().serve(listener, service, shutdown).await
+}
+
+/// The server loop with its settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    idle_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// Default settings.
+    pub fn new() -> Server {
+        Server {
+            idle_grace: DEFAULT_IDLE_GRACE,
+        }
+    }
+
+    /// How long a connection must have been idle before shutdown closes it.
+    pub fn idle_grace(mut self, grace: Duration) -> Server {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// Serves until `shutdown`, then drains; see [`http`].
+    pub async fn serve<L, S, B>(&self, mut listener: L, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    where
+        L: Accept,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                accepted = poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
+                    Ok(io) => {
+                        let conn = Arc::new(ConnState::new());
+                        let svc = DrainService { inner: service.clone(), conn: conn.clone(), draining: drain_rx.clone() };
+                        conns.spawn(serve_connection(io, svc, conn, drain_rx.clone(), self.idle_grace));
+                    }
+                    Err(e) => {
+                        // Out of fds or memory: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let _ = drain_tx.send(true);
+        while conns.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn serve_connection<IO, S, B>(
+    io: IO,
+    svc: DrainService<S>,
+    state: Arc<ConnState>,
+    mut draining: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    // Draining: the next response says `Connection: close` (DrainService);
+    // a connection that stays idle for the grace period is closed.
+    loop {
+        let wake = state.idle_since().map_or(Instant::now() + grace, |t| t + grace);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep_until(wake) => {
+                if state.idle_since().is_some_and(|t| t.elapsed() >= grace) {
+                    conn.as_mut().graceful_shutdown();
+                    break;
+                }
+            }
+        }
+    }
+    let _ = conn.await;
+}
+
+/// Per-connection activity, so shutdown knows how long it has been idle.
+struct ConnState {
+    in_flight: AtomicUsize,
+    last_active: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            in_flight: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        *self.last_active.lock().unwrap() = Instant::now();
+    }
+
+    fn end(&self) {
+        *self.last_active.lock().unwrap() = Instant::now();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// When the connection became idle, or `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(*self.last_active.lock().unwrap())
+    }
+}
+
+/// Wraps the user's service: tracks activity, and adds `Connection: close`
+/// to every response once draining has begun.
+#[derive(Clone)]
+struct DrainService<S> {
+    inner: S,
+    conn: Arc<ConnState>,
+    draining: watch::Receiver<bool>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for DrainService<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let conn = self.conn.clone();
+        let draining = self.draining.clone();
+        conn.begin();
+        Box::pin(async move {
+            let result = match poll_fn(|cx| inner.poll_ready(cx)).await {
+                Ok(()) => inner.call(req).await,
+                Err(never) => Err(never),
+            };
+            conn.end();
+            result.map(|mut response| {
+                if *draining.borrow() {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            })
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! Every raw file descriptor and `unsafe` block of the crate lives here.
+//!
+//! The rest of the crate works with `OwnedFd`s and safe wrappers; this module
+//! is the one place that turns raw numbers into owned descriptors, runs code
+//! between `fork` and `exec`, and reads socket credentials.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// The first descriptor number of the systemd socket-activation protocol.
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
+
+/// Sockets handed to this process with the socket-activation protocol
+/// (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`), as owned descriptors that are
+/// close-on-exec from here on. `Ok(None)` when the variables are absent or name
+/// another process (they were meant for our parent).
+pub(crate) fn inherited_listen_fds() -> io::Result<Option<Vec<(OwnedFd, String)>>> {
+    let Some(pid) = std::env::var_os("LISTEN_PID") else {
+        return Ok(None);
+    };
+    if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<RawFd>().ok())
+        .ok_or_else(|| io::Error::other("LISTEN_FDS is missing or not a number"))?;
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut fds = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let raw = LISTEN_FDS_START + i;
+        // SAFETY: fcntl(F_GETFD) only inspects the descriptor table entry.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(io::Error::other(format!(
+                "LISTEN_FDS={count} but fd {raw} is not open"
+            )));
+        }
+        // SAFETY: the protocol hands fds 3..3+LISTEN_FDS to this process and
+        // nothing else in it owns them; we take ownership exactly once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        set_cloexec(&fd)?;
+        let name = names
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| "unknown".to_owned());
+        fds.push((fd, name));
+    }
+    Ok(Some(fds))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_SETFD on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` to a close-on-exec descriptor numbered `min` or above, so
+/// that handing sockets to a worker as fds 3.. can never overwrite a source
+/// descriptor that is still to be copied.
+pub(crate) fn dup_at_least(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor that nobody else owns.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just created by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Everything `execve` needs, prepared in the parent so that the child runs
+/// no allocation between `fork` and `exec` (only async-signal-safe calls are
+/// allowed there in a multi-threaded process).
+pub(crate) struct ExecPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    /// `LISTEN_PID=` followed by room for the digits, filled in the child.
+    listen_pid: Box<[u8; 40]>,
+    env_ptrs: Vec<*const libc::c_char>,
+    fds: Vec<RawFd>,
+    parent: libc::pid_t,
+}
+
+// SAFETY: the raw pointers point into the heap buffers owned by the same
+// struct, which are never mutated in the parent; the plan moves into the
+// pre-exec closure as a whole.
+unsafe impl Send for ExecPlan {}
+// SAFETY: as above; shared references never mutate.
+unsafe impl Sync for ExecPlan {}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+impl ExecPlan {
+    /// Prepares `path` with `argv` (argv[0] included) and `env`; `fds` become
+    /// 3, 4, … in the child, whose `LISTEN_PID` is set to its own PID.
+    pub(crate) fn new<'a>(
+        path: &OsStr,
+        argv: impl IntoIterator<Item = &'a OsStr>,
+        env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
+        fds: Vec<RawFd>,
+    ) -> io::Result<ExecPlan> {
+        let cstr = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| io::Error::other("argument or variable holds a NUL byte"))
+        };
+        let path = cstr(path.as_bytes())?;
+        let argv: Vec<CString> = argv
+            .into_iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let env: Vec<CString> = env
+            .into_iter()
+            .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<io::Result<_>>()?;
+        let mut listen_pid = Box::new([0u8; 40]);
+        listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<_> = env.iter().map(|e| e.as_ptr()).collect();
+        if !fds.is_empty() {
+            env_ptrs.push(listen_pid.as_ptr().cast());
+        }
+        env_ptrs.push(std::ptr::null());
+        Ok(ExecPlan {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            listen_pid,
+            env_ptrs,
+            fds,
+            // SAFETY: getpid has no preconditions.
+            parent: unsafe { libc::getpid() },
+        })
+    }
+
+    /// Runs in the child between `fork` and `exec`; returns only on failure.
+    ///
+    /// Only async-signal-safe calls: dup2, prctl, getppid, getpid, execve.
+    pub(crate) fn exec_in_child(&mut self) -> io::Error {
+        for (i, &fd) in self.fds.iter().enumerate() {
+            let target = LISTEN_FDS_START + i as RawFd;
+            // SAFETY: dup2 onto the protocol's slot; the new descriptor is not
+            // close-on-exec. Sources are all above the target range.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return io::Error::last_os_error();
+            }
+        }
+        // SAFETY: prctl/getppid have no memory preconditions. A worker whose
+        // master dies gets SIGTERM and drains instead of holding the sockets
+        // forever; if the master died before this call, give up.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return io::Error::last_os_error();
+            }
+            if libc::getppid() != self.parent {
+                return io::Error::other("master exited while the worker was starting");
+            }
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        write_decimal(&mut self.listen_pid[LISTEN_PID_PREFIX.len()..], pid as u64);
+        // SAFETY: all pointers point to NUL-terminated buffers owned by `self`,
+        // and both arrays end in a null pointer.
+        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr()) };
+        io::Error::last_os_error()
+    }
+}
+
+/// Writes `n` as decimal digits and a terminating NUL into `buf` without
+/// allocating.
+fn write_decimal(buf: &mut [u8], mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+/// Receives one datagram and the sender's PID from a socket with
+/// `SO_PASSCRED` set. Descriptors passed along (as sd_notify's `FDSTORE`
+/// would) are closed: baton does not keep them.
+pub(crate) fn recv_with_pid(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u32>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; 16]);
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut pid = None;
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        match cmsg {
+            ControlMessageOwned::ScmCredentials(creds) => pid = u32::try_from(creds.pid()).ok(),
+            ControlMessageOwned::ScmRights(fds) => {
+                for raw in fds {
+                    // SAFETY: the kernel just installed these descriptors in
+                    // our table for us; nobody else owns them.
+                    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((msg.bytes, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_is_nul_terminated() {
+        let mut buf = [0xffu8; 24];
+        write_decimal(&mut buf, 0);
+        assert_eq!(&buf[..2], b"0\0");
+        write_decimal(&mut buf, 4_194_304);
+        assert_eq!(&buf[..8], b"4194304\0");
+    }
+}
