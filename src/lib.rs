@@ -233,6 +233,7 @@ where
                             .unwrap_or_else(|_| "info".into()),
                     )
                     .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .try_init();
             }
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,55 @@
+//! New workers that fail: the old worker keeps serving, the failure is
+//! reported, the bad worker is gone.
+
+use std::time::Duration;
+
+use crate::support::{self, Baton, Load, LoadMode};
+
+fn failed_cycle(bad_script: &str, config_extra: &str, expect_in_log: &[&str]) {
+    let dir = Baton::dir_with_hello();
+    let link = dir.path().join("bin/hello");
+    support::script(&dir.path().join("bin/bad"), bad_script);
+    let baton = Baton::start(dir, &Baton::hello_config(config_extra));
+    baton.wait_ready();
+    let load = Load::start(baton.addr(), 64, LoadMode::KeepAlive);
+    load.wait_more(300);
+
+    support::point(&link, &baton.dir.path().join("bin/bad"));
+    baton.signal(libc::SIGHUP);
+    baton.wait_count("cycle failed; the running worker keeps serving", 1, Duration::from_secs(20));
+    load.wait_more(300);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
+    assert_eq!(report.versions.keys().collect::<Vec<_>>(), ["hello 1.0.0"]);
+    let log = baton.log();
+    for text in expect_in_log {
+        assert!(log.contains(text), "log lacks {text:?}:\n{log}");
+    }
+    support::wait_for("the bad worker to be gone", Duration::from_secs(10), || {
+        (baton.children().len() == 1).then_some(())
+    });
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+
+    // The service can still be cycled onto a good build afterwards.
+    support::point(&link, &support::hello("2.0.0"));
+    baton.cycle();
+    support::wait_version(baton.addr(), "2.0.0");
+}
+
+#[test]
+fn new_worker_that_exits_at_once_leaves_the_old_one_serving() {
+    failed_cycle(
+        "echo 'boom: cannot open database' >&2\nexit 3",
+        "",
+        &["exited before it was ready: exit code 3", "boom: cannot open database"],
+    );
+}
+
+#[test]
+fn new_worker_that_never_becomes_ready_is_killed() {
+    failed_cycle(
+        "echo 'warming up forever' >&2\nexec sleep 600",
+        "",
+        &["was not ready within 10s; killed it", "warming up forever"],
+    );
+}

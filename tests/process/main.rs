@@ -1,0 +1,11 @@
+//! Process-level tests: the real `baton` binary, real example workers, real
+//! signals and sockets on loopback.
+
+mod support;
+
+mod config;
+mod cycle;
+mod failure;
+mod lifecycle;
+mod python;
+mod supervisord;

@@ -1,0 +1,75 @@
+//! Under a real supervisord: `supervisorctl signal SIGUSR2` cycles the worker
+//! and supervisord keeps seeing the same PID RUNNING.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{self, Baton};
+
+/// supervisord and supervisorctl: from `BATON_TEST_SUPERVISOR_BIN` (a
+/// directory; ci/test installs supervisor there), else from PATH.
+fn tool(name: &str) -> PathBuf {
+    let path = match std::env::var_os("BATON_TEST_SUPERVISOR_BIN") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(name),
+    };
+    let found = Command::new(&path).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(found, "{} is not installed: run ci/test, which installs supervisor", path.display());
+    path
+}
+
+fn ctl(conf: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(tool("supervisorctl")).arg("-c").arg(conf).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
+    let dir = Baton::dir_with_hello();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = dir.path();
+    std::fs::write(root.join("baton.toml"), format!("[program]\ncommand = \"bin/hello\"\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let conf = root.join("supervisord.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[unix_http_server]\nfile={root}/supervisor.sock\n\n[supervisord]\nlogfile={root}/supervisord.log\npidfile={root}/supervisord.pid\nnodaemon=false\n\n\
+             [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n\
+             [supervisorctl]\nserverurl=unix://{root}/supervisor.sock\n\n\
+             [program:baton]\ncommand={baton} run --config {root}/baton.toml\nautorestart=true\nstartsecs=1\nstopwaitsecs=20\n\
+             redirect_stderr=true\nstdout_logfile={root}/baton.log\n",
+            root = root.display(),
+            baton = support::baton_bin().display()
+        ),
+    )
+    .unwrap();
+    let status = Command::new(tool("supervisord")).arg("-c").arg(&conf).status().unwrap();
+    assert!(status.success());
+    struct Shutdown(PathBuf);
+    impl Drop for Shutdown {
+        fn drop(&mut self) {
+            let _ = Command::new(tool("supervisorctl")).arg("-c").arg(&self.0).arg("shutdown").output();
+        }
+    }
+    let _shutdown = Shutdown(conf.clone());
+
+    let pid_of = || {
+        let out = ctl(&conf, &["status", "baton"]);
+        out.contains("RUNNING")
+            .then(|| out.split("pid ").nth(1)?.split(',').next()?.parse::<u32>().ok())
+            .flatten()
+    };
+    let pid = support::wait_for("supervisord to run baton", Duration::from_secs(20), pid_of);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    support::wait_for("hello 1.0.0", Duration::from_secs(10), || {
+        support::get(addr, "/").ok().filter(|(_, b)| b == "hello 1.0.0\n")
+    });
+    support::point(&root.join("bin/hello"), &support::hello("2.0.0"));
+    let out = ctl(&conf, &["signal", "SIGUSR2", "baton"]);
+    assert!(out.contains("signalled"), "supervisorctl: {out}");
+    support::wait_version(addr, "2.0.0");
+    assert_eq!(pid_of(), Some(pid), "supervisord no longer sees the same RUNNING pid");
+    let log = std::fs::read_to_string(root.join("baton.log")).unwrap();
+    assert!(log.contains("SIGUSR2: starting a graceful cycle"), "{log}");
+}

@@ -1,0 +1,282 @@
+//! Helpers shared by the process tests: temp dirs, the example binaries in
+//! two versions, a running `baton` master, and the load generator.
+
+pub mod load;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use load::{Load, LoadMode};
+
+/// The `baton` binary under test.
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// Directory holding `hello-1.0.0` and `hello-2.0.0`: `BATON_TEST_BINS` (set
+/// by ci/test), else built here once into `target/test-bins`.
+pub fn hello_bins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("BATON_TEST_BINS") {
+            return PathBuf::from(dir);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = root.join("target/test-bins");
+        std::fs::create_dir_all(&out).unwrap();
+        for version in ["1.0.0", "2.0.0"] {
+            let target_dir = root.join("target/test-bins/build");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--example", "hello", "--target-dir"])
+                .arg(&target_dir)
+                .env("HELLO_VERSION", version)
+                .current_dir(root)
+                .status()
+                .expect("run cargo to build the hello example");
+            assert!(status.success(), "building hello {version} failed");
+            std::fs::copy(
+                target_dir.join("release/examples/hello"),
+                out.join(format!("hello-{version}")),
+            )
+            .unwrap();
+        }
+        out
+    })
+}
+
+/// Path of the hello example of `version` ("1.0.0" or "2.0.0").
+pub fn hello(version: &str) -> PathBuf {
+    let path = hello_bins().join(format!("hello-{version}"));
+    assert!(path.exists(), "{} is missing; run ci/test", path.display());
+    path
+}
+
+/// Points the symlink `link` at `target` atomically.
+pub fn point(link: &Path, target: &Path) {
+    let tmp = link.with_extension("tmp-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// Writes an executable shell script.
+pub fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `baton run` master in a temp dir.
+pub struct Baton {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Baton {
+    /// A temp dir with `bin/hello` pointing at hello 1.0.0; returns the dir.
+    pub fn dir_with_hello() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        point(&dir.path().join("bin/hello"), &hello("1.0.0"));
+        dir
+    }
+
+    /// Writes `baton.toml` into `dir` and starts the master; waits until it
+    /// listens (the address comes from its log: configs use port 0).
+    pub fn start(dir: tempfile::TempDir, config: &str) -> Baton {
+        std::fs::write(dir.path().join("baton.toml"), config).unwrap();
+        let log = dir.path().join("baton.log");
+        let child = Command::new(baton_bin())
+            .args(["run", "--config"])
+            .arg(dir.path().join("baton.toml"))
+            .env("BATON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut baton = Baton {
+            dir,
+            child: Some(child),
+            log,
+            addr: None,
+        };
+        baton.addr = wait_for("the master to listen", Duration::from_secs(10), || {
+            let log = baton.log();
+            if log.contains("cannot listen") {
+                panic!("baton failed to start:\n{log}");
+            }
+            log.lines().find_map(|l| {
+                let rest = l.split("listening on ").nth(1)?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            })
+        })
+        .into();
+        baton
+    }
+
+    /// A config for `bin/hello` on an ephemeral port, plus `extra` lines.
+    pub fn hello_config(extra: &str) -> String {
+        format!(
+            "[program]\ncommand = \"bin/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n{extra}\n"
+        )
+    }
+
+    /// The TCP address the master listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the master listens on TCP")
+    }
+
+    /// The master's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Everything the master logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
+    /// Waits until `count(text) >= n`.
+    pub fn wait_count(&self, text: &str, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} log lines with {text:?}"), timeout, || {
+            (self.count(text) >= n).then_some(())
+        });
+    }
+
+    /// Sends `sig` to the master.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) has no memory preconditions.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    /// Waits for the first worker to be ready.
+    pub fn wait_ready(&self) {
+        self.wait_count("worker is ready", 1, Duration::from_secs(15));
+    }
+
+    /// Sends SIGHUP and waits for the cycle's new worker to be ready and the
+    /// old one to be told to drain.
+    pub fn cycle(&self) {
+        let drains = self.count("asking worker to drain");
+        self.signal(libc::SIGHUP);
+        self.wait_count("asking worker to drain", drains + 1, Duration::from_secs(15));
+    }
+
+    /// The master's live child processes (pid, state letter).
+    pub fn children(&self) -> Vec<(u32, char)> {
+        children(self.pid())
+    }
+
+    /// Open descriptors of the master.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+    }
+
+    /// Waits for the master to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let status = wait_for("the master to exit", timeout, || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let kids = children(child.id());
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+            for (pid, _) in kids {
+                // SAFETY: as above; the worker's group id is its pid.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- baton log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Live children of `pid`: (pid, state letter from /proc/<pid>/stat).
+pub fn children(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            if let Some(state) = process_state(child) {
+                out.push((child, state));
+            }
+        }
+    }
+    out
+}
+
+/// The state letter of a process, `None` once it is gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// One GET on a new connection: (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    parse_reply(&reply)
+}
+
+fn parse_reply(reply: &str) -> std::io::Result<(u16, String)> {
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete reply {reply:?}")))?;
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The version a fresh connection is served by.
+pub fn version(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "/").expect("GET /");
+    assert_eq!(status, 200, "GET / answered {status}: {body}");
+    body.trim().trim_start_matches("hello ").to_owned()
+}
+
+/// Waits until fresh connections are served by `want`.
+pub fn wait_version(addr: SocketAddr, want: &str) {
+    wait_for(&format!("version {want} to be served"), Duration::from_secs(15), || {
+        (version(addr) == want).then_some(())
+    });
+}
