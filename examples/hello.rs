@@ -46,7 +46,9 @@ fn main() -> std::process::ExitCode {
             "--standalone" => options = options.standalone(true),
             "--probe" => {} // handled by baton::run before any serving code
             other => {
-                eprintln!("hello: unknown argument {other:?}; use --listen ADDR, --standalone or --probe");
+                eprintln!(
+                    "hello: unknown argument {other:?}; use --listen ADDR, --standalone or --probe"
+                );
                 return std::process::ExitCode::from(2);
             }
         }

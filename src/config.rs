@@ -147,7 +147,11 @@ impl FromStr for Listen {
     fn from_str(s: &str) -> Result<Listen, String> {
         let (name, addr) = match s.split_once('=') {
             Some((name, addr)) => {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
                     return Err(format!(
                         "the name {name:?} must be letters, digits, '-', '_' or '.'"
                     ));
@@ -164,7 +168,9 @@ impl FromStr for Listen {
         } else if let Some(a) = addr.strip_prefix("udp:") {
             ListenAddr::Udp(parse_socket_addr(a)?)
         } else {
-            ListenAddr::Tcp(parse_socket_addr(addr.strip_prefix("tcp:").unwrap_or(addr))?)
+            ListenAddr::Tcp(parse_socket_addr(
+                addr.strip_prefix("tcp:").unwrap_or(addr),
+            )?)
         };
         Ok(Listen { name, addr })
     }
@@ -233,7 +239,11 @@ impl FromStr for Signal {
 
     fn from_str(s: &str) -> Result<Signal, String> {
         let upper = s.to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         let sig = nix::sys::signal::Signal::from_str(&full)
             .map_err(|_| "not a signal name such as SIGTERM, SIGINT or SIGQUIT".to_owned())?;
         if matches!(
@@ -310,7 +320,11 @@ impl Config {
         let p = raw.program;
         let mut program = Program::new(PathBuf::new());
         if p.command.trim().is_empty() {
-            return Err(Error::invalid("program.command", &p.command, "must name the program to run"));
+            return Err(Error::invalid(
+                "program.command",
+                &p.command,
+                "must name the program to run",
+            ));
         }
         program.command = if p.command.contains('/') {
             base.join(&p.command)
@@ -320,7 +334,11 @@ impl Config {
         program.args = p.args;
         for key in p.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(Error::invalid("program.env", key, "not a valid variable name"));
+                return Err(Error::invalid(
+                    "program.env",
+                    key,
+                    "not a valid variable name",
+                ));
             }
         }
         program.env = p.env;
@@ -342,7 +360,11 @@ impl Config {
             if let ListenAddr::Unix(path) = &listen.addr {
                 listen.addr = ListenAddr::Unix(base.join(path));
             }
-            if program.listen.iter().any(|l: &Listen| l.addr == listen.addr) {
+            if program
+                .listen
+                .iter()
+                .any(|l: &Listen| l.addr == listen.addr)
+            {
                 return Err(Error::invalid("program.listen", text, "listed twice"));
             }
             program.listen.push(listen);
@@ -353,7 +375,11 @@ impl Config {
                 .map_err(|reason| Error::invalid("program.ready", ready, reason))?;
         }
         if let Ready::Http(_) = program.ready {
-            if !program.listen.iter().any(|l| matches!(l.addr, ListenAddr::Tcp(_))) {
+            if !program
+                .listen
+                .iter()
+                .any(|l| matches!(l.addr, ListenAddr::Tcp(_)))
+            {
                 return Err(Error::invalid(
                     "program.ready",
                     p.ready.as_deref().unwrap_or_default(),
@@ -369,8 +395,16 @@ impl Config {
                 Err(reason) => Err(Error::invalid(key, v, reason)),
             },
         };
-        program.ready_timeout = duration("program.ready_timeout", &p.ready_timeout, program.ready_timeout)?;
-        program.drain_timeout = duration("program.drain_timeout", &p.drain_timeout, program.drain_timeout)?;
+        program.ready_timeout = duration(
+            "program.ready_timeout",
+            &p.ready_timeout,
+            program.ready_timeout,
+        )?;
+        program.drain_timeout = duration(
+            "program.drain_timeout",
+            &p.drain_timeout,
+            program.drain_timeout,
+        )?;
         program.restart_backoff_max = duration(
             "program.restart_backoff_max",
             &p.restart_backoff_max,
@@ -410,7 +444,10 @@ listen = ["127.0.0.1:8080", "admin=[::1]:9090", "unix:run/hello.sock", "udp:127.
         assert_eq!(p.stop_signal, Signal::TERM);
         let names: Vec<_> = p.listen.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["listen0", "admin", "listen2", "listen3"]);
-        assert_eq!(p.listen[2].addr, ListenAddr::Unix("/srv/app/run/hello.sock".into()));
+        assert_eq!(
+            p.listen[2].addr,
+            ListenAddr::Unix("/srv/app/run/hello.sock".into())
+        );
         assert!(matches!(p.listen[3].addr, ListenAddr::Udp(_)));
     }
 
@@ -422,8 +459,14 @@ listen = ["127.0.0.1:8080", "admin=[::1]:9090", "unix:run/hello.sock", "udp:127.
 
     #[test]
     fn ready_modes_parse() {
-        assert_eq!("delay:2s".parse::<Ready>().unwrap(), Ready::Delay(Duration::from_secs(2)));
-        assert_eq!("http:/healthz".parse::<Ready>().unwrap(), Ready::Http("/healthz".into()));
+        assert_eq!(
+            "delay:2s".parse::<Ready>().unwrap(),
+            Ready::Delay(Duration::from_secs(2))
+        );
+        assert_eq!(
+            "http:/healthz".parse::<Ready>().unwrap(),
+            Ready::Http("/healthz".into())
+        );
         assert!("http:healthz".parse::<Ready>().is_err());
         assert!("sometimes".parse::<Ready>().is_err());
     }
@@ -450,7 +493,9 @@ listen = ["127.0.0.1:8080", "admin=[::1]:9090", "unix:run/hello.sock", "udp:127.
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err:?} should name {key}");
         }
-        let err = parse("[program]\ncomand = \"x\"\n").unwrap_err().to_string();
+        let err = parse("[program]\ncomand = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("comand"), "{err}");
     }
 }

@@ -178,11 +178,12 @@ impl Options {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let mut l: config::Listen = text.parse().map_err(|reason| config::Error::Invalid {
-                    key: "listen".into(),
-                    value: text.clone(),
-                    reason,
-                })?;
+                let mut l: config::Listen =
+                    text.parse().map_err(|reason| config::Error::Invalid {
+                        key: "listen".into(),
+                        value: text.clone(),
+                        reason,
+                    })?;
                 if l.name.is_empty() {
                     l.name = format!("listen{i}");
                 }
@@ -233,7 +234,7 @@ where
                             .unwrap_or_else(|_| "info".into()),
                     )
                     .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .try_init();
             }
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -65,7 +65,11 @@ impl Accept for tokio::net::UnixListener {
 /// request body) on `listener` until `shutdown` resolves, then drains as the
 /// module docs describe, with the default idle grace. Returns when every
 /// connection has closed.
-pub async fn http<L, S, B>(listener: L, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+pub async fn http<L, S, B>(
+    listener: L,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
 where
     L: Accept,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -107,7 +111,12 @@ impl Server {
     }
 
     /// Serves until `shutdown`, then drains; see [`http`].
-    pub async fn serve<L, S, B>(&self, mut listener: L, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    pub async fn serve<L, S, B>(
+        &self,
+        mut listener: L,
+        service: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
     where
         L: Accept,
         S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -156,7 +165,10 @@ async fn serve_connection<IO, S, B>(
     grace: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -173,7 +185,9 @@ async fn serve_connection<IO, S, B>(
     // Draining: the next response says `Connection: close` (DrainService);
     // a connection that stays idle for the grace period is closed.
     loop {
-        let wake = state.idle_since().map_or(Instant::now() + grace, |t| t + grace);
+        let wake = state
+            .idle_since()
+            .map_or(Instant::now() + grace, |t| t + grace);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = tokio::time::sleep_until(wake) => {
@@ -231,7 +245,10 @@ struct DrainService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for DrainService<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<B>;

@@ -52,6 +52,28 @@ pub(crate) fn inherited_listen_fds() -> io::Result<Option<Vec<(OwnedFd, String)>
     Ok(Some(fds))
 }
 
+/// Marks every descriptor above stderr close-on-exec, so that whatever the
+/// master inherited from its own parent (a shell's or CI runner's stray
+/// descriptors) never reaches a worker. Descriptors are only flagged, not
+/// closed: whoever opened them may still use them.
+pub(crate) fn cloexec_inherited_fds() -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only change the descriptor's flags; a number
+        // that was the listing's own (now closed) descriptor fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: F_SETFD on a descriptor we own.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
@@ -107,7 +129,8 @@ impl ExecPlan {
         fds: Vec<RawFd>,
     ) -> io::Result<ExecPlan> {
         let cstr = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| io::Error::other("argument or variable holds a NUL byte"))
+            CString::new(bytes)
+                .map_err(|_| io::Error::other("argument or variable holds a NUL byte"))
         };
         let path = cstr(path.as_bytes())?;
         let argv: Vec<CString> = argv
@@ -168,7 +191,13 @@ impl ExecPlan {
         write_decimal(&mut self.listen_pid[LISTEN_PID_PREFIX.len()..], pid as u64);
         // SAFETY: all pointers point to NUL-terminated buffers owned by `self`,
         // and both arrays end in a null pointer.
-        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr()) };
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            )
+        };
         io::Error::last_os_error()
     }
 }

@@ -30,21 +30,30 @@ impl Worker {
     /// by systemd).
     pub(crate) fn from_env(shutdown: watch::Receiver<bool>) -> io::Result<Worker> {
         let fds = crate::sys::inherited_listen_fds()?.ok_or_else(|| {
-            io::Error::other("LISTEN_PID/LISTEN_FDS do not name this process: not started as a worker")
+            io::Error::other(
+                "LISTEN_PID/LISTEN_FDS do not name this process: not started as a worker",
+            )
         })?;
         let (sockets, names) = fds.into_iter().map(|(fd, name)| (Some(fd), name)).unzip();
         Ok(Worker {
             sockets,
             names,
-            notify_socket: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()),
-            id: std::env::var("BATON_WORKER_ID").ok().and_then(|id| id.parse().ok()),
+            notify_socket: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            id: std::env::var("BATON_WORKER_ID")
+                .ok()
+                .and_then(|id| id.parse().ok()),
             shutdown,
             _bound: None,
         })
     }
 
     /// Binds `listen` itself, for running without a master.
-    pub(crate) fn standalone(listen: &[Listen], shutdown: watch::Receiver<bool>) -> Result<Worker, crate::master::Error> {
+    pub(crate) fn standalone(
+        listen: &[Listen],
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Worker, crate::master::Error> {
         let bound = crate::master::Sockets::open(listen)?;
         let (sockets, names) = bound.take().map_err(crate::master::Error::Adopt)?;
         Ok(Worker {
@@ -69,7 +78,12 @@ impl Worker {
 
     /// Takes the TCP listener at `index` (0 is fd 3).
     pub fn tcp(&mut self, index: usize) -> io::Result<tokio::net::TcpListener> {
-        let socket = self.take(index, Type::STREAM, &[Domain::IPV4, Domain::IPV6], "a TCP listener")?;
+        let socket = self.take(
+            index,
+            Type::STREAM,
+            &[Domain::IPV4, Domain::IPV6],
+            "a TCP listener",
+        )?;
         socket.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(socket.into())
     }
@@ -95,7 +109,12 @@ impl Worker {
 
     /// Takes the UDP socket at `index`.
     pub fn udp(&mut self, index: usize) -> io::Result<tokio::net::UdpSocket> {
-        let socket = self.take(index, Type::DGRAM, &[Domain::IPV4, Domain::IPV6], "a UDP socket")?;
+        let socket = self.take(
+            index,
+            Type::DGRAM,
+            &[Domain::IPV4, Domain::IPV6],
+            "a UDP socket",
+        )?;
         socket.set_nonblocking(true)?;
         tokio::net::UdpSocket::from_std(socket.into())
     }
@@ -109,7 +128,13 @@ impl Worker {
         })
     }
 
-    fn take(&mut self, index: usize, ty: Type, domains: &[Domain], what: &str) -> io::Result<Socket> {
+    fn take(
+        &mut self,
+        index: usize,
+        ty: Type,
+        domains: &[Domain],
+        what: &str,
+    ) -> io::Result<Socket> {
         let count = self.sockets.len();
         let slot = self.sockets.get_mut(index).ok_or_else(|| {
             io::Error::new(
@@ -117,7 +142,9 @@ impl Worker {
                 format!("no socket {index}: the master passed {count}"),
             )
         })?;
-        let fd = slot.take().ok_or_else(|| io::Error::other(format!("socket {index} was already taken")))?;
+        let fd = slot
+            .take()
+            .ok_or_else(|| io::Error::other(format!("socket {index} was already taken")))?;
         let socket = Socket::from(fd);
         let domain = socket.domain()?;
         if socket.r#type()? != ty || !domains.contains(&domain) {
@@ -141,8 +168,12 @@ impl Worker {
 
     fn notify(&self, message: &str) -> io::Result<()> {
         match &self.notify_socket {
-            Some(socket) => sd_notify(socket, message)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot notify the master at {socket}: {e}"))),
+            Some(socket) => sd_notify(socket, message).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot notify the master at {socket}: {e}"),
+                )
+            }),
             None => Ok(()),
         }
     }

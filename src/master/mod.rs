@@ -90,6 +90,7 @@ pub async fn run(program: Program) -> Result<Stopped, Error> {
     // Signal streams first: from here on no signal is lost.
     let mut sig = Signals::install().map_err(Error::Signals)?;
     let sockets = Sockets::open(&program.listen)?;
+    crate::sys::cloexec_inherited_fds().map_err(Error::Adopt)?;
     for held in sockets.iter() {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
@@ -273,10 +274,8 @@ impl Master {
         };
         for (key, value) in msg.fields {
             match key.as_str() {
-                "READY" if value == "1" => {
-                    if self.program.ready == Ready::Notify {
-                        self.on_ready(id, "it sent READY=1");
-                    }
+                "READY" if value == "1" && self.program.ready == Ready::Notify => {
+                    self.on_ready(id, "it sent READY=1");
                 }
                 "STATUS" => {
                     tracing::debug!(worker = id, "status: {value}");
@@ -298,7 +297,9 @@ impl Master {
             checker.abort();
         }
         let now = Instant::now();
-        let Some(worker) = self.workers.get_mut(&id) else { return };
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
         worker.state = State::Serving { since: now };
         let pid = worker.pid;
         tracing::info!(worker = id, pid, "worker is ready: {how}");
@@ -315,8 +316,15 @@ impl Master {
     }
 
     fn drain(&mut self, id: u64) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
-        tracing::info!(worker = id, pid = w.pid, "asking worker to drain with {}", self.program.stop_signal);
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        tracing::info!(
+            worker = id,
+            pid = w.pid,
+            "asking worker to drain with {}",
+            self.program.stop_signal
+        );
         w.signal(self.program.stop_signal.0);
         w.state = State::Draining {
             deadline: Instant::now() + self.program.drain_timeout,
@@ -324,7 +332,9 @@ impl Master {
     }
 
     fn on_exit(&mut self, id: u64, status: std::process::ExitStatus) {
-        let Some(worker) = self.workers.remove(&id) else { return };
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
         let how = describe_exit(&status);
         if self.starting.as_ref().is_some_and(|s| s.id == id) {
             let starting = self.starting.take().expect("checked above");
@@ -332,7 +342,10 @@ impl Master {
                 c.abort();
             }
             let failure = failure_report(
-                &format!("new worker {id} (pid {}) exited before it was ready: {how}", worker.pid),
+                &format!(
+                    "new worker {id} (pid {}) exited before it was ready: {how}",
+                    worker.pid
+                ),
                 &worker,
             );
             self.start_failed(starting.reason, failure);
@@ -370,10 +383,14 @@ impl Master {
         }
         match (reason, self.active) {
             (Reason::Cycle, Some(active)) => {
-                tracing::warn!(worker = active, "cycle failed; the running worker keeps serving");
+                tracing::warn!(
+                    worker = active,
+                    "cycle failed; the running worker keeps serving"
+                );
                 let pid = self.workers.get(&active).map_or(0, |w| w.pid);
-                self.supervisor
-                    .ready(&format!("serving with worker {active} (pid {pid}); last cycle failed"));
+                self.supervisor.ready(&format!(
+                    "serving with worker {active} (pid {pid}); last cycle failed"
+                ));
                 if self.cycle_pending {
                     self.cycle_pending = false;
                     self.request_cycle("coalesced request");
@@ -389,7 +406,10 @@ impl Master {
     fn schedule_restart(&mut self) {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(self.program.restart_backoff_max);
-        tracing::info!("restarting the worker in {}", humantime::format_duration(delay));
+        tracing::info!(
+            "restarting the worker in {}",
+            humantime::format_duration(delay)
+        );
         self.restart_at = Some(Instant::now() + delay);
     }
 
@@ -458,7 +478,10 @@ impl Master {
         }
         let ids: Vec<u64> = self.workers.keys().copied().collect();
         for id in ids {
-            if !matches!(self.workers[&id].state, State::Draining { .. } | State::Killed) {
+            if !matches!(
+                self.workers[&id].state,
+                State::Draining { .. } | State::Killed
+            ) {
                 self.drain(id);
             }
         }

@@ -37,7 +37,9 @@ impl NotifyServer {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let dir = tempfile::Builder::new().prefix("baton-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("baton-")
+            .tempdir_in(parent)?;
         let path = dir.path().join("notify.sock");
         let std = StdDatagram::bind(&path)?;
         nix::sys::socket::setsockopt(&std, nix::sys::socket::sockopt::PassCred, &true)
@@ -102,7 +104,9 @@ impl Supervisor {
     /// Reads `NOTIFY_SOCKET` from the master's environment.
     pub(crate) fn from_env() -> Supervisor {
         Supervisor {
-            socket: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()),
+            socket: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 
@@ -124,7 +128,9 @@ impl Supervisor {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
             .unwrap_or(0);
-        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS={status}"));
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS={status}"
+        ));
     }
 
     /// A `STATUS=` line.
@@ -150,7 +156,10 @@ mod tests {
         assert_eq!(msg.pid, Some(std::process::id()));
         assert_eq!(
             msg.fields,
-            [("READY".into(), "1".into()), ("STATUS".into(), "serving".into())]
+            [
+                ("READY".into(), "1".into()),
+                ("STATUS".into(), "serving".into())
+            ]
         );
     }
 

@@ -78,7 +78,11 @@ impl Sockets {
 
     /// `LISTEN_FDNAMES` for workers.
     pub(crate) fn names(&self) -> String {
-        self.held.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(":")
+        self.held
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// Copies of the descriptors and their names, for a process that serves

@@ -102,7 +102,10 @@ impl Worker {
         env.push(("LISTEN_FDNAMES".into(), sockets.names().into()));
         env.push(("NOTIFY_SOCKET".into(), notify_socket.into()));
         env.push(("BATON_WORKER_ID".into(), id.to_string().into()));
-        env.push(("BATON_STOP_SIGNAL".into(), program.stop_signal.to_string().into()));
+        env.push((
+            "BATON_STOP_SIGNAL".into(),
+            program.stop_signal.to_string().into(),
+        ));
         let argv0 = program.command.as_os_str();
         let argv = std::iter::once(argv0).chain(program.args.iter().map(OsStr::new));
         let mut plan = ExecPlan::new(
@@ -167,7 +170,8 @@ impl Worker {
             }
             // Whatever the worker left in its group goes with it.
             let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
-            let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
+            let status =
+                status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
             let _ = exits.send(Exit::Exited { id, status });
         });
 

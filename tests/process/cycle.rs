@@ -27,8 +27,13 @@ fn cycles_under_load(mode: LoadMode) {
     }
     let report = load.finish();
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
-    assert!(report.ok > 5_000, "too little load to prove anything: {report:?}");
-    assert!(report.versions.contains_key("hello 1.0.0") && report.versions.contains_key("hello 2.0.0"));
+    assert!(
+        report.ok > 5_000,
+        "too little load to prove anything: {report:?}"
+    );
+    assert!(
+        report.versions.contains_key("hello 1.0.0") && report.versions.contains_key("hello 2.0.0")
+    );
     assert_eq!(baton.pid(), master, "the master's PID changed");
     assert_eq!(baton.count("worker is ready"), 21);
     // Old workers all drain and exit: only the serving worker is left.
@@ -59,7 +64,9 @@ fn slow_request_finishes_on_the_old_worker() {
     // One request first on the same keep-alive connection: the second
     // request is then certainly on the old worker.
     let mut stream = std::net::TcpStream::connect(baton.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let read_reply = |reader: &mut BufReader<std::net::TcpStream>| {
         let mut head = String::new();
@@ -79,14 +86,21 @@ fn slow_request_finishes_on_the_old_worker() {
         reader.read_exact(&mut body).unwrap();
         (head, String::from_utf8(body).unwrap())
     };
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_reply(&mut reader).1, "hello 1.0.0\n");
-    stream.write_all(b"GET /?sleep=2000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /?sleep=2000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     support::point(&link, &support::hello("2.0.0"));
     baton.cycle();
     support::wait_version(baton.addr(), "2.0.0");
     let (head, body) = read_reply(&mut reader);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "hello 1.0.0\n");
-    assert!(head.to_ascii_lowercase().contains("connection: close"), "draining reply must close: {head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "draining reply must close: {head}"
+    );
 }

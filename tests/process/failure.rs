@@ -16,7 +16,11 @@ fn failed_cycle(bad_script: &str, config_extra: &str, expect_in_log: &[&str]) {
 
     support::point(&link, &baton.dir.path().join("bin/bad"));
     baton.signal(libc::SIGHUP);
-    baton.wait_count("cycle failed; the running worker keeps serving", 1, Duration::from_secs(20));
+    baton.wait_count(
+        "cycle failed; the running worker keeps serving",
+        1,
+        Duration::from_secs(20),
+    );
     load.wait_more(300);
     let report = load.finish();
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
@@ -41,7 +45,10 @@ fn new_worker_that_exits_at_once_leaves_the_old_one_serving() {
     failed_cycle(
         "echo 'boom: cannot open database' >&2\nexit 3",
         "",
-        &["exited before it was ready: exit code 3", "boom: cannot open database"],
+        &[
+            "exited before it was ready: exit code 3",
+            "boom: cannot open database",
+        ],
     );
 }
 

@@ -12,7 +12,11 @@ fn killed_worker_is_restarted() {
     // SAFETY: kill(2) has no memory preconditions.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     baton.wait_count("worker is ready", 2, Duration::from_secs(10));
-    assert!(baton.log().contains("died: signal 9 (SIGKILL)"), "{}", baton.log());
+    assert!(
+        baton.log().contains("died: signal 9 (SIGKILL)"),
+        "{}",
+        baton.log()
+    );
     assert!(baton.log().contains("restarting the worker in 100ms"));
     assert_eq!(support::version(baton.addr()), "1.0.0");
     let now: Vec<u32> = baton.children().iter().map(|c| c.0).collect();
@@ -28,15 +32,27 @@ fn crash_looping_worker_does_not_make_the_master_spin() {
     std::thread::sleep(Duration::from_secs(4));
     // 100ms, 200ms, 400ms, 800ms, then 1s apart: about 7 starts in 4 s.
     let starts = baton.count("started worker");
-    assert!((4..=9).contains(&starts), "{starts} starts in 4 s:\n{}", baton.log());
+    assert!(
+        (4..=9).contains(&starts),
+        "{starts} starts in 4 s:\n{}",
+        baton.log()
+    );
     let cpu = cpu_seconds(baton.pid());
-    assert!(cpu < 1.0, "the master used {cpu} s of CPU while its worker crash-looped");
+    assert!(
+        cpu < 1.0,
+        "the master used {cpu} s of CPU while its worker crash-looped"
+    );
     assert!(baton.log().contains("restarting the worker in 1s"));
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15 of stat(5); here 11 and 12.
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no memory preconditions.
@@ -50,20 +66,30 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let workers = baton.children();
     let addr = baton.addr();
     let slow = std::thread::spawn(move || support::get(addr, "/?sleep=1500"));
-    support::wait_for("the slow request to reach the worker", Duration::from_secs(5), || {
-        // The accept queue is empty once the worker took the connection.
-        (tcp_established_to(addr) >= 1).then_some(())
-    });
+    support::wait_for(
+        "the slow request to reach the worker",
+        Duration::from_secs(5),
+        || {
+            // The accept queue is empty once the worker took the connection.
+            (tcp_established_to(addr) >= 1).then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_millis(100));
     baton.signal(libc::SIGTERM);
-    let reply = slow.join().unwrap().expect("the in-flight request completes");
+    let reply = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(reply, (200, "hello 1.0.0\n".to_owned()));
     let status = baton.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{}", baton.log());
     for (pid, _) in workers {
         assert_eq!(support::process_state(pid), None, "worker {pid} survived");
     }
-    assert!(support::get(addr, "/").is_err(), "nothing listens after the master exits");
+    assert!(
+        support::get(addr, "/").is_err(),
+        "nothing listens after the master exits"
+    );
 }
 
 /// Established connections to `addr` (from /proc/net/tcp).
@@ -84,8 +110,14 @@ fn second_sigterm_stops_hard() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("bin")).unwrap();
     // A worker that ignores SIGTERM and says it is ready after a delay.
-    support::script(&dir.path().join("bin/hello"), "trap '' TERM\nexec sleep 600");
-    let mut baton = Baton::start(dir, &Baton::hello_config("ready = \"delay:100ms\"\ndrain_timeout = \"60s\""));
+    support::script(
+        &dir.path().join("bin/hello"),
+        "trap '' TERM\nexec sleep 600",
+    );
+    let mut baton = Baton::start(
+        dir,
+        &Baton::hello_config("ready = \"delay:100ms\"\ndrain_timeout = \"60s\""),
+    );
     baton.wait_ready();
     let workers = baton.children();
     baton.signal(libc::SIGTERM);
@@ -94,7 +126,11 @@ fn second_sigterm_stops_hard() {
     let status = baton.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     for (pid, _) in workers {
-        assert_eq!(support::process_state(pid), None, "worker {pid} survived a hard stop");
+        assert_eq!(
+            support::process_state(pid),
+            None,
+            "worker {pid} survived a hard stop"
+        );
     }
 }
 
@@ -105,9 +141,11 @@ fn fifty_cycles_leak_no_fd_and_leave_no_zombie() {
     baton.wait_ready();
     let load = Load::start(baton.addr(), 8, LoadMode::KeepAlive);
     baton.cycle();
-    support::wait_for("the first old worker to exit", Duration::from_secs(15), || {
-        (baton.children().len() == 1).then_some(())
-    });
+    support::wait_for(
+        "the first old worker to exit",
+        Duration::from_secs(15),
+        || (baton.children().len() == 1).then_some(()),
+    );
     let fds = baton.fd_count();
     for _ in 0..49 {
         baton.cycle();
@@ -117,8 +155,16 @@ fn fifty_cycles_leak_no_fd_and_leave_no_zombie() {
     });
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert_eq!(baton.fd_count(), fds, "the master's fd count changed over 50 cycles");
-    assert!(baton.children().iter().all(|(_, state)| *state != 'Z'), "zombie children: {:?}", baton.children());
+    assert_eq!(
+        baton.fd_count(),
+        fds,
+        "the master's fd count changed over 50 cycles"
+    );
+    assert!(
+        baton.children().iter().all(|(_, state)| *state != 'Z'),
+        "zombie children: {:?}",
+        baton.children()
+    );
 }
 
 #[test]
@@ -151,7 +197,10 @@ time.sleep(600)
         std::fs::read_to_string(&out).ok().filter(|t| !t.is_empty())
     });
     let pid = baton.children()[0].0;
-    assert!(text.starts_with(&format!("({pid}, [0, 1, 2, 3, 4, 5, 6, 7], ")), "{text}");
+    assert!(
+        text.starts_with(&format!("({pid}, [0, 1, 2, 3, 4, 5, 6, 7], ")),
+        "{text}"
+    );
     for var in [
         format!("'LISTEN_PID': '{pid}'"),
         "'LISTEN_FDS': '4'".to_owned(),

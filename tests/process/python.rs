@@ -14,7 +14,11 @@ fn python_worker_cycles_under_load_with_zero_failures() {
     // a new build.
     support::script(
         &dir.path().join("run.sh"),
-        &format!("exec python3 {} \"$(cat {})\"", worker.display(), version_file.display()),
+        &format!(
+            "exec python3 {} \"$(cat {})\"",
+            worker.display(),
+            version_file.display()
+        ),
     );
     let baton = Baton::start(
         dir,

@@ -104,9 +104,11 @@ impl Load {
     /// Waits until at least `n` more requests have succeeded.
     pub fn wait_more(&self, n: u64) {
         let target = self.ok() + n;
-        super::wait_for(&format!("{n} more successful requests"), Duration::from_secs(30), || {
-            (self.ok() >= target).then_some(())
-        });
+        super::wait_for(
+            &format!("{n} more successful requests"),
+            Duration::from_secs(30),
+            || (self.ok() >= target).then_some(()),
+        );
     }
 
     /// Stops the clients and returns what they saw.
@@ -175,15 +177,25 @@ async fn client(addr: SocketAddr, mode: LoadMode, shared: Arc<Shared>, start: In
 }
 
 /// One request: (status, server said close, body).
-async fn request(stream: &mut BufReader<TcpStream>, mode: LoadMode) -> std::io::Result<(u16, bool, String)> {
-    let close = if mode == LoadMode::NewConnection { "Connection: close\r\n" } else { "" };
+async fn request(
+    stream: &mut BufReader<TcpStream>,
+    mode: LoadMode,
+) -> std::io::Result<(u16, bool, String)> {
+    let close = if mode == LoadMode::NewConnection {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
     stream
         .get_mut()
         .write_all(format!("GET / HTTP/1.1\r\nHost: load\r\n{close}\r\n").as_bytes())
         .await?;
     let mut line = String::new();
     if stream.read_line(&mut line).await? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before any reply"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before any reply",
+        ));
     }
     let status: u16 = line
         .get(9..12)
@@ -194,7 +206,10 @@ async fn request(stream: &mut BufReader<TcpStream>, mode: LoadMode) -> std::io::
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed inside the headers"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed inside the headers",
+            ));
         }
         let header = line.trim_end();
         if header.is_empty() {
@@ -203,13 +218,20 @@ async fn request(stream: &mut BufReader<TcpStream>, mode: LoadMode) -> std::io::
         if let Some((name, value)) = header.split_once(':') {
             let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().map_err(|_| std::io::Error::other("bad content-length"))?;
-            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                length = value
+                    .parse()
+                    .map_err(|_| std::io::Error::other("bad content-length"))?;
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
+            {
                 server_close = true;
             }
         }
     }
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await?;
-    Ok((status, server_close, String::from_utf8_lossy(&body).into_owned()))
+    Ok((
+        status,
+        server_close,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
 }

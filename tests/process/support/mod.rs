@@ -77,7 +77,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -183,7 +186,11 @@ impl Baton {
     pub fn cycle(&self) {
         let drains = self.count("asking worker to drain");
         self.signal(libc::SIGHUP);
-        self.wait_count("asking worker to drain", drains + 1, Duration::from_secs(15));
+        self.wait_count(
+            "asking worker to drain",
+            drains + 1,
+            Duration::from_secs(15),
+        );
     }
 
     /// The master's live child processes (pid, state letter).
@@ -193,7 +200,9 @@ impl Baton {
 
     /// Open descriptors of the master.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
     }
 
     /// Waits for the master to exit, up to `timeout`.
@@ -231,7 +240,10 @@ pub fn children(pid: u32) -> Vec<(u32, char)> {
     };
     for task in tasks.flatten() {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        for child in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
             if let Some(state) = process_state(child) {
                 out.push((child, state));
             }
@@ -250,7 +262,10 @@ pub fn process_state(pid: u32) -> Option<char> {
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     parse_reply(&reply)
@@ -276,7 +291,9 @@ pub fn version(addr: SocketAddr) -> String {
 
 /// Waits until fresh connections are served by `want`.
 pub fn wait_version(addr: SocketAddr, want: &str) {
-    wait_for(&format!("version {want} to be served"), Duration::from_secs(15), || {
-        (version(addr) == want).then_some(())
-    });
+    wait_for(
+        &format!("version {want} to be served"),
+        Duration::from_secs(15),
+        || (version(addr) == want).then_some(()),
+    );
 }
