@@ -116,7 +116,7 @@ fn second_sigterm_stops_hard() {
     );
     let mut baton = Baton::start(
         dir,
-        &Baton::hello_config("ready = \"delay:100ms\"\ndrain_timeout = \"60s\""),
+        "[program]\ncommand = \"bin/hello\"\nlisten = [\"127.0.0.1:0\"]\nready = \"delay:100ms\"\ndrain_timeout = \"60s\"\n",
     );
     baton.wait_ready();
     let workers = baton.children();

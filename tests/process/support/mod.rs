@@ -85,6 +85,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Polls `done` every 20 ms for up to `timeout`; whether it came true.
+pub fn wait_for_quietly(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A running `baton run` master in a temp dir.
 pub struct Baton {
     pub dir: tempfile::TempDir,
