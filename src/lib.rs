@@ -15,7 +15,6 @@
 //!    becomes master, worker or probe depending on how it was started:
 //!
 //! ```no_run
-//! # async fn app() {}
 //! fn main() -> Result<(), baton::Error> {
 //!     // Code here runs in the master, in every worker and in probes: keep
 //!     // one-time jobs (migrations, cron-like tasks) out of it, or guard them
@@ -24,12 +23,11 @@
 //!     baton::run(options, |mut worker| async move {
 //!         // Per-worker setup goes here.
 //!         let listener = worker.tcp(0)?;
-//!         let app = tower_service_fn_placeholder();
+//!         let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
 //!         worker.ready()?;
 //!         baton::serve::http(listener, app, worker.shutdown()).await
 //!     })
 //! }
-//! # fn tower_service_fn_placeholder() -> std::convert::Infallible { unreachable!() }
 //! ```
 //!
 //! # The worker protocol

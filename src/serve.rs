@@ -259,6 +259,7 @@ where
         let mut inner = self.inner.clone();
         let conn = self.conn.clone();
         let draining = self.draining.clone();
+        let version = req.version();
         conn.begin();
         Box::pin(async move {
             let result = match poll_fn(|cx| inner.poll_ready(cx)).await {
@@ -271,6 +272,13 @@ where
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
+                    // hyper appends `keep-alive` to the Connection header of a
+                    // reply to an HTTP/1.0 keep-alive request unless the reply
+                    // itself is HTTP/1.0; `close, keep-alive` makes clients
+                    // such as ab reuse a connection that is about to close.
+                    if version == http::Version::HTTP_10 {
+                        *response.version_mut() = http::Version::HTTP_10;
+                    }
                 }
                 response
             })

@@ -47,6 +47,14 @@ fn cycles_under_keepalive_load_fail_no_request() {
     cycles_under_load(LoadMode::KeepAlive);
 }
 
+/// Regression: hyper turned the draining `Connection: close` into
+/// `close, keep-alive` for HTTP/1.0 keep-alive clients, and ab -k lost one
+/// request per connection at every cycle.
+#[test]
+fn cycles_under_http10_keepalive_load_like_ab_fail_no_request() {
+    cycles_under_load(LoadMode::KeepAlive10);
+}
+
 #[test]
 fn cycles_under_new_connection_load_fail_no_request() {
     cycles_under_load(LoadMode::NewConnection);

@@ -24,6 +24,10 @@ pub enum LoadMode {
     KeepAlive,
     /// A new connection per request (`Connection: close`).
     NewConnection,
+    /// HTTP/1.0 with `Connection: Keep-Alive`, reusing a connection exactly
+    /// when the reply's Connection header mentions keep-alive, as `ab -k`
+    /// does.
+    KeepAlive10,
 }
 
 /// What a run saw.
@@ -203,6 +207,7 @@ async fn request(
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut length = 0usize;
     let mut server_close = false;
+    let mut server_keep_alive = false;
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 {
