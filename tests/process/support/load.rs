@@ -185,15 +185,12 @@ async fn request(
     stream: &mut BufReader<TcpStream>,
     mode: LoadMode,
 ) -> std::io::Result<(u16, bool, String)> {
-    let close = if mode == LoadMode::NewConnection {
-        "Connection: close\r\n"
-    } else {
-        ""
+    let request: &[u8] = match mode {
+        LoadMode::KeepAlive => b"GET / HTTP/1.1\r\nHost: load\r\n\r\n",
+        LoadMode::NewConnection => b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+        LoadMode::KeepAlive10 => b"GET / HTTP/1.0\r\nHost: load\r\nConnection: Keep-Alive\r\n\r\n",
     };
-    stream
-        .get_mut()
-        .write_all(format!("GET / HTTP/1.1\r\nHost: load\r\n{close}\r\n").as_bytes())
-        .await?;
+    stream.get_mut().write_all(request).await?;
     let mut line = String::new();
     if stream.read_line(&mut line).await? == 0 {
         return Err(std::io::Error::new(
@@ -226,14 +223,19 @@ async fn request(
                 length = value
                     .parse()
                     .map_err(|_| std::io::Error::other("bad content-length"))?;
-            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
-            {
-                server_close = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                let value = value.to_ascii_lowercase();
+                server_close |= value.split(',').any(|t| t.trim() == "close");
+                server_keep_alive |= value.contains("keep-alive");
             }
         }
     }
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await?;
+    if mode == LoadMode::KeepAlive10 {
+        // Like ab: reuse exactly when the reply mentions keep-alive.
+        server_close = !server_keep_alive;
+    }
     Ok((
         status,
         server_close,
