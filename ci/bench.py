@@ -39,7 +39,7 @@ def get(port, path="/"):
     return data.split(b"\r\n\r\n", 1)[1].decode().strip()
 
 
-def wait_until(check, timeout=15):
+def wait_until(check, timeout=15, step=0.01):
     end = time.time() + timeout
     while time.time() < end:
         try:
@@ -47,7 +47,7 @@ def wait_until(check, timeout=15):
                 return
         except OSError:
             pass
-        time.sleep(0.01)
+        time.sleep(step)
     raise RuntimeError("timed out")
 
 
@@ -206,7 +206,7 @@ def cycle_latency():
             before = b.log_text()
             t0 = time.monotonic()
             b.flip()
-            wait_until(lambda: get(b.port) == f"hello {b.version}")
+            wait_until(lambda: get(b.port) == f"hello {b.version}", step=0.0005)
             lat.append((time.monotonic() - t0) * 1000)
             wait_until(lambda: b.log_text().count("worker is ready") > before.count("worker is ready"))
             time.sleep(0.3)

@@ -60,6 +60,105 @@ impl Error {
 pub struct Config {
     /// The supervised program: `[program]`.
     pub program: Program,
+    /// Where releases are installed: `[releases]`.
+    pub releases: Option<Releases>,
+    /// Where new builds come from: `[fetch]`.
+    pub fetch: Option<Fetch>,
+    /// What a candidate must pass: `[verify]`.
+    pub verify: Verify,
+}
+
+/// The releases directory: `<id>/` per release and the `current` symlink.
+#[derive(Debug, Clone)]
+pub struct Releases {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The executable's name in a release and in archives.
+    pub binary: String,
+    /// How many releases to keep (besides `current` and the previous one).
+    pub keep: usize,
+}
+
+/// The fetcher and its schedule.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// Which source, with its settings.
+    pub source: Source,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Up to this much random time is added to every interval.
+    pub jitter: Duration,
+    /// Connect and read timeout of one request.
+    pub timeout: Duration,
+}
+
+/// A source of new builds.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A local file, watched.
+    File {
+        /// The file (followed if it is a symlink).
+        path: PathBuf,
+    },
+    /// An HTTP(S) URL of a binary, an archive or a JSON manifest.
+    Http {
+        /// The URL.
+        url: String,
+        /// Extra request headers (authorization); never logged.
+        headers: BTreeMap<String, String>,
+        /// Allow plain http to hosts other than loopback.
+        allow_http: bool,
+        /// Fetch the expected sha256 from `<url>.sha256`.
+        checksum_url: bool,
+        /// Redirects followed at most.
+        max_redirects: usize,
+    },
+}
+
+impl Source {
+    /// The source's name in the config: `file`, `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File { .. } => "file",
+            Source::Http { .. } => "http",
+        }
+    }
+}
+
+/// What a candidate must pass before it is installed.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// Arguments of the probe run (default `--probe`).
+    pub probe: Vec<String>,
+    /// How long the probe may run.
+    pub probe_timeout: Duration,
+    /// A pinned sha256: only these bytes are accepted.
+    pub sha256: Option<[u8; 32]>,
+    /// A minisign public key (base64); when set a valid signature is mandatory.
+    pub minisign_key: Option<String>,
+    /// Accept versions lower than the running one.
+    pub allow_downgrade: bool,
+    /// Only versions matching this requirement are accepted.
+    pub version: Option<semver::VersionReq>,
+    /// The largest download accepted, in bytes.
+    pub max_size: u64,
+    /// How long a whole download may take.
+    pub download_timeout: Duration,
+}
+
+impl Default for Verify {
+    fn default() -> Verify {
+        Verify {
+            probe: vec!["--probe".to_owned()],
+            probe_timeout: Duration::from_secs(10),
+            sha256: None,
+            minisign_key: None,
+            allow_downgrade: false,
+            version: None,
+            max_size: 512 << 20,
+            download_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// How the worker is started, where it listens and how it is cycled.
@@ -266,6 +365,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     program: RawProgram,
+    releases: Option<RawReleases>,
+    fetch: Option<RawFetch>,
+    #[serde(default)]
+    verify: RawVerify,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReleases {
+    dir: Option<String>,
+    binary: String,
+    keep: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    source: String,
+    interval: Option<String>,
+    jitter: Option<String>,
+    timeout: Option<String>,
+    path: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    allow_http: Option<bool>,
+    checksum_url: Option<bool>,
+    max_redirects: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    probe: Option<Vec<String>>,
+    probe_timeout: Option<String>,
+    sha256: Option<String>,
+    minisign_key: Option<String>,
+    allow_downgrade: Option<bool>,
+    version: Option<String>,
+    max_size: Option<String>,
+    download_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -387,14 +527,6 @@ impl Config {
                 ));
             }
         }
-        let duration = |key: &str, value: &Option<String>, default: Duration| match value {
-            None => Ok(default),
-            Some(v) => match parse_duration(v) {
-                Ok(d) if d.is_zero() => Err(Error::invalid(key, v, "must be more than zero")),
-                Ok(d) => Ok(d),
-                Err(reason) => Err(Error::invalid(key, v, reason)),
-            },
-        };
         program.ready_timeout = duration(
             "program.ready_timeout",
             &p.ready_timeout,
@@ -415,8 +547,173 @@ impl Config {
                 .parse()
                 .map_err(|reason| Error::invalid("program.stop_signal", sig, reason))?;
         }
-        Ok(Config { program })
+        let releases = raw.releases.map(|r| parse_releases(r, base)).transpose()?;
+        let fetch = raw.fetch.map(|f| parse_fetch(f, base)).transpose()?;
+        if fetch.is_some() && releases.is_none() {
+            return Err(Error::invalid(
+                "fetch.source",
+                &fetch.as_ref().unwrap().source.kind(),
+                "fetching needs a [releases] section saying where to install",
+            ));
+        }
+        let verify = parse_verify(raw.verify)?;
+        Ok(Config {
+            program,
+            releases,
+            fetch,
+            verify,
+        })
     }
+}
+
+fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Duration, Error> {
+    match value {
+        None => Ok(default),
+        Some(v) => match parse_duration(v) {
+            Ok(d) if d.is_zero() => Err(Error::invalid(key, v, "must be more than zero")),
+            Ok(d) => Ok(d),
+            Err(reason) => Err(Error::invalid(key, v, reason)),
+        },
+    }
+}
+
+fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
+    if r.binary.is_empty() || r.binary.contains('/') || r.binary == "." || r.binary == ".." {
+        return Err(Error::invalid("releases.binary", &r.binary, "must be a plain file name"));
+    }
+    let keep = r.keep.unwrap_or(3);
+    if keep == 0 {
+        return Err(Error::invalid("releases.keep", keep, "keep at least 1 release"));
+    }
+    Ok(Releases {
+        dir: base.join(r.dir.as_deref().unwrap_or("releases")),
+        binary: r.binary,
+        keep,
+    })
+}
+
+fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
+    let only_for = |key: &str, set: bool, kind: &str| {
+        if set && f.source != kind {
+            Err(Error::invalid(&format!("fetch.{key}"), "…", format!("only applies to source = \"{kind}\"")))
+        } else {
+            Ok(())
+        }
+    };
+    only_for("path", f.path.is_some(), "file")?;
+    only_for("url", f.url.is_some(), "http")?;
+    only_for("headers", !f.headers.is_empty(), "http")?;
+    only_for("allow_http", f.allow_http.is_some(), "http")?;
+    only_for("checksum_url", f.checksum_url.is_some(), "http")?;
+    only_for("max_redirects", f.max_redirects.is_some(), "http")?;
+    let source = match f.source.as_str() {
+        "file" => {
+            let path = f
+                .path
+                .ok_or_else(|| Error::invalid("fetch.path", "", "source = \"file\" needs the file's path"))?;
+            Source::File { path: base.join(path) }
+        }
+        "http" => {
+            let url = f
+                .url
+                .ok_or_else(|| Error::invalid("fetch.url", "", "source = \"http\" needs a url"))?;
+            let allow_http = f.allow_http.unwrap_or(false);
+            crate::fetchers::http::check_url(&url, allow_http)
+                .map_err(|reason| Error::invalid("fetch.url", &url, reason))?;
+            for (name, value) in &f.headers {
+                if http::HeaderName::try_from(name.as_str()).is_err() {
+                    return Err(Error::invalid("fetch.headers", name, "not a valid header name"));
+                }
+                if http::HeaderValue::try_from(value.as_str()).is_err() {
+                    return Err(Error::invalid("fetch.headers", name, "the value is not a valid header value"));
+                }
+            }
+            Source::Http {
+                url,
+                headers: f.headers,
+                allow_http,
+                checksum_url: f.checksum_url.unwrap_or(false),
+                max_redirects: f.max_redirects.unwrap_or(5),
+            }
+        }
+        "github" | "s3" => {
+            return Err(Error::invalid(
+                "fetch.source",
+                &f.source,
+                "this source is not available in this build of baton",
+            ))
+        }
+        other => {
+            return Err(Error::invalid("fetch.source", other, "expected \"file\" or \"http\""));
+        }
+    };
+    Ok(Fetch {
+        source,
+        interval: duration("fetch.interval", &f.interval, Duration::from_secs(60))?,
+        jitter: match &f.jitter {
+            Some(j) => parse_duration(j).map_err(|reason| Error::invalid("fetch.jitter", j, reason))?,
+            None => Duration::ZERO,
+        },
+        timeout: duration("fetch.timeout", &f.timeout, Duration::from_secs(30))?,
+    })
+}
+
+fn parse_verify(v: RawVerify) -> Result<Verify, Error> {
+    let mut verify = Verify::default();
+    if let Some(probe) = v.probe {
+        verify.probe = probe;
+    }
+    verify.probe_timeout = duration("verify.probe_timeout", &v.probe_timeout, verify.probe_timeout)?;
+    verify.download_timeout = duration("verify.download_timeout", &v.download_timeout, verify.download_timeout)?;
+    if let Some(hex_sum) = &v.sha256 {
+        verify.sha256 = Some(
+            parse_sha256(hex_sum).ok_or_else(|| Error::invalid("verify.sha256", hex_sum, "expected 64 hex digits"))?,
+        );
+    }
+    if let Some(key) = &v.minisign_key {
+        minisign_verify::PublicKey::from_base64(key.trim())
+            .map_err(|e| Error::invalid("verify.minisign_key", key, format!("not a minisign public key ({e})")))?;
+        verify.minisign_key = Some(key.trim().to_owned());
+    }
+    verify.allow_downgrade = v.allow_downgrade.unwrap_or(false);
+    if let Some(req) = &v.version {
+        verify.version = Some(
+            semver::VersionReq::parse(req)
+                .map_err(|e| Error::invalid("verify.version", req, format!("not a version requirement ({e})")))?,
+        );
+    }
+    if let Some(size) = &v.max_size {
+        verify.max_size = parse_size(size).ok_or_else(|| {
+            Error::invalid("verify.max_size", size, "expected a size such as 512MiB, 20MB or 1048576")
+        })?;
+    }
+    Ok(verify)
+}
+
+/// Parses 64 hex digits.
+pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// Parses `512MiB`, `20MB`, `64KiB`, `1GiB` or a plain byte count.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|&n| n > 0)
 }
 
 #[cfg(test)]
@@ -449,6 +746,49 @@ listen = ["127.0.0.1:8080", "admin=[::1]:9090", "unix:run/hello.sock", "udp:127.
             ListenAddr::Unix("/srv/app/run/hello.sock".into())
         );
         assert!(matches!(p.listen[3].addr, ListenAddr::Udp(_)));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"[program]
+command = "releases/current/hello"
+listen = ["127.0.0.1:8080"]
+[releases]
+binary = "hello"
+keep = 5
+[fetch]
+source = "http"
+url = "http://127.0.0.1:9000/manifest.json"
+interval = "1s"
+jitter = "500ms"
+headers = { Authorization = "Bearer x" }
+[verify]
+max_size = "64MiB"
+version = ">=1.4, <2"
+allow_downgrade = true
+"#,
+        )
+        .unwrap();
+        let r = c.releases.unwrap();
+        assert_eq!(r.dir, Path::new("/srv/app/releases"));
+        assert_eq!(r.keep, 5);
+        let f = c.fetch.unwrap();
+        assert_eq!(f.interval, Duration::from_secs(1));
+        assert_eq!(f.jitter, Duration::from_millis(500));
+        assert!(matches!(f.source, Source::Http { .. }));
+        assert_eq!(c.verify.max_size, 64 << 20);
+        assert!(c.verify.allow_downgrade);
+        assert!(c.verify.version.unwrap().matches(&semver::Version::new(1, 5, 0)));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("20MB"), Some(20_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("1TB"), None);
     }
 
     #[test]
