@@ -549,10 +549,10 @@ impl Config {
         }
         let releases = raw.releases.map(|r| parse_releases(r, base)).transpose()?;
         let fetch = raw.fetch.map(|f| parse_fetch(f, base)).transpose()?;
-        if fetch.is_some() && releases.is_none() {
+        if let (Some(fetch), None) = (&fetch, &releases) {
             return Err(Error::invalid(
                 "fetch.source",
-                &fetch.as_ref().unwrap().source.kind(),
+                fetch.source.kind(),
                 "fetching needs a [releases] section saying where to install",
             ));
         }
@@ -579,11 +579,19 @@ fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Dura
 
 fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
     if r.binary.is_empty() || r.binary.contains('/') || r.binary == "." || r.binary == ".." {
-        return Err(Error::invalid("releases.binary", &r.binary, "must be a plain file name"));
+        return Err(Error::invalid(
+            "releases.binary",
+            &r.binary,
+            "must be a plain file name",
+        ));
     }
     let keep = r.keep.unwrap_or(3);
     if keep == 0 {
-        return Err(Error::invalid("releases.keep", keep, "keep at least 1 release"));
+        return Err(Error::invalid(
+            "releases.keep",
+            keep,
+            "keep at least 1 release",
+        ));
     }
     Ok(Releases {
         dir: base.join(r.dir.as_deref().unwrap_or("releases")),
@@ -595,7 +603,11 @@ fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
 fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
     let only_for = |key: &str, set: bool, kind: &str| {
         if set && f.source != kind {
-            Err(Error::invalid(&format!("fetch.{key}"), "…", format!("only applies to source = \"{kind}\"")))
+            Err(Error::invalid(
+                &format!("fetch.{key}"),
+                "…",
+                format!("only applies to source = \"{kind}\""),
+            ))
         } else {
             Ok(())
         }
@@ -608,10 +620,12 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
     only_for("max_redirects", f.max_redirects.is_some(), "http")?;
     let source = match f.source.as_str() {
         "file" => {
-            let path = f
-                .path
-                .ok_or_else(|| Error::invalid("fetch.path", "", "source = \"file\" needs the file's path"))?;
-            Source::File { path: base.join(path) }
+            let path = f.path.ok_or_else(|| {
+                Error::invalid("fetch.path", "", "source = \"file\" needs the file's path")
+            })?;
+            Source::File {
+                path: base.join(path),
+            }
         }
         "http" => {
             let url = f
@@ -622,10 +636,18 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 .map_err(|reason| Error::invalid("fetch.url", &url, reason))?;
             for (name, value) in &f.headers {
                 if http::HeaderName::try_from(name.as_str()).is_err() {
-                    return Err(Error::invalid("fetch.headers", name, "not a valid header name"));
+                    return Err(Error::invalid(
+                        "fetch.headers",
+                        name,
+                        "not a valid header name",
+                    ));
                 }
                 if http::HeaderValue::try_from(value.as_str()).is_err() {
-                    return Err(Error::invalid("fetch.headers", name, "the value is not a valid header value"));
+                    return Err(Error::invalid(
+                        "fetch.headers",
+                        name,
+                        "the value is not a valid header value",
+                    ));
                 }
             }
             Source::Http {
@@ -644,14 +666,20 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             ))
         }
         other => {
-            return Err(Error::invalid("fetch.source", other, "expected \"file\" or \"http\""));
+            return Err(Error::invalid(
+                "fetch.source",
+                other,
+                "expected \"file\" or \"http\"",
+            ));
         }
     };
     Ok(Fetch {
         source,
         interval: duration("fetch.interval", &f.interval, Duration::from_secs(60))?,
         jitter: match &f.jitter {
-            Some(j) => parse_duration(j).map_err(|reason| Error::invalid("fetch.jitter", j, reason))?,
+            Some(j) => {
+                parse_duration(j).map_err(|reason| Error::invalid("fetch.jitter", j, reason))?
+            }
             None => Duration::ZERO,
         },
         timeout: duration("fetch.timeout", &f.timeout, Duration::from_secs(30))?,
@@ -663,28 +691,49 @@ fn parse_verify(v: RawVerify) -> Result<Verify, Error> {
     if let Some(probe) = v.probe {
         verify.probe = probe;
     }
-    verify.probe_timeout = duration("verify.probe_timeout", &v.probe_timeout, verify.probe_timeout)?;
-    verify.download_timeout = duration("verify.download_timeout", &v.download_timeout, verify.download_timeout)?;
+    verify.probe_timeout = duration(
+        "verify.probe_timeout",
+        &v.probe_timeout,
+        verify.probe_timeout,
+    )?;
+    verify.download_timeout = duration(
+        "verify.download_timeout",
+        &v.download_timeout,
+        verify.download_timeout,
+    )?;
     if let Some(hex_sum) = &v.sha256 {
-        verify.sha256 = Some(
-            parse_sha256(hex_sum).ok_or_else(|| Error::invalid("verify.sha256", hex_sum, "expected 64 hex digits"))?,
-        );
+        verify.sha256 =
+            Some(parse_sha256(hex_sum).ok_or_else(|| {
+                Error::invalid("verify.sha256", hex_sum, "expected 64 hex digits")
+            })?);
     }
     if let Some(key) = &v.minisign_key {
-        minisign_verify::PublicKey::from_base64(key.trim())
-            .map_err(|e| Error::invalid("verify.minisign_key", key, format!("not a minisign public key ({e})")))?;
+        minisign_verify::PublicKey::from_base64(key.trim()).map_err(|e| {
+            Error::invalid(
+                "verify.minisign_key",
+                key,
+                format!("not a minisign public key ({e})"),
+            )
+        })?;
         verify.minisign_key = Some(key.trim().to_owned());
     }
     verify.allow_downgrade = v.allow_downgrade.unwrap_or(false);
     if let Some(req) = &v.version {
-        verify.version = Some(
-            semver::VersionReq::parse(req)
-                .map_err(|e| Error::invalid("verify.version", req, format!("not a version requirement ({e})")))?,
-        );
+        verify.version = Some(semver::VersionReq::parse(req).map_err(|e| {
+            Error::invalid(
+                "verify.version",
+                req,
+                format!("not a version requirement ({e})"),
+            )
+        })?);
     }
     if let Some(size) = &v.max_size {
         verify.max_size = parse_size(size).ok_or_else(|| {
-            Error::invalid("verify.max_size", size, "expected a size such as 512MiB, 20MB or 1048576")
+            Error::invalid(
+                "verify.max_size",
+                size,
+                "expected a size such as 512MiB, 20MB or 1048576",
+            )
         })?;
     }
     Ok(verify)
@@ -700,7 +749,9 @@ pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
 /// Parses `512MiB`, `20MB`, `64KiB`, `1GiB` or a plain byte count.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let factor: u64 = match unit.trim() {
@@ -779,7 +830,11 @@ allow_downgrade = true
         assert!(matches!(f.source, Source::Http { .. }));
         assert_eq!(c.verify.max_size, 64 << 20);
         assert!(c.verify.allow_downgrade);
-        assert!(c.verify.version.unwrap().matches(&semver::Version::new(1, 5, 0)));
+        assert!(c
+            .verify
+            .version
+            .unwrap()
+            .matches(&semver::Version::new(1, 5, 0)));
     }
 
     #[test]

@@ -59,7 +59,9 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod fetchers;
 pub mod master;
+pub mod release;
 pub mod serve;
 mod sys;
 mod worker;
@@ -90,6 +92,18 @@ pub enum Error {
     /// The master was stopped hard (a second SIGTERM/SIGINT).
     #[error("stopped hard: workers were killed")]
     StoppedHard,
+}
+
+/// An error and its sources on one line: `a: b: c`.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Which part this process plays.
@@ -239,7 +253,13 @@ where
                 .enable_all()
                 .build()
                 .map_err(Error::Runtime)?;
-            match rt.block_on(master::run(program))? {
+            let config = Config {
+                program,
+                releases: None,
+                fetch: None,
+                verify: config::Verify::default(),
+            };
+            match rt.block_on(master::run(config))? {
                 master::Stopped::Graceful => Ok(()),
                 master::Stopped::Hard => Err(Error::StoppedHard),
             }

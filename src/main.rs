@@ -22,6 +22,16 @@ enum Command {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
+    /// Fetch, stage, verify and probe one candidate; print what would be
+    /// installed. With --install, install it (then SIGHUP the master).
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+        /// Install the candidate and point `current` at it.
+        #[arg(long)]
+        install: bool,
+    },
     /// Validate a config file and exit.
     Validate {
         /// The config file.
@@ -44,12 +54,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match &cli.command {
-        Command::Run { config } | Command::Validate { config } => config,
+        Command::Run { config } | Command::Validate { config } | Command::Check { config, .. } => {
+            config
+        }
     };
     let config = match baton::Config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("baton: {}", chain(&e));
+            eprintln!("baton: {}", baton::display_chain(&e));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -58,34 +70,93 @@ fn main() -> ExitCode {
             println!("config is valid");
             ExitCode::SUCCESS
         }
-        Command::Run { .. } => match run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("baton: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Run { .. } => exit(run(config)),
+        Command::Check { install, .. } => exit(check(config, install)),
     }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
+    use baton::release::{Outcome, Pipeline, Store};
+    use std::io::IsTerminal;
+    let releases = config
+        .releases
+        .context("baton check needs a [releases] section")?;
+    let fetch = config
+        .fetch
+        .context("baton check needs a [fetch] section")?;
+    runtime()?.block_on(async {
+        let store = Store::open(&releases)?;
+        store.sweep()?;
+        let mut fetcher = baton::fetchers::from_config(&fetch)?;
+        let Some(candidate) = fetcher.check().await? else {
+            println!("nothing at {}", fetcher.describe());
+            return Ok(());
+        };
+        let bar = if std::io::stdout().is_terminal() {
+            let bar = match candidate.info.size {
+                Some(size) => indicatif::ProgressBar::new(size),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let pipeline = Pipeline::new(store, config.verify);
+        let outcome = pipeline
+            .run(candidate, install, &|n| bar.set_position(n))
+            .await;
+        bar.finish_and_clear();
+        let show = |verb: &str, m: &baton::release::Meta| {
+            println!("{verb} {}", m.id);
+            println!("  version: {}", m.version.as_deref().unwrap_or("unknown"));
+            println!("  sha256:  {}", m.sha256);
+            println!("  size:    {} bytes", m.size);
+            println!("  source:  {}", m.source);
+        };
+        match outcome? {
+            Outcome::Installed { release, previous } => {
+                show("installed", &release);
+                if let Some(previous) = previous {
+                    println!("  previous: {previous}");
+                }
+                println!("send SIGHUP to a running master to cycle onto it");
+            }
+            Outcome::Verified(m) => show("would install", &m),
+            Outcome::Unchanged(m) => show("already current:", &m),
+            Outcome::KnownBad { sha256 } => {
+                println!("sha256 {sha256} failed before; not installed")
+            }
+        }
+        Ok(())
+    })
 }
 
 fn run(config: baton::Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    match rt.block_on(baton::master::run(config.program))? {
+    match runtime()?.block_on(baton::master::run(config))? {
         baton::master::Stopped::Graceful => Ok(()),
         baton::master::Stopped::Hard => anyhow::bail!("stopped hard: workers were killed"),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

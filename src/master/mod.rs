@@ -6,6 +6,7 @@
 mod notify;
 mod ready;
 mod sockets;
+mod update;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -15,9 +16,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use crate::config::{Program, Ready};
+use std::sync::Arc;
+
+use crate::config::{Config, Program, Ready};
+use crate::release::{Pipeline, Store};
 use notify::{NotifyServer, Supervisor};
-use worker::{describe_exit, Exit, State, Worker};
+pub(crate) use worker::describe_exit;
+use worker::{Exit, State, Worker};
 
 pub(crate) use notify::send as sd_notify;
 pub(crate) use sockets::Sockets;
@@ -25,6 +30,9 @@ pub(crate) use sockets::Sockets;
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// A worker that served this long before crashing resets the backoff.
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(10);
+/// A worker of a new release that dies within this time of becoming ready
+/// rolls the release back.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// Why the master could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,12 @@ pub enum Error {
     /// The notify socket for workers could not be created.
     #[error("cannot create the notify socket for workers")]
     Notify(#[source] std::io::Error),
+    /// The releases directory could not be prepared.
+    #[error("cannot prepare the releases directory")]
+    Releases(#[source] crate::release::Error),
+    /// The fetcher could not be set up.
+    #[error("cannot set up the fetcher")]
+    Fetcher(#[source] crate::fetchers::Error),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -67,9 +81,17 @@ enum Reason {
     Cycle,
 }
 
+/// A release being rolled out: the worker running it, and where to roll back.
+#[derive(Debug, Clone)]
+struct Upgrade {
+    release: crate::release::Meta,
+    previous: Option<String>,
+}
+
 struct Starting {
     id: u64,
     reason: Reason,
+    upgrade: Option<Upgrade>,
     deadline: Instant,
     /// For `delay:` readiness: when it counts as ready.
     ready_at: Option<Instant>,
@@ -85,8 +107,15 @@ struct Status {
 }
 
 /// Runs the master until SIGTERM/SIGINT. Binds (or adopts) the sockets first;
-/// an error there is returned before any worker is spawned.
-pub async fn run(program: Program) -> Result<Stopped, Error> {
+/// an error there is returned before any worker is spawned. With `[fetch]`,
+/// new releases are fetched, installed and cycled onto.
+pub async fn run(config: Config) -> Result<Stopped, Error> {
+    let Config {
+        program,
+        releases,
+        fetch,
+        verify,
+    } = config;
     // Signal streams first: from here on no signal is lost.
     let mut sig = Signals::install().map_err(Error::Signals)?;
     let sockets = Sockets::open(&program.listen)?;
@@ -95,8 +124,36 @@ pub async fn run(program: Program) -> Result<Stopped, Error> {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
+    let store = match &releases {
+        Some(r) => {
+            let store = Store::open(r).map_err(Error::Releases)?;
+            for left in store.sweep().map_err(Error::Releases)? {
+                tracing::info!("removed {} left by an interrupted install", left.display());
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    let (installed_tx, mut installed) = mpsc::unbounded_channel();
+    let check_now = Arc::new(tokio::sync::Notify::new());
+    let updater = match (&store, fetch) {
+        (Some(store), Some(fetch)) => {
+            let fetcher = crate::fetchers::from_config(&fetch).map_err(Error::Fetcher)?;
+            let pipeline = Arc::new(Pipeline::new(store.clone(), verify));
+            Some(tokio::spawn(update::run(
+                fetch,
+                fetcher,
+                pipeline,
+                installed_tx,
+                check_now.clone(),
+            )))
+        }
+        _ => None,
+    };
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let waiting_for_release =
+        updater.is_some() && store.as_ref().is_some_and(|s| s.current().is_none());
     let mut m = Master {
         program,
         sockets,
@@ -113,18 +170,33 @@ pub async fn run(program: Program) -> Result<Stopped, Error> {
         restart_at: None,
         stopping: None,
         status: Status::default(),
+        store,
+        pending_upgrade: None,
+        settling: None,
+        waiting_for_release,
     };
-    m.start_worker(Reason::Start);
-    loop {
+    if waiting_for_release {
+        tracing::info!("no release is installed yet; waiting for the first one");
+    } else {
+        m.start_worker(Reason::Start);
+    }
+    let stopped = loop {
         let timer = m.next_deadline();
         tokio::select! {
             _ = sig.hup.recv() => m.request_cycle("SIGHUP"),
             _ = sig.usr2.recv() => m.request_cycle("SIGUSR2"),
-            _ = sig.usr1.recv() => tracing::info!("SIGUSR1: no fetcher is configured, nothing to check"),
+            _ = sig.usr1.recv() => {
+                if updater.is_some() {
+                    check_now.notify_one();
+                } else {
+                    tracing::info!("SIGUSR1: no fetcher is configured, nothing to check");
+                }
+            }
             _ = sig.term.recv() => m.stop("SIGTERM"),
             _ = sig.int.recv() => m.stop("SIGINT"),
             Some(Exit::Exited { id, status }) = exits.recv() => m.on_exit(id, status),
             Some(id) = ready_rx.recv() => m.on_ready(id, "its health check answered"),
+            Some(new) = installed.recv() => m.on_installed(new),
             msg = notify.recv() => match msg {
                 Ok(msg) => m.on_notify(msg),
                 Err(e) => tracing::warn!("cannot read the notify socket: {e}"),
@@ -134,12 +206,15 @@ pub async fn run(program: Program) -> Result<Stopped, Error> {
         if let Some(how) = m.stopping {
             if m.workers.is_empty() {
                 tracing::info!("all workers have exited; master exiting");
-                return Ok(how);
+                break how;
             }
         }
+    };
+    if let Some(u) = updater {
+        u.abort();
     }
+    Ok(stopped)
 }
-
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
@@ -183,6 +258,13 @@ struct Master {
     restart_at: Option<Instant>,
     stopping: Option<Stopped>,
     status: Status,
+    store: Option<Store>,
+    /// An installed release waiting for its cycle.
+    pending_upgrade: Option<Upgrade>,
+    /// A release whose worker became ready recently: (upgrade, worker, ready at).
+    settling: Option<(Upgrade, u64, Instant)>,
+    /// No release is installed yet: the first worker waits for one.
+    waiting_for_release: bool,
 }
 
 impl Master {
@@ -235,7 +317,8 @@ impl Master {
             Ok(w) => w,
             Err(e) => {
                 let failure = format!("worker {id} failed to start: {e}");
-                self.start_failed(reason, failure);
+                let upgrade = self.pending_upgrade.take();
+                self.start_failed(reason, failure, upgrade);
                 return;
             }
         };
@@ -244,6 +327,7 @@ impl Master {
         let mut starting = Starting {
             id,
             reason,
+            upgrade: self.pending_upgrade.take(),
             deadline: now + self.program.ready_timeout,
             ready_at: None,
             checker: None,
@@ -303,6 +387,10 @@ impl Master {
         worker.state = State::Serving { since: now };
         let pid = worker.pid;
         tracing::info!(worker = id, pid, "worker is ready: {how}");
+        if let Some(upgrade) = starting.upgrade {
+            tracing::info!(worker = id, "now serving release {}", upgrade.release.id);
+            self.settling = Some((upgrade, id, now));
+        }
         if let Some(old) = self.active.replace(id) {
             self.status.cycles += 1;
             self.drain(old);
@@ -348,7 +436,7 @@ impl Master {
                 ),
                 &worker,
             );
-            self.start_failed(starting.reason, failure);
+            self.start_failed(starting.reason, failure, starting.upgrade);
         } else if self.active == Some(id) {
             self.active = None;
             let served = match worker.state {
@@ -364,6 +452,11 @@ impl Master {
             if served >= RESTART_BACKOFF_RESET {
                 self.backoff = RESTART_BACKOFF_MIN;
             }
+            if let Some((upgrade, _, since)) = self.settling.take_if(|(_, w, _)| *w == id) {
+                if since.elapsed() < SETTLE {
+                    self.roll_back(upgrade, "its worker died right after it became ready");
+                }
+            }
             if self.stopping.is_none() && self.starting.is_none() {
                 self.schedule_restart();
             }
@@ -374,8 +467,11 @@ impl Master {
 
     /// A worker could not start or become ready. During a cycle the active
     /// worker keeps serving; otherwise a restart is scheduled.
-    fn start_failed(&mut self, reason: Reason, failure: String) {
+    fn start_failed(&mut self, reason: Reason, failure: String, upgrade: Option<Upgrade>) {
         tracing::error!("{failure}");
+        if let Some(upgrade) = upgrade {
+            self.roll_back(upgrade, "its worker did not start");
+        }
         self.status.last_failure = Some(failure.clone());
         self.supervisor.status(&failure);
         if self.stopping.is_some() {
@@ -401,6 +497,59 @@ impl Master {
                 self.schedule_restart();
             }
         }
+    }
+
+    /// A new release was installed: cycle onto it (or start the first worker).
+    fn on_installed(&mut self, new: update::Installed) {
+        let mut upgrade = Upgrade {
+            release: new.release,
+            previous: new.previous,
+        };
+        if let Some(older) = self.pending_upgrade.take() {
+            // Two installs before one cycle: roll back to what actually serves.
+            upgrade.previous = older.previous;
+        }
+        let why = format!("release {} installed", upgrade.release.id);
+        self.pending_upgrade = Some(upgrade);
+        if self.waiting_for_release {
+            self.waiting_for_release = false;
+            tracing::info!("{why}: starting the first worker");
+            self.start_worker(Reason::Start);
+        } else {
+            self.request_cycle(&why);
+        }
+    }
+
+    /// Points `current` back at the release that served before `upgrade` and
+    /// records the failed bytes so they are not installed again.
+    fn roll_back(&mut self, upgrade: Upgrade, why: &str) {
+        let Some(store) = &self.store else { return };
+        let id = &upgrade.release.id;
+        match &upgrade.previous {
+            Some(previous) => match store.rollback(previous) {
+                Ok(()) => {
+                    tracing::error!("release {id} failed: {why}; rolled current back to {previous}")
+                }
+                Err(e) => tracing::error!(
+                    "release {id} failed: {why}; cannot roll back to {previous}: {}",
+                    crate::display_chain(&e)
+                ),
+            },
+            None => tracing::error!(
+                "release {id} failed: {why}; there is no earlier release to roll back to"
+            ),
+        }
+        match store.mark_failed(&upgrade.release.sha256) {
+            Ok(()) => tracing::warn!(
+                "sha256 {} is marked failed and will not be installed again",
+                upgrade.release.sha256
+            ),
+            Err(e) => tracing::error!(
+                "cannot record the failed release: {}",
+                crate::display_chain(&e)
+            ),
+        }
+        self.status.last_failure = Some(format!("release {id} failed: {why}"));
     }
 
     fn schedule_restart(&mut self) {
@@ -439,7 +588,7 @@ impl Master {
                     }
                     None => format!("new worker {id} was not ready within {timeout}"),
                 };
-                self.start_failed(starting.reason, failure);
+                self.start_failed(starting.reason, failure, starting.upgrade);
             }
         }
         for w in self.workers.values_mut() {

@@ -74,11 +74,18 @@ fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
     struct Shutdown(PathBuf);
     impl Drop for Shutdown {
         fn drop(&mut self) {
+            let pid = std::fs::read_to_string(self.0.with_file_name("supervisord.pid"))
+                .unwrap_or_default();
             let _ = Command::new(tool("supervisorctl"))
                 .arg("-c")
                 .arg(&self.0)
                 .arg("shutdown")
                 .output();
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                support::wait_for_quietly(Duration::from_secs(30), || {
+                    support::process_state(pid).is_none()
+                });
+            }
         }
     }
     let _shutdown = Shutdown(conf.clone());

@@ -1,0 +1,271 @@
+//! The releases directory: `<version>-<sha8>/` per release, the `current`
+//! and `previous` symlinks swapped atomically, pruning, rollback, the list of
+//! failed digests, and sweeping what an interrupted install left.
+//!
+//! A release directory appears only by renaming a complete, fsynced staging
+//! directory; `current` changes only by renaming a new symlink over it. A
+//! crash at any point leaves `current` on a complete release.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+use crate::config::Releases;
+
+const META: &str = "release.json";
+const FAILED: &str = ".failed";
+
+/// What baton records about an installed release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The directory name.
+    pub id: String,
+    /// The version, when known.
+    pub version: Option<String>,
+    /// sha256 of the downloaded artifact, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where it came from.
+    pub source: String,
+    /// Seconds since the epoch.
+    pub installed_at: u64,
+}
+
+/// The releases directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    binary: String,
+    keep: usize,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+impl Store {
+    /// Opens (creating) the releases directory.
+    pub fn open(releases: &Releases) -> Result<Store, Error> {
+        std::fs::create_dir_all(&releases.dir).map_err(io("create", &releases.dir))?;
+        Ok(Store {
+            dir: releases.dir.clone(),
+            binary: releases.binary.clone(),
+            keep: releases.keep,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes what an interrupted download or install left: temp files,
+    /// staging directories, temp symlinks. Returns what was removed.
+    pub fn sweep(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(io("read", &self.dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".download-")
+                || name.starts_with(".staging-")
+                || name.ends_with(".tmp-link")
+            {
+                let path = e.path();
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                let result = if is_dir {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                result.map_err(io("remove", &path))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A new empty staging directory inside the releases directory.
+    pub fn staging(&self) -> Result<tempfile::TempDir, Error> {
+        tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&self.dir)
+            .map_err(io("create a staging dir in", &self.dir))
+    }
+
+    /// Where the binary of a staged release goes.
+    pub fn binary_in(&self, staging: &Path) -> PathBuf {
+        staging.join(&self.binary)
+    }
+
+    fn link(&self, name: &str) -> Option<String> {
+        std::fs::read_link(self.dir.join(name))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    /// The release `current` points at.
+    pub fn current(&self) -> Option<Meta> {
+        self.meta(&self.link("current")?)
+    }
+
+    /// The release `previous` points at.
+    pub fn previous(&self) -> Option<Meta> {
+        self.meta(&self.link("previous")?)
+    }
+
+    fn meta(&self, id: &str) -> Option<Meta> {
+        let text = std::fs::read_to_string(self.dir.join(id).join(META)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The directory name for a release.
+    pub fn id_for(version: Option<&str>, sha256: &[u8; 32]) -> String {
+        let version: String = version
+            .unwrap_or("unversioned")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".+-_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{version}-{}", &hex::encode(sha256)[..8])
+    }
+
+    /// Moves a complete staging directory into place as release `meta.id`
+    /// and points `current` at it (`previous` at the old one). Returns the
+    /// id `current` pointed at before.
+    pub fn install(
+        &self,
+        staging: tempfile::TempDir,
+        meta: &Meta,
+    ) -> Result<Option<String>, Error> {
+        let meta_path = staging.path().join(META);
+        let mut f = std::fs::File::create(&meta_path).map_err(io("write", &meta_path))?;
+        f.write_all(
+            serde_json::to_string_pretty(meta)
+                .expect("serializable")
+                .as_bytes(),
+        )
+        .and_then(|_| f.sync_all())
+        .map_err(io("write", &meta_path))?;
+        let binary = self.binary_in(staging.path());
+        std::fs::File::open(&binary)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync", &binary))?;
+        fsync_dir(staging.path())?;
+        let target = self.dir.join(&meta.id);
+        if target.join(META).exists() {
+            // The same bytes were installed before (a rollback target): keep
+            // that complete copy.
+            drop(staging);
+        } else {
+            let staged = staging.keep();
+            std::fs::rename(&staged, &target).map_err(io("rename into place", &target))?;
+        }
+        fsync_dir(&self.dir)?;
+        let before = self.link("current");
+        if let Some(old) = before.as_deref().filter(|old| *old != meta.id) {
+            self.point("previous", old)?;
+        }
+        self.point("current", &meta.id)?;
+        self.prune();
+        Ok(before)
+    }
+
+    /// Points `current` back at `id`.
+    pub fn rollback(&self, id: &str) -> Result<(), Error> {
+        if !self.dir.join(id).join(META).exists() {
+            return Err(Error::Io {
+                what: "roll back to",
+                path: self.dir.join(id),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "release is gone"),
+            });
+        }
+        self.point("current", id)
+    }
+
+    /// Atomically points the symlink `name` at `id`: a temp symlink beside
+    /// it renamed over it, then the directory fsynced.
+    fn point(&self, name: &str, id: &str) -> Result<(), Error> {
+        let link = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp-link"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(id, &tmp).map_err(io("create", &tmp))?;
+        std::fs::rename(&tmp, &link).map_err(io("swap", &link))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Keeps the newest `keep` releases plus `current` and `previous`.
+    fn prune(&self) {
+        let protect: HashSet<String> = ["current", "previous"]
+            .iter()
+            .filter_map(|l| self.link(l))
+            .collect();
+        let mut releases: Vec<Meta> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| self.meta(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        releases.sort_by_key(|m| std::cmp::Reverse(m.installed_at));
+        for old in releases
+            .iter()
+            .skip(self.keep)
+            .filter(|m| !protect.contains(&m.id))
+        {
+            match std::fs::remove_dir_all(self.dir.join(&old.id)) {
+                Ok(()) => tracing::info!("pruned release {}", old.id),
+                Err(e) => tracing::warn!("cannot prune release {}: {e}", old.id),
+            }
+        }
+    }
+
+    /// Digests that failed after install (the worker would not start).
+    pub fn failed(&self) -> HashSet<String> {
+        std::fs::read_to_string(self.dir.join(FAILED))
+            .map(|t| t.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a digest that must not be installed again.
+    pub fn mark_failed(&self, sha256: &str) -> Result<(), Error> {
+        let mut all: Vec<String> = self.failed().into_iter().collect();
+        all.push(sha256.to_owned());
+        all.sort();
+        all.dedup();
+        let path = self.dir.join(FAILED);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".staging-failed")
+            .tempfile_in(&self.dir)
+            .map_err(io("write", &path))?;
+        tmp.write_all(format!("{}\n", all.join("\n")).as_bytes())
+            .map_err(io("write", &path))?;
+        tmp.as_file().sync_all().map_err(io("write", &path))?;
+        tmp.persist(&path).map_err(|e| Error::Io {
+            what: "write",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        fsync_dir(&self.dir)
+    }
+}

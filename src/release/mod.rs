@@ -1,0 +1,311 @@
+//! From candidate to installed release: stage, verify, unpack, probe,
+//! install. Nothing reaches `current` before it passed every check.
+
+pub mod archive;
+pub mod install;
+pub mod probe;
+pub mod stage;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Verify;
+use crate::fetchers::{Candidate, Info};
+pub use install::{Meta, Store};
+
+/// Why a candidate was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source could not be checked.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetchers::Error),
+    /// The download broke off.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// The download ended before the size the source stated.
+    #[error("download truncated: got {got} of {expected} bytes")]
+    Truncated {
+        /// Bytes stated.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The download took longer than `verify.download_timeout`.
+    #[error("download took longer than {}", humantime::format_duration(*.limit))]
+    DownloadTimeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The download is larger than `verify.max_size`.
+    #[error("download is larger than verify.max_size ({limit} bytes){}", .size.map(|s| format!(": {s} bytes")).unwrap_or_default())]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+        /// The stated size, when known before downloading.
+        size: Option<u64>,
+    },
+    /// The sha256 differs from the one expected.
+    #[error("sha256 mismatch: {from} expects {expected}, the download is {actual}")]
+    Checksum {
+        /// Who stated the expected digest.
+        from: &'static str,
+        /// Expected, hex.
+        expected: String,
+        /// Actual, hex.
+        actual: String,
+    },
+    /// A key is configured and the source gave no signature.
+    #[error("no minisign signature, and verify.minisign_key makes one mandatory")]
+    MissingSignature,
+    /// The signature does not verify.
+    #[error("bad minisign signature: {reason}")]
+    BadSignature {
+        /// Why.
+        reason: String,
+    },
+    /// The candidate's version is lower than the running one.
+    #[error(
+        "refusing downgrade from {running} to {candidate} (set verify.allow_downgrade to allow)"
+    )]
+    Downgrade {
+        /// Running version.
+        running: String,
+        /// Candidate version.
+        candidate: String,
+    },
+    /// The candidate's version is outside `verify.version`.
+    #[error("version {version} does not match verify.version {requirement}")]
+    VersionRequirement {
+        /// The requirement.
+        requirement: String,
+        /// The candidate's version.
+        version: String,
+    },
+    /// An archive is corrupt, escapes its directory, or lacks the binary.
+    #[error("bad archive: {reason}")]
+    Archive {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The candidate could not be started for its probe.
+    #[error("cannot run probe {path}")]
+    ProbeSpawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why (exec format error, permission denied).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The probe exited unsuccessfully.
+    #[error("probe failed with {status}: {output}")]
+    ProbeFailed {
+        /// Exit status, described.
+        status: String,
+        /// Its last output lines.
+        output: String,
+    },
+    /// The probe did not exit in time; it was killed with its children.
+    #[error("probe did not exit within {}; killed it and its process group", humantime::format_duration(*.limit))]
+    ProbeTimeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The probe's output lacks the version the source stated.
+    #[error("probe output does not name version {expected}: {output}")]
+    ProbeVersion {
+        /// The version stated by the source.
+        expected: String,
+        /// The probe's last output lines.
+        output: String,
+    },
+    /// A file operation failed.
+    #[error("cannot {what} {path}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Worth retrying the same candidate (a broken transfer), as opposed to
+    /// bytes that failed a check and will fail it again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Fetch(_)
+                | Error::Download(_)
+                | Error::Truncated { .. }
+                | Error::DownloadTimeout { .. }
+                | Error::Io { .. }
+        )
+    }
+}
+
+/// What became of a candidate.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Installed and `current` swapped; `previous` is what `current` was.
+    Installed {
+        /// The new release.
+        release: Meta,
+        /// The release `current` pointed at before.
+        previous: Option<String>,
+    },
+    /// Verified and probed, not installed (`baton check` without `--install`).
+    Verified(Meta),
+    /// The same bytes as the running release.
+    Unchanged(Meta),
+    /// Bytes that failed after an earlier install; skipped.
+    KnownBad {
+        /// Their sha256, hex.
+        sha256: String,
+    },
+}
+
+/// The pipeline's settings.
+pub struct Pipeline {
+    store: Store,
+    verify: Verify,
+}
+
+impl Pipeline {
+    /// A pipeline installing into `store`.
+    pub fn new(store: Store, verify: Verify) -> Pipeline {
+        Pipeline { store, verify }
+    }
+
+    /// The releases directory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs a candidate through every check and, with `install`, installs it.
+    /// `progress` is called with the bytes downloaded so far.
+    pub async fn run(
+        &self,
+        candidate: Candidate,
+        install: bool,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Outcome, Error> {
+        let Candidate { body, info } = candidate;
+        let v = &self.verify;
+        let staged = stage::stage(
+            body,
+            self.store.dir(),
+            v.max_size,
+            v.download_timeout,
+            info.size,
+            progress,
+        )
+        .await?;
+        let sha_hex = hex::encode(staged.sha256);
+        let current = self.store.current();
+        if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
+            return Ok(Outcome::Unchanged(cur.clone()));
+        }
+        if self.store.failed().contains(&sha_hex) {
+            return Ok(Outcome::KnownBad { sha256: sha_hex });
+        }
+        verify::checksum(info.sha256, v.sha256, staged.sha256)?;
+        let staging = self.store.staging()?;
+        let binary = self.store.binary_in(staging.path());
+        {
+            let (key, signature, path) = (
+                v.minisign_key.clone(),
+                info.signature.clone(),
+                staged.file.path().to_owned(),
+            );
+            let name = info.name.clone();
+            let dest = staging.path().to_owned();
+            let bin_name = binary
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned();
+            let file = staged.file.reopen().map_err(|source| Error::Io {
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+            let staged_path = staged.file.into_temp_path();
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                verify::signature(key.as_deref(), signature.as_deref(), &path)?;
+                let mut file = file;
+                let kind = archive::kind(&name, &mut file).map_err(|source| Error::Io {
+                    what: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+                if kind == archive::Kind::Plain {
+                    drop(file);
+                    let target = dest.join(&bin_name);
+                    staged_path.persist(&target).map_err(|e| Error::Io {
+                        what: "move",
+                        path: target.clone(),
+                        source: e.error,
+                    })?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+                        .map_err(|source| Error::Io {
+                            what: "chmod",
+                            path: target.clone(),
+                            source,
+                        })
+                } else {
+                    archive::unpack(file, kind, &bin_name, &dest)
+                }
+            })
+            .await
+            .expect("the verify task does not panic")?;
+        }
+        let reported =
+            probe::run(&binary, &v.probe, v.probe_timeout, info.version.as_deref()).await?;
+        let version = info
+            .version
+            .clone()
+            .or_else(|| verify::parse_version(&reported).map(|v| v.to_string()));
+        verify::version(
+            current.as_ref().and_then(|c| c.version.as_deref()),
+            version.as_deref(),
+            v.allow_downgrade,
+            v.version.as_ref(),
+        )?;
+        let meta = Meta {
+            id: Store::id_for(version.as_deref(), &staged.sha256),
+            version,
+            sha256: sha_hex,
+            size: staged.size,
+            source: describe(&info),
+            installed_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if !install {
+            return Ok(Outcome::Verified(meta));
+        }
+        let store = self.store.clone();
+        let m = meta.clone();
+        let previous = tokio::task::spawn_blocking(move || store.install(staging, &m))
+            .await
+            .expect("the install task does not panic")?;
+        Ok(Outcome::Installed {
+            release: meta,
+            previous,
+        })
+    }
+}
+
+fn describe(info: &Info) -> String {
+    if info.name.is_empty() {
+        info.source.clone()
+    } else {
+        format!("{} ({})", info.source, info.name)
+    }
+}

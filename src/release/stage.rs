@@ -1,0 +1,97 @@
+//! Streams a candidate into a temp file beside the releases (mode 0600),
+//! hashing it on the fly, under a size cap and a time limit. Memory stays
+//! flat: one 64 KiB buffer whatever the size.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Error;
+use crate::fetchers::Body;
+
+const CHUNK: usize = 64 << 10;
+
+/// A complete download.
+pub struct Staged {
+    /// The temp file; removed when dropped.
+    pub file: tempfile::NamedTempFile,
+    /// Its sha256.
+    pub sha256: [u8; 32],
+    /// Its size.
+    pub size: u64,
+}
+
+/// Streams `body` into a new temp file in `dir`.
+pub async fn stage(
+    mut body: Body,
+    dir: &Path,
+    max_size: u64,
+    limit: Duration,
+    expected_size: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Staged, Error> {
+    if let Some(size) = expected_size.filter(|&s| s > max_size) {
+        return Err(Error::TooLarge {
+            limit: max_size,
+            size: Some(size),
+        });
+    }
+    let temp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(dir)
+        .map_err(|source| Error::Io {
+            what: "create a temp file in",
+            path: dir.to_owned(),
+            source,
+        })?;
+    let path = temp.path().to_owned();
+    let io_err = |source| Error::Io {
+        what: "write",
+        path: path.clone(),
+        source,
+    };
+    let mut out = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(io_err)?);
+    let copy = async {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::Download(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > max_size {
+                return Err(Error::TooLarge {
+                    limit: max_size,
+                    size: None,
+                });
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(io_err)?;
+            progress(size);
+        }
+        out.flush().await.map_err(io_err)?;
+        out.sync_all().await.map_err(io_err)?;
+        Ok((hasher.finalize().into(), size))
+    };
+    let (sha256, size) = tokio::time::timeout(limit, copy)
+        .await
+        .map_err(|_| Error::DownloadTimeout { limit })??;
+    if let Some(expected) = expected_size.filter(|&e| e != size) {
+        return Err(Error::Truncated {
+            expected,
+            got: size,
+        });
+    }
+    Ok(Staged {
+        file: temp,
+        sha256,
+        size,
+    })
+}
