@@ -307,7 +307,9 @@ fn candidate(
         .and_then(|mut s| s.next_back())
         .unwrap_or_default()
         .to_owned();
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    let stream = response
+        .bytes_stream()
+        .map_err(|e| std::io::Error::other(e.without_url()));
     Candidate {
         body: Box::pin(tokio_util::io::StreamReader::new(stream)),
         info: Info {

@@ -21,8 +21,13 @@ pub enum Error {
     #[error(transparent)]
     Fetch(#[from] crate::fetchers::Error),
     /// The download broke off.
-    #[error("download failed: {0}")]
-    Download(String),
+    #[error("download from {from} failed: {reason}")]
+    Download {
+        /// The source and artifact.
+        from: String,
+        /// Why, with its causes.
+        reason: String,
+    },
     /// The download ended before the size the source stated.
     #[error("download truncated: got {got} of {expected} bytes")]
     Truncated {
@@ -139,7 +144,7 @@ impl Error {
         matches!(
             self,
             Error::Fetch(_)
-                | Error::Download(_)
+                | Error::Download { .. }
                 | Error::Truncated { .. }
                 | Error::DownloadTimeout { .. }
                 | Error::Io { .. }
@@ -195,9 +200,21 @@ impl Pipeline {
     ) -> Result<Outcome, Error> {
         let Candidate { body, info } = candidate;
         let v = &self.verify;
+        let current = self.store.current();
+        // When the source states the digest, known bytes cost no download.
+        if let Some(stated) = info.sha256.map(hex::encode) {
+            if let Some(cur) = current.as_ref().filter(|c| c.sha256 == stated) {
+                return Ok(Outcome::Unchanged(cur.clone()));
+            }
+            if self.store.failed().contains(&stated) {
+                return Ok(Outcome::KnownBad { sha256: stated });
+            }
+        }
+        let from = describe(&info);
         let staged = stage::stage(
             body,
             self.store.dir(),
+            &from,
             v.max_size,
             v.download_timeout,
             info.size,
@@ -205,7 +222,6 @@ impl Pipeline {
         )
         .await?;
         let sha_hex = hex::encode(staged.sha256);
-        let current = self.store.current();
         if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
             return Ok(Outcome::Unchanged(cur.clone()));
         }

@@ -27,6 +27,7 @@ pub struct Staged {
 pub async fn stage(
     mut body: Body,
     dir: &Path,
+    from: &str,
     max_size: u64,
     limit: Duration,
     expected_size: Option<u64>,
@@ -58,10 +59,10 @@ pub async fn stage(
         let mut buf = vec![0u8; CHUNK];
         let mut size = 0u64;
         loop {
-            let n = body
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::Download(e.to_string()))?;
+            let n = body.read(&mut buf).await.map_err(|e| Error::Download {
+                from: from.to_owned(),
+                reason: crate::display_chain(&e),
+            })?;
             if n == 0 {
                 break;
             }

@@ -8,4 +8,5 @@ mod cycle;
 mod failure;
 mod lifecycle;
 mod python;
+mod release;
 mod supervisord;

@@ -1,6 +1,7 @@
 //! Helpers shared by the process tests: temp dirs, the example binaries in
 //! two versions, a running `baton` master, and the load generator.
 
+pub mod http;
 pub mod load;
 
 use std::io::{Read, Write};
@@ -118,6 +119,20 @@ impl Baton {
     /// listens (the address comes from its log: configs use port 0).
     pub fn start(dir: tempfile::TempDir, config: &str) -> Baton {
         std::fs::write(dir.path().join("baton.toml"), config).unwrap();
+        Baton::launch(dir)
+    }
+
+    /// Starts the master again in a dir that already has its config; the
+    /// earlier log moves to `baton.prev.log`.
+    pub fn restart(dir: tempfile::TempDir) -> Baton {
+        let _ = std::fs::rename(
+            dir.path().join("baton.log"),
+            dir.path().join("baton.prev.log"),
+        );
+        Baton::launch(dir)
+    }
+
+    fn launch(dir: tempfile::TempDir) -> Baton {
         let log = dir.path().join("baton.log");
         let child = Command::new(baton_bin())
             .args(["run", "--config"])
@@ -134,10 +149,12 @@ impl Baton {
             log,
             addr: None,
         };
+        let log_path = baton.log.clone();
+        let child = baton.child.as_mut().unwrap();
         baton.addr = wait_for("the master to listen", Duration::from_secs(10), || {
-            let log = baton.log();
-            if log.contains("cannot listen") {
-                panic!("baton failed to start:\n{log}");
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("baton exited with {status} before listening:\n{log}");
             }
             log.lines().find_map(|l| {
                 let rest = l.split("listening on ").nth(1)?;
@@ -158,6 +175,43 @@ impl Baton {
     /// The TCP address the master listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the master listens on TCP")
+    }
+
+    /// Kills the master with SIGKILL (its workers get SIGTERM through their
+    /// parent-death signal and drain) and hands back its directory.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().unwrap();
+        let kids = children(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for (pid, _) in kids {
+            wait_for_quietly(Duration::from_secs(15), || process_state(pid).is_none());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Where `current` points, as a directory name.
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_link(self.dir.path().join("releases/current"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// Temp files and staging dirs left in the releases directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("releases"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.starts_with(".download-")
+                            || n.starts_with(".staging-")
+                            || n.ends_with(".tmp-link")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The master's PID.
