@@ -251,8 +251,199 @@ def idle():
     print(f"| CPU over 10 s | {(c1 - c0) * 1000:.0f} ms |\n")
 
 
+class FileServer:
+    """ci/fileserver.py serving `root` on a free loopback port."""
+
+    def __init__(self, root):
+        self.root = root
+        self.port = free_port()
+        self.log = os.path.join(root, ".requests.log")
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ci/fileserver.py"), "--dir", root,
+                                      "--port", str(self.port), "--log", self.log])
+        wait_until(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True)
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def requests(self, path):
+        if not os.path.exists(self.log):
+            return []
+        return [l.split()[1] for l in open(self.log) if l.split()[0] == path]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def publish_file(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, path)
+
+
+def release_config(d, fetch, port=None):
+    listen = f"127.0.0.1:{port or free_port()}"
+    with open(os.path.join(d, "baton.toml"), "w") as f:
+        f.write(f'[program]\ncommand = "releases/current/hello"\nlisten = ["{listen}"]\n'
+                f'[releases]\nbinary = "hello"\n[fetch]\n{fetch}\n[verify]\nmax_size = "1GiB"\nallow_downgrade = true\n')
+    return int(listen.rsplit(":", 1)[1])
+
+
+def measured(cmd):
+    """Runs cmd under /usr/bin/time (whose fork is small: a fork of this
+    Python process would count its memory in the child's peak); returns
+    (wall seconds, peak RSS in MiB, exit status)."""
+    out = tempfile.mktemp(prefix="baton-time-")
+    t0 = time.monotonic()
+    status = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", out, *cmd],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    peak_kib = int(open(out).read().split()[-1])
+    os.remove(out)
+    return wall, peak_kib / 1024, status
+
+
+def pipeline():
+    hello = open(os.path.join(BINS, "hello-2.0.0"), "rb").read()
+    rows = []
+    for mib in (64, 256):
+        d = tempfile.mkdtemp(prefix="baton-bench-pipe-")
+        www = os.path.join(d, "www")
+        os.mkdir(www)
+        # An ELF file runs with data appended, so the probe still passes.
+        publish_file(os.path.join(www, "hello"), hello + bytes((mib << 20) - len(hello)))
+        server = FileServer(www)
+        release_config(d, f'source = "http"\nurl = "{server.url("hello")}"')
+        bt, ct, rss = [], [], []
+        try:
+            for _ in range(RUNS):
+                out = os.path.join(d, "curl.out")
+                t, _, _ = measured(["sh", "-c", f"curl -s -o {out} {server.url('hello')} && sha256sum {out}"])
+                ct.append(t)
+                os.remove(out)
+                t, peak, status = measured([BATON, "check", "--config", os.path.join(d, "baton.toml")])
+                assert status == 0, "baton check failed"
+                bt.append(t)
+                rss.append(peak)
+        finally:
+            server.stop()
+        rows.append((mib, statistics.median(bt), statistics.median(ct), max(rss)))
+    probe = []
+    for _ in range(10):
+        t0 = time.monotonic()
+        subprocess.run([os.path.join(BINS, "hello-2.0.0"), "--probe"], stdout=subprocess.DEVNULL)
+        probe.append((time.monotonic() - t0) * 1000)
+    print("### Pipeline throughput\n")
+    print(f"`baton check` (HTTP fetch, stage with sha256, probe) vs `curl -o FILE && sha256sum FILE`, "
+          f"same loopback server (ci/fileserver.py), alternating, median of {RUNS}.\n")
+    print("| artifact | baton check | curl + sha256sum | ratio | baton peak RSS |")
+    print("|---|---|---|---|---|")
+    for mib, b, c, r in rows:
+        print(f"| {mib} MiB | {b:.2f} s | {c:.2f} s | {b / c:.2f} | {r:.1f} MiB |")
+    print(f"\nThe probe itself (`hello --probe`) takes {statistics.median(probe):.1f} ms (median of 10), included above.\n")
+
+
+def upgrade_latency():
+    print("### Upgrade latency\n")
+    print("| source | publish → first response from the new version, median | min | max | runs |")
+    print("|---|---|---|---|---|")
+    v1 = open(os.path.join(BINS, "hello-1.0.0"), "rb").read()
+    v2 = open(os.path.join(BINS, "hello-2.0.0"), "rb").read()
+    # File fetcher: inotify wakes the loop; the interval is only a fallback.
+    d = tempfile.mkdtemp(prefix="baton-bench-up-")
+    os.mkdir(os.path.join(d, "dist"))
+    publish_file(os.path.join(d, "dist/hello"), v1)
+    port = release_config(d, 'source = "file"\npath = "dist/hello"\ninterval = "60s"')
+    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    file_lat = []
+    try:
+        wait_until(lambda: get(port) == "hello 1.0.0")
+        for i in range(10):
+            want, data = ("2.0.0", v2) if i % 2 == 0 else ("1.0.0", v1)
+            # The versions alternate, so the config allows downgrades.
+            t0 = time.monotonic()
+            publish_file(os.path.join(d, "dist/hello"), data)
+            wait_until(lambda: get(port) == f"hello {want}", step=0.001)
+            file_lat.append((time.monotonic() - t0) * 1000)
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    print(f"| file (inotify) | {statistics.median(file_lat):.0f} ms | {min(file_lat):.0f} ms | {max(file_lat):.0f} ms | {len(file_lat)} |")
+    # HTTP manifest polled every second.
+    d = tempfile.mkdtemp(prefix="baton-bench-up-")
+    www = os.path.join(d, "www")
+    os.mkdir(www)
+    server = FileServer(www)
+
+    def publish(version, data):
+        publish_file(os.path.join(www, f"hello-{version}"), data)
+        publish_file(os.path.join(www, "manifest.json"),
+                     ('{"version": "%s", "url": "hello-%s"}' % (version, version)).encode())
+    publish("1.0.0", v1)
+    port = release_config(d, f'source = "http"\nurl = "{server.url("manifest.json")}"\ninterval = "1s"')
+    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    http_lat = []
+    try:
+        wait_until(lambda: get(port) == "hello 1.0.0")
+        for i in range(5):
+            want, data = ("2.0.0", v2) if i % 2 == 0 else ("1.0.0", v1)
+            t0 = time.monotonic()
+            publish(want, data)
+            wait_until(lambda: get(port) == f"hello {want}", step=0.001)
+            http_lat.append((time.monotonic() - t0) * 1000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()
+    print(f"| http manifest, interval 1 s | {statistics.median(http_lat):.0f} ms | {min(http_lat):.0f} ms | {max(http_lat):.0f} ms | {len(http_lat)} |\n")
+
+
+def lo_bytes():
+    for line in open("/proc/net/dev"):
+        if line.strip().startswith("lo:"):
+            f = line.split(":")[1].split()
+            return int(f[0])
+    return 0
+
+
+def poll_cost():
+    d = tempfile.mkdtemp(prefix="baton-bench-poll-")
+    www = os.path.join(d, "www")
+    os.mkdir(www)
+    server = FileServer(www)
+    publish_file(os.path.join(www, "hello-1.0.0"), open(os.path.join(BINS, "hello-1.0.0"), "rb").read())
+    publish_file(os.path.join(www, "manifest.json"), b'{"version": "1.0.0", "url": "hello-1.0.0"}')
+    port = release_config(d, f'source = "http"\nurl = "{server.url("manifest.json")}"\ninterval = "100ms"')
+    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: get(port) == "hello 1.0.0")
+        time.sleep(0.5)
+        n0 = len(server.requests("/manifest.json"))
+        b0 = lo_bytes()
+        wait_until(lambda: len(server.requests("/manifest.json")) >= n0 + 20, timeout=30)
+        b1 = lo_bytes()
+        polls = server.requests("/manifest.json")[n0:n0 + 20]
+        downloads = len(server.requests("/hello-1.0.0"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()
+    print("### Cost of an unchanged poll (HTTP manifest with ETag)\n")
+    print("| polls | answered 304 | artifact downloads after the first | loopback bytes per poll (both directions, with TCP/IP headers) |")
+    print("|---|---|---|---|")
+    print(f"| 20 | {polls.count('304')} | {downloads - 1} | {(b1 - b0) / 20 / 2:.0f} |\n")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["zero", "overhead", "latency", "idle"]
+    sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
+                "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost}
+    which = sys.argv[1:] or list(sections)
     for name in which:
-        {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle}[name]()
+        sections[name]()
         sys.stdout.flush()
