@@ -6,6 +6,7 @@
 //! target/release/examples/hello --listen 127.0.0.1:8080          # library master
 //! target/release/examples/hello --listen 127.0.0.1:8080 --standalone
 //! target/release/examples/hello --probe                           # prints 2.0.0
+//! target/release/examples/hello --fetch-file dist/hello           # upgrades itself in place
 //! ```
 //!
 //! `GET /` answers `hello <version>`; `GET /?sleep=<ms>` answers after that
@@ -45,6 +46,18 @@ fn main() -> std::process::ExitCode {
             "--listen" => listen.extend(args.next()),
             "--standalone" => options = options.standalone(true),
             "--probe" => {} // handled by baton::run before any serving code
+            "--fetch-file" => {
+                let Some(path) = args.next() else {
+                    eprintln!("hello: --fetch-file needs a path");
+                    return std::process::ExitCode::from(2);
+                };
+                options = options.fetch(baton::config::Fetch {
+                    source: baton::config::Source::File { path: path.into() },
+                    interval: Duration::from_secs(1),
+                    jitter: Duration::ZERO,
+                    timeout: Duration::from_secs(30),
+                });
+            }
             other => {
                 eprintln!(
                     "hello: unknown argument {other:?}; use --listen ADDR, --standalone or --probe"

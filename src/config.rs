@@ -550,11 +550,14 @@ impl Config {
         let releases = raw.releases.map(|r| parse_releases(r, base)).transpose()?;
         let fetch = raw.fetch.map(|f| parse_fetch(f, base)).transpose()?;
         if let (Some(fetch), None) = (&fetch, &releases) {
-            return Err(Error::invalid(
-                "fetch.source",
-                fetch.source.kind(),
-                "fetching needs a [releases] section saying where to install",
-            ));
+            if !program.command.as_os_str().to_string_lossy().contains('/') {
+                return Err(Error::invalid(
+                    "fetch.source",
+                    fetch.source.kind(),
+                    "without a [releases] section the program's binary is replaced in place, \
+                     so program.command must be a path, not a name looked up in PATH",
+                ));
+            }
         }
         let verify = parse_verify(raw.verify)?;
         Ok(Config {

@@ -139,6 +139,8 @@ pub struct Options {
     listen: Vec<String>,
     program: Program,
     standalone: bool,
+    fetch: Option<config::Fetch>,
+    verify: config::Verify,
 }
 
 impl Options {
@@ -151,7 +153,23 @@ impl Options {
             listen: Vec::new(),
             program,
             standalone: false,
+            fetch: None,
+            verify: config::Verify::default(),
         }
+    }
+
+    /// Fetch new builds from this source; each verified build replaces
+    /// this executable in place (self-replace) and the master cycles onto it.
+    pub fn fetch(mut self, fetch: config::Fetch) -> Options {
+        self.fetch = Some(fetch);
+        self
+    }
+
+    /// What a fetched build must pass (defaults: probe `--probe`, no pin,
+    /// no key, no downgrade, 512 MiB at most).
+    pub fn verify(mut self, verify: config::Verify) -> Options {
+        self.verify = verify;
+        self
     }
 
     /// Adds an address to listen on (`[name=]127.0.0.1:8080`, `unix:PATH`,
@@ -256,8 +274,8 @@ where
             let config = Config {
                 program,
                 releases: None,
-                fetch: None,
-                verify: config::Verify::default(),
+                fetch: options.fetch,
+                verify: options.verify,
             };
             match rt.block_on(master::run(config))? {
                 master::Stopped::Graceful => Ok(()),

@@ -124,15 +124,19 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
-    let store = match &releases {
-        Some(r) => {
-            let store = Store::open(r).map_err(Error::Releases)?;
+    let store = match (&releases, &fetch) {
+        (None, None) => None,
+        (releases, _) => {
+            let store = match releases {
+                Some(r) => Store::open(r),
+                None => Store::in_place(&program.command),
+            }
+            .map_err(Error::Releases)?;
             for left in store.sweep().map_err(Error::Releases)? {
                 tracing::info!("removed {} left by an interrupted install", left.display());
             }
             Some(store)
         }
-        None => None,
     };
     let (installed_tx, mut installed) = mpsc::unbounded_channel();
     let check_now = Arc::new(tokio::sync::Notify::new());

@@ -41,6 +41,8 @@ pub struct Store {
     dir: PathBuf,
     binary: String,
     keep: usize,
+    /// In-place mode: the plain binary replaced at every install.
+    in_place: Option<PathBuf>,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -57,6 +59,45 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io("fsync", dir))
 }
 
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
+    let path = dir.join(META);
+    let mut f = std::fs::File::create(&path).map_err(io("write", &path))?;
+    f.write_all(
+        serde_json::to_string_pretty(meta)
+            .expect("serializable")
+            .as_bytes(),
+    )
+    .and_then(|_| f.sync_all())
+    .map_err(io("write", &path))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Hard-links `from` to `to`, or copies it where links are not possible.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), Error> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map_err(io("copy", to))?;
+    std::fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync", to))
+}
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl Store {
     /// Opens (creating) the releases directory.
     pub fn open(releases: &Releases) -> Result<Store, Error> {
@@ -65,7 +106,87 @@ impl Store {
             dir: releases.dir.clone(),
             binary: releases.binary.clone(),
             keep: releases.keep,
+            in_place: None,
         })
+    }
+
+    /// In-place mode, for a program that runs from a plain file: releases
+    /// are kept in a state directory beside it (`.<name>.baton/`, the same
+    /// layout as a releases directory) and every install or rollback
+    /// replaces `target` by an atomic rename (with self-replace when
+    /// `target` is this very executable). A binary already at `target` is
+    /// adopted as the first release.
+    pub fn in_place(target: &Path) -> Result<Store, Error> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Io {
+                what: "replace",
+                path: target.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+            })?;
+        let parent = target.parent().unwrap_or(Path::new("."));
+        let dir = parent.join(format!(".{name}.baton"));
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let store = Store {
+            dir,
+            binary: name,
+            keep: 2,
+            in_place: Some(target.to_owned()),
+        };
+        match store.current() {
+            None if target.is_file() => store.adopt(target)?,
+            // A crash between the swap of `current` and the replacement of
+            // the target: finish the replacement.
+            Some(current)
+                if !same_file(target, &store.dir.join(&current.id).join(&store.binary)) =>
+            {
+                store.replace_target(&current.id)?
+            }
+            _ => {}
+        }
+        Ok(store)
+    }
+
+    /// Records the binary found at `target` as the current release.
+    fn adopt(&self, target: &Path) -> Result<(), Error> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        let mut file = std::fs::File::open(target).map_err(io("read", target))?;
+        let size = std::io::copy(&mut file, &mut hasher).map_err(io("read", target))?;
+        let sha256: [u8; 32] = hasher.finalize().into();
+        let staging = self.staging()?;
+        link_or_copy(target, &self.binary_in(staging.path()))?;
+        let meta = Meta {
+            id: Store::id_for(None, &sha256),
+            version: None,
+            sha256: hex::encode(sha256),
+            size,
+            source: format!("{} as found at first start", target.display()),
+            installed_at: now(),
+        };
+        self.put(staging, &meta)?;
+        self.point("current", &meta.id)
+    }
+
+    /// Replaces the in-place target with release `id`'s binary.
+    fn replace_target(&self, id: &str) -> Result<(), Error> {
+        let Some(target) = &self.in_place else {
+            return Ok(());
+        };
+        let source = self.dir.join(id).join(&self.binary);
+        let is_self = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.canonicalize().ok())
+            .is_some_and(|exe| target.canonicalize().is_ok_and(|t| t == exe));
+        if is_self {
+            return self_replace::self_replace(&source).map_err(io("replace", target));
+        }
+        let tmp = target.with_file_name(format!(".{}.baton-new", self.binary));
+        let _ = std::fs::remove_file(&tmp);
+        link_or_copy(&source, &tmp)?;
+        std::fs::rename(&tmp, target).map_err(io("replace", target))?;
+        fsync_dir(target.parent().unwrap_or(Path::new(".")))
     }
 
     /// The directory.
@@ -158,37 +279,38 @@ impl Store {
         staging: tempfile::TempDir,
         meta: &Meta,
     ) -> Result<Option<String>, Error> {
-        let meta_path = staging.path().join(META);
-        let mut f = std::fs::File::create(&meta_path).map_err(io("write", &meta_path))?;
-        f.write_all(
-            serde_json::to_string_pretty(meta)
-                .expect("serializable")
-                .as_bytes(),
-        )
-        .and_then(|_| f.sync_all())
-        .map_err(io("write", &meta_path))?;
+        write_meta(staging.path(), meta)?;
         let binary = self.binary_in(staging.path());
         std::fs::File::open(&binary)
             .and_then(|f| f.sync_all())
             .map_err(io("fsync", &binary))?;
         fsync_dir(staging.path())?;
+        self.put(staging, meta)?;
+        let before = self.link("current");
+        if let Some(old) = before.as_deref().filter(|old| *old != meta.id) {
+            self.point("previous", old)?;
+        }
+        self.point("current", &meta.id)?;
+        self.replace_target(&meta.id)?;
+        self.prune();
+        Ok(before)
+    }
+
+    /// Renames a complete staging directory into place as `meta.id`.
+    fn put(&self, staging: tempfile::TempDir, meta: &Meta) -> Result<(), Error> {
         let target = self.dir.join(&meta.id);
         if target.join(META).exists() {
             // The same bytes were installed before (a rollback target): keep
             // that complete copy.
             drop(staging);
         } else {
+            if !staging.path().join(META).exists() {
+                write_meta(staging.path(), meta)?;
+            }
             let staged = staging.keep();
             std::fs::rename(&staged, &target).map_err(io("rename into place", &target))?;
         }
-        fsync_dir(&self.dir)?;
-        let before = self.link("current");
-        if let Some(old) = before.as_deref().filter(|old| *old != meta.id) {
-            self.point("previous", old)?;
-        }
-        self.point("current", &meta.id)?;
-        self.prune();
-        Ok(before)
+        fsync_dir(&self.dir)
     }
 
     /// Points `current` back at `id`.
@@ -200,7 +322,8 @@ impl Store {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "release is gone"),
             });
         }
-        self.point("current", id)
+        self.point("current", id)?;
+        self.replace_target(id)
     }
 
     /// Atomically points the symlink `name` at `id`: a temp symlink beside

@@ -298,10 +298,7 @@ impl Pipeline {
             sha256: sha_hex,
             size: staged.size,
             source: describe(&info),
-            installed_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            installed_at: install::now(),
         };
         if !install {
             return Ok(Outcome::Verified(meta));
