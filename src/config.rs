@@ -113,6 +113,24 @@ pub enum Source {
         /// Redirects followed at most.
         max_redirects: usize,
     },
+    /// GitHub releases (feature `github`).
+    Github {
+        /// `owner/name`.
+        repo: String,
+        /// The asset's name pattern: `*` and `{version}`, `{os}`, `{arch}`,
+        /// `{target}`.
+        asset: String,
+        /// A token from the config (prefer `token_env`); never logged.
+        token: Option<String>,
+        /// The variable holding the token (default `GITHUB_TOKEN`).
+        token_env: String,
+        /// The API's base URL (GitHub Enterprise: `https://host/api/v3`).
+        api_url: String,
+        /// Consider pre-releases.
+        prerelease: bool,
+        /// Take the highest semver tag instead of the latest release.
+        semver: bool,
+    },
 }
 
 impl Source {
@@ -121,6 +139,7 @@ impl Source {
         match self {
             Source::File { .. } => "file",
             Source::Http { .. } => "http",
+            Source::Github { .. } => "github",
         }
     }
 }
@@ -393,6 +412,13 @@ struct RawFetch {
     allow_http: Option<bool>,
     checksum_url: Option<bool>,
     max_redirects: Option<usize>,
+    repo: Option<String>,
+    asset: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    api_url: Option<String>,
+    prerelease: Option<bool>,
+    semver: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -621,6 +647,13 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
     only_for("allow_http", f.allow_http.is_some(), "http")?;
     only_for("checksum_url", f.checksum_url.is_some(), "http")?;
     only_for("max_redirects", f.max_redirects.is_some(), "http")?;
+    only_for("repo", f.repo.is_some(), "github")?;
+    only_for("asset", f.asset.is_some(), "github")?;
+    only_for("token", f.token.is_some(), "github")?;
+    only_for("token_env", f.token_env.is_some(), "github")?;
+    only_for("api_url", f.api_url.is_some(), "github")?;
+    only_for("prerelease", f.prerelease.is_some(), "github")?;
+    only_for("semver", f.semver.is_some(), "github")?;
     let source = match f.source.as_str() {
         "file" => {
             let path = f.path.ok_or_else(|| {
@@ -661,7 +694,56 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 max_redirects: f.max_redirects.unwrap_or(5),
             }
         }
-        "github" | "s3" => {
+        "github" if !cfg!(feature = "github") => {
+            return Err(Error::invalid(
+                "fetch.source",
+                &f.source,
+                "this baton was built without the `github` feature",
+            ))
+        }
+        "github" => {
+            let repo = f.repo.clone().ok_or_else(|| {
+                Error::invalid(
+                    "fetch.repo",
+                    "",
+                    "source = \"github\" needs repo = \"owner/name\"",
+                )
+            })?;
+            let valid = |part: &str| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !repo
+                .split_once('/')
+                .is_some_and(|(o, n)| valid(o) && valid(n))
+            {
+                return Err(Error::invalid("fetch.repo", &repo, "expected owner/name"));
+            }
+            let asset = f.asset.clone().ok_or_else(|| {
+                Error::invalid("fetch.asset", "", "source = \"github\" needs an asset name pattern, such as \"hello-{target}.tar.gz\"")
+            })?;
+            let api_url = f
+                .api_url
+                .clone()
+                .unwrap_or_else(|| "https://api.github.com".to_owned());
+            crate::fetchers::http::check_url(&api_url, false)
+                .map_err(|reason| Error::invalid("fetch.api_url", &api_url, reason))?;
+            Source::Github {
+                repo,
+                asset,
+                token: f.token.clone(),
+                token_env: f
+                    .token_env
+                    .clone()
+                    .unwrap_or_else(|| "GITHUB_TOKEN".to_owned()),
+                api_url,
+                prerelease: f.prerelease.unwrap_or(false),
+                semver: f.semver.unwrap_or(false),
+            }
+        }
+        "s3" => {
             return Err(Error::invalid(
                 "fetch.source",
                 &f.source,
@@ -672,7 +754,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             return Err(Error::invalid(
                 "fetch.source",
                 other,
-                "expected \"file\" or \"http\"",
+                "expected \"file\", \"http\" or \"github\"",
             ));
         }
     };

@@ -104,7 +104,7 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let store = Store::open(&releases)?;
         store.sweep()?;
-        let mut fetcher = baton::fetchers::from_config(&fetch)?;
+        let mut fetcher = baton::fetchers::from_config(&fetch, &config.verify)?;
         let Some(candidate) = fetcher.check().await? else {
             println!("nothing at {}", fetcher.describe());
             return Ok(());

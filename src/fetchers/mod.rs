@@ -2,6 +2,8 @@
 //! can plug a source of their own.
 
 pub mod file;
+#[cfg(feature = "github")]
+pub mod github;
 pub mod http;
 
 use std::future::Future;
@@ -9,7 +11,7 @@ use std::pin::Pin;
 
 use tokio::io::AsyncRead;
 
-use crate::config::{Fetch, Source};
+use crate::config::{Fetch, Source, Verify};
 
 /// A boxed future, as the trait's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -108,10 +110,20 @@ pub enum Error {
     Other(String),
 }
 
-/// Builds the fetcher the config names.
-pub fn from_config(fetch: &Fetch) -> Result<Box<dyn Fetcher>, Error> {
+/// Builds the fetcher the config names; `verify` tells it whether to fetch
+/// signatures and which versions are wanted.
+pub fn from_config(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, Error> {
     Ok(match &fetch.source {
         Source::File { path } => Box::new(file::FileFetcher::new(path.clone())),
         Source::Http { .. } => Box::new(http::HttpFetcher::new(fetch)?),
+        #[cfg(feature = "github")]
+        Source::Github { .. } => Box::new(github::GithubFetcher::new(fetch, verify)?),
+        #[cfg(not(feature = "github"))]
+        Source::Github { .. } => {
+            let _ = verify;
+            return Err(Error::Other(
+                "this baton was built without the `github` feature".into(),
+            ));
+        }
     })
 }

@@ -142,7 +142,7 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     let check_now = Arc::new(tokio::sync::Notify::new());
     let updater = match (&store, fetch) {
         (Some(store), Some(fetch)) => {
-            let fetcher = crate::fetchers::from_config(&fetch).map_err(Error::Fetcher)?;
+            let fetcher = crate::fetchers::from_config(&fetch, &verify).map_err(Error::Fetcher)?;
             let pipeline = Arc::new(Pipeline::new(store.clone(), verify));
             Some(tokio::spawn(update::run(
                 fetch,

@@ -6,6 +6,7 @@ mod support;
 mod config;
 mod cycle;
 mod failure;
+mod github;
 mod in_place;
 mod lifecycle;
 mod python;

@@ -1,0 +1,292 @@
+//! The GitHub releases fetcher against a local server that answers as
+//! GitHub's REST API does (fixtures/github/), with asset downloads redirected
+//! to a separate storage host.
+
+use std::time::Duration;
+
+use crate::support::github::{FakeGithub, Fault};
+use crate::support::{self, Baton, Load, LoadMode};
+
+const TOKEN: &str = "ghp_testtoken0123456789";
+const PATTERN: &str = "hello-{version}-{os}-{arch}";
+
+fn asset_name(version: &str) -> String {
+    format!(
+        "hello-{version}-{}-{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn hello_bytes(version: &str) -> Vec<u8> {
+    std::fs::read(support::hello(version)).unwrap()
+}
+
+fn publish(gh: &FakeGithub, version: &str) {
+    gh.release(
+        &format!("v{version}"),
+        false,
+        false,
+        &[(&asset_name(version), hello_bytes(version), true)],
+    );
+}
+
+fn config(gh: &FakeGithub, repo: &str, token: &str, extra: &str) -> String {
+    format!(
+        "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n\
+         [releases]\nbinary = \"hello\"\n[fetch]\nsource = \"github\"\nrepo = \"{repo}\"\nasset = \"{PATTERN}\"\napi_url = \"{}\"\n\
+         token = \"{token}\"\ninterval = \"200ms\"\n{extra}\n",
+        gh.api_url()
+    )
+}
+
+/// A master on a private repo serving v1.0.0.
+fn serving(extra: &str) -> (FakeGithub, Baton) {
+    let gh = FakeGithub::start(Some(TOKEN));
+    publish(&gh, "1.0.0");
+    let baton = Baton::start(
+        tempfile::tempdir().unwrap(),
+        &config(&gh, "acme/hello", TOKEN, extra),
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    (gh, baton)
+}
+
+#[test]
+fn new_release_upgrades_under_load() {
+    let (gh, baton) = serving("");
+    let load = Load::start(baton.addr(), 64, LoadMode::KeepAlive);
+    load.wait_more(300);
+    publish(&gh, "2.0.0");
+    support::wait_version(baton.addr(), "2.0.0");
+    load.wait_more(300);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(baton.current().unwrap().starts_with("2.0.0-"));
+    assert_eq!(gh.downloads(), 2);
+    assert_eq!(
+        gh.leaked_auth(),
+        0,
+        "the token was sent to the storage host"
+    );
+    assert!(gh.seen("/repos/acme/hello/releases/assets/").contains(&302));
+}
+
+#[test]
+fn unchanged_release_is_polled_with_304s_and_no_downloads() {
+    let (gh, baton) = serving("");
+    let start = gh.seen("/repos/acme/hello/releases/latest").len();
+    support::wait_for("20 more polls", Duration::from_secs(30), || {
+        (gh.seen("/repos/acme/hello/releases/latest").len() >= start + 20).then_some(())
+    });
+    let polls = gh.seen("/repos/acme/hello/releases/latest");
+    assert!(polls[start..].iter().all(|&s| s == 304), "{polls:?}");
+    assert_eq!(gh.downloads(), 1);
+    drop(baton);
+}
+
+#[test]
+fn semver_mode_takes_the_highest_tag_across_pages() {
+    let gh = FakeGithub::start(None);
+    gh.page_size(2);
+    publish(&gh, "1.0.0");
+    gh.release(
+        "v2.0.0",
+        false,
+        false,
+        &[(&asset_name("2.0.0"), hello_bytes("2.0.0"), true)],
+    );
+    // Newer by date but lower, a pre-release, a draft, and a tag that is
+    // not semver: none of them wins.
+    gh.release(
+        "v1.5.0",
+        false,
+        false,
+        &[(&asset_name("1.5.0"), b"not taken".to_vec(), true)],
+    );
+    gh.release(
+        "v3.0.0-rc.1",
+        true,
+        false,
+        &[(&asset_name("3.0.0-rc.1"), b"not taken".to_vec(), true)],
+    );
+    gh.release(
+        "v9.0.0",
+        false,
+        true,
+        &[(&asset_name("9.0.0"), b"not taken".to_vec(), true)],
+    );
+    gh.release("nightly", false, false, &[]);
+    let baton = Baton::start(
+        tempfile::tempdir().unwrap(),
+        &config(&gh, "acme/hello", "", "semver = true"),
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    assert!(
+        gh.seen("/repositories/1296269/releases").len() >= 2,
+        "later pages were read through Link"
+    );
+}
+
+#[test]
+fn checksum_and_signature_come_from_sibling_assets() {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let sign = |bytes: &[u8]| {
+        minisign::sign(
+            Some(&kp.pk),
+            &kp.sk,
+            std::io::Cursor::new(bytes),
+            None,
+            None,
+        )
+        .unwrap()
+        .into_string()
+        .into_bytes()
+    };
+    let gh = FakeGithub::start(None);
+    let one = hello_bytes("1.0.0");
+    let name = asset_name("1.0.0");
+    let sums = format!(
+        "{}  {name}\n{}  other-file\n",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&one)),
+        "0".repeat(64)
+    );
+    gh.release(
+        "v1.0.0",
+        false,
+        false,
+        &[
+            (&name, one.clone(), false),
+            ("SHA256SUMS", sums.into_bytes(), false),
+            (&format!("{name}.minisig"), sign(&one), false),
+        ],
+    );
+    let extra = format!("[verify]\nminisign_key = \"{}\"", kp.pk.to_base64());
+    let baton = Baton::start(
+        tempfile::tempdir().unwrap(),
+        &config(&gh, "acme/hello", "", &extra),
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    // A release whose SHA256SUMS disagrees with its asset is refused.
+    let two = hello_bytes("2.0.0");
+    let name = asset_name("2.0.0");
+    gh.release(
+        "v2.0.0",
+        false,
+        false,
+        &[
+            (&name, two.clone(), false),
+            (
+                "SHA256SUMS",
+                format!("{}  {name}\n", "ab".repeat(32)).into_bytes(),
+                false,
+            ),
+            (&format!("{name}.minisig"), sign(&two), false),
+        ],
+    );
+    baton.wait_count(
+        "sha256 mismatch: the source expects abab",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+}
+
+/// A master serving v1.0.0 under load whose source then breaks as
+/// `breakage` says: the error is named and the service keeps serving.
+fn keeps_serving(expect: &str, breakage: impl FnOnce(&FakeGithub)) -> Baton {
+    let (gh, baton) = serving("");
+    let load = Load::start(baton.addr(), 8, LoadMode::KeepAlive);
+    load.wait_more(100);
+    breakage(&gh);
+    baton.wait_count(expect, 1, Duration::from_secs(20));
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    assert!(baton.current().unwrap().starts_with("1.0.0-"));
+    baton
+}
+
+#[test]
+fn missing_repository_is_named() {
+    keeps_serving(
+        "repository acme/hello not found at http://127.0.0.1",
+        |gh| gh.remove_repo(),
+    );
+}
+
+#[test]
+fn bad_token_is_named() {
+    keeps_serving(
+        "GitHub rejected the token (401 Bad credentials) for acme/hello",
+        |gh| gh.set_token(Some("ghp_rotated")),
+    );
+}
+
+#[test]
+fn private_repository_without_token_is_not_found() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    publish(&gh, "1.0.0");
+    let baton = Baton::start(
+        tempfile::tempdir().unwrap(),
+        &config(&gh, "acme/hello", "", ""),
+    );
+    baton.wait_count(
+        "repository acme/hello not found",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(baton.count("started worker"), 0);
+}
+
+#[test]
+fn repository_without_release_is_named() {
+    keeps_serving("repository acme/hello has no published release", |gh| {
+        gh.clear()
+    });
+}
+
+#[test]
+fn release_without_matching_asset_lists_the_assets() {
+    let expect = format!(
+        "release v2.0.0 has no asset matching \"{}\"; its assets: hello-2.0.0-plan9.zip, README.md",
+        asset_name("2.0.0")
+    );
+    keeps_serving(&expect, |gh| {
+        gh.release(
+            "v2.0.0",
+            false,
+            false,
+            &[
+                ("hello-2.0.0-plan9.zip", b"x".to_vec(), true),
+                ("README.md", b"y".to_vec(), true),
+            ],
+        )
+    });
+}
+
+#[test]
+fn rate_limit_403_pauses_polling_and_says_so_once() {
+    let baton = keeps_serving("GitHub rate limit reached (403", |gh| {
+        gh.fault(Some(Fault::RateLimit403(3)))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        baton.count("rate limit reached"),
+        1,
+        "the pause is logged once:\n{}",
+        baton.log()
+    );
+}
+
+#[test]
+fn rate_limit_429_honours_retry_after() {
+    let baton = keeps_serving("pausing polls for 2 s", |gh| {
+        gh.fault(Some(Fault::RateLimit429(2)))
+    });
+    assert!(baton.log().contains("GitHub rate limit reached (429"));
+}
