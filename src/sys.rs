@@ -52,6 +52,28 @@ pub(crate) fn inherited_listen_fds() -> io::Result<Option<Vec<(OwnedFd, String)>
     Ok(Some(fds))
 }
 
+/// Keeps descriptors 3..3+`count` occupied for the master's whole life
+/// (with /dev/null where nothing else holds them), so that no descriptor
+/// opened later (such as the pipe std uses to report a failed exec) can land
+/// where a worker's sockets are dup2'd.
+pub(crate) fn reserve_listen_range(count: usize) -> io::Result<Vec<OwnedFd>> {
+    let null = std::fs::File::open("/dev/null")?;
+    let mut held = Vec::new();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count as RawFd {
+        // SAFETY: F_GETFD only inspects the descriptor table entry.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        // SAFETY: dup3 onto a free slot; the new descriptor is owned here.
+        if unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created by dup3 and is owned by nobody else.
+        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(held)
+}
+
 /// Marks every descriptor above stderr close-on-exec, so that whatever the
 /// master inherited from its own parent (a shell's or CI runner's stray
 /// descriptors) never reaches a worker. Descriptors are only flagged, not
@@ -108,6 +130,7 @@ pub(crate) struct ExecPlan {
     env_ptrs: Vec<*const libc::c_char>,
     fds: Vec<RawFd>,
     parent: libc::pid_t,
+    death_signal: libc::c_int,
 }
 
 // SAFETY: the raw pointers point into the heap buffers owned by the same
@@ -121,12 +144,14 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
 impl ExecPlan {
     /// Prepares `path` with `argv` (argv[0] included) and `env`; `fds` become
-    /// 3, 4, … in the child, whose `LISTEN_PID` is set to its own PID.
+    /// 3, 4, … in the child, whose `LISTEN_PID` is set to its own PID. The
+    /// child gets `death_signal` if the master dies.
     pub(crate) fn new<'a>(
         path: &OsStr,
         argv: impl IntoIterator<Item = &'a OsStr>,
         env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
         fds: Vec<RawFd>,
+        death_signal: i32,
     ) -> io::Result<ExecPlan> {
         let cstr = |bytes: &[u8]| {
             CString::new(bytes)
@@ -160,12 +185,14 @@ impl ExecPlan {
             fds,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
+            death_signal,
         })
     }
 
     /// Runs in the child between `fork` and `exec`; returns only on failure.
     ///
-    /// Only async-signal-safe calls: dup2, prctl, getppid, getpid, execve.
+    /// Only async-signal-safe calls (dup2, prctl, getppid, getpid, execve)
+    /// and no allocation: errors are raw OS errors.
     pub(crate) fn exec_in_child(&mut self) -> io::Error {
         for (i, &fd) in self.fds.iter().enumerate() {
             let target = LISTEN_FDS_START + i as RawFd;
@@ -179,11 +206,12 @@ impl ExecPlan {
         // master dies gets SIGTERM and drains instead of holding the sockets
         // forever; if the master died before this call, give up.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, self.death_signal) < 0 {
                 return io::Error::last_os_error();
             }
             if libc::getppid() != self.parent {
-                return io::Error::other("master exited while the worker was starting");
+                // The master exited while the worker was starting.
+                return io::Error::from_raw_os_error(libc::ESRCH);
             }
         }
         // SAFETY: getpid has no preconditions.

@@ -49,6 +49,9 @@ pub enum Error {
     /// Sockets passed by systemd could not be adopted.
     #[error("cannot adopt the sockets passed by the supervisor")]
     Adopt(#[source] std::io::Error),
+    /// The master's own descriptors could not be prepared.
+    #[error("cannot prepare the master's file descriptors")]
+    Descriptors(#[source] std::io::Error),
     /// The notify socket for workers could not be created.
     #[error("cannot create the notify socket for workers")]
     Notify(#[source] std::io::Error),
@@ -81,11 +84,14 @@ enum Reason {
     Cycle,
 }
 
-/// A release being rolled out: the worker running it, and where to roll back.
-#[derive(Debug, Clone)]
+/// A release being rolled out, and where to roll back. The update loop
+/// waits until this is dropped (the release settled or was rolled back), so
+/// `current` has one writer at a time.
+#[derive(Debug)]
 struct Upgrade {
     release: crate::release::Meta,
     previous: Option<String>,
+    _done: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Starting {
@@ -119,7 +125,7 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     // Signal streams first: from here on no signal is lost.
     let mut sig = Signals::install().map_err(Error::Signals)?;
     let sockets = Sockets::open(&program.listen)?;
-    crate::sys::cloexec_inherited_fds().map_err(Error::Adopt)?;
+    crate::sys::cloexec_inherited_fds().map_err(Error::Descriptors)?;
     for held in sockets.iter() {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
@@ -284,6 +290,7 @@ impl Master {
         starting
             .chain(draining)
             .chain([self.restart_at])
+            .chain([self.settling.as_ref().map(|(_, _, since)| *since + SETTLE)])
             .flatten()
             .min()
     }
@@ -291,6 +298,8 @@ impl Master {
     fn request_cycle(&mut self, why: &str) {
         if self.stopping.is_some() {
             tracing::info!("{why}: ignored while stopping");
+        } else if self.waiting_for_release {
+            tracing::info!("{why}: no release is installed yet; nothing to cycle");
         } else if self.starting.is_some() {
             tracing::info!("{why}: a worker is starting; one more cycle will follow it");
             self.cycle_pending = true;
@@ -306,6 +315,13 @@ impl Master {
     }
 
     fn start_worker(&mut self, reason: Reason) {
+        if let Some(s) = &self.starting {
+            tracing::warn!(
+                worker = s.id,
+                "a worker is already starting; not starting another"
+            );
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         if reason == Reason::Cycle {
@@ -357,7 +373,13 @@ impl Master {
     fn on_notify(&mut self, msg: notify::Message) {
         let Some(pid) = msg.pid else { return };
         let Some(id) = self.workers.values().find(|w| w.pid == pid).map(|w| w.id) else {
-            tracing::debug!(pid, "notify message from an unknown process ignored");
+            if msg.fields.iter().any(|(k, v)| k == "READY" && v == "1") {
+                tracing::warn!(
+                    pid,
+                    "READY=1 from a process that is not a worker ignored; a wrapper script \
+                     must exec the program so that it keeps the worker's PID"
+                );
+            }
             return;
         };
         for (key, value) in msg.fields {
@@ -408,6 +430,10 @@ impl Master {
     }
 
     fn drain(&mut self, id: u64) {
+        if self.settling.as_ref().is_some_and(|(_, w, _)| *w == id) {
+            // Replaced by a later cycle: its release served, it settled.
+            self.settling = None;
+        }
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -508,6 +534,7 @@ impl Master {
         let mut upgrade = Upgrade {
             release: new.release,
             previous: new.previous,
+            _done: new.done,
         };
         if let Some(older) = self.pending_upgrade.take() {
             // Two installs before one cycle: roll back to what actually serves.
@@ -517,6 +544,7 @@ impl Master {
         self.pending_upgrade = Some(upgrade);
         if self.waiting_for_release {
             self.waiting_for_release = false;
+            self.restart_at = None;
             tracing::info!("{why}: starting the first worker");
             self.start_worker(Reason::Start);
         } else {
@@ -529,6 +557,13 @@ impl Master {
     fn roll_back(&mut self, upgrade: Upgrade, why: &str) {
         let Some(store) = &self.store else { return };
         let id = &upgrade.release.id;
+        if store.current().is_some_and(|c| c.id != *id) {
+            tracing::error!(
+                "release {id} failed: {why}; current no longer names it, so it stays as it is"
+            );
+            let _ = store.mark_failed(&upgrade.release.sha256);
+            return;
+        }
         match &upgrade.previous {
             Some(previous) => match store.rollback(previous) {
                 Ok(()) => {
@@ -570,7 +605,15 @@ impl Master {
         let now = Instant::now();
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
-            self.start_worker(Reason::Start);
+            if self.starting.is_none() {
+                self.start_worker(Reason::Start);
+            }
+        }
+        if let Some((upgrade, _, _)) = self
+            .settling
+            .take_if(|(_, _, since)| *since + SETTLE <= now)
+        {
+            tracing::info!("release {} settled", upgrade.release.id);
         }
         if let Some(s) = &self.starting {
             let id = s.id;
@@ -621,6 +664,8 @@ impl Master {
         }
         tracing::info!("{why}: stopping all workers gracefully");
         self.stopping = Some(Stopped::Graceful);
+        self.settling = None;
+        self.pending_upgrade = None;
         self.supervisor.stopping();
         self.cycle_pending = false;
         self.restart_at = None;

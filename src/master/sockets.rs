@@ -30,6 +30,8 @@ pub(crate) struct Held {
 #[derive(Debug)]
 pub(crate) struct Sockets {
     held: Vec<Held>,
+    /// Placeholders keeping 3..3+n occupied (see `sys::reserve_listen_range`).
+    _reserved: Vec<OwnedFd>,
     /// Unix socket files this master created, removed when it exits.
     created: Vec<PathBuf>,
 }
@@ -59,11 +61,16 @@ impl Sockets {
         let held = held
             .into_iter()
             .map(|h| {
-                let fd = sys::dup_at_least(&h.fd, min).map_err(Error::Adopt)?;
+                let fd = sys::dup_at_least(&h.fd, min).map_err(Error::Descriptors)?;
                 Ok(Held { fd, ..h })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Sockets { held, created })
+        let reserved = sys::reserve_listen_range(held.len()).map_err(Error::Descriptors)?;
+        Ok(Sockets {
+            held,
+            _reserved: reserved,
+            created,
+        })
     }
 
     /// The held sockets in order.

@@ -24,6 +24,9 @@ pub(crate) struct Installed {
     pub release: Meta,
     /// The release `current` pointed at before (the rollback target).
     pub previous: Option<String>,
+    /// Dropped by the master once the release settled or was rolled back;
+    /// the loop does not install anything else meanwhile.
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Runs until the master drops the receiving end.
@@ -41,9 +44,20 @@ pub(crate) async fn run(
             Ok(Some(Outcome::Installed { release, previous })) => {
                 failures = 0;
                 tracing::info!("installed release {} from {}", release.id, release.source);
-                if installed.send(Installed { release, previous }).is_err() {
+                let (done, settled) = tokio::sync::oneshot::channel();
+                if installed
+                    .send(Installed {
+                        release,
+                        previous,
+                        done,
+                    })
+                    .is_err()
+                {
                     return;
                 }
+                // One writer of `current` at a time: wait for the cycle,
+                // its settling, or its rollback.
+                let _ = settled.await;
             }
             Ok(Some(Outcome::Unchanged(current))) => {
                 failures = 0;

@@ -113,6 +113,7 @@ impl Worker {
             argv,
             env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
             fds,
+            program.stop_signal.number(),
         )?;
 
         let mut cmd = tokio::process::Command::new(&path);

@@ -74,12 +74,86 @@ fn link_stays_inside(entry: &Path, target: &Path) -> bool {
 /// Unpacks `file` of `kind` into the empty directory `dest`, so that the
 /// binary ends at `dest/<binary>` with mode 0755.
 pub fn unpack(file: File, kind: Kind, binary: &str, dest: &Path) -> Result<(), Error> {
+    let root = Root::new(dest)?;
     match kind {
         Kind::Plain => unreachable!("plain binaries are moved, not unpacked"),
-        Kind::TarGz => unpack_tar(file, dest)?,
-        Kind::Zip => unpack_zip(file, dest)?,
+        Kind::TarGz => unpack_tar(file, &root)?,
+        Kind::Zip => unpack_zip(file, &root)?,
     }
     pick_binary(dest, binary)
+}
+
+/// The release directory being filled, with checks on where things land on
+/// disk (through any links already created), not only on entry names.
+struct Root {
+    dir: PathBuf,
+    canonical: PathBuf,
+}
+
+/// `..` and `.` resolved without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+impl Root {
+    fn new(dir: &Path) -> Result<Root, Error> {
+        let canonical = dir.canonicalize().map_err(|source| Error::Io {
+            what: "resolve",
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Root {
+            dir: dir.to_owned(),
+            canonical,
+        })
+    }
+
+    /// `dir` (which exists) resolves inside the release directory.
+    fn check_dir(&self, dir: &Path, entry: &Path) -> Result<(), Error> {
+        let real = dir.canonicalize().map_err(|source| Error::Io {
+            what: "resolve",
+            path: dir.to_owned(),
+            source,
+        })?;
+        if real.starts_with(&self.canonical) {
+            Ok(())
+        } else {
+            Err(escape(
+                entry,
+                "would be written outside the release directory through a link",
+            ))
+        }
+    }
+
+    /// A link at `link` pointing to `target` resolves inside.
+    fn check_link(&self, link: &Path, target: &Path, entry: &Path) -> Result<(), Error> {
+        let parent = link.parent().unwrap_or(&self.dir);
+        let base = parent.canonicalize().map_err(|source| Error::Io {
+            what: "resolve",
+            path: parent.to_owned(),
+            source,
+        })?;
+        if target.is_absolute() || !normalize(&base.join(target)).starts_with(&self.canonical) {
+            return Err(escape(
+                entry,
+                &format!(
+                    "links to {}, outside the release directory",
+                    target.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn corrupt(e: impl std::fmt::Display) -> Error {
@@ -94,7 +168,8 @@ fn escape(entry: &Path, why: &str) -> Error {
     }
 }
 
-fn unpack_tar(file: File, dest: &Path) -> Result<(), Error> {
+fn unpack_tar(file: File, root: &Root) -> Result<(), Error> {
+    let dest = &root.dir;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive.set_preserve_permissions(true);
     for entry in archive.entries().map_err(corrupt)? {
@@ -125,14 +200,33 @@ fn unpack_tar(file: File, dest: &Path) -> Result<(), Error> {
                 ));
             }
         }
-        if !entry.unpack_in(dest).map_err(corrupt)? {
+        let unpacked = entry.unpack_in(dest).map_err(|e| {
+            if e.to_string().contains("outside of") {
+                escape(
+                    &path,
+                    "would be written outside the release directory through a link",
+                )
+            } else {
+                corrupt(e)
+            }
+        })?;
+        if !unpacked {
             return Err(escape(&path, "would escape the release directory"));
+        }
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(corrupt)?
+                .unwrap_or_default()
+                .into_owned();
+            root.check_link(&dest.join(&path), &target, &path)?;
         }
     }
     Ok(())
 }
 
-fn unpack_zip(file: File, dest: &Path) -> Result<(), Error> {
+fn unpack_zip(file: File, root: &Root) -> Result<(), Error> {
+    let dest = &root.dir;
     let mut archive = zip::ZipArchive::new(file).map_err(corrupt)?;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(corrupt)?;
@@ -147,6 +241,7 @@ fn unpack_zip(file: File, dest: &Path) -> Result<(), Error> {
                 path: out.clone(),
                 source,
             })?;
+            root.check_dir(&out, &name)?;
             continue;
         }
         if let Some(parent) = out.parent() {
@@ -155,6 +250,7 @@ fn unpack_zip(file: File, dest: &Path) -> Result<(), Error> {
                 path: parent.to_owned(),
                 source,
             })?;
+            root.check_dir(parent, &name)?;
         }
         if entry.is_symlink() {
             let mut target = String::new();
@@ -165,6 +261,7 @@ fn unpack_zip(file: File, dest: &Path) -> Result<(), Error> {
                     &format!("links to {target}, outside the release directory"),
                 ));
             }
+            root.check_link(&out, Path::new(&target), &name)?;
             std::os::unix::fs::symlink(&target, &out).map_err(|source| Error::Io {
                 what: "create",
                 path: out.clone(),
@@ -293,6 +390,60 @@ mod tests {
         let err = unpack(File::open(&zip_path).unwrap(), Kind::Zip, "hello", &dest).unwrap_err();
         assert!(err.to_string().contains("would escape"), "{err}");
         assert!(!dir.path().join("evil").exists());
+    }
+
+    /// Regression: a chain of links that each look inside by name, then a
+    /// file written through them, escaped the directory.
+    #[test]
+    fn zip_symlink_chain_is_refused() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("chain.zip");
+        {
+            let mut w = zip::ZipWriter::new(File::create(&zip_path).unwrap());
+            let opts = zip::write::SimpleFileOptions::default();
+            w.add_symlink("d/l", "..", opts).unwrap();
+            w.add_symlink("d/l/e", "../..", opts).unwrap();
+            w.start_file("d/l/e/x", opts).unwrap();
+            w.write_all(b"owned").unwrap();
+            w.finish().unwrap();
+        }
+        let dest = dir.path().join("a/b/out");
+        std::fs::create_dir_all(&dest).unwrap();
+        let err = unpack(File::open(&zip_path).unwrap(), Kind::Zip, "hello", &dest).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the release directory"),
+            "{err}"
+        );
+        assert!(!dir.path().join("a/x").exists() && !dir.path().join("a/b/x").exists());
+    }
+
+    #[test]
+    fn tar_symlink_chain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = dir.path().join("chain.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(
+                File::create(&tgz).unwrap(),
+                flate2::Compression::fast(),
+            );
+            let mut t = tar::Builder::new(gz);
+            for (path, target) in [("d/l", ".."), ("d/l/e", "../..")] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_cksum();
+                t.append_link(&mut h, path, target).unwrap();
+            }
+            t.into_inner().unwrap().finish().unwrap();
+        }
+        let dest = dir.path().join("a/b/out");
+        std::fs::create_dir_all(&dest).unwrap();
+        let err = unpack(File::open(&tgz).unwrap(), Kind::TarGz, "hello", &dest).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the release directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -330,8 +330,11 @@ impl Store {
     /// it renamed over it, then the directory fsynced.
     fn point(&self, name: &str, id: &str) -> Result<(), Error> {
         let link = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp-link"));
-        let _ = std::fs::remove_file(&tmp);
+        // A name of its own per call: two writers never rename each
+        // other's temp link.
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}.tmp-link", rand::random::<u64>()));
         std::os::unix::fs::symlink(id, &tmp).map_err(io("create", &tmp))?;
         std::fs::rename(&tmp, &link).map_err(io("swap", &link))?;
         fsync_dir(&self.dir)
