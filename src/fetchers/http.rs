@@ -28,6 +28,7 @@ pub struct HttpFetcher {
     headers: HeaderMap,
     checksum_url: bool,
     allow_http: bool,
+    max_redirects: usize,
     /// Validators of the last full answer, for conditional requests.
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
@@ -104,18 +105,10 @@ impl HttpFetcher {
         };
         let url = Url::parse(url).map_err(|e| Error::Other(format!("invalid fetch.url: {e}")))?;
         let allow = *allow_http;
-        let max = *max_redirects;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max {
-                attempt.error(format!("too many redirects (more than {max})"))
-            } else if let Err(reason) = allowed(attempt.url(), allow) {
-                attempt.error(format!("redirect refused: {reason}"))
-            } else {
-                attempt.follow()
-            }
-        });
         let client = reqwest::Client::builder()
-            .redirect(policy)
+            // Redirects are followed by hand (see `get`), so that configured
+            // headers never leave the configured origin.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(fetch.timeout)
             .read_timeout(fetch.timeout)
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
@@ -127,26 +120,66 @@ impl HttpFetcher {
             headers: header_map(headers)?,
             checksum_url: *checksum_url,
             allow_http: allow,
+            max_redirects: *max_redirects,
             etag: None,
             last_modified: None,
             last_token: None,
         })
     }
 
+    /// GETs `url`, following redirects up to the limit. The configured
+    /// headers go only to the configured URL's origin; a redirect may not
+    /// downgrade to plain http.
     async fn get(&self, url: &Url, conditional: bool) -> Result<reqwest::Response, Error> {
-        let mut request = self.client.get(url.clone()).headers(self.headers.clone());
-        if conditional {
-            if let Some(etag) = &self.etag {
-                request = request.header(IF_NONE_MATCH, etag);
+        let mut url = url.clone();
+        let mut hops = 0;
+        let response = loop {
+            let mut request = self.client.get(url.clone());
+            if url.origin() == self.url.origin() {
+                request = request.headers(self.headers.clone());
             }
-            if let Some(lm) = &self.last_modified {
-                request = request.header(IF_MODIFIED_SINCE, lm);
+            if conditional {
+                if let Some(etag) = &self.etag {
+                    request = request.header(IF_NONE_MATCH, etag);
+                }
+                if let Some(lm) = &self.last_modified {
+                    request = request.header(IF_MODIFIED_SINCE, lm);
+                }
             }
-        }
-        let response = request.send().await.map_err(|e| Error::Request {
-            url: redact(url),
-            source: Box::new(e.without_url()),
-        })?;
+            let response = request.send().await.map_err(|e| Error::Request {
+                url: redact(&url),
+                source: Box::new(e.without_url()),
+            })?;
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
+            {
+                break response;
+            }
+            let refused = |reason: String| Error::Request {
+                url: redact(&url),
+                source: reason.into(),
+            };
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| {
+                    refused(format!("{} without a Location header", response.status()))
+                })?;
+            let next = url
+                .join(location)
+                .map_err(|e| refused(format!("bad redirect Location: {e}")))?;
+            hops += 1;
+            if hops > self.max_redirects {
+                return Err(refused(format!(
+                    "too many redirects (more than {})",
+                    self.max_redirects
+                )));
+            }
+            allowed(&next, self.allow_http)
+                .map_err(|reason| refused(format!("redirect refused: {reason}")))?;
+            url = next;
+        };
+        let url = &url;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED && conditional {
             return Ok(response);

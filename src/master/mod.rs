@@ -415,7 +415,11 @@ impl Master {
         tracing::info!(worker = id, pid, "worker is ready: {how}");
         if let Some(upgrade) = starting.upgrade {
             tracing::info!(worker = id, "now serving release {}", upgrade.release.id);
-            self.settling = Some((upgrade, id, now));
+            // With something to roll back to, watch it for a while; the
+            // update loop waits meanwhile.
+            if upgrade.previous.is_some() {
+                self.settling = Some((upgrade, id, now));
+            }
         }
         if let Some(old) = self.active.replace(id) {
             self.status.cycles += 1;

@@ -504,6 +504,61 @@ fn new_worker_that_crashes_on_start_is_rolled_back_and_not_retried() {
     assert_eq!(support::version(baton.addr()), "1.0.0");
 }
 
+/// Configured headers (tokens) go to the configured origin only: not to an
+/// artifact on another host, not across a redirect to another host.
+#[test]
+fn configured_headers_stay_on_their_origin() {
+    let manifests = HttpServer::start(true);
+    let cdn = HttpServer::start(true);
+    let one = hello_bytes("1.0.0");
+    cdn.body("/hello-1.0.0", one.clone());
+    manifests.body(
+        "/manifest.json",
+        manifest("1.0.0", &cdn.url("/hello-1.0.0"), Some(sha256(&one)), None),
+    );
+    let fetch = format!(
+        "source = \"http\"\nurl = \"{}\"\ninterval = \"200ms\"\nheaders = {{ X-Api-Key = \"s3cret\" }}",
+        manifests.url("/manifest.json")
+    );
+    let baton = Baton::start(tempfile::tempdir().unwrap(), &release_config(&fetch, ""));
+    baton.wait_ready();
+    // 2.0.0 sits behind a redirect from the manifest's host to the CDN.
+    let two = hello_bytes("2.0.0");
+    cdn.body("/hello-2.0.0", two.clone());
+    manifests.set("/hello-2.0.0", Reply::Redirect(cdn.url("/hello-2.0.0")));
+    manifests.body(
+        "/manifest.json",
+        manifest("2.0.0", "hello-2.0.0", Some(sha256(&two)), None),
+    );
+    support::wait_version(baton.addr(), "2.0.0");
+    let sent = |server: &HttpServer, path: &str| -> Vec<bool> {
+        server
+            .headers(path)
+            .iter()
+            .map(|h| h.get("x-api-key").is_some_and(|v| v == "s3cret"))
+            .collect()
+    };
+    assert!(
+        sent(&manifests, "/manifest.json").iter().all(|&s| s),
+        "the manifest's host gets the header"
+    );
+    assert_eq!(sent(&manifests, "/hello-2.0.0"), [true]);
+    assert_eq!(
+        sent(&cdn, "/hello-1.0.0"),
+        [false],
+        "an absolute artifact URL on another host"
+    );
+    assert_eq!(
+        sent(&cdn, "/hello-2.0.0"),
+        [false],
+        "a redirect to another host"
+    );
+    assert!(
+        !baton.log().contains("s3cret"),
+        "the header's value is never logged"
+    );
+}
+
 #[test]
 fn unchanged_url_is_polled_with_304s_and_no_downloads() {
     let (server, baton) = http_baton(true, "", "");

@@ -32,6 +32,7 @@ struct State {
     routes: HashMap<String, (Reply, u64)>,
     generation: u64,
     seen: Vec<Seen>,
+    headers: Vec<(String, HashMap<String, String>)>,
 }
 
 /// The server; stops when dropped.
@@ -50,6 +51,7 @@ impl HttpServer {
             routes: HashMap::new(),
             generation: 0,
             seen: Vec::new(),
+            headers: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
@@ -86,6 +88,16 @@ impl HttpServer {
         self.set(path, Reply::Body(Arc::new(bytes)));
     }
 
+    /// Request headers (lowercase names) of each request for `path`.
+    pub fn headers(&self, path: &str) -> Vec<HashMap<String, String>> {
+        let s = self.state.lock().unwrap();
+        s.headers
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
     /// Requests seen for `path`, with the status answered.
     pub fn seen(&self, path: &str) -> Vec<u16> {
         let s = self.state.lock().unwrap();
@@ -120,7 +132,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>, validators: bool) -> std::io:
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    let route = state.lock().unwrap().routes.get(&path).cloned();
+    let route = {
+        let mut s = state.lock().unwrap();
+        s.headers.push((path.clone(), headers.clone()));
+        s.routes.get(&path).cloned()
+    };
     let mut out = stream;
     let record = |status| state.lock().unwrap().seen.push((path.clone(), status));
     let Some((reply, generation)) = route else {
