@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `GET /` answers `hello <version>`; `GET /?sleep=<ms>` answers after that
-//! delay.
+//! delay; `GET /stream?ms=<ms>` streams its answer over that long.
 
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ const VERSION: &str = match option_env!("HELLO_VERSION") {
 #[derive(Deserialize)]
 struct Params {
     sleep: Option<u64>,
+    /// For `/stream`: spread the answer over this many milliseconds.
+    ms: Option<u64>,
 }
 
 async fn hello(Query(params): Query<Params>) -> String {
@@ -35,6 +37,24 @@ async fn hello(Query(params): Query<Params>) -> String {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     format!("hello {VERSION}\n")
+}
+
+/// `GET /stream?ms=<ms>`: the answer in ten chunks spread over `ms`.
+async fn stream(Query(params): Query<Params>) -> axum::body::Body {
+    let step = Duration::from_millis(params.ms.unwrap_or(1000).min(60_000) / 10);
+    let chunks = futures_util::stream::unfold(0u32, move |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(step).await;
+        let chunk = if i == 9 {
+            format!("hello {VERSION}\n")
+        } else {
+            ".".to_owned()
+        };
+        Some((Ok::<_, std::convert::Infallible>(chunk), i + 1))
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,7 +94,9 @@ fn main() -> std::process::ExitCode {
     }
     let result = baton::run(options, |mut worker| async move {
         let listener = worker.tcp(0)?;
-        let app = Router::new().route("/", get(hello));
+        let app = Router::new()
+            .route("/", get(hello))
+            .route("/stream", get(stream));
         worker.ready()?;
         baton::serve::http(listener, app, worker.shutdown()).await
     });

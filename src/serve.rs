@@ -251,23 +251,26 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response<B>;
+    type Response = Response<Tracked<B>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Tracked<B>>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut inner = self.inner.clone();
-        let conn = self.conn.clone();
         let draining = self.draining.clone();
         let version = req.version();
-        conn.begin();
+        // In flight until the response body is sent (or dropped).
+        let active = Active::begin(self.conn.clone());
         Box::pin(async move {
             let result = match poll_fn(|cx| inner.poll_ready(cx)).await {
                 Ok(()) => inner.call(req).await,
                 Err(never) => Err(never),
             };
-            conn.end();
-            result.map(|mut response| {
+            result.map(|response| {
+                let mut response = response.map(|body| Tracked {
+                    body: Box::pin(body),
+                    _active: active,
+                });
                 if *draining.borrow() {
                     response
                         .headers_mut()
@@ -283,5 +286,48 @@ where
                 response
             })
         })
+    }
+}
+
+/// A request in flight on a connection; ends when dropped.
+struct Active(Arc<ConnState>);
+
+impl Active {
+    fn begin(conn: Arc<ConnState>) -> Active {
+        conn.begin();
+        Active(conn)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A response body that keeps its request in flight until it has been
+/// sent, so that a long streaming response never counts as idle.
+struct Tracked<B> {
+    body: Pin<Box<B>>,
+    _active: Active,
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -60,6 +60,67 @@ fn cycles_under_new_connection_load_fail_no_request() {
     cycles_under_load(LoadMode::NewConnection);
 }
 
+/// Regression: a connection whose long streaming response was still being
+/// sent counted as idle, so draining closed it right after the last byte and
+/// the client's next request met a closed connection.
+#[test]
+fn keepalive_connection_after_a_streaming_response_gets_a_reply() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = Baton::dir_with_hello();
+    let link = dir.path().join("bin/hello");
+    let baton = Baton::start(dir, &Baton::hello_config(""));
+    baton.wait_ready();
+    let stream = std::net::TcpStream::connect(baton.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(b"GET /stream?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    support::point(&link, &support::hello("2.0.0"));
+    baton.cycle();
+    // Read the chunked reply to its end, then ask again at once.
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut body = String::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        body.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(body.ends_with("hello 1.0.0\n"), "{body:?}");
+    writer
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "the next request got {status:?}"
+    );
+}
+
 /// A request in flight on the old worker when the cycle happens completes
 /// with the old version's answer.
 #[test]
