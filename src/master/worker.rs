@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::sockets::Sockets;
@@ -22,6 +22,8 @@ use crate::sys::ExecPlan;
 
 /// How many stderr lines are kept for failure reports.
 const TAIL_LINES: usize = 20;
+/// The longest stderr line read at once.
+const LINE_LIMIT: u64 = 8 << 10;
 
 /// Variables of the master's own environment that must not leak into a
 /// worker: they describe the master's sockets and supervisor, not the worker's.
@@ -139,8 +141,17 @@ impl Worker {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr);
                 let mut line = Vec::new();
-                while lines.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
-                    let _ = io::stderr().lock().write_all(&line);
+                let mut out = tokio::io::stderr();
+                // A line is cut at LINE_LIMIT bytes: a worker writing without
+                // newlines cannot grow the master's memory.
+                while (&mut lines)
+                    .take(LINE_LIMIT)
+                    .read_until(b'\n', &mut line)
+                    .await
+                    .unwrap_or(0)
+                    > 0
+                {
+                    let _ = out.write_all(&line).await;
                     let text = String::from_utf8_lossy(&line).trim_end().to_owned();
                     let mut tail = tail.lock().unwrap();
                     if tail.len() == TAIL_LINES {
@@ -154,7 +165,8 @@ impl Worker {
 
         let (signals, mut requests) = mpsc::unbounded_channel::<(Signal, bool)>();
         // The owner task is the only place that reaps this child, so a signal
-        // it sends can never reach a recycled PID.
+        // to the worker's own PID never reaches a recycled one. (The group
+        // kill after the reap can, in theory, meet a recycled group id.)
         tokio::spawn(async move {
             let status = loop {
                 tokio::select! {
@@ -165,9 +177,15 @@ impl Worker {
                     }
                 }
             };
-            if let Some(reader) = stderr {
-                // Collect the last lines, unless a grandchild holds the pipe.
-                let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
+            if let Some(mut reader) = stderr {
+                // Collect the last lines, unless a grandchild holds the pipe:
+                // then stop reading rather than leak the task.
+                if tokio::time::timeout(Duration::from_millis(200), &mut reader)
+                    .await
+                    .is_err()
+                {
+                    reader.abort();
+                }
             }
             // Whatever the worker left in its group goes with it.
             let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);

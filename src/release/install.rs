@@ -71,6 +71,23 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
     .map_err(io("write", &path))
 }
 
+/// fsyncs every regular file and directory under `dir` (links are not
+/// followed), then `dir` itself.
+fn fsync_tree(dir: &Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io("read", &path))?;
+        if kind.is_dir() {
+            fsync_tree(&path)?;
+        } else if kind.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync", &path))?;
+        }
+    }
+    fsync_dir(dir)
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -280,11 +297,9 @@ impl Store {
         meta: &Meta,
     ) -> Result<Option<String>, Error> {
         write_meta(staging.path(), meta)?;
-        let binary = self.binary_in(staging.path());
-        std::fs::File::open(&binary)
-            .and_then(|f| f.sync_all())
-            .map_err(io("fsync", &binary))?;
-        fsync_dir(staging.path())?;
+        // Every unpacked file and directory, not only the binary: after a
+        // power cut `current` must not point at empty files.
+        fsync_tree(staging.path())?;
         self.put(staging, meta)?;
         let before = self.link("current");
         if let Some(old) = before.as_deref().filter(|old| *old != meta.id) {

@@ -36,6 +36,15 @@ pub enum Error {
         /// Bytes received.
         got: u64,
     },
+    /// The download is longer than the size the source stated (a file
+    /// still being written).
+    #[error("download is longer than stated: got {got} bytes, the source said {expected}")]
+    Longer {
+        /// Bytes stated.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
     /// The download took longer than `verify.download_timeout`.
     #[error("download took longer than {}", humantime::format_duration(*.limit))]
     DownloadTimeout {
@@ -146,6 +155,7 @@ impl Error {
             Error::Fetch(_)
                 | Error::Download { .. }
                 | Error::Truncated { .. }
+                | Error::Longer { .. }
                 | Error::DownloadTimeout { .. }
                 | Error::Io { .. }
         )

@@ -24,28 +24,36 @@ pub async fn run(
 ) -> Result<String, Error> {
     let mut child = spawn(binary, args).await?;
     let pid = child.id().map(|p| p as i32);
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let run = async {
-        let (out, err, status) = tokio::join!(
-            read_capped(&mut stdout),
-            read_capped(&mut stderr),
-            child.wait()
-        );
-        (status, out, err)
-    };
-    let result = tokio::time::timeout(timeout, run).await;
+    // Read both pipes while waiting, so a chatty probe never blocks on a
+    // full pipe; stop at the exit (plus a short grace), not at the pipes'
+    // end, which a background process may hold open.
+    let out = tokio::spawn(read_capped(child.stdout.take().expect("piped")));
+    let err = tokio::spawn(read_capped(child.stderr.take().expect("piped")));
+    let result = tokio::time::timeout(timeout, child.wait()).await;
     // Whatever the probe left behind in its group goes, timeout or not.
     if let Some(pid) = pid {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     }
-    let (status, out, err) = match result {
-        Ok(r) => r,
+    let status = match result {
+        Ok(status) => status,
         Err(_) => {
             let _ = child.wait().await;
+            out.abort();
+            err.abort();
             return Err(Error::ProbeTimeout { limit: timeout });
         }
     };
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(Duration::from_millis(500), task).await {
+            Ok(Ok(bytes)) => bytes,
+            _ => {
+                abort.abort();
+                Vec::new()
+            }
+        }
+    };
+    let (out, err) = (collect(out).await, collect(err).await);
     let status = status.map_err(|source| Error::Io {
         what: "wait for",
         path: binary.to_owned(),
@@ -78,7 +86,7 @@ pub async fn run(
 }
 
 /// Reads a pipe to its end, keeping the first `OUTPUT_LIMIT` bytes.
-async fn read_capped(pipe: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     while let Ok(n) = pipe.read(&mut buf).await {

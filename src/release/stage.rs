@@ -84,11 +84,20 @@ pub async fn stage(
     let (sha256, size) = tokio::time::timeout(limit, copy)
         .await
         .map_err(|_| Error::DownloadTimeout { limit })??;
-    if let Some(expected) = expected_size.filter(|&e| e != size) {
-        return Err(Error::Truncated {
-            expected,
-            got: size,
-        });
+    match expected_size {
+        Some(expected) if size < expected => {
+            return Err(Error::Truncated {
+                expected,
+                got: size,
+            })
+        }
+        Some(expected) if size > expected => {
+            return Err(Error::Longer {
+                expected,
+                got: size,
+            })
+        }
+        _ => {}
     }
     Ok(Staged {
         file: temp,

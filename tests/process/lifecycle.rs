@@ -211,3 +211,29 @@ time.sleep(600)
         assert!(text.contains(&var), "{var} missing in {text}");
     }
 }
+
+#[test]
+fn worker_that_ignores_the_stop_signal_is_killed_at_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    support::script(
+        &dir.path().join("bin/hello"),
+        "trap '' TERM\nexec sleep 600",
+    );
+    let baton = Baton::start(
+        dir,
+        "[program]\ncommand = \"bin/hello\"\nlisten = [\"127.0.0.1:0\"]\nready = \"delay:100ms\"\ndrain_timeout = \"1s\"\n",
+    );
+    baton.wait_ready();
+    let (old, _) = baton.children()[0];
+    baton.cycle();
+    baton.wait_count(
+        "did not exit within drain_timeout (1s); killing it",
+        1,
+        Duration::from_secs(10),
+    );
+    support::wait_for("the old worker to be gone", Duration::from_secs(5), || {
+        support::process_state(old).is_none().then_some(())
+    });
+    assert_eq!(baton.children().len(), 1);
+}

@@ -701,10 +701,20 @@ fn first_start_without_a_release_waits_for_one() {
     let baton = Baton::start(tempfile::tempdir().unwrap(), &release_config(&fetch, ""));
     baton.wait_count("manifest.json answered 404", 1, Duration::from_secs(10));
     assert_eq!(baton.count("started worker"), 0);
+    // Regression: a cycle request before the first release started a worker
+    // that later ran beside the real one, untracked.
+    baton.signal(libc::SIGHUP);
+    baton.wait_count(
+        "no release is installed yet; nothing to cycle",
+        1,
+        Duration::from_secs(5),
+    );
     publish(&server, "1.0.0", "hello-1.0.0", hello_bytes("1.0.0"));
     // Errors back the polling off; SIGUSR1 checks at once.
     baton.signal(libc::SIGUSR1);
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
     assert!(Path::new(&baton.dir.path().join("releases/current/hello")).exists());
+    assert_eq!(baton.children().len(), 1, "{}", baton.log());
+    assert_eq!(baton.count("started worker"), 1);
 }
