@@ -131,6 +131,21 @@ pub enum Source {
         /// Take the highest semver tag instead of the latest release.
         semver: bool,
     },
+    /// An S3 object, or the highest semver key under a prefix (feature `s3`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// One object's key.
+        key: Option<String>,
+        /// Or a prefix whose keys carry versions; the highest wins.
+        prefix: Option<String>,
+        /// The region (else from the environment or profile).
+        region: Option<String>,
+        /// A custom endpoint (MinIO, Ceph, R2, a local server).
+        endpoint_url: Option<String>,
+        /// Path-style addressing (`endpoint/bucket/key`).
+        force_path_style: bool,
+    },
 }
 
 impl Source {
@@ -140,6 +155,7 @@ impl Source {
             Source::File { .. } => "file",
             Source::Http { .. } => "http",
             Source::Github { .. } => "github",
+            Source::S3 { .. } => "s3",
         }
     }
 }
@@ -419,6 +435,12 @@ struct RawFetch {
     api_url: Option<String>,
     prerelease: Option<bool>,
     semver: Option<bool>,
+    bucket: Option<String>,
+    key: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    force_path_style: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -654,6 +676,12 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
     only_for("api_url", f.api_url.is_some(), "github")?;
     only_for("prerelease", f.prerelease.is_some(), "github")?;
     only_for("semver", f.semver.is_some(), "github")?;
+    only_for("bucket", f.bucket.is_some(), "s3")?;
+    only_for("key", f.key.is_some(), "s3")?;
+    only_for("prefix", f.prefix.is_some(), "s3")?;
+    only_for("region", f.region.is_some(), "s3")?;
+    only_for("endpoint_url", f.endpoint_url.is_some(), "s3")?;
+    only_for("force_path_style", f.force_path_style.is_some(), "s3")?;
     let source = match f.source.as_str() {
         "file" => {
             let path = f.path.ok_or_else(|| {
@@ -743,18 +771,52 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 semver: f.semver.unwrap_or(false),
             }
         }
-        "s3" => {
+        "s3" if !cfg!(feature = "s3") => {
             return Err(Error::invalid(
                 "fetch.source",
                 &f.source,
-                "this source is not available in this build of baton",
+                "this baton was built without the `s3` feature",
             ))
+        }
+        "s3" => {
+            let bucket = f.bucket.clone().filter(|b| !b.is_empty()).ok_or_else(|| {
+                Error::invalid("fetch.bucket", "", "source = \"s3\" needs a bucket")
+            })?;
+            match (&f.key, &f.prefix) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid(
+                        "fetch.prefix",
+                        f.prefix.as_deref().unwrap_or(""),
+                        "give key or prefix, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "fetch.key",
+                        "",
+                        "source = \"s3\" needs a key (or a prefix)",
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(url) = &f.endpoint_url {
+                crate::fetchers::http::check_url(url, false)
+                    .map_err(|reason| Error::invalid("fetch.endpoint_url", url, reason))?;
+            }
+            Source::S3 {
+                bucket,
+                key: f.key.clone(),
+                prefix: f.prefix.clone(),
+                region: f.region.clone(),
+                endpoint_url: f.endpoint_url.clone(),
+                force_path_style: f.force_path_style.unwrap_or(false),
+            }
         }
         other => {
             return Err(Error::invalid(
                 "fetch.source",
                 other,
-                "expected \"file\", \"http\" or \"github\"",
+                "expected \"file\", \"http\", \"github\" or \"s3\"",
             ));
         }
     };
@@ -920,6 +982,30 @@ allow_downgrade = true
             .version
             .unwrap()
             .matches(&semver::Version::new(1, 5, 0)));
+    }
+
+    #[test]
+    fn left_out_sources_are_named() {
+        let base = "[program]\ncommand = \"x/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
+        for (source, keys, feature) in [
+            (
+                "github",
+                "repo = \"a/b\"\nasset = \"x\"",
+                cfg!(feature = "github"),
+            ),
+            ("s3", "bucket = \"b\"\nkey = \"k\"", cfg!(feature = "s3")),
+        ] {
+            let result = parse(&format!("{base}[fetch]\nsource = \"{source}\"\n{keys}\n"));
+            if feature {
+                assert!(result.is_ok(), "{source}: {:?}", result.err());
+            } else {
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("built without the `{source}` feature")),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

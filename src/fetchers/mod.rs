@@ -5,6 +5,8 @@ pub mod file;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod http;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -123,6 +125,15 @@ pub fn from_config(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, E
             let _ = verify;
             return Err(Error::Other(
                 "this baton was built without the `github` feature".into(),
+            ));
+        }
+        #[cfg(feature = "s3")]
+        Source::S3 { .. } => Box::new(s3::S3Fetcher::new(fetch, verify)),
+        #[cfg(not(feature = "s3"))]
+        Source::S3 { .. } => {
+            let _ = verify;
+            return Err(Error::Other(
+                "this baton was built without the `s3` feature".into(),
             ));
         }
     })

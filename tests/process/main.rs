@@ -11,4 +11,5 @@ mod in_place;
 mod lifecycle;
 mod python;
 mod release;
+mod s3;
 mod supervisord;

@@ -4,6 +4,7 @@
 pub mod github;
 pub mod http;
 pub mod load;
+pub mod s3;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -119,8 +120,13 @@ impl Baton {
     /// Writes `baton.toml` into `dir` and starts the master; waits until it
     /// listens (the address comes from its log: configs use port 0).
     pub fn start(dir: tempfile::TempDir, config: &str) -> Baton {
+        Baton::start_with_env(dir, config, &[])
+    }
+
+    /// As `start`, with extra environment for the master.
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Baton {
         std::fs::write(dir.path().join("baton.toml"), config).unwrap();
-        Baton::launch(dir)
+        Baton::launch(dir, env)
     }
 
     /// Starts the master again in a dir that already has its config; the
@@ -130,15 +136,16 @@ impl Baton {
             dir.path().join("baton.log"),
             dir.path().join("baton.prev.log"),
         );
-        Baton::launch(dir)
+        Baton::launch(dir, &[])
     }
 
-    fn launch(dir: tempfile::TempDir) -> Baton {
+    fn launch(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Baton {
         let log = dir.path().join("baton.log");
         let child = Command::new(baton_bin())
             .args(["run", "--config"])
             .arg(dir.path().join("baton.toml"))
             .env("BATON_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,427 @@
+//! The S3 fetcher (aws-sdk-s3, credentials from aws-config's standard chain:
+//! environment, profile, IMDS; never logged). An unchanged object costs one
+//! HeadObject (its ETag and VersionId are the change token); a new one is
+//! streamed from GetObject. With a prefix, the key whose name carries the
+//! highest semver wins. The checksum comes from `ChecksumSHA256` (asked for
+//! with checksum mode) or the `sha256` user metadata; the signature from
+//! `<key>.minisig`.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::ChecksumMode;
+use tokio::io::AsyncReadExt;
+
+use super::{BoxFuture, Candidate, Error, Fetcher, Info};
+use crate::config::{Fetch, Source, Verify};
+
+/// Polls one object, or the newest versioned key under a prefix.
+pub struct S3Fetcher {
+    client: Option<aws_sdk_s3::Client>,
+    bucket: String,
+    key: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    force_path_style: bool,
+    timeout: std::time::Duration,
+    requirement: Option<semver::VersionReq>,
+    want_signature: bool,
+    last_token: Option<String>,
+}
+
+impl S3Fetcher {
+    /// A fetcher for the `s3` source of `fetch`; the client (and the
+    /// credential chain) is set up at the first check.
+    pub fn new(fetch: &Fetch, verify: &Verify) -> S3Fetcher {
+        let Source::S3 {
+            bucket,
+            key,
+            prefix,
+            region,
+            endpoint_url,
+            force_path_style,
+        } = &fetch.source
+        else {
+            unreachable!("S3Fetcher::new takes an s3 source");
+        };
+        S3Fetcher {
+            client: None,
+            bucket: bucket.clone(),
+            key: key.clone(),
+            prefix: prefix.clone(),
+            region: region.clone(),
+            endpoint_url: endpoint_url.clone(),
+            force_path_style: *force_path_style,
+            timeout: fetch.timeout,
+            requirement: verify.version.clone(),
+            want_signature: verify.minisign_key.is_some(),
+            last_token: None,
+        }
+    }
+
+    async fn client(&mut self) -> aws_sdk_s3::Client {
+        if let Some(client) = &self.client {
+            return client.clone();
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(self.timeout)
+                    .read_timeout(self.timeout)
+                    .build(),
+            );
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(self.force_path_style);
+        if let Some(url) = &self.endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        let client = aws_sdk_s3::Client::from_conf(config.build());
+        self.client = Some(client.clone());
+        client
+    }
+
+    fn location(&self, key: &str) -> String {
+        match &self.endpoint_url {
+            Some(url) => format!("s3://{}/{key} at {url}", self.bucket),
+            None => format!("s3://{}/{key}", self.bucket),
+        }
+    }
+
+    /// Names the cause of a failed call: no such bucket or key, access
+    /// denied, endpoint unreachable.
+    fn error<E>(&self, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let at = self.location(key);
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Other(format!(
+                "cannot reach the S3 endpoint for {at}: {}",
+                DisplayErrorContext(&err)
+            )),
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("");
+                // HeadObject answers carry no error code: go by status.
+                let status = service.raw().status().as_u16();
+                match code {
+                    "NoSuchBucket" => {
+                        Error::Other(format!("no such bucket {:?} ({at})", self.bucket))
+                    }
+                    "NoSuchKey" => Error::Other(format!(
+                        "no such key {key:?} in bucket {:?} ({at})",
+                        self.bucket
+                    )),
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+                        Error::Other(format!(
+                            "access denied to {at} ({code}); check the credentials"
+                        ))
+                    }
+                    _ if status == 404 => {
+                        Error::Other(format!("no such key or bucket: {at} (404)"))
+                    }
+                    _ if status == 403 => Error::Other(format!(
+                        "access denied to {at} (403); check the credentials"
+                    )),
+                    _ => Error::Other(format!(
+                        "S3 request for {at} failed: {}",
+                        DisplayErrorContext(&err)
+                    )),
+                }
+            }
+            _ => Error::Other(format!(
+                "S3 request for {at} failed: {}",
+                DisplayErrorContext(&err)
+            )),
+        }
+    }
+
+    /// The key under the prefix whose name carries the highest version.
+    async fn newest_key(
+        &mut self,
+        client: &aws_sdk_s3::Client,
+        prefix: &str,
+    ) -> Result<(String, String), Error> {
+        let mut best: Option<(semver::Version, String)> = None;
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                if key.ends_with(".minisig") || key.ends_with(".sha256") {
+                    continue;
+                }
+                let Some(version) = version_in(&key[prefix.len().min(key.len())..]) else {
+                    continue;
+                };
+                if !version.pre.is_empty()
+                    || self
+                        .requirement
+                        .as_ref()
+                        .is_some_and(|r| !r.matches(&version))
+                {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(v, _)| version > *v) {
+                    best = Some((version, key.to_owned()));
+                }
+            }
+        }
+        best.map(|(v, k)| (k, v.to_string())).ok_or_else(|| {
+            Error::Other(format!(
+                "no key with a version under {}",
+                self.location(prefix)
+            ))
+        })
+    }
+
+    async fn small_object(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+    ) -> Result<Option<String>, Error> {
+        match client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let mut text = String::new();
+                out.body
+                    .into_async_read()
+                    .take(1 << 20)
+                    .read_to_string(&mut text)
+                    .await
+                    .map_err(|e| {
+                        Error::Other(format!("cannot read {}: {e}", self.location(key)))
+                    })?;
+                Ok(Some(text))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    async fn check_inner(&mut self) -> Result<Option<Candidate>, Error> {
+        let client = self.client().await;
+        let (key, listed_version) = match (self.key.clone(), self.prefix.clone()) {
+            (Some(key), _) => (key, None),
+            (None, Some(prefix)) => {
+                let (key, version) = self.newest_key(&client, &prefix).await?;
+                (key, Some(version))
+            }
+            (None, None) => unreachable!("validated: key or prefix"),
+        };
+        let head = client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                // HeadObject's 404 has no error code: ask about the bucket.
+                let bucket = client.head_bucket().bucket(&self.bucket).send().await;
+                let at = self.location(&key);
+                return Err(match bucket {
+                    Ok(_) => Error::Other(format!(
+                        "no such key {key:?} in bucket {:?} ({at})",
+                        self.bucket
+                    )),
+                    Err(b) if b.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                        Error::Other(format!("no such bucket {:?} ({at})", self.bucket))
+                    }
+                    Err(b) => self.error(&key, b),
+                });
+            }
+            Err(e) => return Err(self.error(&key, e)),
+        };
+        let token = format!(
+            "s3:{key}:{}:{}",
+            head.e_tag().unwrap_or(""),
+            head.version_id().unwrap_or("")
+        );
+        if self.last_token.as_ref() == Some(&token) {
+            return Ok(None);
+        }
+        let metadata = head.metadata();
+        let sha256 = head
+            .checksum_sha256()
+            .filter(|c| !c.contains('-'))
+            .and_then(decode_base64_sha256)
+            .or_else(|| {
+                metadata
+                    .and_then(|m| m.get("sha256"))
+                    .and_then(|h| crate::config::parse_sha256(h))
+            });
+        let version = listed_version.or_else(|| metadata.and_then(|m| m.get("version")).cloned());
+        let signature = if self.want_signature {
+            self.small_object(&client, &format!("{key}.minisig"))
+                .await?
+        } else {
+            None
+        };
+        let mut get = client.get_object().bucket(&self.bucket).key(&key);
+        if let Some(etag) = head.e_tag() {
+            // The bytes HeadObject described, not a newer upload.
+            get = get.if_match(etag);
+        }
+        if let Some(id) = head.version_id() {
+            get = get.version_id(id);
+        }
+        let object = get.send().await.map_err(|e| self.error(&key, e))?;
+        self.last_token = Some(token.clone());
+        Ok(Some(Candidate {
+            body: Box::pin(object.body.into_async_read()),
+            info: Info {
+                version,
+                sha256,
+                size: head.content_length().and_then(|n| u64::try_from(n).ok()),
+                signature,
+                token,
+                name: key.rsplit('/').next().unwrap_or(&key).to_owned(),
+                source: format!("s3 {}", self.location(&key)),
+            },
+        }))
+    }
+}
+
+/// The first `x.y.z` (with an optional pre-release) in a key's name:
+/// `hello-1.4.2-x86_64-unknown-linux-gnu.tar.gz` → 1.4.2.
+fn version_in(name: &str) -> Option<semver::Version> {
+    let bytes = name.as_bytes();
+    (0..bytes.len())
+        .filter(|&i| {
+            let boundary = |j: usize| j == 0 || !bytes[j - 1].is_ascii_alphanumeric();
+            bytes[i].is_ascii_digit() && (boundary(i) || (bytes[i - 1] == b'v' && boundary(i - 1)))
+        })
+        .find_map(|start| {
+            let rest = &name[start..];
+            let core_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let core = rest[..core_len].trim_end_matches('.');
+            if core.split('.').count() != 3 {
+                return None;
+            }
+            // A pre-release part (`-rc.1`) is told from a target triple
+            // (`-x86_64-…`) by its customary names.
+            let after = &rest[core.len()..];
+            let pre = after.strip_prefix('-').filter(|p| {
+                ["alpha", "beta", "rc", "pre", "dev", "nightly"]
+                    .iter()
+                    .any(|tag| p.starts_with(tag))
+            });
+            match pre {
+                Some(p) => {
+                    let ident = &p[..p
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+                        .unwrap_or(p.len())];
+                    let ident = [".tar.gz", ".tgz", ".zip", ".gz"]
+                        .iter()
+                        .fold(ident, |i, ext| i.strip_suffix(ext).unwrap_or(i))
+                        .trim_end_matches('.');
+                    semver::Version::parse(&format!("{core}-{ident}")).ok()
+                }
+                None => semver::Version::parse(core).ok(),
+            }
+        })
+}
+
+fn decode_base64_sha256(text: &str) -> Option<[u8; 32]> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::with_capacity(32);
+    for c in text.trim().bytes().take_while(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        bits = (bits << 6) | v;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+        }
+    }
+    out.try_into().ok()
+}
+
+impl Fetcher for S3Fetcher {
+    fn check(&mut self) -> BoxFuture<'_, Result<Option<Candidate>, Error>> {
+        Box::pin(self.check_inner())
+    }
+
+    fn retry(&mut self) {
+        self.last_token = None;
+    }
+
+    fn describe(&self) -> String {
+        match (&self.key, &self.prefix) {
+            (Some(key), _) => format!("s3 {}", self.location(key)),
+            (_, Some(prefix)) => format!("s3 {}*", self.location(prefix)),
+            _ => "s3".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_found_in_key_names() {
+        assert_eq!(
+            version_in("hello-1.4.2-x86_64-unknown-linux-gnu.tar.gz"),
+            Some(semver::Version::new(1, 4, 2))
+        );
+        assert_eq!(
+            version_in("1.10.0/hello"),
+            Some(semver::Version::new(1, 10, 0))
+        );
+        assert_eq!(
+            version_in("hello-v2.0.1.zip"),
+            Some(semver::Version::new(2, 0, 1))
+        );
+        assert_eq!(
+            version_in("hellov2.0.1.zip"),
+            None,
+            "a v glued to letters is not a boundary"
+        );
+        assert_eq!(version_in("hello-x86_64.tar.gz"), None);
+        assert_eq!(
+            version_in("hello-10.0.0-rc.1-x86_64-linux")
+                .unwrap()
+                .pre
+                .as_str(),
+            "rc.1"
+        );
+        assert_eq!(
+            version_in("hello-1.0.0-beta.2.tar.gz")
+                .unwrap()
+                .pre
+                .as_str(),
+            "beta.2"
+        );
+    }
+
+    #[test]
+    fn base64_digests_decode() {
+        // sha256("") in base64.
+        let d = decode_base64_sha256("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").unwrap();
+        assert_eq!(
+            hex::encode(d),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(decode_base64_sha256("abc"), None);
+    }
+}
