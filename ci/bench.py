@@ -440,10 +440,98 @@ def poll_cost():
     print(f"| 20 | {polls.count('304')} | {downloads - 1} | {(b1 - b0) / 20 / 2:.0f} |\n")
 
 
+VENV = os.path.join(ROOT, "target/venv/bin")
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def s3_put(endpoint, key, path, create=False):
+    subprocess.run([os.path.join(VENV, "python"), os.path.join(ROOT, "ci/s3put.py"), endpoint, "releases", key, path]
+                   + (["--create-bucket"] if create else []), check=True)
+
+
+def s3():
+    """S3 source against moto (installed by ci/test into target/venv)."""
+    port = free_port()
+    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **S3_ENV})
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **S3_ENV}
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
+        d = tempfile.mkdtemp(prefix="baton-bench-s3-")
+        s3_put(endpoint, "hello/hello", os.path.join(BINS, "hello-1.0.0"), create=True)
+        fetch = (f'source = "s3"\nbucket = "releases"\nkey = "hello/hello"\nregion = "us-east-1"\n'
+                 f'endpoint_url = "{endpoint}"\nforce_path_style = true\ninterval = "1s"')
+        port_b = release_config(d, fetch)
+        proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        lat = []
+        try:
+            wait_until(lambda: get(port_b) == "hello 1.0.0", timeout=30)
+            time.sleep(2)
+            b0 = lo_bytes()
+            time.sleep(10)
+            per_poll = (lo_bytes() - b0) / 10 / 2
+            for i in range(5):
+                want = "2.0.0" if i % 2 == 0 else "1.0.0"
+                t0 = time.monotonic()
+                s3_put(endpoint, "hello/hello", os.path.join(BINS, f"hello-{want}"))
+                wait_until(lambda: get(port_b) == f"hello {want}", step=0.001)
+                lat.append((time.monotonic() - t0) * 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        # Peak RSS of a 256 MiB download (an ELF runs with data appended).
+        big = os.path.join(d, "big")
+        with open(os.path.join(BINS, "hello-2.0.0"), "rb") as src, open(big, "wb") as out:
+            data = src.read()
+            out.write(data)
+            out.truncate(256 << 20)
+        s3_put(endpoint, "hello/big", big)
+        release_config(d, fetch.replace('key = "hello/hello"', 'key = "hello/big"'))
+        cmd = ["/usr/bin/time", "-f", "%e %M", "-o", os.path.join(d, "time"), BATON, "check", "--config",
+               os.path.join(d, "baton.toml")]
+        assert subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) == 0
+        wall, peak = open(os.path.join(d, "time")).read().split()[-2:]
+    finally:
+        moto.terminate()
+        moto.wait()
+    print("### S3 source (moto on loopback)\n")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| unchanged poll (1 s interval): loopback bytes per poll, both directions with TCP/IP headers | {per_poll:.0f} |")
+    print(f"| publish → new version serving at a 1 s interval, median of {len(lat)} | {statistics.median(lat):.0f} ms (min {min(lat):.0f}, max {max(lat):.0f}) |")
+    print(f"| `baton check` of a 256 MiB object: wall, peak RSS | {float(wall):.2f} s, {int(peak) / 1024:.1f} MiB |\n")
+
+
+def build_cost():
+    """Release build from scratch, default features vs none (own target dirs)."""
+    rows = []
+    for name, flags in (("default (github, s3)", []), ("--no-default-features", ["--no-default-features"])):
+        target = os.path.join(ROOT, "target", "bench-build-" + ("min" if flags else "default"))
+        subprocess.run(["rm", "-rf", target])
+        t0 = time.monotonic()
+        subprocess.run(["cargo", "build", "--release", "--bin", "baton", "--target-dir", target, *flags],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.monotonic() - t0
+        size = os.path.getsize(os.path.join(target, "release/baton"))
+        rows.append((name, wall, size))
+    print("### Build cost\n")
+    print("`cargo build --release --bin baton` from an empty target dir (dependencies already downloaded).\n")
+    print("| features | build time | binary size |")
+    print("|---|---|---|")
+    for name, wall, size in rows:
+        print(f"| {name} | {wall:.0f} s | {size / (1 << 20):.1f} MiB |")
+    print()
+
+
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
-                "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost}
-    which = sys.argv[1:] or list(sections)
+                "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
+                "build": build_cost}
+    # The build section rebuilds everything twice: run it on its own.
+    which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:
         sections[name]()
         sys.stdout.flush()
