@@ -129,6 +129,12 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     for held in sockets.iter() {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
+    if let Ready::Http(path) = &program.ready {
+        tracing::warn!(
+            "ready = \"http:{path}\": during a cycle the old worker shares the socket and may \
+             answer the health check for the new one; prefer ready = \"notify\""
+        );
+    }
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
     let store = match (&releases, &fetch) {
         (None, None) => None,

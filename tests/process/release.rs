@@ -318,13 +318,17 @@ fn redirect_loop_is_refused() {
 
 #[test]
 fn oversized_download_is_refused() {
+    // The cap admits the example (whatever its size in this build) and
+    // refuses one MiB more.
+    let limit = hello_bytes("1.0.0").len() as u64 + (1 << 20);
+    let expect = format!("larger than verify.max_size ({limit} bytes)");
     let baton = refused(
         true,
         "",
-        "max_size = \"20MiB\"",
-        &["larger than verify.max_size (20971520 bytes)"],
+        &format!("max_size = \"{limit}\""),
+        &[&expect],
         |s| {
-            let big = vec![7u8; 21 << 20];
+            let big = vec![7u8; limit as usize + (1 << 20)];
             publish(s, "2.0.0", "hello-2.0.0", big);
         },
     );

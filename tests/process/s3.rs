@@ -107,6 +107,40 @@ fn prefix_takes_the_highest_version() {
 }
 
 #[test]
+fn signature_comes_from_the_minisig_object() {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let sign = |bytes: &[u8]| {
+        minisign::sign(
+            Some(&kp.pk),
+            &kp.sk,
+            std::io::Cursor::new(bytes),
+            None,
+            None,
+        )
+        .unwrap()
+        .into_string()
+        .into_bytes()
+    };
+    let s3 = S3Server::start(None);
+    s3.bucket("releases");
+    let one = hello_bytes("1.0.0");
+    s3.put("releases", "hello/hello", one.clone(), &[]);
+    s3.put("releases", "hello/hello.minisig", sign(&one), &[]);
+    let verify = format!("[verify]\nminisign_key = \"{}\"", kp.pk.to_base64());
+    let baton = Baton::start_with_env(
+        tempfile::tempdir().unwrap(),
+        &config(&s3.endpoint(), "key = \"hello/hello\"", &verify),
+        ENV,
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    // New bytes under the old signature are refused.
+    s3.put("releases", "hello/hello", hello_bytes("2.0.0"), &[]);
+    baton.wait_count("bad minisign signature", 1, Duration::from_secs(20));
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+}
+
+#[test]
 fn wrong_sha256_metadata_is_refused() {
     let (s3, _proxy, baton) = serving();
     let wrong = "0".repeat(64);
