@@ -19,6 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATON = os.path.join(ROOT, "target/release/baton")
 BINS = os.path.join(ROOT, "target/test-bins")
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+# The master's settle window after an upgrade (src/master/mod.rs SETTLE),
+# plus a margin.
+SETTLE = 10.5
 
 
 def free_port():
@@ -368,7 +371,9 @@ def upgrade_latency():
             publish_file(os.path.join(d, "dist/hello"), data)
             wait_until(lambda: get(port) == f"hello {want}", step=0.001)
             file_lat.append((time.monotonic() - t0) * 1000)
-            time.sleep(0.3)
+            # Let the release settle (10 s): until then the update loop
+            # holds back the next install, so it could roll this one back.
+            time.sleep(SETTLE)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -396,6 +401,7 @@ def upgrade_latency():
             publish(want, data)
             wait_until(lambda: get(port) == f"hello {want}", step=0.001)
             http_lat.append((time.monotonic() - t0) * 1000)
+            time.sleep(SETTLE)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -479,6 +485,7 @@ def s3():
                 s3_put(endpoint, "hello/hello", os.path.join(BINS, f"hello-{want}"))
                 wait_until(lambda: get(port_b) == f"hello {want}", step=0.001)
                 lat.append((time.monotonic() - t0) * 1000)
+                time.sleep(SETTLE)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
