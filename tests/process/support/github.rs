@@ -4,11 +4,10 @@
 //! (and counts) any request carrying an Authorization header.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -201,30 +200,6 @@ impl FakeGithub {
     }
 }
 
-struct Request {
-    path: String,
-    headers: HashMap<String, String>,
-}
-
-fn read_request(stream: &TcpStream) -> std::io::Result<Request> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    Ok(Request { path, headers })
-}
-
 fn respond(
     mut out: &TcpStream,
     status: u16,
@@ -288,7 +263,7 @@ fn serve_api(
     api: SocketAddr,
     storage: SocketAddr,
 ) -> std::io::Result<()> {
-    let req = read_request(&stream)?;
+    let req = super::read_request(&stream)?;
     let api_url = format!("http://{api}");
     let mut s = state.lock().unwrap();
     let mut headers = vec![
@@ -509,7 +484,7 @@ fn serve_api(
 }
 
 fn serve_storage(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
-    let req = read_request(&stream)?;
+    let req = super::read_request(&stream)?;
     let mut s = state.lock().unwrap();
     if req.headers.contains_key("authorization") {
         s.leaked_auth += 1;

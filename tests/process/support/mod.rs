@@ -88,6 +88,36 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// A request as the test servers see it.
+pub struct HttpRequest {
+    /// The request target, with its query.
+    pub path: String,
+    /// Headers, names lowercased.
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+/// Reads one request's line and headers (the test servers' requests have
+/// no body).
+pub fn read_request(stream: &TcpStream) -> std::io::Result<HttpRequest> {
+    use std::io::BufRead;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Ok(HttpRequest { path, headers })
+}
+
 /// Polls `done` every 20 ms for up to `timeout`; whether it came true.
 pub fn wait_for_quietly(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
