@@ -77,6 +77,9 @@ pub struct Releases {
     pub binary: String,
     /// How many releases to keep (besides `current` and the previous one).
     pub keep: usize,
+    /// How long a new release's worker must stay ready, with no unexpected
+    /// exit, before `current` is swapped to it (`"0s"`: at ready).
+    pub settle: Duration,
 }
 
 /// The fetcher and its schedule.
@@ -92,6 +95,42 @@ pub struct Fetch {
     pub timeout: Duration,
 }
 
+/// A credential from the config (a token, a header value). Its `Debug` and
+/// `Display` print `<redacted>`, so neither logs nor `{:?}` of a config
+/// show it; [`Secret::expose`] gives the value to the one place that sends it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The credential itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A source of new builds.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -105,7 +144,7 @@ pub enum Source {
         /// The URL.
         url: String,
         /// Extra request headers (authorization); never logged.
-        headers: BTreeMap<String, String>,
+        headers: BTreeMap<String, Secret>,
         /// Allow plain http to hosts other than loopback.
         allow_http: bool,
         /// Fetch the expected sha256 from `<url>.sha256`.
@@ -121,7 +160,7 @@ pub enum Source {
         /// `{target}`.
         asset: String,
         /// A token from the config (prefer `token_env`); never logged.
-        token: Option<String>,
+        token: Option<Secret>,
         /// The variable holding the token (default `GITHUB_TOKEN`).
         token_env: String,
         /// The API's base URL (GitHub Enterprise: `https://host/api/v3`).
@@ -206,6 +245,12 @@ pub struct Program {
     pub args: Vec<String>,
     /// Extra environment for the worker, on top of the master's.
     pub env: BTreeMap<String, String>,
+    /// Fetch credentials children may see after all: `[program] pass_env`.
+    /// Workers and probes inherit the master's environment without the
+    /// fetch credentials (the github source's `token_env` variable, and
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
+    /// with the s3 source); a variable named here is passed on anyway.
+    pub pass_env: Vec<String>,
     /// The worker's working directory.
     pub workdir: PathBuf,
     /// The sockets the master holds and hands to every worker, in order.
@@ -231,6 +276,7 @@ impl Program {
             command: command.into(),
             args: Vec::new(),
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
             workdir: PathBuf::from("."),
             listen: Vec::new(),
             ready: Ready::Notify,
@@ -412,6 +458,7 @@ struct RawReleases {
     dir: Option<String>,
     binary: String,
     keep: Option<usize>,
+    settle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +511,8 @@ struct RawProgram {
     args: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    pass_env: Vec<String>,
     workdir: Option<String>,
     #[serde(default)]
     listen: Vec<String>,
@@ -521,15 +570,13 @@ impl Config {
         };
         program.args = p.args;
         for key in p.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(Error::invalid(
-                    "program.env",
-                    key,
-                    "not a valid variable name",
-                ));
-            }
+            check_var_name("program.env", key)?;
         }
         program.env = p.env;
+        for name in &p.pass_env {
+            check_var_name("program.pass_env", name)?;
+        }
+        program.pass_env = p.pass_env;
         program.workdir = base.join(p.workdir.as_deref().unwrap_or("."));
         if p.listen.is_empty() {
             return Err(Error::invalid(
@@ -596,6 +643,22 @@ impl Config {
                 .map_err(|reason| Error::invalid("program.stop_signal", sig, reason))?;
         }
         let releases = raw.releases.map(|r| parse_releases(r, base)).transpose()?;
+        if let Some(r) = &releases {
+            if !program.command.starts_with(r.dir.join("current")) {
+                return Err(Error::invalid(
+                    "program.command",
+                    program.command.display(),
+                    format!(
+                        "with a [releases] section the command must run a release through \
+                         {}/current/ (such as \"{}/current/{}\"), so that a new release can be \
+                         tried from its own directory before current names it",
+                        r.dir.display(),
+                        r.dir.display(),
+                        r.binary
+                    ),
+                ));
+            }
+        }
         let fetch = raw.fetch.map(|f| parse_fetch(f, base)).transpose()?;
         if let (Some(fetch), None) = (&fetch, &releases) {
             if !program.command.as_os_str().to_string_lossy().contains('/') {
@@ -615,6 +678,22 @@ impl Config {
             verify,
         })
     }
+}
+
+/// A variable name a child can be given: not empty, no `=` or NUL, and not
+/// one of the protocol variables the master sets itself.
+fn check_var_name(key: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(Error::invalid(key, name, "not a valid variable name"));
+    }
+    if crate::protocol::is_protocol_var(name) {
+        return Err(Error::invalid(
+            key,
+            name,
+            "baton sets this variable itself for each worker and probe",
+        ));
+    }
+    Ok(())
 }
 
 fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Duration, Error> {
@@ -644,10 +723,16 @@ fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
             "keep at least 1 release",
         ));
     }
+    let settle = match &r.settle {
+        Some(text) => parse_duration(text)
+            .map_err(|reason| Error::invalid("releases.settle", text, reason))?,
+        None => Duration::from_secs(10),
+    };
     Ok(Releases {
         dir: base.join(r.dir.as_deref().unwrap_or("releases")),
         binary: r.binary,
         keep,
+        settle,
     })
 }
 
@@ -716,7 +801,11 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             }
             Source::Http {
                 url,
-                headers: f.headers,
+                headers: f
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, Secret(v)))
+                    .collect(),
                 allow_http,
                 checksum_url: f.checksum_url.unwrap_or(false),
                 max_redirects: f.max_redirects.unwrap_or(5),
@@ -761,7 +850,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             Source::Github {
                 repo,
                 asset,
-                token: f.token.clone(),
+                token: f.token.clone().map(Secret),
                 token_env: f
                     .token_env
                     .clone()
@@ -1009,6 +1098,34 @@ allow_downgrade = true
     }
 
     #[test]
+    fn debug_output_never_shows_secrets() {
+        let base = "[program]\ncommand = \"x/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
+        let github = parse(&format!(
+            "{base}[fetch]\nsource = \"github\"\nrepo = \"a/b\"\nasset = \"x\"\ntoken = \"ghp_s3cret\"\n"
+        ));
+        let http = parse(&format!(
+            "{base}[fetch]\nsource = \"http\"\nurl = \"https://example.com/m.json\"\nheaders = {{ Authorization = \"Bearer hunter2\" }}\n"
+        ))
+        .unwrap();
+        let shown = format!("{http:?}");
+        assert!(shown.contains("Authorization") && shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        if cfg!(feature = "github") {
+            let shown = format!("{:?}", github.unwrap());
+            assert!(!shown.contains("ghp_s3cret"), "{shown}");
+        }
+        let Some(Fetch {
+            source: Source::Http { headers, .. },
+            ..
+        }) = &http.fetch
+        else {
+            panic!("an http source")
+        };
+        assert_eq!(headers["Authorization"].expose(), "Bearer hunter2");
+        assert_eq!(headers["Authorization"].to_string(), "<redacted>");
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("512MiB"), Some(512 << 20));
         assert_eq!(parse_size("20MB"), Some(20_000_000));
@@ -1054,6 +1171,9 @@ allow_downgrade = true
             ("[program]\ncommand = \"x\"\nlisten = [\"127.0.0.1:1\"]\nstop_signal = \"SIGKILL\"\n", "program.stop_signal"),
             ("[program]\ncommand = \"x\"\nlisten = [\"unix:a\"]\nready = \"http:/\"\n", "program.ready"),
             ("[program]\ncommand = \"\"\nlisten = [\"127.0.0.1:1\"]\n", "program.command"),
+            ("[program]\ncommand = \"x\"\nlisten = [\"127.0.0.1:1\"]\npass_env = [\"A=B\"]\n", "program.pass_env"),
+            ("[program]\ncommand = \"x\"\nlisten = [\"127.0.0.1:1\"]\npass_env = [\"LISTEN_FDS\"]\n", "program.pass_env"),
+            ("[program]\ncommand = \"x\"\nlisten = [\"127.0.0.1:1\"]\nenv = { NOTIFY_SOCKET = \"/x\" }\n", "program.env"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -45,7 +45,11 @@
 //!   idle for a grace period, and exits when in-flight requests are done.
 //!   After `drain_timeout` the master kills the worker's process group.
 //! - Environment: `BATON_WORKER_ID`, and `BATON_STOP_SIGNAL` (the stop
-//!   signal's name).
+//!   signal's name); `BATON_RELEASE` and `BATON_SHA256` when it runs a
+//!   release. Otherwise a worker (and a probe) gets the master's
+//!   environment without the fetch credentials (the github source's
+//!   `token_env`, the AWS keys with the s3 source) unless `[program]
+//!   pass_env` names them ([`ChildEnv`]).
 //! - Probe: `<binary> --probe` with `BATON_PROBE=1` prints the version and
 //!   exits 0; [`run`] does this before any user code.
 //!
@@ -54,21 +58,27 @@
 //! - `http:` readiness during a cycle may be answered by the old worker,
 //!   since both accept on the same socket; prefer `notify`.
 //! - Workers live in their own process group; whatever is left in it when the
-//!   worker exits is killed.
+//!   worker exits is killed, before the worker is reaped. The master is a
+//!   child subreaper and reaps what a worker orphans; a process that left
+//!   the worker's group (`setsid`) is reaped when it exits, not killed.
 //! - The library's server helper speaks HTTP/1.1.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod fetchers;
 pub mod master;
+mod protocol;
+mod reaper;
 pub mod release;
 pub mod serve;
+mod sockets;
 mod sys;
 mod worker;
 
 use std::future::Future;
 
-pub use config::{Config, Program};
+pub use config::{Config, Program, Secret};
+pub use protocol::ChildEnv;
 pub use worker::Worker;
 
 /// An error from [`run`].
@@ -119,12 +129,13 @@ pub enum Role {
 
 /// The part this process plays, from its arguments and environment.
 pub fn role() -> Role {
-    if std::env::var_os("BATON_PROBE").is_some_and(|v| v == "1")
+    use protocol::{BATON_PROBE, BATON_WORKER_ID, LISTEN_PID};
+    if std::env::var_os(BATON_PROBE).is_some_and(|v| v == "1")
         || std::env::args_os().nth(1).is_some_and(|a| a == "--probe")
     {
         Role::Probe
-    } else if std::env::var_os("BATON_WORKER_ID").is_some()
-        || std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string())
+    } else if std::env::var_os(BATON_WORKER_ID).is_some()
+        || std::env::var(LISTEN_PID).is_ok_and(|p| p == std::process::id().to_string())
     {
         Role::Worker
     } else {
@@ -191,6 +202,14 @@ impl Options {
         self
     }
 
+    /// Lets workers and probes see this fetch credential after all (as
+    /// `[program] pass_env`): by default they get the master's environment
+    /// without the fetch source's token or keys.
+    pub fn pass_env(mut self, name: impl Into<String>) -> Options {
+        self.program.pass_env.push(name.into());
+        self
+    }
+
     /// Serve directly without a master (no cycles): for development, and for
     /// measuring the service alone.
     pub fn standalone(mut self, standalone: bool) -> Options {
@@ -253,7 +272,9 @@ where
         Role::Worker => run_worker(serve, |rx| Worker::from_env(rx).map_err(Error::Worker)),
         Role::Master if options.standalone => {
             let program = options.program()?;
-            run_worker(serve, |rx| Ok(Worker::standalone(&program.listen, rx)?))
+            run_worker(serve, |rx| {
+                Worker::standalone(&program.listen, rx).map_err(|e| Error::Master(e.into()))
+            })
         }
         Role::Master => {
             let program = options.program()?;
@@ -311,7 +332,7 @@ where
 fn stop_signals() -> std::io::Result<tokio::sync::watch::Receiver<bool>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut kinds = vec![SignalKind::terminate(), SignalKind::interrupt()];
-    if let Some(sig) = std::env::var("BATON_STOP_SIGNAL")
+    if let Some(sig) = std::env::var(protocol::BATON_STOP_SIGNAL)
         .ok()
         .and_then(|s| s.parse::<config::Signal>().ok())
     {

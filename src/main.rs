@@ -23,12 +23,14 @@ enum Command {
         config: PathBuf,
     },
     /// Fetch, stage, verify and probe one candidate; print what would be
-    /// installed. With --install, install it (then SIGHUP the master).
+    /// installed. With --install, install its release directory (refused
+    /// while a master runs: send it SIGUSR1 instead).
     Check {
         /// The config file.
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
-        /// Install the candidate and point `current` at it.
+        /// Install the candidate's release directory (`current` does not move:
+        /// the master promotes a release after its trial).
         #[arg(long)]
         install: bool,
     },
@@ -103,7 +105,22 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
         .context("baton check needs a [fetch] section")?;
     runtime()?.block_on(async {
         let store = Store::open(&releases)?;
-        store.sweep()?;
+        // Installing writes the releases directory: only with its lock, so
+        // never beside a running master. A dry run stages in a private temp
+        // dir and leaves the releases directory as it is.
+        let (_lock, scratch) = if install {
+            let lock = store.lock()?;
+            for left in store.sweep()? {
+                eprintln!("removed {} left by an interrupted install", left.display());
+            }
+            (Some(lock), None)
+        } else {
+            let scratch = tempfile::Builder::new()
+                .prefix("baton-check-")
+                .tempdir()
+                .context("cannot create a temp dir for the check")?;
+            (None, Some(scratch))
+        };
         let mut fetcher = baton::fetchers::from_config(&fetch, &config.verify)?;
         let Some(candidate) = fetcher.check().await? else {
             println!("nothing at {}", fetcher.describe());
@@ -124,7 +141,11 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let pipeline = Pipeline::new(store, config.verify);
+        let child_env = baton::ChildEnv::new(&config.program, Some(&fetch));
+        let mut pipeline = Pipeline::new(store, config.verify, child_env);
+        if let Some(dir) = &scratch {
+            pipeline = pipeline.with_scratch(dir.path());
+        }
         let outcome = pipeline
             .run(candidate, install, &|n| bar.set_position(n))
             .await;
@@ -137,12 +158,12 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
             println!("  source:  {}", m.source);
         };
         match outcome? {
-            Outcome::Installed { release, previous } => {
+            Outcome::Installed(release) => {
                 show("installed", &release);
-                if let Some(previous) = previous {
-                    println!("  previous: {previous}");
-                }
-                println!("send SIGHUP to a running master to cycle onto it");
+                println!(
+                    "current is unchanged: `baton run` puts a release on trial and promotes it \
+                     once it has proved itself"
+                );
             }
             Outcome::Verified(m) => show("would install", &m),
             Outcome::Unchanged(m) => show("already current:", &m),

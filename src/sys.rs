@@ -2,12 +2,18 @@
 //!
 //! The rest of the crate works with `OwnedFd`s and safe wrappers; this module
 //! is the one place that turns raw numbers into owned descriptors, runs code
-//! between `fork` and `exec`, and reads socket credentials.
+//! between `fork` and `exec`, reads socket credentials, and waits for
+//! children.
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::protocol;
 
 /// The first descriptor number of the systemd socket-activation protocol.
 pub(crate) const LISTEN_FDS_START: RawFd = 3;
@@ -17,17 +23,17 @@ pub(crate) const LISTEN_FDS_START: RawFd = 3;
 /// close-on-exec from here on. `Ok(None)` when the variables are absent or name
 /// another process (they were meant for our parent).
 pub(crate) fn inherited_listen_fds() -> io::Result<Option<Vec<(OwnedFd, String)>>> {
-    let Some(pid) = std::env::var_os("LISTEN_PID") else {
+    let Some(pid) = std::env::var_os(protocol::LISTEN_PID) else {
         return Ok(None);
     };
     if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
         return Ok(None);
     }
-    let count = std::env::var("LISTEN_FDS")
+    let count = std::env::var(protocol::LISTEN_FDS)
         .ok()
         .and_then(|n| n.parse::<RawFd>().ok())
         .ok_or_else(|| io::Error::other("LISTEN_FDS is missing or not a number"))?;
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+    let names: Vec<String> = std::env::var(protocol::LISTEN_FDNAMES)
         .map(|n| n.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let mut fds = Vec::with_capacity(count as usize);
@@ -228,6 +234,51 @@ impl ExecPlan {
         };
         io::Error::last_os_error()
     }
+}
+
+impl ExecPlan {
+    /// Makes `cmd` exec this plan in the child instead of its own program
+    /// (the command's stdio, directory and process group still apply).
+    pub(crate) fn attach(mut self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child and only makes the
+        // async-signal-safe calls of `exec_in_child`, without allocating;
+        // it never returns on success because it execs.
+        unsafe {
+            cmd.pre_exec(move || Err(self.exec_in_child()));
+        }
+    }
+}
+
+/// Whether the child `pid` has exited, without reaping it
+/// (`waitid(P_PID, WEXITED | WNOHANG | WNOWAIT)`): until it is reaped its
+/// PID and process group id stay reserved, so signalling them cannot reach
+/// a recycled process.
+pub(crate) fn has_exited(pid: Pid) -> io::Result<bool> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first exited child of this process not reaped yet, if any, left
+/// unreaped (`waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`).
+pub(crate) fn first_exited_child() -> Option<Pid> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    waitid(Id::All, flags).ok()?.pid()
+}
+
+/// Reaps the exited child `pid`, if it has exited.
+pub(crate) fn reap(pid: Pid) -> io::Result<WaitStatus> {
+    waitpid(pid, Some(WaitPidFlag::WNOHANG)).map_err(io::Error::from)
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): the
+/// orphans of its descendants are reparented to it instead of to init.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
 /// Writes `n` as decimal digits and a terminating NUL into `buf` without

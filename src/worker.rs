@@ -9,7 +9,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
 use crate::config::Listen;
-use crate::master::sd_notify;
+use crate::protocol::{self, notify as sd_notify};
+use crate::sockets::Sockets;
 
 /// What a worker gets from its master: the listening sockets (fds 3.. of the
 /// socket-activation protocol), a way to report readiness, and a future that
@@ -21,7 +22,7 @@ pub struct Worker {
     id: Option<u64>,
     shutdown: watch::Receiver<bool>,
     // Standalone mode binds its own sockets and cleans them up on exit.
-    _bound: Option<crate::master::Sockets>,
+    _bound: Option<Sockets>,
 }
 
 impl Worker {
@@ -38,10 +39,10 @@ impl Worker {
         Ok(Worker {
             sockets,
             names,
-            notify_socket: std::env::var("NOTIFY_SOCKET")
+            notify_socket: std::env::var(protocol::NOTIFY_SOCKET)
                 .ok()
                 .filter(|s| !s.is_empty()),
-            id: std::env::var("BATON_WORKER_ID")
+            id: std::env::var(protocol::BATON_WORKER_ID)
                 .ok()
                 .and_then(|id| id.parse().ok()),
             shutdown,
@@ -53,9 +54,9 @@ impl Worker {
     pub(crate) fn standalone(
         listen: &[Listen],
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Worker, crate::master::Error> {
-        let bound = crate::master::Sockets::open(listen)?;
-        let (sockets, names) = bound.take().map_err(crate::master::Error::Adopt)?;
+    ) -> Result<Worker, crate::sockets::Error> {
+        let bound = Sockets::open(listen)?;
+        let (sockets, names) = bound.take().map_err(crate::sockets::Error::Adopt)?;
         Ok(Worker {
             sockets: sockets.into_iter().map(Some).collect(),
             names,

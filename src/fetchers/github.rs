@@ -83,7 +83,8 @@ impl GithubFetcher {
             .set_connect_timeout(Some(fetch.timeout))
             .set_read_timeout(Some(fetch.timeout));
         let token = token
-            .clone()
+            .as_ref()
+            .map(|t| t.expose().to_owned())
             .or_else(|| std::env::var(token_env).ok())
             .filter(|t| !t.trim().is_empty());
         if let Some(token) = token {

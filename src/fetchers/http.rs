@@ -16,7 +16,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
-use crate::config::{Fetch, Source};
+use crate::config::{Fetch, Secret, Source};
 
 /// The largest manifest or checksum file read.
 const SMALL_FILE_LIMIT: usize = 1 << 20;
@@ -357,12 +357,12 @@ fn candidate(
     }
 }
 
-fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, Error> {
+fn header_map(headers: &BTreeMap<String, Secret>) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = HeaderName::try_from(name.as_str())
             .map_err(|_| Error::Other(format!("invalid header name {name:?}")))?;
-        let mut value = HeaderValue::try_from(value.as_str())
+        let mut value = HeaderValue::try_from(value.expose())
             .map_err(|_| Error::Other(format!("invalid value for header {name}")))?;
         value.set_sensitive(true);
         map.insert(name, value);

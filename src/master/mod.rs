@@ -5,7 +5,8 @@
 
 mod notify;
 mod ready;
-mod sockets;
+mod rollout;
+mod store_io;
 mod update;
 mod worker;
 
@@ -19,20 +20,21 @@ use tokio::time::sleep_until;
 use std::sync::Arc;
 
 use crate::config::{Config, Program, Ready};
-use crate::release::{Pipeline, Store};
+use crate::release::{Meta, Pipeline, Store};
 use notify::{NotifyServer, Supervisor};
-pub(crate) use worker::describe_exit;
+use rollout::{Rollout, Verdict};
+use store_io::{Done, Job, StoreIo};
+use crate::protocol::{describe_exit, ChildEnv};
 use worker::{Exit, State, Worker};
 
-pub(crate) use notify::send as sd_notify;
-pub(crate) use sockets::Sockets;
+use crate::sockets::Sockets;
 /// The first wait before restarting a crashed worker; it doubles per crash.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// A worker that served this long before crashing resets the backoff.
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(10);
-/// A worker of a new release that dies within this time of becoming ready
-/// rolls the release back.
-const SETTLE: Duration = Duration::from_secs(10);
+/// How long a new release's worker must stay ready before it is promoted,
+/// where the config does not say (in-place mode, library mode).
+const SETTLE_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Why the master could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,36 @@ pub enum Error {
     /// The fetcher could not be set up.
     #[error("cannot set up the fetcher")]
     Fetcher(#[source] crate::fetchers::Error),
+    /// The program's command does not run a release through `current`, so
+    /// a new release could not be tried from its own directory.
+    #[error(
+        "program.command {} does not run through {}/current/, so a new release cannot be \
+         tried from its own directory",
+        .command.display(),
+        .releases.display()
+    )]
+    Command {
+        /// The command.
+        command: std::path::PathBuf,
+        /// The releases directory.
+        releases: std::path::PathBuf,
+    },
+    /// The thread that writes the releases directory could not start.
+    #[error("cannot start the releases directory's writer thread")]
+    StoreThread(#[source] std::io::Error),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+}
+
+impl From<crate::sockets::Error> for Error {
+    fn from(e: crate::sockets::Error) -> Error {
+        match e {
+            crate::sockets::Error::Bind { addr, source } => Error::Bind { addr, source },
+            crate::sockets::Error::Adopt(e) => Error::Adopt(e),
+            crate::sockets::Error::Descriptors(e) => Error::Descriptors(e),
+        }
+    }
 }
 
 /// How the master ended.
@@ -84,20 +113,9 @@ enum Reason {
     Cycle,
 }
 
-/// A release being rolled out, and where to roll back. The update loop
-/// waits until this is dropped (the release settled or was rolled back), so
-/// `current` has one writer at a time.
-#[derive(Debug)]
-struct Upgrade {
-    release: crate::release::Meta,
-    previous: Option<String>,
-    _done: tokio::sync::oneshot::Sender<()>,
-}
-
 struct Starting {
     id: u64,
     reason: Reason,
-    upgrade: Option<Upgrade>,
     deadline: Instant,
     /// For `delay:` readiness: when it counts as ready.
     ready_at: Option<Instant>,
@@ -124,6 +142,7 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     } = config;
     // Signal streams first: from here on no signal is lost.
     let mut sig = Signals::install().map_err(Error::Signals)?;
+    let _reaper = crate::reaper::start();
     let sockets = Sockets::open(&program.listen)?;
     crate::sys::cloexec_inherited_fds().map_err(Error::Descriptors)?;
     for held in sockets.iter() {
@@ -136,28 +155,28 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         );
     }
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
+    let child_env = ChildEnv::new(&program, fetch.as_ref());
+    let settle = releases.as_ref().map_or(SETTLE_DEFAULT, |r| r.settle);
     let store = match (&releases, &fetch) {
         (None, None) => None,
-        (releases, _) => {
-            let store = match releases {
-                Some(r) => Store::open(r),
-                None => Store::in_place(&program.command),
-            }
-            .map_err(Error::Releases)?;
-            for left in store.sweep().map_err(Error::Releases)? {
-                tracing::info!("removed {} left by an interrupted install", left.display());
-            }
-            Some(store)
+        (releases, _) => Some(open_store(releases.as_ref(), &program)?),
+    };
+    let (store_io, mut store_done) = match &store {
+        Some((store, _)) => {
+            let (io, done) = StoreIo::start(store.clone()).map_err(Error::StoreThread)?;
+            (Some(io), Some(done))
         }
+        None => (None, None),
     };
     let (installed_tx, mut installed) = mpsc::unbounded_channel();
     let check_now = Arc::new(tokio::sync::Notify::new());
     let updater = match (&store, fetch) {
-        (Some(store), Some(fetch)) => {
+        (Some((store, _)), Some(fetch)) => {
             let fetcher = crate::fetchers::from_config(&fetch, &verify).map_err(Error::Fetcher)?;
-            let pipeline = Arc::new(Pipeline::new(store.clone(), verify));
-            Some(tokio::spawn(update::run(
+            let pipeline = Arc::new(Pipeline::new(store.clone(), verify.clone(), child_env.clone()));
+            Some(tokio::spawn(update::supervise(
                 fetch,
+                verify,
                 fetcher,
                 pipeline,
                 installed_tx,
@@ -169,16 +188,19 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let waiting_for_release =
-        updater.is_some() && store.as_ref().is_some_and(|s| s.current().is_none());
+        updater.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
+    let (store, _lock) = store.unzip();
     let mut m = Master {
         program,
         sockets,
         notify_path: notify.path().to_owned(),
+        child_env,
         supervisor: Supervisor::from_env(),
         exits: exits_tx,
         ready_tx,
         next_id: 1,
         workers: BTreeMap::new(),
+        releases_of: BTreeMap::new(),
         active: None,
         starting: None,
         cycle_pending: false,
@@ -187,8 +209,10 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         stopping: None,
         status: Status::default(),
         store,
-        pending_upgrade: None,
-        settling: None,
+        store_io,
+        rollout: Rollout::new(settle),
+        trial_done: None,
+        promoting: None,
         waiting_for_release,
     };
     if waiting_for_release {
@@ -213,6 +237,7 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
             Some(Exit::Exited { id, status }) = exits.recv() => m.on_exit(id, status),
             Some(id) = ready_rx.recv() => m.on_ready(id, "its health check answered"),
             Some(new) = installed.recv() => m.on_installed(new),
+            Some(done) = recv_opt(&mut store_done) => m.on_store(done),
             msg = notify.recv() => match msg {
                 Ok(msg) => m.on_notify(msg),
                 Err(e) => tracing::warn!("cannot read the notify socket: {e}"),
@@ -229,7 +254,57 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     if let Some(u) = updater {
         u.abort();
     }
+    if let Some(io) = m.store_io.take() {
+        io.finish();
+    }
     Ok(stopped)
+}
+
+/// Opens the releases directory (or the in-place state directory), takes
+/// its lock for the master's lifetime, removes what an interrupted install
+/// left, and settles a trial that a dead master never finished.
+fn open_store(
+    releases: Option<&crate::config::Releases>,
+    program: &Program,
+) -> Result<(Store, crate::release::Lock), Error> {
+    let store = match releases {
+        Some(r) => Store::open(r),
+        None => Store::in_place(&program.command),
+    }
+    .map_err(Error::Releases)?;
+    if store.command_for(&program.command, "current").is_none() {
+        return Err(Error::Command {
+            command: program.command.clone(),
+            releases: store.dir().to_owned(),
+        });
+    }
+    let lock = store.lock().map_err(Error::Releases)?;
+    for left in store.sweep().map_err(Error::Releases)? {
+        tracing::info!("removed {} left by an interrupted install", left.display());
+    }
+    if let Some(trial) = store.trial() {
+        if store.current().is_some_and(|c| c.id == trial.id) {
+            tracing::info!("release {} had been promoted when the master stopped", trial.id);
+        } else {
+            tracing::error!(
+                "release {} was on trial when the master stopped; counting its trial as \
+                 failed: sha256 {} will not be installed again",
+                trial.id,
+                trial.sha256
+            );
+            store.mark_failed(&trial.sha256).map_err(Error::Releases)?;
+        }
+        store.end_trial().map_err(Error::Releases)?;
+    }
+    Ok((store, lock))
+}
+
+/// Receives from an optional channel; pending for ever without one.
+async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
@@ -259,11 +334,15 @@ struct Master {
     program: Program,
     sockets: Sockets,
     notify_path: std::path::PathBuf,
+    /// What workers inherit besides the protocol's variables.
+    child_env: ChildEnv,
     supervisor: Supervisor,
     exits: mpsc::UnboundedSender<Exit>,
     ready_tx: mpsc::UnboundedSender<u64>,
     next_id: u64,
     workers: BTreeMap<u64, Worker>,
+    /// The release each worker runs, by worker id.
+    releases_of: BTreeMap<u64, String>,
     /// The worker that serves.
     active: Option<u64>,
     /// The worker being started, at most one at a time.
@@ -275,10 +354,14 @@ struct Master {
     stopping: Option<Stopped>,
     status: Status,
     store: Option<Store>,
-    /// An installed release waiting for its cycle.
-    pending_upgrade: Option<Upgrade>,
-    /// A release whose worker became ready recently: (upgrade, worker, ready at).
-    settling: Option<(Upgrade, u64, Instant)>,
+    /// Writes to the releases directory, off the event loop.
+    store_io: Option<StoreIo>,
+    /// The trial of a new release: the policy.
+    rollout: Rollout,
+    /// Dropped when the trial ends: the update loop waits for it.
+    trial_done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A release that passed its trial, until `current` names it.
+    promoting: Option<Meta>,
     /// No release is installed yet: the first worker waits for one.
     waiting_for_release: bool,
 }
@@ -296,7 +379,7 @@ impl Master {
         starting
             .chain(draining)
             .chain([self.restart_at])
-            .chain([self.settling.as_ref().map(|(_, _, since)| *since + SETTLE)])
+            .chain([self.rollout.deadline()])
             .flatten()
             .min()
     }
@@ -320,6 +403,8 @@ impl Master {
         }
     }
 
+    /// Starts a worker: of the release on trial while there is one, else
+    /// of `current` (through the configured command).
     fn start_worker(&mut self, reason: Reason) {
         if let Some(s) = &self.starting {
             tracing::warn!(
@@ -333,9 +418,34 @@ impl Master {
         if reason == Reason::Cycle {
             self.supervisor.reloading(&format!("starting worker {id}"));
         }
+        let trial = self.rollout.on_trial().cloned();
+        // A release being promoted is run from its own directory until
+        // `current` names it.
+        let own_dir = trial.clone().or_else(|| self.promoting.clone());
+        let release = own_dir
+            .clone()
+            .or_else(|| self.store.as_ref().and_then(Store::current));
+        let command = match (&own_dir, &self.store) {
+            (Some(r), Some(store)) => store
+                .command_for(&self.program.command, &r.id)
+                .unwrap_or_else(|| self.program.command.clone()),
+            _ => self.program.command.clone(),
+        };
+        let extra: Vec<(String, String)> = release
+            .iter()
+            .flat_map(|r| {
+                [
+                    ("BATON_RELEASE".to_owned(), r.id.clone()),
+                    ("BATON_SHA256".to_owned(), r.sha256.clone()),
+                ]
+            })
+            .collect();
         let worker = match Worker::spawn(
             id,
             &self.program,
+            &command,
+            &extra,
+            &self.child_env,
             &self.sockets,
             &self.notify_path,
             self.exits.clone(),
@@ -343,17 +453,32 @@ impl Master {
             Ok(w) => w,
             Err(e) => {
                 let failure = format!("worker {id} failed to start: {e}");
-                let upgrade = self.pending_upgrade.take();
-                self.start_failed(reason, failure, upgrade);
+                if let Some(v) = trial.and_then(|_| self.rollout.fail(&failure)) {
+                    self.verdict(v);
+                }
+                self.start_failed(reason, failure);
                 return;
             }
         };
-        tracing::info!(worker = id, pid = worker.pid, "started worker ({reason:?})");
+        match &trial {
+            Some(t) => {
+                self.rollout.started(id);
+                tracing::info!(
+                    worker = id,
+                    pid = worker.pid,
+                    "started worker ({reason:?}) on trial of release {}",
+                    t.id
+                );
+            }
+            None => tracing::info!(worker = id, pid = worker.pid, "started worker ({reason:?})"),
+        }
+        if let Some(r) = release {
+            self.releases_of.insert(id, r.id);
+        }
         let now = Instant::now();
         let mut starting = Starting {
             id,
             reason,
-            upgrade: self.pending_upgrade.take(),
             deadline: now + self.program.ready_timeout,
             ready_at: None,
             checker: None,
@@ -419,20 +544,23 @@ impl Master {
         worker.state = State::Serving { since: now };
         let pid = worker.pid;
         tracing::info!(worker = id, pid, "worker is ready: {how}");
-        if let Some(upgrade) = starting.upgrade {
-            tracing::info!(worker = id, "now serving release {}", upgrade.release.id);
-            // With something to roll back to, watch it for a while; the
-            // update loop waits meanwhile.
-            if upgrade.previous.is_some() {
-                self.settling = Some((upgrade, id, now));
-            }
-        }
         if let Some(old) = self.active.replace(id) {
             self.status.cycles += 1;
             self.drain(old);
         }
         let status = format!("serving with worker {id} (pid {pid})");
         self.supervisor.ready(&status);
+        if let Some(release) = self.rollout.on_trial().filter(|_| self.rollout.watches(id)) {
+            tracing::info!(
+                worker = id,
+                "release {} serves on trial; promoted if it stays up for {}",
+                release.id,
+                humantime::format_duration(self.rollout.settle())
+            );
+        }
+        if let Some(v) = self.rollout.ready(id, now) {
+            self.verdict(v);
+        }
         if self.cycle_pending {
             self.cycle_pending = false;
             self.request_cycle("coalesced request");
@@ -440,10 +568,6 @@ impl Master {
     }
 
     fn drain(&mut self, id: u64) {
-        if self.settling.as_ref().is_some_and(|(_, w, _)| *w == id) {
-            // Replaced by a later cycle: its release served, it settled.
-            self.settling = None;
-        }
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -463,6 +587,7 @@ impl Master {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
+        self.releases_of.remove(&id);
         let how = describe_exit(&status);
         if self.starting.as_ref().is_some_and(|s| s.id == id) {
             let starting = self.starting.take().expect("checked above");
@@ -476,7 +601,10 @@ impl Master {
                 ),
                 &worker,
             );
-            self.start_failed(starting.reason, failure, starting.upgrade);
+            if let Some(v) = self.rollout.exited(id, &failure) {
+                self.verdict(v);
+            }
+            self.start_failed(starting.reason, failure);
         } else if self.active == Some(id) {
             self.active = None;
             let served = match worker.state {
@@ -488,33 +616,32 @@ impl Master {
                 &worker,
             );
             tracing::error!("{failure}");
-            self.status.last_failure = Some(failure);
+            self.status.last_failure = Some(failure.clone());
             if served >= RESTART_BACKOFF_RESET {
                 self.backoff = RESTART_BACKOFF_MIN;
             }
-            if let Some((upgrade, _, since)) = self.settling.take_if(|(_, w, _)| *w == id) {
-                if since.elapsed() < SETTLE {
-                    self.roll_back(upgrade, "its worker died right after it became ready");
-                }
-            }
-            if self.stopping.is_none() && self.starting.is_none() {
+            if let Some(v) = self.rollout.exited(id, &failure) {
+                // Back to `current` at once: it proved itself before.
+                self.verdict(v);
+            } else if self.stopping.is_none() && self.starting.is_none() {
                 self.schedule_restart();
             }
         } else {
+            if let Some(v) = self.rollout.exited(id, &format!("worker {id} exited: {how}")) {
+                self.verdict(v);
+            }
             tracing::info!(worker = id, pid = worker.pid, "worker exited: {how}");
         }
     }
 
     /// A worker could not start or become ready. During a cycle the active
     /// worker keeps serving; otherwise a restart is scheduled.
-    fn start_failed(&mut self, reason: Reason, failure: String, upgrade: Option<Upgrade>) {
+    fn start_failed(&mut self, reason: Reason, failure: String) {
         tracing::error!("{failure}");
-        if let Some(upgrade) = upgrade {
-            self.roll_back(upgrade, "its worker did not start");
-        }
         self.status.last_failure = Some(failure.clone());
         self.supervisor.status(&failure);
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.starting.is_some() {
+            // Stopping, or a failed trial already started `current`.
             return;
         }
         match (reason, self.active) {
@@ -532,6 +659,15 @@ impl Master {
                     self.request_cycle("coalesced request");
                 }
             }
+            _ if self.waiting_for_release => {}
+            _ if self.rollout.on_trial().is_none()
+                && self.store.as_ref().is_some_and(|s| s.current().is_none()) =>
+            {
+                // The first release failed its trial: nothing to go back to.
+                self.waiting_for_release = true;
+                self.cycle_pending = false;
+                tracing::warn!("no release has proved itself yet; waiting for the next one");
+            }
             _ => {
                 self.cycle_pending = false;
                 self.schedule_restart();
@@ -539,66 +675,183 @@ impl Master {
         }
     }
 
-    /// A new release was installed: cycle onto it (or start the first worker).
-    fn on_installed(&mut self, new: update::Installed) {
-        let mut upgrade = Upgrade {
-            release: new.release,
-            previous: new.previous,
-            _done: new.done,
+    /// Whether worker `id` runs a release that is neither on trial nor
+    /// `current` (the trial it served failed): it must give way to `current`.
+    fn runs_failed_release(&self, id: u64) -> bool {
+        let Some(release) = self.releases_of.get(&id) else {
+            return false;
         };
-        if let Some(older) = self.pending_upgrade.take() {
-            // Two installs before one cycle: roll back to what actually serves.
-            upgrade.previous = older.previous;
-        }
-        let why = format!("release {} installed", upgrade.release.id);
-        self.pending_upgrade = Some(upgrade);
-        if self.waiting_for_release {
-            self.waiting_for_release = false;
-            self.restart_at = None;
-            tracing::info!("{why}: starting the first worker");
-            self.start_worker(Reason::Start);
-        } else {
-            self.request_cycle(&why);
+        let on_trial = self.rollout.on_trial().is_some_and(|t| t.id == *release)
+            || self.promoting.as_ref().is_some_and(|p| p.id == *release);
+        let current = self
+            .store
+            .as_ref()
+            .and_then(Store::current)
+            .is_some_and(|c| c.id == *release);
+        !on_trial && !current
+    }
+
+    /// A trial ended. A promotion swaps `current`; a failure goes back to
+    /// `current` (which never moved) and quarantines the digest.
+    fn verdict(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Promote(release) => {
+                tracing::info!(
+                    "release {} stayed ready for {}: promoting it",
+                    release.id,
+                    humantime::format_duration(self.rollout.settle())
+                );
+                self.promoting = Some(release.clone());
+                self.store_job(Job::Promote(release));
+            }
+            Verdict::Fail { release, why } => {
+                let back = self
+                    .store
+                    .as_ref()
+                    .and_then(Store::current)
+                    .map_or_else(|| "no release (none has proved itself yet)".to_owned(), |c| format!("release {}", c.id));
+                tracing::error!(
+                    "release {} failed its trial: {why}; going back to {back}",
+                    release.id
+                );
+                self.status.last_failure = Some(format!("release {} failed its trial: {why}", release.id));
+                self.supervisor
+                    .status(&format!("release {} failed its trial", release.id));
+                self.store_job(Job::Fail(release));
+                self.back_to_current();
+            }
         }
     }
 
-    /// Points `current` back at the release that served before `upgrade` and
-    /// records the failed bytes so they are not installed again.
-    fn roll_back(&mut self, upgrade: Upgrade, why: &str) {
-        let Some(store) = &self.store else { return };
-        let id = &upgrade.release.id;
-        if store.current().is_some_and(|c| c.id != *id) {
-            tracing::error!(
-                "release {id} failed: {why}; current no longer names it, so it stays as it is"
-            );
-            let _ = store.mark_failed(&upgrade.release.sha256);
+    /// After a failed trial: a worker of the failed release that still
+    /// serves gives way to `current` by a graceful cycle; with nothing
+    /// serving, `current` starts now.
+    fn back_to_current(&mut self) {
+        if self.stopping.is_some() || self.starting.is_some() {
+            // A starting worker's end decides (see `start_failed`).
             return;
         }
-        match &upgrade.previous {
-            Some(previous) => match store.rollback(previous) {
-                Ok(()) => {
-                    tracing::error!("release {id} failed: {why}; rolled current back to {previous}")
+        match self.active {
+            Some(active) if self.runs_failed_release(active) => {
+                self.request_cycle("back to current");
+            }
+            Some(_) => {}
+            None if self.store.as_ref().and_then(Store::current).is_some() => {
+                self.restart_at = None;
+                self.start_worker(Reason::Start);
+            }
+            None => {
+                self.waiting_for_release = true;
+                tracing::warn!("no release has proved itself yet; waiting for the next one");
+            }
+        }
+    }
+
+    fn store_job(&mut self, job: Job) {
+        match &self.store_io {
+            Some(io) => io.send(job),
+            None => tracing::error!("no releases directory to record {job:?} in"),
+        }
+    }
+
+    /// A write to the releases directory finished.
+    fn on_store(&mut self, done: Done) {
+        match done {
+            Done::TrialBegun(release, Ok(())) => {
+                if self.stopping.is_some() {
+                    self.rollout.fail("the master is stopping");
+                    self.store_job(Job::Abandon(release));
+                    return;
                 }
-                Err(e) => tracing::error!(
-                    "release {id} failed: {why}; cannot roll back to {previous}: {}",
+                let why = format!("release {} on trial", release.id);
+                if self.waiting_for_release {
+                    self.waiting_for_release = false;
+                    self.restart_at = None;
+                    tracing::info!("{why}: starting the first worker");
+                    self.start_worker(Reason::Start);
+                } else {
+                    self.request_cycle(&why);
+                }
+            }
+            Done::TrialBegun(release, Err(e)) => {
+                tracing::error!(
+                    "cannot record the trial of release {}: {}; not starting it",
+                    release.id,
                     crate::display_chain(&e)
-                ),
-            },
-            None => tracing::error!(
-                "release {id} failed: {why}; there is no earlier release to roll back to"
+                );
+                self.rollout.fail("its trial could not be recorded");
+                self.trial_done = None;
+            }
+            Done::Promoted(release, Ok(before)) => {
+                tracing::info!(
+                    "release {} promoted: current names it{}",
+                    release.id,
+                    before
+                        .filter(|b| *b != release.id)
+                        .map(|b| format!(", previous names {b}"))
+                        .unwrap_or_default()
+                );
+                self.supervisor
+                    .status(&format!("serving release {}", release.id));
+                self.promoting = None;
+                self.trial_done = None;
+            }
+            Done::Promoted(release, Err(e)) => {
+                tracing::error!(
+                    "cannot promote release {}: {}; it keeps serving, but current does not \
+                     name it, so a restart goes back to what current names",
+                    release.id,
+                    crate::display_chain(&e)
+                );
+                self.promoting = None;
+                self.trial_done = None;
+            }
+            Done::Failed(release, result) => {
+                match result {
+                    Ok(()) => tracing::warn!(
+                        "sha256 {} of release {} is recorded as failed and will not be installed again",
+                        release.sha256,
+                        release.id
+                    ),
+                    Err(e) => tracing::error!(
+                        "cannot record release {} as failed: {}",
+                        release.id,
+                        crate::display_chain(&e)
+                    ),
+                }
+                self.trial_done = None;
+            }
+            Done::Abandoned(release, result) => {
+                if let Err(e) = result {
+                    tracing::error!(
+                        "cannot clear the trial record of release {}: {}",
+                        release.id,
+                        crate::display_chain(&e)
+                    );
+                }
+                self.trial_done = None;
+            }
+        }
+    }
+
+    /// A new release was installed: record its trial on disk, then (in
+    /// `on_store`) start its worker.
+    fn on_installed(&mut self, new: update::Installed) {
+        if self.stopping.is_some() {
+            tracing::info!("release {} installed while stopping; not tried", new.release.id);
+            return;
+        }
+        match self.rollout.begin(new.release.clone()) {
+            Ok(()) => {
+                tracing::info!("release {} installed; recording its trial", new.release.id);
+                self.trial_done = Some(new.done);
+                self.store_job(Job::BeginTrial(new.release));
+            }
+            Err(release) => tracing::warn!(
+                "release {} installed while another trial runs; it waits",
+                release.id
             ),
         }
-        match store.mark_failed(&upgrade.release.sha256) {
-            Ok(()) => tracing::warn!(
-                "sha256 {} is marked failed and will not be installed again",
-                upgrade.release.sha256
-            ),
-            Err(e) => tracing::error!(
-                "cannot record the failed release: {}",
-                crate::display_chain(&e)
-            ),
-        }
-        self.status.last_failure = Some(format!("release {id} failed: {why}"));
     }
 
     fn schedule_restart(&mut self) {
@@ -619,11 +872,8 @@ impl Master {
                 self.start_worker(Reason::Start);
             }
         }
-        if let Some((upgrade, _, _)) = self
-            .settling
-            .take_if(|(_, _, since)| *since + SETTLE <= now)
-        {
-            tracing::info!("release {} settled", upgrade.release.id);
+        if let Some(v) = self.rollout.tick(now) {
+            self.verdict(v);
         }
         if let Some(s) = &self.starting {
             let id = s.id;
@@ -645,7 +895,10 @@ impl Master {
                     }
                     None => format!("new worker {id} was not ready within {timeout}"),
                 };
-                self.start_failed(starting.reason, failure, starting.upgrade);
+                if let Some(v) = self.rollout.exited(id, &failure) {
+                    self.verdict(v);
+                }
+                self.start_failed(starting.reason, failure);
             }
         }
         for w in self.workers.values_mut() {
@@ -674,8 +927,12 @@ impl Master {
         }
         tracing::info!("{why}: stopping all workers gracefully");
         self.stopping = Some(Stopped::Graceful);
-        self.settling = None;
-        self.pending_upgrade = None;
+        if let Some(release) = self.rollout.on_trial().cloned() {
+            // No verdict: the release is tried again at the next start.
+            tracing::info!("the trial of release {} ends unfinished", release.id);
+            self.rollout.fail("the master is stopping");
+            self.store_job(Job::Abandon(release));
+        }
         self.supervisor.stopping();
         self.cycle_pending = false;
         self.restart_at = None;

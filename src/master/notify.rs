@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
+use crate::protocol::{self, notify as send};
 use crate::sys;
 
 /// The master's end of the workers' `NOTIFY_SOCKET`.
@@ -81,20 +82,6 @@ fn parse(datagram: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sends one sd_notify datagram to `socket` (a path, or `@name` for the
-/// abstract namespace).
-pub(crate) fn send(socket: &str, message: &str) -> io::Result<()> {
-    let sock = StdDatagram::unbound()?;
-    if let Some(name) = socket.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        sock.send_to_addr(message.as_bytes(), &addr)?;
-    } else {
-        sock.send_to(message.as_bytes(), socket)?;
-    }
-    Ok(())
-}
-
 /// The master's own supervisor, when it set `NOTIFY_SOCKET` for us.
 pub(crate) struct Supervisor {
     socket: Option<String>,
@@ -104,7 +91,7 @@ impl Supervisor {
     /// Reads `NOTIFY_SOCKET` from the master's environment.
     pub(crate) fn from_env() -> Supervisor {
         Supervisor {
-            socket: std::env::var("NOTIFY_SOCKET")
+            socket: std::env::var(protocol::NOTIFY_SOCKET)
                 .ok()
                 .filter(|s| !s.is_empty()),
         }

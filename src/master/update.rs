@@ -5,28 +5,98 @@
 //! the service.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::config::Fetch;
+use crate::config::{Fetch, Verify};
 use crate::fetchers::Fetcher;
 use crate::release::{Meta, Outcome, Pipeline};
 
 /// The longest wait between checks after repeated errors.
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// The first wait before restarting an update task that died.
+const RESTART_MIN: Duration = Duration::from_secs(1);
+/// The longest wait before restarting an update task that died.
+const RESTART_MAX: Duration = Duration::from_secs(60);
 
-/// A release the loop installed; the master cycles onto it.
+/// A release the loop installed; the master puts it on trial.
 #[derive(Debug)]
 pub(crate) struct Installed {
     /// The new release.
     pub release: Meta,
-    /// The release `current` pointed at before (the rollback target).
-    pub previous: Option<String>,
-    /// Dropped by the master once the release settled or was rolled back;
-    /// the loop does not install anything else meanwhile.
-    pub done: tokio::sync::oneshot::Sender<()>,
+    /// Dropped by the master once the trial ended (promoted or failed);
+    /// the loop installs nothing else meanwhile.
+    pub done: oneshot::Sender<()>,
+}
+
+/// Runs the update loop and restarts it, with backoff, when it panics: an
+/// update task that died silently would leave SIGUSR1 reaching nobody.
+/// Returns when the master drops the receiving end of `installed`.
+pub(crate) async fn supervise(
+    fetch: Fetch,
+    verify: Verify,
+    first: Box<dyn Fetcher>,
+    pipeline: Arc<Pipeline>,
+    installed: mpsc::UnboundedSender<Installed>,
+    check_now: Arc<Notify>,
+) {
+    let mut fetcher = Some(first);
+    let mut backoff = RESTART_MIN;
+    loop {
+        let f = match fetcher.take() {
+            Some(f) => f,
+            None => match crate::fetchers::from_config(&fetch, &verify) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot set up the fetcher again: {}; retrying in {}",
+                        crate::display_chain(&e),
+                        humantime::format_duration(backoff)
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RESTART_MAX);
+                    continue;
+                }
+            },
+        };
+        let started = Instant::now();
+        let task = tokio::spawn(run(
+            fetch.clone(),
+            f,
+            pipeline.clone(),
+            installed.clone(),
+            check_now.clone(),
+        ));
+        let cause = match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => panic_message(e.into_panic()),
+            Err(e) => e.to_string(),
+        };
+        if installed.is_closed() {
+            return;
+        }
+        if started.elapsed() > RESTART_MAX {
+            backoff = RESTART_MIN;
+        }
+        tracing::error!(
+            "the update task died: {cause}; restarting it in {}",
+            humantime::format_duration(backoff)
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESTART_MAX);
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => format!("panicked: {s}"),
+        Err(payload) => match payload.downcast::<&str>() {
+            Ok(s) => format!("panicked: {s}"),
+            Err(_) => "panicked".to_owned(),
+        },
+    }
 }
 
 /// Runs until the master drops the receiving end.
@@ -41,23 +111,19 @@ pub(crate) async fn run(
     let mut failures: u32 = 0;
     loop {
         match check(&mut *fetcher, &pipeline, &source).await {
-            Ok(Some(Outcome::Installed { release, previous })) => {
+            Ok(Some(Outcome::Installed(release))) => {
                 failures = 0;
                 tracing::info!("installed release {} from {}", release.id, release.source);
-                let (done, settled) = tokio::sync::oneshot::channel();
-                if installed
-                    .send(Installed {
-                        release,
-                        previous,
-                        done,
-                    })
-                    .is_err()
-                {
+                let id = release.id.clone();
+                let (done, trial) = oneshot::channel();
+                if installed.send(Installed { release, done }).is_err() {
                     return;
                 }
-                // One writer of `current` at a time: wait for the cycle,
-                // its settling, or its rollback.
-                let _ = settled.await;
+                // One release on trial at a time: wait for this one to end,
+                // telling of newer candidates meanwhile.
+                if wait_for_trial(&fetch, &mut *fetcher, &source, &id, trial, &check_now).await {
+                    continue;
+                }
             }
             Ok(Some(Outcome::Unchanged(current))) => {
                 failures = 0;
@@ -81,17 +147,69 @@ pub(crate) async fn run(
         } else {
             (fetch.interval * 2u32.pow(failures.min(10))).min(BACKOFF_MAX.max(fetch.interval))
         };
-        let jitter = if fetch.jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            rand::rng().random_range(Duration::ZERO..=fetch.jitter)
-        };
         tokio::select! {
-            _ = tokio::time::sleep(base + jitter) => {}
+            _ = tokio::time::sleep(base + jitter(&fetch)) => {}
             _ = check_now.notified() => tracing::info!("checking {source} now"),
             _ = fetcher.changed(), if failures == 0 => tracing::debug!("{source} changed"),
         }
     }
+}
+
+fn jitter(fetch: &Fetch) -> Duration {
+    if fetch.jitter.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::rng().random_range(Duration::ZERO..=fetch.jitter)
+    }
+}
+
+/// Waits until the trial of `id` ends, still polling the source. A newer
+/// candidate is not staged meanwhile (its checks must run against the
+/// release the trial leaves in `current`): it is logged, handed back to
+/// the fetcher, and checked as soon as the trial ends. Returns whether one
+/// waits.
+async fn wait_for_trial(
+    fetch: &Fetch,
+    fetcher: &mut dyn Fetcher,
+    source: &str,
+    id: &str,
+    mut trial: oneshot::Receiver<()>,
+    check_now: &Notify,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = &mut trial => return false,
+            _ = tokio::time::sleep(fetch.interval + jitter(fetch)) => {}
+            _ = check_now.notified() => tracing::info!("checking {source} now"),
+            _ = fetcher.changed() => {}
+        }
+        match fetcher.check().await {
+            Ok(Some(candidate)) => {
+                tracing::info!(
+                    "new candidate from {source}{} waits for the trial of release {id} to end",
+                    describe_version(&candidate)
+                );
+                drop(candidate);
+                fetcher.retry();
+                let _ = trial.await;
+                return true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(
+                "checking {source} during a trial failed: {}",
+                crate::display_chain(&e)
+            ),
+        }
+    }
+}
+
+fn describe_version(candidate: &crate::fetchers::Candidate) -> String {
+    candidate
+        .info
+        .version
+        .as_deref()
+        .map(|v| format!(": version {v}"))
+        .unwrap_or_default()
 }
 
 async fn check(
@@ -105,12 +223,7 @@ async fn check(
     };
     tracing::info!(
         "new candidate from {source}{}",
-        candidate
-            .info
-            .version
-            .as_deref()
-            .map(|v| format!(": version {v}"))
-            .unwrap_or_default()
+        describe_version(&candidate)
     );
     pipeline.run(candidate, true, &|_| {}).await.map(Some)
 }

@@ -1,11 +1,13 @@
 //! One worker process: spawning it with the sockets and the protocol's
 //! environment, signalling it, and reporting its exit with its last stderr
-//! lines.
+//! lines. Its process group is killed before it is reaped (see the owner
+//! task in [`Worker::spawn`]).
 
 use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,30 +16,20 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::sockets::Sockets;
 use crate::config::Program;
-use crate::sys::ExecPlan;
+use crate::protocol::{self, ChildEnv};
+use crate::reaper;
+use crate::sockets::Sockets;
+use crate::sys::{self, ExecPlan};
 
 /// How many stderr lines are kept for failure reports.
 const TAIL_LINES: usize = 20;
 /// The longest stderr line read at once.
 const LINE_LIMIT: u64 = 8 << 10;
-
-/// Variables of the master's own environment that must not leak into a
-/// worker: they describe the master's sockets and supervisor, not the worker's.
-const PRIVATE_VARS: &[&str] = &[
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "BATON_WORKER_ID",
-    "BATON_PROBE",
-    "BATON_STOP_SIGNAL",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-];
 
 /// What a worker's owner task reports to the master loop.
 #[derive(Debug)]
@@ -85,101 +77,132 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker; its exit will arrive on `exits`.
+    /// Starts `command` (argv[0] as given; a bare name is looked up in
+    /// `PATH`) with `program`'s arguments, workdir and stop signal, on
+    /// `sockets`. Its environment is `env`, then `extra_env` (such as
+    /// `BATON_RELEASE`), then the protocol's variables. Its exit will
+    /// arrive on `exits`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn spawn(
         id: u64,
         program: &Program,
+        command: &Path,
+        extra_env: &[(String, String)],
+        env: &ChildEnv,
         sockets: &Sockets,
         notify_socket: &Path,
         exits: mpsc::UnboundedSender<Exit>,
     ) -> io::Result<Worker> {
-        let path = resolve_command(&program.command)?;
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| !PRIVATE_VARS.iter().any(|p| OsStr::new(p) == k))
-            .filter(|(k, _)| !program.env.contains_key(&*k.to_string_lossy()))
-            .collect();
-        env.extend(program.env.iter().map(|(k, v)| (k.into(), v.into())));
+        let path = resolve_command(command)?;
         let fds = sockets.raw_fds();
-        env.push(("LISTEN_FDS".into(), fds.len().to_string().into()));
-        env.push(("LISTEN_FDNAMES".into(), sockets.names().into()));
-        env.push(("NOTIFY_SOCKET".into(), notify_socket.into()));
-        env.push(("BATON_WORKER_ID".into(), id.to_string().into()));
-        env.push((
-            "BATON_STOP_SIGNAL".into(),
-            program.stop_signal.to_string().into(),
-        ));
-        let argv0 = program.command.as_os_str();
-        let argv = std::iter::once(argv0).chain(program.args.iter().map(OsStr::new));
-        let mut plan = ExecPlan::new(
+        let count = fds.len().to_string();
+        let (names, id_text) = (sockets.names(), id.to_string());
+        let stop = program.stop_signal.to_string();
+        let protocol = [
+            (protocol::LISTEN_FDS, OsStr::new(&count)),
+            (protocol::LISTEN_FDNAMES, OsStr::new(&names)),
+            (protocol::NOTIFY_SOCKET, notify_socket.as_os_str()),
+            (protocol::BATON_WORKER_ID, OsStr::new(&id_text)),
+            (protocol::BATON_STOP_SIGNAL, OsStr::new(&stop)),
+        ];
+        let vars = env
+            .vars()
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+            .chain(extra_env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
+            .chain(protocol.iter().map(|&(k, v)| (OsStr::new(k), v)));
+        let argv = std::iter::once(command.as_os_str()).chain(program.args.iter().map(OsStr::new));
+        let plan = ExecPlan::new(
             path.as_os_str(),
             argv,
-            env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+            vars,
             fds,
             program.stop_signal.number(),
         )?;
 
-        let mut cmd = tokio::process::Command::new(&path);
+        let mut cmd = std::process::Command::new(&path);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
             .current_dir(&program.workdir)
             .process_group(0);
-        // SAFETY: the closure runs in the forked child and only makes the
-        // async-signal-safe calls of `ExecPlan::exec_in_child`; it never
-        // returns on success because it execs.
-        unsafe {
-            cmd.pre_exec(move || Err(plan.exec_in_child()));
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+        plan.attach(&mut cmd);
+        // Created before the child exists, so its exit cannot go unnoticed.
+        let mut sigchld = signal(SignalKind::child())?;
+        let (mut child, own) = reaper::spawn_own(|| cmd.spawn(), |c| Some(c.id())).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display()))
         })?;
-        let pid = child.id().expect("a child that was just spawned has a pid");
+        let pid = child.id();
+        let raw = Pid::from_raw(pid as i32);
 
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let stderr = child.stderr.take().map(|stderr| {
-            let tail = tail.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr);
-                let mut line = Vec::new();
-                let mut out = tokio::io::stderr();
-                // A line is cut at LINE_LIMIT bytes: a worker writing without
-                // newlines cannot grow the master's memory.
-                while (&mut lines)
-                    .take(LINE_LIMIT)
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .unwrap_or(0)
-                    > 0
-                {
-                    let _ = out.write_all(&line).await;
-                    let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                    let mut tail = tail.lock().unwrap();
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
+        let stderr = child
+            .stderr
+            .take()
+            .and_then(|e| pipe::Receiver::from_owned_fd(e.into()).ok())
+            .map(|stderr| {
+                let tail = tail.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr);
+                    let mut line = Vec::new();
+                    let mut out = tokio::io::stderr();
+                    // A line is cut at LINE_LIMIT bytes: a worker writing
+                    // without newlines cannot grow the master's memory.
+                    while (&mut lines)
+                        .take(LINE_LIMIT)
+                        .read_until(b'\n', &mut line)
+                        .await
+                        .unwrap_or(0)
+                        > 0
+                    {
+                        let _ = out.write_all(&line).await;
+                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                        let mut tail = tail.lock().unwrap();
+                        if tail.len() == TAIL_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(text);
+                        line.clear();
                     }
-                    tail.push_back(text);
-                    line.clear();
-                }
-            })
-        });
+                })
+            });
 
         let (signals, mut requests) = mpsc::unbounded_channel::<(Signal, bool)>();
-        // The owner task is the only place that reaps this child, so a signal
-        // to the worker's own PID never reaches a recycled one. (The group
-        // kill after the reap can, in theory, meet a recycled group id.)
+        // The owner task is the only place that reaps this child. Until it
+        // does, the worker's PID and group id (its PID) stay reserved, even
+        // as a zombie: so it waits for the exit without reaping
+        // (waitid WNOWAIT), kills the group, and only then reaps.
         tokio::spawn(async move {
-            let status = loop {
+            let exited = loop {
+                match sys::has_exited(raw) {
+                    Ok(false) => {}
+                    Ok(true) => break true,
+                    Err(e) => {
+                        tracing::warn!(worker = id, pid, "cannot wait for the worker: {e}");
+                        break false;
+                    }
+                }
                 tokio::select! {
-                    status = child.wait() => break status,
+                    _ = sigchld.recv() => {}
                     Some((sig, group)) = requests.recv() => {
                         let target = if group { -(pid as i32) } else { pid as i32 };
                         let _ = kill(Pid::from_raw(target), sig);
                     }
                 }
             };
+            if exited {
+                // Whatever the worker left in its group goes with it; the
+                // zombie still holds the group id.
+                let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+            }
+            let status = child
+                .wait()
+                .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
+            drop(own);
             if let Some(mut reader) = stderr {
-                // Collect the last lines, unless a grandchild holds the pipe:
-                // then stop reading rather than leak the task.
+                // Collect the last lines, unless a process outside the
+                // group holds the pipe: then stop reading rather than leak
+                // the task.
                 if tokio::time::timeout(Duration::from_millis(200), &mut reader)
                     .await
                     .is_err()
@@ -187,10 +210,6 @@ impl Worker {
                     reader.abort();
                 }
             }
-            // Whatever the worker left in its group goes with it.
-            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
-            let status =
-                status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
             let _ = exits.send(Exit::Exited { id, status });
         });
 
@@ -242,17 +261,4 @@ fn resolve_command(command: &Path) -> io::Result<PathBuf> {
                 format!("{} not found in PATH", command.display()),
             )
         })
-}
-
-/// Describes an exit status as people read it: `exit code 3`, `signal 9 (SIGKILL)`.
-pub(crate) fn describe_exit(status: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("signal {sig} ({})", s.as_str()),
-            Err(_) => format!("signal {sig}"),
-        },
-        _ => status.to_string(),
-    }
 }

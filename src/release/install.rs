@@ -17,6 +17,25 @@ use crate::config::Releases;
 
 const META: &str = "release.json";
 const FAILED: &str = ".failed";
+const TRIAL: &str = ".trial";
+const LOCK: &str = ".lock";
+
+/// The durable record of a release on trial (`releases/.trial`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrialRecord {
+    /// The release directory's name.
+    pub id: String,
+    /// Its artifact's sha256, hex: recorded as failed if the trial never ended.
+    pub sha256: String,
+    /// Seconds since the epoch.
+    pub started_at: u64,
+}
+
+/// The releases directory's lock, held while this value lives.
+#[derive(Debug)]
+pub struct Lock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
 
 /// What baton records about an installed release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -288,27 +307,136 @@ impl Store {
         format!("{version}-{}", &hex::encode(sha256)[..8])
     }
 
-    /// Moves a complete staging directory into place as release `meta.id`
-    /// and points `current` at it (`previous` at the old one). Returns the
-    /// id `current` pointed at before.
-    pub fn install(
-        &self,
-        staging: tempfile::TempDir,
-        meta: &Meta,
-    ) -> Result<Option<String>, Error> {
+    /// Moves a complete staging directory into place as release `meta.id`.
+    /// `current` does not move: only the master promotes a release, after
+    /// its trial.
+    pub fn install(&self, staging: tempfile::TempDir, meta: &Meta) -> Result<(), Error> {
         write_meta(staging.path(), meta)?;
         // Every unpacked file and directory, not only the binary: after a
-        // power cut `current` must not point at empty files.
+        // power cut a release directory must not hold empty files.
         fsync_tree(staging.path())?;
-        self.put(staging, meta)?;
+        self.put(staging, meta)
+    }
+
+    /// Points `current` at release `id` and `previous` at what `current`
+    /// was; in in-place mode, replaces the target. Returns the id `current`
+    /// pointed at before. Only the master calls this, at the end of a trial.
+    pub fn promote(&self, id: &str) -> Result<Option<String>, Error> {
+        if self.meta(id).is_none() {
+            return Err(Error::Io {
+                what: "promote",
+                path: self.dir.join(id),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the release directory is gone or incomplete",
+                ),
+            });
+        }
         let before = self.link("current");
-        if let Some(old) = before.as_deref().filter(|old| *old != meta.id) {
+        if let Some(old) = before.as_deref().filter(|old| *old != id) {
             self.point("previous", old)?;
         }
-        self.point("current", &meta.id)?;
-        self.replace_target(&meta.id)?;
+        self.point("current", id)?;
+        self.replace_target(id)?;
         self.prune();
         Ok(before)
+    }
+
+    /// The release with this id, when its directory is complete.
+    pub fn release(&self, id: &str) -> Option<Meta> {
+        self.meta(id)
+    }
+
+    /// The executable to run for release `id`, derived from the program's
+    /// `command`: `<dir>/current/<rest>` becomes `<dir>/<id>/<rest>`; in
+    /// in-place mode the target becomes the release's copy. `None` when the
+    /// command does not run through `current`.
+    pub fn command_for(&self, command: &Path, id: &str) -> Option<PathBuf> {
+        if let Some(target) = &self.in_place {
+            return (command == target).then(|| self.dir.join(id).join(&self.binary));
+        }
+        let rest = command.strip_prefix(self.dir.join("current")).ok()?;
+        Some(self.dir.join(id).join(rest))
+    }
+
+    /// Records that release `meta.id` is on trial, durably, before its worker
+    /// starts: a master that dies during the trial finds the record at its
+    /// next start and counts the trial as failed.
+    pub fn begin_trial(&self, meta: &Meta) -> Result<(), Error> {
+        let record = TrialRecord {
+            id: meta.id.clone(),
+            sha256: meta.sha256.clone(),
+            started_at: now(),
+        };
+        self.write_atomic(TRIAL, &serde_json::to_vec_pretty(&record).expect("serializable"))
+    }
+
+    /// The unfinished trial recorded on disk, if any.
+    pub fn trial(&self) -> Option<TrialRecord> {
+        let text = std::fs::read(self.dir.join(TRIAL)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Removes the trial record: the trial was promoted or failed.
+    pub fn end_trial(&self) -> Result<(), Error> {
+        let path = self.dir.join(TRIAL);
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Takes the releases directory's lock for this process's lifetime (or
+    /// until the returned guard drops): one master, or one `baton check
+    /// --install`, writes here at a time. Fails with [`Error::Locked`]
+    /// naming the holder's PID when another process holds it.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let path = self.dir.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut locked) => {
+                use std::io::Seek;
+                let pid = std::process::id().to_string();
+                locked
+                    .set_len(0)
+                    .and_then(|_| locked.rewind())
+                    .and_then(|_| locked.write_all(pid.as_bytes()))
+                    .map_err(io("write", &path))?;
+                Ok(Lock { _file: locked })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Locked {
+                dir: self.dir.clone(),
+                pid: std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok()),
+            }),
+            Err((_, errno)) => Err(io("lock", &path)(errno.into())),
+        }
+    }
+
+    /// Writes `name` in the releases directory by an fsynced temp file
+    /// renamed over it.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        let path = self.dir.join(name);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempfile_in(&self.dir)
+            .map_err(io("write", &path))?;
+        tmp.write_all(bytes).map_err(io("write", &path))?;
+        tmp.as_file().sync_all().map_err(io("write", &path))?;
+        tmp.persist(&path).map_err(|e| Error::Io {
+            what: "write",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        fsync_dir(&self.dir)
     }
 
     /// Renames a complete staging directory into place as `meta.id`.
@@ -326,19 +454,6 @@ impl Store {
             std::fs::rename(&staged, &target).map_err(io("rename into place", &target))?;
         }
         fsync_dir(&self.dir)
-    }
-
-    /// Points `current` back at `id`.
-    pub fn rollback(&self, id: &str) -> Result<(), Error> {
-        if !self.dir.join(id).join(META).exists() {
-            return Err(Error::Io {
-                what: "roll back to",
-                path: self.dir.join(id),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "release is gone"),
-            });
-        }
-        self.point("current", id)?;
-        self.replace_target(id)
     }
 
     /// Atomically points the symlink `name` at `id`: a temp symlink beside
@@ -394,19 +509,6 @@ impl Store {
         all.push(sha256.to_owned());
         all.sort();
         all.dedup();
-        let path = self.dir.join(FAILED);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".staging-failed")
-            .tempfile_in(&self.dir)
-            .map_err(io("write", &path))?;
-        tmp.write_all(format!("{}\n", all.join("\n")).as_bytes())
-            .map_err(io("write", &path))?;
-        tmp.as_file().sync_all().map_err(io("write", &path))?;
-        tmp.persist(&path).map_err(|e| Error::Io {
-            what: "write",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        fsync_dir(&self.dir)
+        self.write_atomic(FAILED, format!("{}\n", all.join("\n")).as_bytes())
     }
 }

@@ -1,5 +1,6 @@
 //! From candidate to installed release: stage, verify, unpack, probe,
-//! install. Nothing reaches `current` before it passed every check.
+//! install. The pipeline ends at a complete, fsynced `releases/<id>/`; it
+//! never touches `current`, which only the master moves, after a trial.
 
 pub mod archive;
 pub mod install;
@@ -11,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Verify;
+use crate::protocol::ChildEnv;
 use crate::fetchers::{Candidate, Info};
-pub use install::{Meta, Store};
+pub use install::{Lock, Meta, Store, TrialRecord};
 
 /// Why a candidate was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -125,13 +127,36 @@ pub enum Error {
         /// The limit.
         limit: Duration,
     },
-    /// The probe's output lacks the version the source stated.
-    #[error("probe output does not name version {expected}: {output}")]
+    /// The probe names another version than the source states.
+    #[error("the source states version {expected}, but the probe printed {output:?}")]
     ProbeVersion {
         /// The version stated by the source.
         expected: String,
-        /// The probe's last output lines.
+        /// The probe's last output line.
         output: String,
+    },
+    /// A version the order check needs cannot be determined.
+    #[error(
+        "cannot determine the version of {subject}: {reason}; downgrade protection refuses it \
+         (set verify.allow_downgrade = true to accept versions that cannot be ordered)"
+    )]
+    VersionUnknown {
+        /// `the candidate` or `the running release <id>`.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another process holds the releases directory's lock.
+    #[error(
+        "the releases directory {} is locked by {}",
+        .dir.display(),
+        .pid.map_or_else(|| "another process".to_owned(), |p| format!("a running master (pid {p}); ask it to check now with `kill -USR1 {p}`"))
+    )]
+    Locked {
+        /// The releases directory.
+        dir: PathBuf,
+        /// The holder's PID, as it wrote it in the lock file.
+        pid: Option<u32>,
     },
     /// A file operation failed.
     #[error("cannot {what} {path}")]
@@ -165,13 +190,9 @@ impl Error {
 /// What became of a candidate.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Installed and `current` swapped; `previous` is what `current` was.
-    Installed {
-        /// The new release.
-        release: Meta,
-        /// The release `current` pointed at before.
-        previous: Option<String>,
-    },
+    /// Installed as a release directory, ready for its trial; `current`
+    /// has not moved.
+    Installed(Meta),
     /// Verified and probed, not installed (`baton check` without `--install`).
     Verified(Meta),
     /// The same bytes as the running release.
@@ -187,12 +208,34 @@ pub enum Outcome {
 pub struct Pipeline {
     store: Store,
     verify: Verify,
+    /// The environment probes run with.
+    child_env: ChildEnv,
+    /// Where downloads and staging directories go, when not in the store.
+    scratch: Option<PathBuf>,
 }
 
 impl Pipeline {
-    /// A pipeline installing into `store`.
-    pub fn new(store: Store, verify: Verify) -> Pipeline {
-        Pipeline { store, verify }
+    /// A pipeline installing into `store`, probing candidates with
+    /// `child_env` (the environment a worker would get).
+    pub fn new(store: Store, verify: Verify, child_env: ChildEnv) -> Pipeline {
+        Pipeline {
+            store,
+            verify,
+            child_env,
+            scratch: None,
+        }
+    }
+
+    /// Downloads and stages in `dir` instead of the releases directory, so
+    /// that a check that will not install never writes beside a running
+    /// master's own downloads.
+    pub fn with_scratch(mut self, dir: impl Into<PathBuf>) -> Pipeline {
+        self.scratch = Some(dir.into());
+        self
+    }
+
+    fn work_dir(&self) -> &std::path::Path {
+        self.scratch.as_deref().unwrap_or(self.store.dir())
     }
 
     /// The releases directory.
@@ -223,7 +266,7 @@ impl Pipeline {
         let from = describe(&info);
         let staged = stage::stage(
             body,
-            self.store.dir(),
+            self.work_dir(),
             &from,
             v.max_size,
             v.download_timeout,
@@ -239,7 +282,17 @@ impl Pipeline {
             return Ok(Outcome::KnownBad { sha256: sha_hex });
         }
         verify::checksum(info.sha256, v.sha256, staged.sha256)?;
-        let staging = self.store.staging()?;
+        let staging = match &self.scratch {
+            Some(dir) => tempfile::Builder::new()
+                .prefix(".staging-")
+                .tempdir_in(dir)
+                .map_err(|source| Error::Io {
+                    what: "create a staging dir in",
+                    path: dir.clone(),
+                    source,
+                })?,
+            None => self.store.staging()?,
+        };
         let binary = self.store.binary_in(staging.path());
         {
             let (key, signature, path) = (
@@ -290,18 +343,25 @@ impl Pipeline {
             .await
             .expect("the verify task does not panic")?;
         }
-        let reported =
-            probe::run(&binary, &v.probe, v.probe_timeout, info.version.as_deref()).await?;
-        let version = info
-            .version
-            .clone()
-            .or_else(|| verify::parse_version(&reported).map(|v| v.to_string()));
-        verify::version(
-            current.as_ref().and_then(|c| c.version.as_deref()),
-            version.as_deref(),
+        let reported = probe::run(&binary, &v.probe, v.probe_timeout, &self.child_env).await?;
+        let running_version = match &current {
+            Some(c) if c.version.is_none() && !v.allow_downgrade => {
+                self.probe_running(c).await
+            }
+            Some(c) => c.version.clone(),
+            None => None,
+        };
+        let version = verify::decide(
+            info.version.as_deref(),
+            &reported,
+            current.as_ref().map(|c| verify::Running {
+                id: &c.id,
+                version: running_version.as_deref(),
+            }),
             v.allow_downgrade,
             v.version.as_ref(),
-        )?;
+        )?
+        .map(|v| v.to_string());
         let meta = Meta {
             id: Store::id_for(version.as_deref(), &staged.sha256),
             version,
@@ -315,13 +375,32 @@ impl Pipeline {
         }
         let store = self.store.clone();
         let m = meta.clone();
-        let previous = tokio::task::spawn_blocking(move || store.install(staging, &m))
+        tokio::task::spawn_blocking(move || store.install(staging, &m))
             .await
             .expect("the install task does not panic")?;
-        Ok(Outcome::Installed {
-            release: meta,
-            previous,
-        })
+        Ok(Outcome::Installed(meta))
+    }
+
+    /// The version of a running release that has none recorded (a binary
+    /// adopted in place): what its probe names, if it names one.
+    async fn probe_running(&self, current: &Meta) -> Option<String> {
+        let binary = self.store.binary_in(&self.store.dir().join(&current.id));
+        let line = probe::run(
+            &binary,
+            &self.verify.probe,
+            self.verify.probe_timeout,
+            &self.child_env,
+        )
+            .await
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot probe the running release {} for its version: {}",
+                    current.id,
+                    crate::display_chain(&e)
+                )
+            })
+            .ok()?;
+        verify::probe_version(&line).map(|v| v.to_string())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Checks on a staged candidate: expected sha256, minisign signature,
-//! version order.
+//! version order (failing closed).
 
 use std::io::Read;
 use std::path::Path;
@@ -63,34 +63,107 @@ pub fn parse_version(text: &str) -> Option<semver::Version> {
     semver::Version::parse(text.strip_prefix('v').unwrap_or(text)).ok()
 }
 
-/// No downgrade unless allowed; the requirement, when set, must match.
-pub fn version(
-    running: Option<&str>,
-    candidate: Option<&str>,
+/// The version a probe names: the last semver token (`1.2.3`, `v1.2.3`) of
+/// its last non-empty output line, so `1.2.3`, `v1.2.3` and `myapp 1.2.3`
+/// all name 1.2.3.
+pub fn probe_version(line: &str) -> Option<semver::Version> {
+    line.split_whitespace().rev().find_map(parse_version)
+}
+
+/// The release that serves now, for the order check.
+#[derive(Debug, Clone, Copy)]
+pub struct Running<'a> {
+    /// Its directory name.
+    pub id: &'a str,
+    /// Its recorded version.
+    pub version: Option<&'a str>,
+}
+
+/// Decides the version that counts for a candidate and checks it, failing
+/// closed:
+///
+/// - the probe's version (see [`probe_version`]) must equal, as semver, the
+///   version the source states, when it states one;
+/// - with `verify.version`, the version must match the requirement;
+/// - with downgrade protection on (`allow_downgrade` false), a candidate
+///   whose version cannot be determined, or a running release whose version
+///   cannot be, is refused, and a lower version than the running one is.
+///
+/// Returns the version to record in the release's metadata.
+pub fn decide(
+    stated: Option<&str>,
+    probe_line: &str,
+    running: Option<Running<'_>>,
     allow_downgrade: bool,
     requirement: Option<&semver::VersionReq>,
-) -> Result<(), Error> {
-    let parsed = candidate.and_then(parse_version);
+) -> Result<Option<semver::Version>, Error> {
+    let probed = probe_version(probe_line);
+    let version = match stated.map(|s| (s, parse_version(s))) {
+        Some((_, Some(stated))) if probed.as_ref() == Some(&stated) => probed,
+        Some((text, Some(_))) => {
+            return Err(Error::ProbeVersion {
+                expected: text.to_owned(),
+                output: probe_line.to_owned(),
+            })
+        }
+        Some((text, None)) if !allow_downgrade => {
+            return Err(Error::VersionUnknown {
+                subject: "the candidate".to_owned(),
+                reason: format!(
+                    "the source states version {text:?}, which is not semver (the probe printed {probe_line:?})"
+                ),
+            })
+        }
+        Some((text, None)) => {
+            tracing::warn!(
+                "the source states version {text:?}, which is not semver; accepted because \
+                 verify.allow_downgrade is set, with the probe's version"
+            );
+            probed
+        }
+        None => probed,
+    };
     if let Some(req) = requirement {
-        match &parsed {
+        match &version {
             Some(v) if req.matches(v) => {}
             _ => {
                 return Err(Error::VersionRequirement {
                     requirement: req.to_string(),
-                    version: candidate.unwrap_or("unknown").to_owned(),
+                    version: version
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
                 })
             }
         }
     }
-    if let (Some(new), Some(old)) = (&parsed, running.and_then(parse_version)) {
-        if *new < old && !allow_downgrade {
+    if allow_downgrade {
+        return Ok(version);
+    }
+    let Some(new) = &version else {
+        return Err(Error::VersionUnknown {
+            subject: "the candidate".to_owned(),
+            reason: format!("the probe printed {probe_line:?}, which names no semver version"),
+        });
+    };
+    if let Some(running) = running {
+        let old = running
+            .version
+            .and_then(parse_version)
+            .ok_or_else(|| Error::VersionUnknown {
+                subject: format!("the running release {}", running.id),
+                reason: match running.version {
+                    Some(v) => format!("its recorded version {v:?} is not semver"),
+                    None => "it has no recorded version".to_owned(),
+                },
+            })?;
+        if *new < old {
             return Err(Error::Downgrade {
                 running: old.to_string(),
                 candidate: new.to_string(),
             });
         }
     }
-    Ok(())
+    Ok(version)
 }
 
 #[cfg(test)]
@@ -113,19 +186,64 @@ mod tests {
             .contains("verify.sha256"));
     }
 
+    fn running(version: Option<&str>) -> Option<Running<'_>> {
+        Some(Running { id: "r", version })
+    }
+
     #[test]
     fn versions_order() {
-        assert!(version(Some("1.2.0"), Some("1.10.0"), false, None).is_ok());
+        let v = |s: &str| Some(semver::Version::parse(s).unwrap());
+        assert_eq!(decide(None, "1.10.0", running(Some("1.2.0")), false, None).unwrap(), v("1.10.0"));
         assert!(matches!(
-            version(Some("2.0.0"), Some("v1.0.0"), false, None),
+            decide(None, "v1.0.0", running(Some("2.0.0")), false, None),
             Err(Error::Downgrade { .. })
         ));
-        assert!(version(Some("2.0.0"), Some("1.0.0"), true, None).is_ok());
+        assert!(decide(None, "1.0.0", running(Some("2.0.0")), true, None).is_ok());
         let req = semver::VersionReq::parse(">=1.4, <2").unwrap();
-        assert!(version(None, Some("1.5.0"), false, Some(&req)).is_ok());
-        assert!(version(None, Some("2.0.0"), false, Some(&req)).is_err());
-        assert!(version(None, None, false, Some(&req)).is_err());
-        assert!(version(Some("1.0.0"), Some("not-semver"), false, None).is_ok());
+        assert!(decide(None, "1.5.0", None, false, Some(&req)).is_ok());
+        assert!(decide(None, "2.0.0", None, false, Some(&req)).is_err());
+        assert!(decide(None, "", None, true, Some(&req)).is_err());
+    }
+
+    #[test]
+    fn probe_names_its_version_in_three_forms() {
+        for line in ["1.2.3", "v1.2.3", "myapp 1.2.3", "myapp v1.2.3 (built today)"] {
+            assert_eq!(probe_version(line), semver::Version::parse("1.2.3").ok(), "{line}");
+        }
+        assert_eq!(probe_version("myapp"), None);
+    }
+
+    #[test]
+    fn stated_version_must_equal_the_probed_one() {
+        // A substring is not equality: "1.0" is in "hello 1.0.0".
+        assert!(matches!(
+            decide(Some("1.0"), "hello 1.0.0", running(Some("2.0.0")), false, None),
+            Err(Error::VersionUnknown { .. })
+        ));
+        // An old build relabelled as newer.
+        assert!(matches!(
+            decide(Some("3.0.0"), "hello 1.0.0", running(Some("2.0.0")), false, None),
+            Err(Error::ProbeVersion { .. })
+        ));
+        assert!(matches!(
+            decide(Some("2.1.0"), "hello", running(Some("2.0.0")), true, None),
+            Err(Error::ProbeVersion { .. })
+        ));
+        assert!(decide(Some("v2.1.0"), "hello 2.1.0", running(Some("2.0.0")), false, None).is_ok());
+    }
+
+    #[test]
+    fn unknown_versions_fail_closed() {
+        let err = decide(None, "hello", running(Some("2.0.0")), false, None).unwrap_err();
+        assert!(err.to_string().contains("allow_downgrade"), "{err}");
+        let err = decide(None, "hello 3.0.0", running(None), false, None).unwrap_err();
+        assert!(err.to_string().contains("running release r"), "{err}");
+        assert!(matches!(
+            decide(None, "hello 3.0.0", running(Some("1.0")), false, None),
+            Err(Error::VersionUnknown { .. })
+        ));
+        // Opted out: recorded as found.
+        assert_eq!(decide(None, "hello", running(None), true, None).unwrap(), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The listening sockets the master binds (or adopts from systemd) once and
 //! holds for its whole life, and hands to every worker as fds 3, 4, ….
+//! The library's standalone mode binds them the same way and serves on
+//! them itself.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,11 +10,27 @@ use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::Error;
 use crate::config::{Listen, ListenAddr};
 use crate::sys;
 
 const BACKLOG: i32 = 1024;
+
+/// Why the sockets could not be opened (the master reports these as its own
+/// `Bind`, `Adopt` and `Descriptors` errors).
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// A `listen` address could not be bound.
+    Bind {
+        /// The address as configured.
+        addr: String,
+        /// Why binding failed.
+        source: io::Error,
+    },
+    /// Sockets passed by systemd could not be adopted.
+    Adopt(io::Error),
+    /// The held descriptors could not be placed.
+    Descriptors(io::Error),
+}
 
 /// One held socket.
 #[derive(Debug)]

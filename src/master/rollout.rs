@@ -1,0 +1,220 @@
+//! The rollout policy, apart from process supervision: a release on trial
+//! is promoted once its worker has been ready for `settle` with no
+//! unexpected exit; any exit before that, a failed start or a missed ready
+//! deadline fails it. Plain state fed with events and the current
+//! `Instant`; it returns verdicts and the master does the I/O.
+
+use std::time::{Duration, Instant};
+
+use crate::release::Meta;
+
+/// The end of a trial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The release proved itself: swap `current` to it.
+    Promote(Meta),
+    /// The release failed: go back to `current` and quarantine its digest.
+    Fail {
+        /// The release.
+        release: Meta,
+        /// Why, for logs and status.
+        why: String,
+    },
+}
+
+/// A release on trial.
+#[derive(Debug)]
+struct Trial {
+    release: Meta,
+    /// The worker running it, once started.
+    worker: Option<u64>,
+    /// When that worker became ready.
+    ready_since: Option<Instant>,
+}
+
+/// The rollout policy's state: at most one trial at a time.
+#[derive(Debug)]
+pub(crate) struct Rollout {
+    settle: Duration,
+    trial: Option<Trial>,
+}
+
+impl Rollout {
+    /// No trial; trials settle for `settle`.
+    pub(crate) fn new(settle: Duration) -> Rollout {
+        Rollout {
+            settle,
+            trial: None,
+        }
+    }
+
+    /// How long a trial worker must stay ready.
+    pub(crate) fn settle(&self) -> Duration {
+        self.settle
+    }
+
+    /// Puts `release` on trial. Refuses (returning it) while another trial
+    /// runs: one release at a time.
+    pub(crate) fn begin(&mut self, release: Meta) -> Result<(), Meta> {
+        if self.trial.is_some() {
+            return Err(release);
+        }
+        self.trial = Some(Trial {
+            release,
+            worker: None,
+            ready_since: None,
+        });
+        Ok(())
+    }
+
+    /// The release on trial.
+    pub(crate) fn on_trial(&self) -> Option<&Meta> {
+        self.trial.as_ref().map(|t| &t.release)
+    }
+
+    /// Whether `worker` is the one the trial watches.
+    pub(crate) fn watches(&self, worker: u64) -> bool {
+        self.trial.as_ref().is_some_and(|t| t.worker == Some(worker))
+    }
+
+    /// A worker for the release on trial was started: it is the one
+    /// watched from now on, and the settle clock starts again when it is
+    /// ready (a restart during a trial proves nothing about the old one).
+    pub(crate) fn started(&mut self, worker: u64) {
+        if let Some(t) = &mut self.trial {
+            t.worker = Some(worker);
+            t.ready_since = None;
+        }
+    }
+
+    /// A worker became ready. With `settle` zero the trial passes at once.
+    pub(crate) fn ready(&mut self, worker: u64, now: Instant) -> Option<Verdict> {
+        let t = self.trial.as_mut().filter(|t| t.worker == Some(worker))?;
+        t.ready_since = Some(now);
+        self.tick(now)
+    }
+
+    /// A worker exited (or could not start, or missed its ready deadline).
+    /// The watched one fails the trial.
+    pub(crate) fn exited(&mut self, worker: u64, why: &str) -> Option<Verdict> {
+        if !self.watches(worker) {
+            return None;
+        }
+        self.fail(why)
+    }
+
+    /// Ends the trial as failed, whatever its state (a worker that could
+    /// not even be spawned, a master stopping).
+    pub(crate) fn fail(&mut self, why: &str) -> Option<Verdict> {
+        let t = self.trial.take()?;
+        Some(Verdict::Fail {
+            release: t.release,
+            why: why.to_owned(),
+        })
+    }
+
+    /// Time passed: a trial ready for `settle` passes.
+    pub(crate) fn tick(&mut self, now: Instant) -> Option<Verdict> {
+        let since = self.trial.as_ref()?.ready_since?;
+        if now.duration_since(since) < self.settle {
+            return None;
+        }
+        let t = self.trial.take()?;
+        Some(Verdict::Promote(t.release))
+    }
+
+    /// When `tick` may next return a verdict.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        Some(self.trial.as_ref()?.ready_since? + self.settle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str) -> Meta {
+        Meta {
+            id: id.to_owned(),
+            version: Some("2.0.0".to_owned()),
+            sha256: "ab".repeat(32),
+            size: 1,
+            source: "test".to_owned(),
+            installed_at: 0,
+        }
+    }
+
+    const SETTLE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn promoted_after_settle_not_before() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE);
+        r.begin(meta("b")).unwrap();
+        r.started(7);
+        assert_eq!(r.deadline(), None, "no clock before ready");
+        assert_eq!(r.ready(7, t0), None);
+        assert_eq!(r.deadline(), Some(t0 + SETTLE));
+        assert_eq!(r.tick(t0 + SETTLE - Duration::from_millis(1)), None);
+        assert_eq!(r.tick(t0 + SETTLE), Some(Verdict::Promote(meta("b"))));
+        assert_eq!(r.on_trial(), None);
+        // After promotion an exit is an ordinary crash, not the trial's.
+        assert_eq!(r.exited(7, "crash"), None);
+    }
+
+    #[test]
+    fn zero_settle_promotes_at_ready() {
+        let mut r = Rollout::new(Duration::ZERO);
+        r.begin(meta("b")).unwrap();
+        r.started(1);
+        assert_eq!(r.ready(1, Instant::now()), Some(Verdict::Promote(meta("b"))));
+    }
+
+    #[test]
+    fn any_exit_of_the_watched_worker_fails_the_trial() {
+        let t0 = Instant::now();
+        for ready in [false, true] {
+            let mut r = Rollout::new(SETTLE);
+            r.begin(meta("b")).unwrap();
+            r.started(3);
+            if ready {
+                r.ready(3, t0);
+            }
+            // Another worker (the old one, draining) exiting is no verdict.
+            assert_eq!(r.exited(2, "drained"), None);
+            assert_eq!(
+                r.exited(3, "exit code 1"),
+                Some(Verdict::Fail {
+                    release: meta("b"),
+                    why: "exit code 1".to_owned()
+                })
+            );
+            assert_eq!(r.on_trial(), None);
+        }
+    }
+
+    #[test]
+    fn a_restart_during_the_trial_restarts_the_clock() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE);
+        r.begin(meta("b")).unwrap();
+        r.started(1);
+        r.ready(1, t0);
+        r.started(2);
+        assert_eq!(r.deadline(), None);
+        assert!(!r.watches(1), "the replaced worker may drain and exit");
+        assert_eq!(r.exited(1, "drained"), None);
+        assert_eq!(r.tick(t0 + SETTLE), None);
+        r.ready(2, t0 + SETTLE);
+        assert_eq!(r.tick(t0 + SETTLE * 2), Some(Verdict::Promote(meta("b"))));
+    }
+
+    #[test]
+    fn one_trial_at_a_time() {
+        let mut r = Rollout::new(SETTLE);
+        r.begin(meta("b")).unwrap();
+        assert_eq!(r.begin(meta("c")), Err(meta("c")));
+        assert!(r.fail("stopping").is_some());
+        assert!(r.begin(meta("c")).is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! The master's writes to the releases directory (trial records, promotion,
+//! quarantine) run on a thread of their own, in the order they were asked
+//! for, so that renames and fsyncs never stall the event loop. Each result
+//! comes back to the loop as a message.
+
+use tokio::sync::mpsc;
+
+use crate::release::{Error, Meta, Store};
+
+/// A write to the releases directory.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Record durably that a release is on trial.
+    BeginTrial(Meta),
+    /// Swap `current` to the release, then clear the trial record.
+    Promote(Meta),
+    /// Record the release's digest as failed, then clear the trial record.
+    Fail(Meta),
+    /// Clear the trial record without a verdict (a graceful stop: the
+    /// release is tried again at the next start).
+    Abandon(Meta),
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// The trial record is on disk; its worker may start.
+    TrialBegun(Meta, Result<(), Error>),
+    /// `current` names the release; the id it named before.
+    Promoted(Meta, Result<Option<String>, Error>),
+    /// The digest is recorded as failed.
+    Failed(Meta, Result<(), Error>),
+    /// The trial record is gone.
+    Abandoned(Meta, Result<(), Error>),
+}
+
+/// The thread that runs the jobs.
+pub(crate) struct StoreIo {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreIo {
+    /// Starts the thread; results arrive on the returned receiver.
+    pub(crate) fn start(store: Store) -> std::io::Result<(StoreIo, mpsc::UnboundedReceiver<Done>)> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("baton-store".to_owned())
+            .spawn(move || {
+                for job in queue {
+                    let _ = done_tx.send(run(&store, job));
+                }
+            })?;
+        Ok((
+            StoreIo {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            },
+            done,
+        ))
+    }
+
+    /// Queues a job.
+    pub(crate) fn send(&self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Runs the queued jobs to their end and stops the thread.
+    pub(crate) fn finish(mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: &Store, job: Job) -> Done {
+    match job {
+        Job::BeginTrial(meta) => {
+            let r = store.begin_trial(&meta);
+            Done::TrialBegun(meta, r)
+        }
+        Job::Promote(meta) => {
+            let r = store
+                .promote(&meta.id)
+                .and_then(|before| store.end_trial().map(|()| before));
+            Done::Promoted(meta, r)
+        }
+        Job::Fail(meta) => {
+            let r = store
+                .mark_failed(&meta.sha256)
+                .and_then(|()| store.end_trial());
+            Done::Failed(meta, r)
+        }
+        Job::Abandon(meta) => {
+            let r = store.end_trial();
+            Done::Abandoned(meta, r)
+        }
+    }
+}
