@@ -1099,7 +1099,7 @@ allow_downgrade = true
 
     #[test]
     fn debug_output_never_shows_secrets() {
-        let base = "[program]\ncommand = \"x/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
+        let base = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
         let github = parse(&format!(
             "{base}[fetch]\nsource = \"github\"\nrepo = \"a/b\"\nasset = \"x\"\ntoken = \"ghp_s3cret\"\n"
         ));

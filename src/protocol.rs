@@ -205,7 +205,7 @@ mod tests {
         vars.iter().map(|(k, _)| k.as_str()).collect()
     }
 
-    const PROGRAM: &str = "[program]\ncommand = \"x/y\"\nlisten = [\"127.0.0.1:1\"]\n";
+    const PROGRAM: &str = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n";
     const GITHUB: &str =
         "[releases]\nbinary = \"y\"\n[fetch]\nsource = \"github\"\nrepo = \"a/b\"\nasset = \"x\"\n";
     const S3: &str =

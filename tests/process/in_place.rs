@@ -30,10 +30,11 @@ fn daemon_replaces_a_plain_binary_in_place() {
     support::wait_version(baton.addr(), "2.0.0");
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert_eq!(
-        std::fs::read(root.join("bin/hello")).unwrap(),
-        std::fs::read(support::hello("2.0.0")).unwrap()
-    );
+    // Replaced once the new release has passed its trial.
+    let two = std::fs::read(support::hello("2.0.0")).unwrap();
+    support::wait_for("bin/hello to be 2.0.0", Duration::from_secs(30), || {
+        (std::fs::read(root.join("bin/hello")).unwrap() == two).then_some(())
+    });
     // The adopted original stays as the rollback target.
     let state = root.join("bin/.hello.baton");
     let previous = std::fs::read_link(state.join("previous")).unwrap();
@@ -88,10 +89,10 @@ fn library_mode_replaces_its_own_executable_with_self_replace() {
     support::wait_version(addr, "1.0.0");
     drop_in(dir.path(), "2.0.0");
     support::wait_version(addr, "2.0.0");
-    assert_eq!(
-        std::fs::read(&exe).unwrap(),
-        std::fs::read(support::hello("2.0.0")).unwrap()
-    );
+    let two = std::fs::read(support::hello("2.0.0")).unwrap();
+    support::wait_for("the executable to be 2.0.0", Duration::from_secs(30), || {
+        (std::fs::read(&exe).unwrap() == two).then_some(())
+    });
     assert!(
         master.try_wait().unwrap().is_none(),
         "the master kept its PID"

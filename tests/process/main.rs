@@ -4,12 +4,15 @@
 mod support;
 
 mod config;
+mod credentials;
 mod cycle;
 mod failure;
 mod github;
+mod hygiene;
 mod in_place;
 mod lifecycle;
 mod python;
 mod release;
 mod s3;
 mod supervisord;
+mod trial;

@@ -13,7 +13,7 @@ fn hello_bytes(version: &str) -> Vec<u8> {
 fn config(endpoint: &str, what: &str, extra: &str) -> String {
     format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n\
-         [releases]\nbinary = \"hello\"\n[fetch]\nsource = \"s3\"\nbucket = \"releases\"\n{what}\nregion = \"us-east-1\"\n\
+         [releases]\nbinary = \"hello\"\nsettle = \"500ms\"\n[fetch]\nsource = \"s3\"\nbucket = \"releases\"\n{what}\nregion = \"us-east-1\"\n\
          endpoint_url = \"{endpoint}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n{extra}\n"
     )
 }
@@ -45,7 +45,7 @@ fn new_object_upgrades_under_load() {
     load.wait_more(300);
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert!(baton.current().unwrap().starts_with("2.0.0-"));
+    baton.wait_current("2.0.0-");
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn wrong_sha256_metadata_is_refused() {
         Duration::from_secs(20),
     );
     assert_eq!(support::version(baton.addr()), "1.0.0");
-    assert!(baton.current().unwrap().starts_with("1.0.0-"));
+    assert_eq!(baton.wait_current("1.0.0-"), baton.current().unwrap());
 }
 
 /// A master serving 1.0.0 whose source then breaks: the error is named and

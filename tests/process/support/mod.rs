@@ -236,6 +236,28 @@ impl Baton {
             .map(|p| p.to_string_lossy().into_owned())
     }
 
+    /// Waits until `current` names a release whose id starts with `prefix`
+    /// (a release is promoted only after its trial); returns the id.
+    pub fn wait_current(&self, prefix: &str) -> String {
+        wait_for(
+            &format!("current to name a {prefix}* release"),
+            Duration::from_secs(30),
+            || self.current().filter(|c| c.starts_with(prefix)),
+        )
+    }
+
+    /// The digests recorded as failed in the releases directory.
+    pub fn failed(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("releases/.failed"))
+            .map(|t| t.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a trial record exists.
+    pub fn trial_recorded(&self) -> bool {
+        self.dir.path().join("releases/.trial").exists()
+    }
+
     /// Temp files and staging dirs left in the releases directory.
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.path().join("releases"))
