@@ -195,10 +195,13 @@ async fn wait_for_trial(
                 return true;
             }
             Ok(None) => {}
-            Err(e) => tracing::debug!(
-                "checking {source} during a trial failed: {}",
-                crate::display_chain(&e)
-            ),
+            Err(e) => {
+                tracing::error!("update from {source} failed: {}", crate::display_chain(&e));
+                let e = crate::release::Error::from(e);
+                if e.is_transient() {
+                    fetcher.retry();
+                }
+            }
         }
     }
 }

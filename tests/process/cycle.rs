@@ -27,10 +27,9 @@ fn cycles_under_load(mode: LoadMode) {
     }
     let report = load.finish();
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
-    assert!(
-        report.ok > 5_000,
-        "too little load to prove anything: {report:?}"
-    );
+    // `wait_more` made requests complete around every cycle: load ran
+    // through all of them, however slow the machine.
+    assert!(report.ok >= 500 + 20 * 200, "{report:?}");
     assert!(
         report.versions.contains_key("hello 1.0.0") && report.versions.contains_key("hello 2.0.0")
     );

@@ -50,6 +50,7 @@ fn serving(extra: &str) -> (FakeGithub, Baton) {
     );
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
+    baton.wait_current("1.0.0-");
     (gh, baton)
 }
 
@@ -170,6 +171,7 @@ fn checksum_and_signature_come_from_sibling_assets() {
     );
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
+    baton.wait_current("1.0.0-");
     // A release whose SHA256SUMS disagrees with its asset is refused.
     let two = hello_bytes("2.0.0");
     let name = asset_name("2.0.0");

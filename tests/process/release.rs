@@ -463,6 +463,7 @@ fn archive_with_the_binary_upgrades() {
         tar_gz(&[("hello-2.0.0/README", b"x"), ("hello-2.0.0/hello", &two)]),
     );
     support::wait_version(baton.addr(), "2.0.0");
+    baton.wait_current("2.0.0-");
     let current = baton.dir.path().join("releases/current");
     assert_eq!(std::fs::read(current.join("hello")).unwrap(), two);
 }
@@ -587,6 +588,7 @@ fn configured_headers_stay_on_their_origin() {
     );
     let baton = Baton::start(tempfile::tempdir().unwrap(), &release_config(&fetch, ""));
     baton.wait_ready();
+    baton.wait_current("1.0.0-");
     // 2.0.0 sits behind a redirect from the manifest's host to the CDN.
     let two = hello_bytes("2.0.0");
     cdn.body("/hello-2.0.0", two.clone());

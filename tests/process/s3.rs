@@ -32,6 +32,7 @@ fn serving() -> (S3Server, CountingProxy, Baton) {
     );
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
+    baton.wait_current("1.0.0-");
     (s3, proxy, baton)
 }
 
@@ -134,6 +135,7 @@ fn signature_comes_from_the_minisig_object() {
     );
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
+    baton.wait_current("1.0.0-");
     // New bytes under the old signature are refused.
     s3.put("releases", "hello/hello", hello_bytes("2.0.0"), &[]);
     baton.wait_count("bad minisign signature", 1, Duration::from_secs(20));
