@@ -19,9 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATON = os.path.join(ROOT, "target/release/baton")
 BINS = os.path.join(ROOT, "target/test-bins")
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-# The master's settle window after an upgrade (src/master/mod.rs SETTLE),
-# plus a margin.
-SETTLE = 10.5
 
 
 def free_port():
@@ -286,12 +283,21 @@ def publish_file(path, data):
     os.rename(tmp, path)
 
 
-def release_config(d, fetch, port=None):
+def release_config(d, fetch, port=None, settle="10s"):
     listen = f"127.0.0.1:{port or free_port()}"
     with open(os.path.join(d, "baton.toml"), "w") as f:
         f.write(f'[program]\ncommand = "releases/current/hello"\nlisten = ["{listen}"]\n'
-                f'[releases]\nbinary = "hello"\n[fetch]\n{fetch}\n[verify]\nmax_size = "1GiB"\nallow_downgrade = true\n')
+                f'[releases]\nbinary = "hello"\nsettle = "{settle}"\n[fetch]\n{fetch}\n'
+                f'[verify]\nmax_size = "1GiB"\nallow_downgrade = true\n')
     return int(listen.rsplit(":", 1)[1])
+
+
+def current_version(d):
+    """The version `current` names (its directory is <version>-<sha8>)."""
+    try:
+        return os.readlink(os.path.join(d, "releases/current")).split("-")[0]
+    except OSError:
+        return None
 
 
 def measured(cmd):
@@ -350,63 +356,70 @@ def pipeline():
 
 def upgrade_latency():
     print("### Upgrade latency\n")
-    print("| source | publish → first response from the new version, median | min | max | runs |")
-    print("|---|---|---|---|---|")
+    print("| source | settle | publish → first response from the new version (on trial), median | min | max "
+          "| publish → `current` promoted, median | min | max | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     v1 = open(os.path.join(BINS, "hello-1.0.0"), "rb").read()
     v2 = open(os.path.join(BINS, "hello-2.0.0"), "rb").read()
-    # File fetcher: inotify wakes the loop; the interval is only a fallback.
-    d = tempfile.mkdtemp(prefix="baton-bench-up-")
-    os.mkdir(os.path.join(d, "dist"))
-    publish_file(os.path.join(d, "dist/hello"), v1)
-    port = release_config(d, 'source = "file"\npath = "dist/hello"\ninterval = "60s"')
-    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    file_lat = []
-    try:
-        wait_until(lambda: get(port) == "hello 1.0.0")
-        for i in range(10):
+
+    def measure(d, port, publish, runs):
+        serve, promote = [], []
+        wait_until(lambda: get(port) == "hello 1.0.0" and current_version(d) == "1.0.0", timeout=60)
+        for i in range(runs):
             want, data = ("2.0.0", v2) if i % 2 == 0 else ("1.0.0", v1)
             # The versions alternate, so the config allows downgrades.
             t0 = time.monotonic()
-            publish_file(os.path.join(d, "dist/hello"), data)
-            wait_until(lambda: get(port) == f"hello {want}", step=0.001)
-            file_lat.append((time.monotonic() - t0) * 1000)
-            # Let the release settle (10 s): until then the update loop
-            # holds back the next install, so it could roll this one back.
-            time.sleep(SETTLE)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    print(f"| file (inotify) | {statistics.median(file_lat):.0f} ms | {min(file_lat):.0f} ms | {max(file_lat):.0f} ms | {len(file_lat)} |")
-    # HTTP manifest polled every second.
-    d = tempfile.mkdtemp(prefix="baton-bench-up-")
-    www = os.path.join(d, "www")
-    os.mkdir(www)
-    server = FileServer(www)
-
-    def publish(version, data):
-        publish_file(os.path.join(www, f"hello-{version}"), data)
-        publish_file(os.path.join(www, "manifest.json"),
-                     ('{"version": "%s", "url": "hello-%s"}' % (version, version)).encode())
-    publish("1.0.0", v1)
-    port = release_config(d, f'source = "http"\nurl = "{server.url("manifest.json")}"\ninterval = "1s"')
-    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    http_lat = []
-    try:
-        wait_until(lambda: get(port) == "hello 1.0.0")
-        for i in range(5):
-            want, data = ("2.0.0", v2) if i % 2 == 0 else ("1.0.0", v1)
-            t0 = time.monotonic()
             publish(want, data)
             wait_until(lambda: get(port) == f"hello {want}", step=0.001)
-            http_lat.append((time.monotonic() - t0) * 1000)
-            time.sleep(SETTLE)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        server.stop()
-    print(f"| http manifest, interval 1 s | {statistics.median(http_lat):.0f} ms | {min(http_lat):.0f} ms | {max(http_lat):.0f} ms | {len(http_lat)} |\n")
+            serve.append((time.monotonic() - t0) * 1000)
+            # The next publish waits for this trial to end: a candidate that
+            # arrives during a trial waits for it.
+            wait_until(lambda: current_version(d) == want, timeout=60, step=0.001)
+            promote.append((time.monotonic() - t0) * 1000)
+        return serve, promote
+
+    def row(source, settle, serve, promote):
+        print(f"| {source} | {settle} | {statistics.median(serve):.0f} ms | {min(serve):.0f} ms | {max(serve):.0f} ms "
+              f"| {statistics.median(promote):.0f} ms | {min(promote):.0f} ms | {max(promote):.0f} ms | {len(serve)} |")
+
+    for settle, runs in (("0s", 10), ("10s", 5)):
+        # File fetcher: inotify wakes the loop; the interval is only a fallback.
+        d = tempfile.mkdtemp(prefix="baton-bench-up-")
+        os.mkdir(os.path.join(d, "dist"))
+        publish_file(os.path.join(d, "dist/hello"), v1)
+        port = release_config(d, 'source = "file"\npath = "dist/hello"\ninterval = "60s"', settle=settle)
+        proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            serve, promote = measure(d, port, lambda _v, data: publish_file(os.path.join(d, "dist/hello"), data), runs)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        row("file (inotify)", settle, serve, promote)
+    for settle, runs in (("0s", 5), ("10s", 5)):
+        # HTTP manifest polled every second.
+        d = tempfile.mkdtemp(prefix="baton-bench-up-")
+        www = os.path.join(d, "www")
+        os.mkdir(www)
+        server = FileServer(www)
+
+        def publish(version, data):
+            publish_file(os.path.join(www, f"hello-{version}"), data)
+            publish_file(os.path.join(www, "manifest.json"),
+                         ('{"version": "%s", "url": "hello-%s"}' % (version, version)).encode())
+        publish("1.0.0", v1)
+        port = release_config(d, f'source = "http"\nurl = "{server.url("manifest.json")}"\ninterval = "1s"',
+                              settle=settle)
+        proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            serve, promote = measure(d, port, publish, runs)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            server.stop()
+        row("http manifest, interval 1 s", settle, serve, promote)
+    print()
 
 
 def lo_bytes():
@@ -469,12 +482,12 @@ def s3():
         s3_put(endpoint, "hello/hello", os.path.join(BINS, "hello-1.0.0"), create=True)
         fetch = (f'source = "s3"\nbucket = "releases"\nkey = "hello/hello"\nregion = "us-east-1"\n'
                  f'endpoint_url = "{endpoint}"\nforce_path_style = true\ninterval = "1s"')
-        port_b = release_config(d, fetch)
+        port_b = release_config(d, fetch, settle="0s")
         proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         lat = []
         try:
-            wait_until(lambda: get(port_b) == "hello 1.0.0", timeout=30)
+            wait_until(lambda: get(port_b) == "hello 1.0.0" and current_version(d) == "1.0.0", timeout=30)
             time.sleep(2)
             b0 = lo_bytes()
             time.sleep(10)
@@ -485,7 +498,7 @@ def s3():
                 s3_put(endpoint, "hello/hello", os.path.join(BINS, f"hello-{want}"))
                 wait_until(lambda: get(port_b) == f"hello {want}", step=0.001)
                 lat.append((time.monotonic() - t0) * 1000)
-                time.sleep(SETTLE)
+                wait_until(lambda: current_version(d) == want)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
@@ -508,7 +521,7 @@ def s3():
     print("| measure | value |")
     print("|---|---|")
     print(f"| unchanged poll (1 s interval): loopback bytes per poll, both directions with TCP/IP headers | {per_poll:.0f} |")
-    print(f"| publish → new version serving at a 1 s interval, median of {len(lat)} | {statistics.median(lat):.0f} ms (min {min(lat):.0f}, max {max(lat):.0f}) |")
+    print(f"| publish → new version serving at a 1 s interval (settle 0s), median of {len(lat)} | {statistics.median(lat):.0f} ms (min {min(lat):.0f}, max {max(lat):.0f}) |")
     print(f"| `baton check` of a 256 MiB object: wall, peak RSS | {float(wall):.2f} s, {int(peak) / 1024:.1f} MiB |\n")
 
 

@@ -801,11 +801,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             }
             Source::Http {
                 url,
-                headers: f
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k, Secret(v)))
-                    .collect(),
+                headers: f.headers.into_iter().map(|(k, v)| (k, Secret(v))).collect(),
                 allow_http,
                 checksum_url: f.checksum_url.unwrap_or(false),
                 max_redirects: f.max_redirects.unwrap_or(5),
@@ -1075,7 +1071,7 @@ allow_downgrade = true
 
     #[test]
     fn left_out_sources_are_named() {
-        let base = "[program]\ncommand = \"x/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
+        let base = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
         for (source, keys, feature) in [
             (
                 "github",
@@ -1098,6 +1094,29 @@ allow_downgrade = true
     }
 
     #[test]
+    fn releases_need_a_command_through_current() {
+        let text = |command: &str, settle: &str| {
+            format!(
+                "[program]\ncommand = \"{command}\"\nlisten = [\"127.0.0.1:1\"]\n\
+                 [releases]\nbinary = \"y\"\n{settle}"
+            )
+        };
+        let err = parse(&text("bin/y", "")).unwrap_err().to_string();
+        assert!(
+            err.contains("program.command") && err.contains("/current/"),
+            "{err}"
+        );
+        let config = parse(&text("releases/current/y", "settle = \"0s\"")).unwrap();
+        assert_eq!(config.releases.unwrap().settle, Duration::ZERO);
+        let config = parse(&text("releases/current/y", "")).unwrap();
+        assert_eq!(config.releases.unwrap().settle, Duration::from_secs(10));
+        let err = parse(&text("releases/current/y", "settle = \"soon\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("releases.settle"), "{err}");
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let base = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
         let github = parse(&format!(
@@ -1108,7 +1127,10 @@ allow_downgrade = true
         ))
         .unwrap();
         let shown = format!("{http:?}");
-        assert!(shown.contains("Authorization") && shown.contains("<redacted>"), "{shown}");
+        assert!(
+            shown.contains("Authorization") && shown.contains("<redacted>"),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter2"), "{shown}");
         if cfg!(feature = "github") {
             let shown = format!("{:?}", github.unwrap());

@@ -80,9 +80,18 @@ pub struct ChildEnv {
 
 impl ChildEnv {
     /// The environment for children of a master running `program` with
-    /// `fetch`, from this process's environment.
+    /// `fetch`, from this process's environment. Logs the credentials it
+    /// withholds.
     pub fn new(program: &Program, fetch: Option<&Fetch>) -> ChildEnv {
-        ChildEnv::from_vars(std::env::vars_os(), program, fetch)
+        let env = ChildEnv::from_vars(std::env::vars_os(), program, fetch);
+        if !env.withheld.is_empty() {
+            tracing::info!(
+                "workers and probes do not get the fetch credentials {}; \
+                 list them in program.pass_env to pass them on",
+                env.withheld.join(", ")
+            );
+        }
+        env
     }
 
     /// As [`ChildEnv::new`], from the given master environment.
@@ -182,6 +191,8 @@ pub(crate) fn describe_exit(status: &ExitStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    // Some cases need the github or s3 source.
+    #![cfg_attr(not(all(feature = "github", feature = "s3")), allow(dead_code))]
     use super::*;
     use crate::config::Config;
     use std::path::Path;
@@ -205,7 +216,8 @@ mod tests {
         vars.iter().map(|(k, _)| k.as_str()).collect()
     }
 
-    const PROGRAM: &str = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n";
+    const PROGRAM: &str =
+        "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n";
     const GITHUB: &str =
         "[releases]\nbinary = \"y\"\n[fetch]\nsource = \"github\"\nrepo = \"a/b\"\nasset = \"x\"\n";
     const S3: &str =
@@ -217,6 +229,7 @@ mod tests {
     ];
 
     #[test]
+    #[cfg(feature = "github")]
     fn the_token_is_withheld() {
         let vars = env(
             &format!("{PROGRAM}{GITHUB}"),
@@ -230,23 +243,32 @@ mod tests {
         assert_eq!(names(&vars), ["GITHUB_TOKEN"]);
     }
 
+    const PASS: &str = "[program]\npass_env = [\"GITHUB_TOKEN\", \"AWS_ACCESS_KEY_ID\"]\n";
+
     #[test]
-    fn pass_env_lets_a_credential_through() {
-        let config = PROGRAM.replace(
-            "[program]\n",
-            "[program]\npass_env = [\"GITHUB_TOKEN\", \"AWS_ACCESS_KEY_ID\"]\n",
-        );
+    #[cfg(feature = "github")]
+    fn pass_env_lets_the_token_through() {
+        let config = PROGRAM.replace("[program]\n", PASS);
         let vars = env(&format!("{config}{GITHUB}"), &[("GITHUB_TOKEN", "ghp_x")]);
         assert_eq!(vars, [("GITHUB_TOKEN".to_owned(), "ghp_x".to_owned())]);
+    }
+
+    #[test]
+    #[cfg(feature = "s3")]
+    fn pass_env_lets_an_aws_key_through() {
+        let config = PROGRAM.replace("[program]\n", PASS);
         let vars = env(&format!("{config}{S3}"), &AWS);
         assert_eq!(names(&vars), ["AWS_ACCESS_KEY_ID"]);
     }
 
     #[test]
+    #[cfg(feature = "s3")]
     fn aws_keys_are_withheld_only_with_the_s3_source() {
         assert!(env(&format!("{PROGRAM}{S3}"), &AWS).is_empty());
         assert_eq!(env(PROGRAM, &AWS).len(), 3);
-        assert_eq!(env(&format!("{PROGRAM}{GITHUB}"), &AWS).len(), 3);
+        if cfg!(feature = "github") {
+            assert_eq!(env(&format!("{PROGRAM}{GITHUB}"), &AWS).len(), 3);
+        }
     }
 
     #[test]
@@ -272,13 +294,16 @@ mod tests {
 
     #[test]
     fn debug_shows_names_not_values() {
-        let config = Config::parse(&format!("{PROGRAM}{GITHUB}"), Path::new("/srv")).unwrap();
+        let config = Config::parse(PROGRAM, Path::new("/srv")).unwrap();
         let child = ChildEnv::from_vars(
             [("API_KEY".into(), "hunter2".into())],
             &config.program,
             config.fetch.as_ref(),
         );
         let shown = format!("{child:?}");
-        assert!(shown.contains("API_KEY") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("API_KEY") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

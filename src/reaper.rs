@@ -101,7 +101,7 @@ pub(crate) fn start() -> Reaper {
         loop {
             if reap_orphans() {
                 tokio::select! {
-                    _ = sigchld.recv() => {}
+                    Some(()) = sigchld.recv() => {}
                     _ = tokio::time::sleep(RETRY) => {}
                 }
             } else if sigchld.recv().await.is_none() {

@@ -20,11 +20,11 @@ use tokio::time::sleep_until;
 use std::sync::Arc;
 
 use crate::config::{Config, Program, Ready};
+use crate::protocol::{describe_exit, ChildEnv};
 use crate::release::{Meta, Pipeline, Store};
 use notify::{NotifyServer, Supervisor};
 use rollout::{Rollout, Verdict};
 use store_io::{Done, Job, StoreIo};
-use crate::protocol::{describe_exit, ChildEnv};
 use worker::{Exit, State, Worker};
 
 use crate::sockets::Sockets;
@@ -173,7 +173,11 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     let updater = match (&store, fetch) {
         (Some((store, _)), Some(fetch)) => {
             let fetcher = crate::fetchers::from_config(&fetch, &verify).map_err(Error::Fetcher)?;
-            let pipeline = Arc::new(Pipeline::new(store.clone(), verify.clone(), child_env.clone()));
+            let pipeline = Arc::new(Pipeline::new(
+                store.clone(),
+                verify.clone(),
+                child_env.clone(),
+            ));
             Some(tokio::spawn(update::supervise(
                 fetch,
                 verify,
@@ -284,7 +288,10 @@ fn open_store(
     }
     if let Some(trial) = store.trial() {
         if store.current().is_some_and(|c| c.id == trial.id) {
-            tracing::info!("release {} had been promoted when the master stopped", trial.id);
+            tracing::info!(
+                "release {} had been promoted when the master stopped",
+                trial.id
+            );
         } else {
             tracing::error!(
                 "release {} was on trial when the master stopped; counting its trial as \
@@ -435,8 +442,8 @@ impl Master {
             .iter()
             .flat_map(|r| {
                 [
-                    ("BATON_RELEASE".to_owned(), r.id.clone()),
-                    ("BATON_SHA256".to_owned(), r.sha256.clone()),
+                    (crate::protocol::BATON_RELEASE.to_owned(), r.id.clone()),
+                    (crate::protocol::BATON_SHA256.to_owned(), r.sha256.clone()),
                 ]
             })
             .collect();
@@ -627,7 +634,10 @@ impl Master {
                 self.schedule_restart();
             }
         } else {
-            if let Some(v) = self.rollout.exited(id, &format!("worker {id} exited: {how}")) {
+            if let Some(v) = self
+                .rollout
+                .exited(id, &format!("worker {id} exited: {how}"))
+            {
                 self.verdict(v);
             }
             tracing::info!(worker = id, pid = worker.pid, "worker exited: {how}");
@@ -705,16 +715,16 @@ impl Master {
                 self.store_job(Job::Promote(release));
             }
             Verdict::Fail { release, why } => {
-                let back = self
-                    .store
-                    .as_ref()
-                    .and_then(Store::current)
-                    .map_or_else(|| "no release (none has proved itself yet)".to_owned(), |c| format!("release {}", c.id));
+                let back = self.store.as_ref().and_then(Store::current).map_or_else(
+                    || "no release (none has proved itself yet)".to_owned(),
+                    |c| format!("release {}", c.id),
+                );
                 tracing::error!(
                     "release {} failed its trial: {why}; going back to {back}",
                     release.id
                 );
-                self.status.last_failure = Some(format!("release {} failed its trial: {why}", release.id));
+                self.status.last_failure =
+                    Some(format!("release {} failed its trial: {why}", release.id));
                 self.supervisor
                     .status(&format!("release {} failed its trial", release.id));
                 self.store_job(Job::Fail(release));
@@ -838,7 +848,10 @@ impl Master {
     /// `on_store`) start its worker.
     fn on_installed(&mut self, new: update::Installed) {
         if self.stopping.is_some() {
-            tracing::info!("release {} installed while stopping; not tried", new.release.id);
+            tracing::info!(
+                "release {} installed while stopping; not tried",
+                new.release.id
+            );
             return;
         }
         match self.rollout.begin(new.release.clone()) {

@@ -74,7 +74,9 @@ impl Rollout {
 
     /// Whether `worker` is the one the trial watches.
     pub(crate) fn watches(&self, worker: u64) -> bool {
-        self.trial.as_ref().is_some_and(|t| t.worker == Some(worker))
+        self.trial
+            .as_ref()
+            .is_some_and(|t| t.worker == Some(worker))
     }
 
     /// A worker for the release on trial was started: it is the one
@@ -167,7 +169,10 @@ mod tests {
         let mut r = Rollout::new(Duration::ZERO);
         r.begin(meta("b")).unwrap();
         r.started(1);
-        assert_eq!(r.ready(1, Instant::now()), Some(Verdict::Promote(meta("b"))));
+        assert_eq!(
+            r.ready(1, Instant::now()),
+            Some(Verdict::Promote(meta("b")))
+        );
     }
 
     #[test]

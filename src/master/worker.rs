@@ -109,7 +109,11 @@ impl Worker {
             .vars()
             .iter()
             .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
-            .chain(extra_env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
+            .chain(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (OsStr::new(k), OsStr::new(v))),
+            )
             .chain(protocol.iter().map(|&(k, v)| (OsStr::new(k), v)));
         let argv = std::iter::once(command.as_os_str()).chain(program.args.iter().map(OsStr::new));
         let plan = ExecPlan::new(
@@ -129,9 +133,10 @@ impl Worker {
         plan.attach(&mut cmd);
         // Created before the child exists, so its exit cannot go unnoticed.
         let mut sigchld = signal(SignalKind::child())?;
-        let (mut child, own) = reaper::spawn_own(|| cmd.spawn(), |c| Some(c.id())).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display()))
-        })?;
+        let (mut child, own) =
+            reaper::spawn_own(|| cmd.spawn(), |c| Some(c.id())).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display()))
+            })?;
         let pid = child.id();
         let raw = Pid::from_raw(pid as i32);
 
@@ -183,11 +188,13 @@ impl Worker {
                     }
                 }
                 tokio::select! {
-                    _ = sigchld.recv() => {}
+                    Some(()) = sigchld.recv() => {}
                     Some((sig, group)) = requests.recv() => {
                         let target = if group { -(pid as i32) } else { pid as i32 };
                         let _ = kill(Pid::from_raw(target), sig);
                     }
+                    // The runtime is shutting down with the master.
+                    else => return,
                 }
             };
             if exited {

@@ -368,7 +368,10 @@ impl Store {
             sha256: meta.sha256.clone(),
             started_at: now(),
         };
-        self.write_atomic(TRIAL, &serde_json::to_vec_pretty(&record).expect("serializable"))
+        self.write_atomic(
+            TRIAL,
+            &serde_json::to_vec_pretty(&record).expect("serializable"),
+        )
     }
 
     /// The unfinished trial recorded on disk, if any.

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Verify;
-use crate::protocol::ChildEnv;
 use crate::fetchers::{Candidate, Info};
+use crate::protocol::ChildEnv;
 pub use install::{Lock, Meta, Store, TrialRecord};
 
 /// Why a candidate was not installed.
@@ -345,9 +345,7 @@ impl Pipeline {
         }
         let reported = probe::run(&binary, &v.probe, v.probe_timeout, &self.child_env).await?;
         let running_version = match &current {
-            Some(c) if c.version.is_none() && !v.allow_downgrade => {
-                self.probe_running(c).await
-            }
+            Some(c) if c.version.is_none() && !v.allow_downgrade => self.probe_running(c).await,
             Some(c) => c.version.clone(),
             None => None,
         };
@@ -391,15 +389,15 @@ impl Pipeline {
             self.verify.probe_timeout,
             &self.child_env,
         )
-            .await
-            .map_err(|e| {
-                tracing::warn!(
-                    "cannot probe the running release {} for its version: {}",
-                    current.id,
-                    crate::display_chain(&e)
-                )
-            })
-            .ok()?;
+        .await
+        .map_err(|e| {
+            tracing::warn!(
+                "cannot probe the running release {} for its version: {}",
+                current.id,
+                crate::display_chain(&e)
+            )
+        })
+        .ok()?;
         verify::probe_version(&line).map(|v| v.to_string())
     }
 }

@@ -110,7 +110,9 @@ async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
 async fn exit_unreaped(pid: i32, sigchld: &mut Signal) -> std::io::Result<()> {
     while !crate::sys::has_exited(Pid::from_raw(pid))? {
         if sigchld.recv().await.is_none() {
-            return Err(std::io::Error::other("the runtime stopped watching SIGCHLD"));
+            return Err(std::io::Error::other(
+                "the runtime stopped watching SIGCHLD",
+            ));
         }
     }
     Ok(())

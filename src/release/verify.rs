@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn versions_order() {
         let v = |s: &str| Some(semver::Version::parse(s).unwrap());
-        assert_eq!(decide(None, "1.10.0", running(Some("1.2.0")), false, None).unwrap(), v("1.10.0"));
+        assert_eq!(
+            decide(None, "1.10.0", running(Some("1.2.0")), false, None).unwrap(),
+            v("1.10.0")
+        );
         assert!(matches!(
             decide(None, "v1.0.0", running(Some("2.0.0")), false, None),
             Err(Error::Downgrade { .. })
@@ -207,8 +210,17 @@ mod tests {
 
     #[test]
     fn probe_names_its_version_in_three_forms() {
-        for line in ["1.2.3", "v1.2.3", "myapp 1.2.3", "myapp v1.2.3 (built today)"] {
-            assert_eq!(probe_version(line), semver::Version::parse("1.2.3").ok(), "{line}");
+        for line in [
+            "1.2.3",
+            "v1.2.3",
+            "myapp 1.2.3",
+            "myapp v1.2.3 (built today)",
+        ] {
+            assert_eq!(
+                probe_version(line),
+                semver::Version::parse("1.2.3").ok(),
+                "{line}"
+            );
         }
         assert_eq!(probe_version("myapp"), None);
     }
@@ -217,19 +229,38 @@ mod tests {
     fn stated_version_must_equal_the_probed_one() {
         // A substring is not equality: "1.0" is in "hello 1.0.0".
         assert!(matches!(
-            decide(Some("1.0"), "hello 1.0.0", running(Some("2.0.0")), false, None),
+            decide(
+                Some("1.0"),
+                "hello 1.0.0",
+                running(Some("2.0.0")),
+                false,
+                None
+            ),
             Err(Error::VersionUnknown { .. })
         ));
         // An old build relabelled as newer.
         assert!(matches!(
-            decide(Some("3.0.0"), "hello 1.0.0", running(Some("2.0.0")), false, None),
+            decide(
+                Some("3.0.0"),
+                "hello 1.0.0",
+                running(Some("2.0.0")),
+                false,
+                None
+            ),
             Err(Error::ProbeVersion { .. })
         ));
         assert!(matches!(
             decide(Some("2.1.0"), "hello", running(Some("2.0.0")), true, None),
             Err(Error::ProbeVersion { .. })
         ));
-        assert!(decide(Some("v2.1.0"), "hello 2.1.0", running(Some("2.0.0")), false, None).is_ok());
+        assert!(decide(
+            Some("v2.1.0"),
+            "hello 2.1.0",
+            running(Some("2.0.0")),
+            false,
+            None
+        )
+        .is_ok());
     }
 
     #[test]
@@ -243,7 +274,10 @@ mod tests {
             Err(Error::VersionUnknown { .. })
         ));
         // Opted out: recorded as found.
-        assert_eq!(decide(None, "hello", running(None), true, None).unwrap(), None);
+        assert_eq!(
+            decide(None, "hello", running(None), true, None).unwrap(),
+            None
+        );
     }
 
     #[test]

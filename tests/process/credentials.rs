@@ -34,7 +34,12 @@ fn serving(program_extra: &str) -> (FakeGithub, Baton, PathBuf) {
         std::env::consts::OS,
         std::env::consts::ARCH
     );
-    gh.release("v1.0.0", false, false, &[(&asset, candidate(&probe_env), true)]);
+    gh.release(
+        "v1.0.0",
+        false,
+        false,
+        &[(&asset, candidate(&probe_env), true)],
+    );
     let config = format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n{program_extra}\n\
          [releases]\nbinary = \"hello\"\n[fetch]\nsource = \"github\"\nrepo = \"acme/hello\"\n\
@@ -80,7 +85,8 @@ fn workers_and_probes_do_not_get_the_fetch_token() {
     let (_gh, baton, probe) = serving("");
     for (who, env) in [("worker", worker_env(&baton)), ("probe", probe_env(&probe))] {
         assert!(
-            !env.iter().any(|v| v.starts_with("GITHUB_TOKEN=") || v.contains(TOKEN)),
+            !env.iter()
+                .any(|v| v.starts_with("GITHUB_TOKEN=") || v.contains(TOKEN)),
             "the {who} got the token: {env:?}"
         );
         assert!(

@@ -90,9 +90,11 @@ fn library_mode_replaces_its_own_executable_with_self_replace() {
     drop_in(dir.path(), "2.0.0");
     support::wait_version(addr, "2.0.0");
     let two = std::fs::read(support::hello("2.0.0")).unwrap();
-    support::wait_for("the executable to be 2.0.0", Duration::from_secs(30), || {
-        (std::fs::read(&exe).unwrap() == two).then_some(())
-    });
+    support::wait_for(
+        "the executable to be 2.0.0",
+        Duration::from_secs(30),
+        || (std::fs::read(&exe).unwrap() == two).then_some(()),
+    );
     assert!(
         master.try_wait().unwrap().is_none(),
         "the master kept its PID"

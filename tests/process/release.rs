@@ -19,7 +19,12 @@ pub(crate) fn hello_bytes(version: &str) -> Vec<u8> {
     std::fs::read(support::hello(version)).unwrap()
 }
 
-pub(crate) fn manifest(version: &str, url: &str, sha: Option<[u8; 32]>, signature: Option<&str>) -> Vec<u8> {
+pub(crate) fn manifest(
+    version: &str,
+    url: &str,
+    sha: Option<[u8; 32]>,
+    signature: Option<&str>,
+) -> Vec<u8> {
     let mut m = serde_json::json!({ "version": version, "url": url });
     if let Some(sha) = sha {
         m["sha256"] = hex::encode(sha).into();
@@ -555,9 +560,11 @@ fn new_worker_that_crashes_on_start_fails_its_trial_and_is_not_retried() {
     let bad = b"#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 3.0.0; exit 0; fi\necho 'segfault in init' >&2\nexit 139\n".to_vec();
     let sha = hex::encode(sha256(&bad));
     publish(&server, "3.0.0", "hello-3.0.0", bad.clone());
-    support::wait_for("3.0.0 to be recorded as failed", Duration::from_secs(20), || {
-        baton.failed().contains(&sha).then_some(())
-    });
+    support::wait_for(
+        "3.0.0 to be recorded as failed",
+        Duration::from_secs(20),
+        || baton.failed().contains(&sha).then_some(()),
+    );
     assert_eq!(baton.current().unwrap(), first);
     assert!(baton.log().contains("segfault in init"));
     // The same bytes under another name are skipped without a download

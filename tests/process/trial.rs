@@ -80,9 +80,11 @@ fn sha_hex(version: &str) -> String {
 fn assert_back_on_one(baton: &Baton, current: &str) {
     support::wait_version(baton.addr(), "1.0.0");
     assert_eq!(baton.current().as_deref(), Some(current));
-    support::wait_for("2.0.0 to be recorded as failed", Duration::from_secs(20), || {
-        baton.failed().contains(&sha_hex("2.0.0")).then_some(())
-    });
+    support::wait_for(
+        "2.0.0 to be recorded as failed",
+        Duration::from_secs(20),
+        || baton.failed().contains(&sha_hex("2.0.0")).then_some(()),
+    );
     support::wait_for("the trial record to go", Duration::from_secs(20), || {
         (!baton.trial_recorded()).then_some(())
     });
@@ -110,7 +112,13 @@ fn trial_runs_from_its_own_directory_and_is_promoted_after_settle() {
     );
     assert!(!baton.trial_recorded());
     assert!(baton.failed().is_empty());
-    assert!(baton.dir.path().join("releases").join(two).join("hello").exists());
+    assert!(baton
+        .dir
+        .path()
+        .join("releases")
+        .join(two)
+        .join("hello")
+        .exists());
 }
 
 #[test]
@@ -120,7 +128,11 @@ fn crash_inside_a_long_settle_goes_back_to_current() {
     publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
     assert!(baton.trial_recorded());
-    assert_eq!(baton.current().as_deref(), Some(one.as_str()), "current moved during the trial");
+    assert_eq!(
+        baton.current().as_deref(),
+        Some(one.as_str()),
+        "current moved during the trial"
+    );
     sigkill(sole_worker(&baton));
     assert_back_on_one(&baton, &one);
 }
@@ -160,7 +172,10 @@ fn kill9_while_the_trial_worker_starts_fails_the_trial_at_restart() {
     support::wait_for("the trial worker to run", Duration::from_secs(20), || {
         pidfile.exists().then_some(())
     });
-    assert!(baton.trial_recorded(), "the trial is recorded before its worker starts");
+    assert!(
+        baton.trial_recorded(),
+        "the trial is recorded before its worker starts"
+    );
     let dir = baton.kill9();
     let baton = Baton::restart(dir);
     baton.wait_ready();
@@ -226,10 +241,18 @@ fn check_install_writes_a_release_the_next_master_tries() {
     std::fs::write(dir.path().join("baton.toml"), config(&server, "300ms", "")).unwrap();
     let out = baton_check(dir.path(), true);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("installed 2.0.0-"), "{stdout}");
     let current = std::fs::read_link(dir.path().join("releases/current")).unwrap();
-    assert_eq!(current.to_string_lossy(), one, "check --install moved current");
+    assert_eq!(
+        current.to_string_lossy(),
+        one,
+        "check --install moved current"
+    );
     let baton = Baton::restart(dir);
     baton.wait_current("2.0.0-");
     support::wait_version(baton.addr(), "2.0.0");
@@ -254,24 +277,44 @@ fn dry_check_leaves_a_running_download_intact() {
     let two = hello_bytes("2.0.0");
     let sha = sha256(&two);
     // The master's download stalls after 1 MiB...
-    server.set("/hello-2.0.0", Reply::Stall(std::sync::Arc::new(two.clone()), 1 << 20));
-    server.body("/manifest.json", manifest("2.0.0", "hello-2.0.0", Some(sha), None));
+    server.set(
+        "/hello-2.0.0",
+        Reply::Stall(std::sync::Arc::new(two.clone()), 1 << 20),
+    );
+    server.body(
+        "/manifest.json",
+        manifest("2.0.0", "hello-2.0.0", Some(sha), None),
+    );
     let download = support::wait_for("a partial download", Duration::from_secs(20), || {
-        baton.leftovers().into_iter().find(|n| n.starts_with(".download-"))
+        baton
+            .leftovers()
+            .into_iter()
+            .find(|n| n.starts_with(".download-"))
     });
     let before: Vec<String> = list(&baton.dir.path().join("releases"));
     // ...while `baton check` finds the same bytes at a mirror and checks them.
     server.body("/mirror/hello-2.0.0", two);
-    server.body("/manifest.json", manifest("2.0.0", "mirror/hello-2.0.0", Some(sha), None));
+    server.body(
+        "/manifest.json",
+        manifest("2.0.0", "mirror/hello-2.0.0", Some(sha), None),
+    );
     let out = baton_check(baton.dir.path(), false);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("would install 2.0.0-"), "{stdout}");
     assert!(
         baton.leftovers().contains(&download),
         "the master's download {download} is gone"
     );
-    assert_eq!(list(&baton.dir.path().join("releases")), before, "the check wrote in releases/");
+    assert_eq!(
+        list(&baton.dir.path().join("releases")),
+        before,
+        "the check wrote in releases/"
+    );
 }
 
 fn list(dir: &Path) -> Vec<String> {
@@ -290,10 +333,15 @@ fn newer_candidate_during_a_trial_waits_for_it_to_end() {
     publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
     // 3.0.0 probes fine and then fails at start.
-    let three = b"#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 3.0.0; exit 0; fi\nexit 3\n".to_vec();
+    let three =
+        b"#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 3.0.0; exit 0; fi\nexit 3\n".to_vec();
     let sha3 = hex::encode(sha256(&three));
     publish(&server, "3.0.0", "hello-3.0.0", three);
-    baton.wait_count("waits for the trial of release 2.0.0-", 1, Duration::from_secs(20));
+    baton.wait_count(
+        "waits for the trial of release 2.0.0-",
+        1,
+        Duration::from_secs(20),
+    );
     // 2.0.0's trial ends on its own; then 3.0.0 is checked against it, tried
     // and fails, and 2.0.0 stays current.
     support::wait_for("3.0.0 to fail its trial", Duration::from_secs(30), || {
@@ -311,10 +359,16 @@ fn sighup_during_a_trial_restarts_the_trial_worker_from_the_same_release() {
     support::wait_version(baton.addr(), "2.0.0");
     let first = sole_worker(&baton);
     baton.cycle();
-    let second = support::wait_for("the restarted trial worker", Duration::from_secs(20), || {
-        Some(sole_worker(&baton)).filter(|&p| p != first)
-    });
-    assert!(argv0(second).contains("/releases/2.0.0-"), "{}", argv0(second));
+    let second = support::wait_for(
+        "the restarted trial worker",
+        Duration::from_secs(20),
+        || Some(sole_worker(&baton)).filter(|&p| p != first),
+    );
+    assert!(
+        argv0(second).contains("/releases/2.0.0-"),
+        "{}",
+        argv0(second)
+    );
     support::wait_version(baton.addr(), "2.0.0");
     assert_eq!(baton.current(), Some(one), "still on trial");
     assert!(baton.trial_recorded());
