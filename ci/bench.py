@@ -6,6 +6,7 @@ every load run is bounded (ab by request count, wrk by duration).
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -546,10 +547,180 @@ def build_cost():
     print()
 
 
+GO_BINS = os.path.join(ROOT, "target/go-bins")
+KINDS_VENV = os.path.join(ROOT, "target/venv-workers")
+WSGI_APP = """import os
+VERSION = os.environ["HELLO_VERSION"]
+
+def app(environ, start_response):
+    body = f"hello {VERSION}\\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+ASGI_APP = """import os
+VERSION = os.environ["HELLO_VERSION"]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = f"hello {VERSION}\\n".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def build_go_workers():
+    """The Go helper's example and the plain-Shutdown contrast, two versions
+    each, into target/go-bins (as ci/test does); False without Go."""
+    if not shutil.which("go"):
+        return False
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local"}
+    os.makedirs(GO_BINS, exist_ok=True)
+    for kind in ("hello", "shutdown"):
+        for v in ("1.0.0", "2.0.0"):
+            subprocess.run(["go", "build", "-ldflags", f"-X main.version={v}", "-o",
+                            os.path.join(GO_BINS, f"{kind}-{v}"), f"./{kind}"],
+                           cwd=os.path.join(ROOT, "workers/go/example"), env=env, check=True)
+    return True
+
+
+def python_servers():
+    """gunicorn and uvicorn in their own venv (target/venv-workers); False
+    when they cannot be installed."""
+    if not os.path.exists(os.path.join(KINDS_VENV, "bin/uvicorn")):
+        subprocess.run([sys.executable, "-m", "venv", KINDS_VENV], check=True)
+        if subprocess.call([os.path.join(KINDS_VENV, "bin/pip"), "install", "--quiet", "--disable-pip-version-check",
+                            "gunicorn==23.0.0", "uvicorn==0.34.0"]) != 0:
+            return False
+    return True
+
+
+class KindBaton:
+    """baton running one kind of worker through `run.sh`, which serves the
+    version named in the file `version`; flip() writes the other version and
+    sends SIGHUP. The same interface as Baton for under_cycles."""
+
+    def __init__(self, command, ready="notify", files=()):
+        self.dir = tempfile.mkdtemp(prefix="baton-bench-kind-")
+        for name, text in files:
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        self.version = "1.0.0"
+        self.write_version()
+        run = os.path.join(self.dir, "run.sh")
+        with open(run, "w") as f:
+            f.write(f'#!/bin/sh\nv=$(cat version)\nexport HELLO_VERSION="$v"\nexec {command}\n')
+        os.chmod(run, 0o755)
+        self.port = free_port()
+        with open(os.path.join(self.dir, "baton.toml"), "w") as f:
+            f.write(f'[program]\ncommand = "./run.sh"\nlisten = ["127.0.0.1:{self.port}"]\nready = "{ready}"\n'
+                    f'ready_timeout = "30s"\ndrain_timeout = "30s"\n')
+        self.log = open(os.path.join(self.dir, "baton.log"), "w+")
+        self.proc = subprocess.Popen([BATON, "run", "--config", os.path.join(self.dir, "baton.toml")],
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_until(lambda: get(self.port) == "hello 1.0.0", timeout=30)
+
+    def write_version(self):
+        path = os.path.join(self.dir, "version")
+        with open(path + ".tmp", "w") as f:
+            f.write(self.version)
+        os.rename(path + ".tmp", path)
+
+    def flip(self):
+        self.version = "2.0.0" if self.version == "1.0.0" else "1.0.0"
+        self.write_version()
+        self.proc.send_signal(signal.SIGHUP)
+
+    def log_text(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def cycles_in_turn(b, count, gap, load):
+    """Runs `load()` while `count` cycles are signalled one after another,
+    each `gap` seconds after the previous one's new worker became ready (so
+    slow starters get as many cycles as fast ones); returns its result and
+    how many cycles completed while it ran."""
+    before = b.log_text().count("asking worker to drain")
+    done = threading.Event()
+
+    def run():
+        for i in range(count):
+            if done.wait(gap):
+                return
+            b.flip()
+            while b.log_text().count("asking worker to drain") < before + i + 1 and not done.is_set():
+                time.sleep(0.01)
+    t = threading.Thread(target=run)
+    t.start()
+    result = load()
+    during = b.log_text().count("asking worker to drain") - before
+    done.set()
+    t.join()
+    return result, during
+
+
+def worker_kinds():
+    """The same cycle load against each kind of worker: which drains lose
+    keep-alive requests."""
+    kinds = [("Rust helper (`examples/hello`, `baton::serve::http`)",
+              lambda: KindBaton(os.path.join(BINS, "hello-$v")))]
+    if build_go_workers():
+        kinds += [("Go helper (`batonworker.Serve`, `workers/go/example/hello`)",
+                   lambda: KindBaton(os.path.join(GO_BINS, "hello-$v"))),
+                  ("Go, plain `http.Server.Shutdown` (`workers/go/example/shutdown`)",
+                   lambda: KindBaton(os.path.join(GO_BINS, "shutdown-$v")))]
+    kinds.append(("Python stdlib (`fixtures/workers/hello.py`, HTTP/1.0, no keep-alive)",
+                  lambda: KindBaton(f'python3 {os.path.join(ROOT, "fixtures/workers/hello.py")} "$v"')))
+    if python_servers():
+        venv = os.path.join(KINDS_VENV, "bin")
+        kinds += [("gunicorn 23, gthread (`gunicorn app:app`: LISTEN_FDS, READY=1)",
+                   lambda: KindBaton(f"{venv}/gunicorn -w 2 -k gthread --threads 8 --keep-alive 5 app:app",
+                                     files=[("app.py", WSGI_APP)])),
+                  ("uvicorn 0.34 (`uvicorn --fd 3 app:app`, ready by delay)",
+                   lambda: KindBaton(f"{venv}/uvicorn --fd 3 --no-access-log app:app", ready="delay:1s",
+                                     files=[("app.py", ASGI_APP)]))]
+    ab_cmd = ["-k", "-r", "-c", "50", "-n", "20000"]
+    results = []
+    for label, start in kinds:
+        ab_failed, ab_complete, ab_cycles, wrk_errors, wrk_total, wrk_cycles = [], [], [], [], [], []
+        for _ in range(RUNS):
+            b = start()
+            try:
+                r, c = cycles_in_turn(b, 5, 0.05, lambda: ab(ab_cmd, b.port))
+                w, cw = cycles_in_turn(b, 5, 0.5, lambda: wrk(b.port, 10))
+            finally:
+                b.stop()
+            ab_failed.append(r["failed"] if r["failed"] is not None else r["complete"])
+            ab_complete.append(r["complete"])
+            ab_cycles.append(c)
+            wrk_errors.append(sum(w["socket_errors"]) + w["non2xx"])
+            wrk_total.append(w["total"])
+            wrk_cycles.append(cw)
+        results.append((label, ab_failed, ab_complete, ab_cycles, wrk_errors, wrk_total, wrk_cycles))
+    print("### Worker kinds under the same cycles\n")
+    print(f"`ab {' '.join(ab_cmd)}` while 5 cycles run one after another (each signalled 50 ms after the previous "
+          f"new worker was ready), then `wrk -t2 -c100 -d10s` under 5 "
+          f"more cycles 0.5 s apart in the same way; median of {RUNS} runs, [min–max]; cycles that completed during "
+          f"the load in brackets. `python3 ci/bench.py kinds`.\n")
+    print("| worker | `ab -k`: failed of 20 000 [cycles] | `wrk`: errors (socket + non-2xx) / requests [cycles] |")
+    print("|---|---|---|")
+    for label, af, ac, acy, we, wt, wcy in results:
+        print(f"| {label} | {statistics.median(af):.0f} [{min(af)}–{max(af)}] [{statistics.median(acy):.0f}] | "
+              f"{statistics.median(we):.0f} [{min(we)}–{max(we)}] / {statistics.median(wt):.0f} "
+              f"[{statistics.median(wcy):.0f}] |")
+    print()
+
+
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
-                "build": build_cost}
+                "build": build_cost, "kinds": worker_kinds}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `GET /` answers `hello <version>`; `GET /?sleep=<ms>` answers after that
-//! delay; `GET /stream?ms=<ms>` streams its answer over that long.
+//! delay; `GET /stream?ms=<ms>` streams its answer over that long;
+//! `GET /healthz` answers 200, or 503 while a file `unhealthy-<version>`
+//! exists in the working directory (for health-gated trials).
 
 use std::time::Duration;
 
@@ -37,6 +39,15 @@ async fn hello(Query(params): Query<Params>) -> String {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     format!("hello {VERSION}\n")
+}
+
+/// `GET /healthz`: 503 while `unhealthy-<version>` exists, else 200.
+async fn healthz() -> (axum::http::StatusCode, &'static str) {
+    if std::path::Path::new(&format!("unhealthy-{VERSION}")).exists() {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    } else {
+        (axum::http::StatusCode::OK, "ok\n")
+    }
 }
 
 /// `GET /stream?ms=<ms>`: the answer in ten chunks spread over `ms`.
@@ -96,7 +107,8 @@ fn main() -> std::process::ExitCode {
         let listener = worker.tcp(0)?;
         let app = Router::new()
             .route("/", get(hello))
-            .route("/stream", get(stream));
+            .route("/stream", get(stream))
+            .route("/healthz", get(healthz));
         worker.ready()?;
         baton::serve::http(listener, app, worker.shutdown()).await
     });

@@ -80,6 +80,78 @@ pub struct Releases {
     /// How long a new release's worker must stay ready, with no unexpected
     /// exit, before `current` is swapped to it (`"0s"`: at ready).
     pub settle: Duration,
+    /// A health check the worker of a release on trial must pass.
+    pub health: Option<Health>,
+}
+
+/// A release's health check: `[releases] health` and its `health_*` keys.
+/// During a trial it runs from the moment the trial worker serves alone
+/// until `settle` ends; `failures` failures in a row fail the trial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// What is checked.
+    pub check: HealthCheck,
+    /// Time between checks (`health_interval`, default 1 s).
+    pub interval: Duration,
+    /// How long one check may take (`health_timeout`, default 2 s).
+    pub timeout: Duration,
+    /// Consecutive failures that end a trial (`health_failures`, default 3).
+    pub failures: u32,
+    /// Also check after promotion, reporting only (`health_after`).
+    pub after: bool,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// `http:/path` or `http:NAME:/path`: `GET path` on the first TCP socket
+    /// (or the one named) answers 2xx.
+    Http {
+        /// The `listen` name of the socket, when given.
+        socket: Option<String>,
+        /// The request path.
+        path: String,
+    },
+    /// `exec:CMD ARGS…`: the command exits 0.
+    Exec {
+        /// The executable (a path relative to the config file, or a name
+        /// looked up in `PATH`).
+        command: PathBuf,
+        /// Its arguments (split on whitespace).
+        args: Vec<String>,
+    },
+}
+
+impl HealthCheck {
+    fn parse(text: &str, base: &Path) -> Result<HealthCheck, String> {
+        if let Some(rest) = text.strip_prefix("http:") {
+            let (socket, path) = match rest.split_once(":/") {
+                Some((name, path)) if !name.is_empty() && !name.contains('/') => {
+                    (Some(name.to_owned()), format!("/{path}"))
+                }
+                _ => (None, rest.to_owned()),
+            };
+            if !path.starts_with('/') {
+                return Err("expected http:/PATH or http:NAME:/PATH".to_owned());
+            }
+            Ok(HealthCheck::Http { socket, path })
+        } else if let Some(rest) = text.strip_prefix("exec:") {
+            let mut words = rest.split_whitespace();
+            let command = words
+                .next()
+                .ok_or_else(|| "exec: needs a command".to_owned())?;
+            Ok(HealthCheck::Exec {
+                command: if command.contains('/') {
+                    base.join(command)
+                } else {
+                    PathBuf::from(command)
+                },
+                args: words.map(str::to_owned).collect(),
+            })
+        } else {
+            Err("expected \"http:/PATH\", \"http:NAME:/PATH\" or \"exec:CMD ARGS…\"".to_owned())
+        }
+    }
 }
 
 /// The fetcher and its schedule.
@@ -459,6 +531,11 @@ struct RawReleases {
     binary: String,
     keep: Option<usize>,
     settle: Option<String>,
+    health: Option<String>,
+    health_interval: Option<String>,
+    health_timeout: Option<String>,
+    health_failures: Option<u32>,
+    health_after: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -642,7 +719,10 @@ impl Config {
                 .parse()
                 .map_err(|reason| Error::invalid("program.stop_signal", sig, reason))?;
         }
-        let releases = raw.releases.map(|r| parse_releases(r, base)).transpose()?;
+        let releases = raw
+            .releases
+            .map(|r| parse_releases(r, base, &program))
+            .transpose()?;
         if let Some(r) = &releases {
             if !program.command.starts_with(r.dir.join("current")) {
                 return Err(Error::invalid(
@@ -707,7 +787,69 @@ fn duration(key: &str, value: &Option<String>, default: Duration) -> Result<Dura
     }
 }
 
-fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
+fn parse_health(r: &RawReleases, base: &Path, program: &Program) -> Result<Option<Health>, Error> {
+    let Some(text) = &r.health else {
+        for (key, set) in [
+            ("health_interval", r.health_interval.is_some()),
+            ("health_timeout", r.health_timeout.is_some()),
+            ("health_failures", r.health_failures.is_some()),
+            ("health_after", r.health_after.is_some()),
+        ] {
+            if set {
+                return Err(Error::invalid(
+                    &format!("releases.{key}"),
+                    "…",
+                    "only applies with releases.health",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let check = HealthCheck::parse(text, base)
+        .map_err(|reason| Error::invalid("releases.health", text, reason))?;
+    if let HealthCheck::Http { socket, .. } = &check {
+        let tcp = |l: &&Listen| matches!(l.addr, ListenAddr::Tcp(_));
+        let found = match socket {
+            Some(name) => program.listen.iter().filter(tcp).any(|l| l.name == *name),
+            None => program.listen.iter().any(|l| tcp(&l)),
+        };
+        if !found {
+            return Err(Error::invalid(
+                "releases.health",
+                text,
+                match socket {
+                    Some(name) => format!("program.listen has no TCP address named {name:?}"),
+                    None => "http health checks need a TCP address in program.listen".to_owned(),
+                },
+            ));
+        }
+    }
+    let failures = r.health_failures.unwrap_or(3);
+    if failures == 0 {
+        return Err(Error::invalid(
+            "releases.health_failures",
+            0,
+            "at least 1 failure must end a trial",
+        ));
+    }
+    Ok(Some(Health {
+        check,
+        interval: duration(
+            "releases.health_interval",
+            &r.health_interval,
+            Duration::from_secs(1),
+        )?,
+        timeout: duration(
+            "releases.health_timeout",
+            &r.health_timeout,
+            Duration::from_secs(2),
+        )?,
+        failures,
+        after: r.health_after.unwrap_or(false),
+    }))
+}
+
+fn parse_releases(r: RawReleases, base: &Path, program: &Program) -> Result<Releases, Error> {
     if r.binary.is_empty() || r.binary.contains('/') || r.binary == "." || r.binary == ".." {
         return Err(Error::invalid(
             "releases.binary",
@@ -728,11 +870,29 @@ fn parse_releases(r: RawReleases, base: &Path) -> Result<Releases, Error> {
             .map_err(|reason| Error::invalid("releases.settle", text, reason))?,
         None => Duration::from_secs(10),
     };
+    let health = parse_health(&r, base, program)?;
+    if let Some(h) = &health {
+        let needed = h.interval * h.failures;
+        if settle < needed {
+            return Err(Error::invalid(
+                "releases.settle",
+                humantime::format_duration(settle),
+                format!(
+                    "with releases.health the settle window must hold at least \
+                     health_failures ({}) checks at health_interval ({}): {} or more",
+                    h.failures,
+                    humantime::format_duration(h.interval),
+                    humantime::format_duration(needed)
+                ),
+            ));
+        }
+    }
     Ok(Releases {
         dir: base.join(r.dir.as_deref().unwrap_or("releases")),
         binary: r.binary,
         keep,
         settle,
+        health,
     })
 }
 
@@ -1090,6 +1250,61 @@ allow_downgrade = true
                     "{err}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn health_keys_are_parsed_and_checked() {
+        let text = |keys: &str| {
+            format!(
+                "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\", \"admin=127.0.0.1:2\"]\n\
+                 [releases]\nbinary = \"y\"\n{keys}"
+            )
+        };
+        let health = |keys: &str| parse(&text(keys)).map(|c| c.releases.unwrap().health);
+        let h = health("health = \"http:/healthz\"").unwrap().unwrap();
+        assert_eq!(
+            h.check,
+            HealthCheck::Http {
+                socket: None,
+                path: "/healthz".to_owned()
+            }
+        );
+        assert_eq!(
+            (h.interval, h.timeout, h.failures, h.after),
+            (Duration::from_secs(1), Duration::from_secs(2), 3, false)
+        );
+        let h = health("health = \"http:admin:/ok\"").unwrap().unwrap();
+        assert_eq!(
+            h.check,
+            HealthCheck::Http {
+                socket: Some("admin".to_owned()),
+                path: "/ok".to_owned()
+            }
+        );
+        let h = health("health = \"exec:bin/check --deep\"\nhealth_timeout = \"5s\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            h.check,
+            HealthCheck::Exec {
+                command: Path::new("/srv/app/bin/check").to_owned(),
+                args: vec!["--deep".to_owned()]
+            }
+        );
+        for (keys, key) in [
+            ("health = \"http:nope:/x\"", "releases.health"),
+            ("health = \"tcp:1\"", "releases.health"),
+            (
+                "health = \"http:/x\"\nhealth_failures = 0",
+                "releases.health_failures",
+            ),
+            ("health_interval = \"1s\"", "releases.health_interval"),
+            // 3 checks a second do not fit in 2 s.
+            ("health = \"http:/x\"\nsettle = \"2s\"", "releases.settle"),
+        ] {
+            let err = health(keys).unwrap_err().to_string();
+            assert!(err.contains(key), "{keys}: {err}");
         }
     }
 

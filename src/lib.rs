@@ -64,6 +64,7 @@
 //! - The library's server helper speaks HTTP/1.1.
 #![deny(missing_docs)]
 
+mod command;
 pub mod config;
 pub mod fetchers;
 pub mod master;

@@ -124,6 +124,14 @@ impl Sockets {
     pub(crate) fn first_tcp(&self) -> Option<SocketAddr> {
         self.held.iter().find_map(|h| h.tcp)
     }
+
+    /// The address of the TCP socket named `name`.
+    pub(crate) fn tcp_named(&self, name: &str) -> Option<SocketAddr> {
+        self.held
+            .iter()
+            .filter(|h| h.name == name)
+            .find_map(|h| h.tcp)
+    }
 }
 
 impl Drop for Sockets {

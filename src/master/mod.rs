@@ -3,6 +3,7 @@
 //! through a channel, signals through tokio's buffered signal streams (a
 //! signal is never lost; repeats of one signal while it is pending coalesce).
 
+mod health;
 mod notify;
 mod ready;
 mod rollout;
@@ -19,7 +20,7 @@ use tokio::time::sleep_until;
 
 use std::sync::Arc;
 
-use crate::config::{Config, Program, Ready};
+use crate::config::{Config, HealthCheck, Program, Ready};
 use crate::protocol::{describe_exit, ChildEnv};
 use crate::release::{Meta, Pipeline, Store};
 use notify::{NotifyServer, Supervisor};
@@ -157,6 +158,23 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
     let child_env = ChildEnv::new(&program, fetch.as_ref());
     let settle = releases.as_ref().map_or(SETTLE_DEFAULT, |r| r.settle);
+    let checker = releases
+        .as_ref()
+        .and_then(|r| r.health.clone())
+        .map(|health| health::Checker {
+            addr: match &health.check {
+                HealthCheck::Http {
+                    socket: Some(name), ..
+                } => sockets.tcp_named(name),
+                HealthCheck::Http { socket: None, .. } => sockets.first_tcp(),
+                HealthCheck::Exec { .. } => None,
+            }
+            .map(health::reachable),
+            env: child_env.vars().to_vec(),
+            workdir: program.workdir.clone(),
+            health,
+        });
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let store = match (&releases, &fetch) {
         (None, None) => None,
         (releases, _) => Some(open_store(releases.as_ref(), &program)?),
@@ -214,7 +232,11 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         status: Status::default(),
         store,
         store_io,
-        rollout: Rollout::new(settle),
+        rollout: Rollout::new(settle, checker.as_ref().map(|c| c.health.failures)),
+        checker,
+        health_tx,
+        health_task: None,
+        health_failed: 0,
         trial_done: None,
         promoting: None,
         waiting_for_release,
@@ -242,12 +264,14 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
             Some(id) = ready_rx.recv() => m.on_ready(id, "its health check answered"),
             Some(new) = installed.recv() => m.on_installed(new),
             Some(done) = recv_opt(&mut store_done) => m.on_store(done),
+            Some(report) = health_rx.recv() => m.on_health(report),
             msg = notify.recv() => match msg {
                 Ok(msg) => m.on_notify(msg),
                 Err(e) => tracing::warn!("cannot read the notify socket: {e}"),
             },
             _ = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => m.on_timer(),
         }
+        m.update_health();
         if let Some(how) = m.stopping {
             if m.workers.is_empty() {
                 tracing::info!("all workers have exited; master exiting");
@@ -369,6 +393,13 @@ struct Master {
     trial_done: Option<tokio::sync::oneshot::Sender<()>>,
     /// A release that passed its trial, until `current` names it.
     promoting: Option<Meta>,
+    /// The release health check, when configured.
+    checker: Option<health::Checker>,
+    health_tx: mpsc::UnboundedSender<health::Report>,
+    /// The running check: (worker id, task).
+    health_task: Option<(u64, tokio::task::JoinHandle<()>)>,
+    /// Checks of a promoted release failed in a row (reported only).
+    health_failed: u32,
     /// No release is installed yet: the first worker waits for one.
     waiting_for_release: bool,
 }
@@ -753,6 +784,99 @@ impl Master {
             None => {
                 self.waiting_for_release = true;
                 tracing::warn!("no release has proved itself yet; waiting for the next one");
+            }
+        }
+    }
+
+    /// Runs the health check on the worker that should be checked now, and
+    /// on no other: the trial's worker once it serves alone (the old one has
+    /// drained), or with `health_after` a promoted release's worker when it
+    /// serves alone.
+    fn update_health(&mut self) {
+        let Some(checker) = &self.checker else { return };
+        let target = self.active.filter(|id| {
+            let alone = self.workers.len() == 1
+                && self
+                    .workers
+                    .get(id)
+                    .is_some_and(|w| matches!(w.state, State::Serving { .. }));
+            let wanted = self.rollout.watches(*id)
+                || (checker.health.after && self.rollout.on_trial().is_none());
+            alone && wanted && self.stopping.is_none()
+        });
+        if self.health_task.as_ref().map(|(w, _)| *w) == target {
+            return;
+        }
+        if let Some((_, task)) = self.health_task.take() {
+            task.abort();
+        }
+        let Some(id) = target else { return };
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        let release = self.releases_of.get(&id).map(|r| {
+            let version = self
+                .store
+                .as_ref()
+                .and_then(|s| s.release(r))
+                .and_then(|m| m.version);
+            (r.clone(), version)
+        });
+        let target = health::Target {
+            worker: id,
+            pid: worker.pid,
+            release,
+        };
+        self.health_failed = 0;
+        let task = health::spawn(checker.clone(), target, self.health_tx.clone());
+        self.health_task = Some((id, task));
+    }
+
+    /// A health check ended: during a trial the policy decides; after
+    /// promotion it is only reported.
+    fn on_health(&mut self, (worker, result): health::Report) {
+        if self.rollout.watches(worker) {
+            if let Err(why) = &result {
+                tracing::warn!(worker, "health check of the release on trial failed: {why}");
+            }
+            if let Some(v) = self.rollout.health(worker, result, Instant::now()) {
+                self.verdict(v);
+            }
+            return;
+        }
+        if self.health_task.as_ref().map(|(w, _)| *w) != Some(worker) {
+            return;
+        }
+        let limit = self.checker.as_ref().map_or(1, |c| c.health.failures);
+        let release = self
+            .releases_of
+            .get(&worker)
+            .cloned()
+            .unwrap_or_else(|| "the program".to_owned());
+        match result {
+            Ok(()) => {
+                if self.health_failed >= limit {
+                    tracing::info!(worker, "release {release} is healthy again");
+                    self.supervisor
+                        .status(&format!("serving release {release}"));
+                }
+                self.health_failed = 0;
+            }
+            Err(why) => {
+                self.health_failed += 1;
+                if self.health_failed == 1 {
+                    tracing::warn!(worker, "health check of release {release} failed: {why}");
+                }
+                if self.health_failed == limit {
+                    let report = format!(
+                        "release {release} is unhealthy: its health check failed {limit} times \
+                         in a row, last: {why}; it was promoted, so baton keeps it serving"
+                    );
+                    tracing::error!(worker, "{report}");
+                    self.supervisor
+                        .status(&format!("release {release} is unhealthy"));
+                    self.status.last_failure = Some(report);
+                }
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The rollout policy, apart from process supervision: a release on trial
 //! is promoted once its worker has been ready for `settle` with no
 //! unexpected exit; any exit before that, a failed start or a missed ready
-//! deadline fails it. Plain state fed with events and the current
-//! `Instant`; it returns verdicts and the master does the I/O.
+//! deadline fails it. With a health check, `failures` failed checks in a
+//! row fail it too, and promotion waits for the last check to have passed.
+//! Plain state fed with events and the current `Instant`; it returns
+//! verdicts and the master does the I/O.
 
 use std::time::{Duration, Instant};
 
@@ -30,20 +32,28 @@ struct Trial {
     worker: Option<u64>,
     /// When that worker became ready.
     ready_since: Option<Instant>,
+    /// Health checks failed in a row.
+    failed_checks: u32,
+    /// Whether the last health check passed.
+    healthy: bool,
 }
 
 /// The rollout policy's state: at most one trial at a time.
 #[derive(Debug)]
 pub(crate) struct Rollout {
     settle: Duration,
+    /// With a health check: how many failures in a row fail a trial.
+    health_failures: Option<u32>,
     trial: Option<Trial>,
 }
 
 impl Rollout {
-    /// No trial; trials settle for `settle`.
-    pub(crate) fn new(settle: Duration) -> Rollout {
+    /// No trial; trials settle for `settle`, and with `health_failures`
+    /// are gated on a health check.
+    pub(crate) fn new(settle: Duration, health_failures: Option<u32>) -> Rollout {
         Rollout {
             settle,
+            health_failures,
             trial: None,
         }
     }
@@ -63,6 +73,8 @@ impl Rollout {
             release,
             worker: None,
             ready_since: None,
+            failed_checks: 0,
+            healthy: false,
         });
         Ok(())
     }
@@ -86,6 +98,8 @@ impl Rollout {
         if let Some(t) = &mut self.trial {
             t.worker = Some(worker);
             t.ready_since = None;
+            t.failed_checks = 0;
+            t.healthy = false;
         }
     }
 
@@ -115,19 +129,57 @@ impl Rollout {
         })
     }
 
-    /// Time passed: a trial ready for `settle` passes.
+    /// A health check of `worker` ended. Failures in a row fail the
+    /// trial; a pass after `settle` promotes it.
+    pub(crate) fn health(
+        &mut self,
+        worker: u64,
+        result: Result<(), String>,
+        now: Instant,
+    ) -> Option<Verdict> {
+        let limit = self.health_failures?;
+        let t = self.trial.as_mut().filter(|t| t.worker == Some(worker))?;
+        match result {
+            Ok(()) => {
+                t.failed_checks = 0;
+                t.healthy = true;
+                self.tick(now)
+            }
+            Err(why) => {
+                t.failed_checks += 1;
+                t.healthy = false;
+                if t.failed_checks < limit {
+                    return None;
+                }
+                let n = t.failed_checks;
+                self.fail(&format!(
+                    "its health check failed {n} time{} in a row, last: {why}",
+                    if n == 1 { "" } else { "s" }
+                ))
+            }
+        }
+    }
+
+    /// Time passed: a trial ready for `settle` (and healthy at its last
+    /// check, when checked) passes.
     pub(crate) fn tick(&mut self, now: Instant) -> Option<Verdict> {
-        let since = self.trial.as_ref()?.ready_since?;
-        if now.duration_since(since) < self.settle {
+        let deadline = self.deadline()?;
+        if now < deadline {
             return None;
         }
         let t = self.trial.take()?;
         Some(Verdict::Promote(t.release))
     }
 
-    /// When `tick` may next return a verdict.
+    /// When `tick` may next return a verdict: `settle` after ready; never
+    /// while a health-checked trial's last check did not pass (the next
+    /// passing check decides).
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        Some(self.trial.as_ref()?.ready_since? + self.settle)
+        let t = self.trial.as_ref()?;
+        if self.health_failures.is_some() && !t.healthy {
+            return None;
+        }
+        Some(t.ready_since? + self.settle)
     }
 }
 
@@ -151,7 +203,7 @@ mod tests {
     #[test]
     fn promoted_after_settle_not_before() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE);
+        let mut r = Rollout::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         r.started(7);
         assert_eq!(r.deadline(), None, "no clock before ready");
@@ -166,7 +218,7 @@ mod tests {
 
     #[test]
     fn zero_settle_promotes_at_ready() {
-        let mut r = Rollout::new(Duration::ZERO);
+        let mut r = Rollout::new(Duration::ZERO, None);
         r.begin(meta("b")).unwrap();
         r.started(1);
         assert_eq!(
@@ -179,7 +231,7 @@ mod tests {
     fn any_exit_of_the_watched_worker_fails_the_trial() {
         let t0 = Instant::now();
         for ready in [false, true] {
-            let mut r = Rollout::new(SETTLE);
+            let mut r = Rollout::new(SETTLE, None);
             r.begin(meta("b")).unwrap();
             r.started(3);
             if ready {
@@ -201,7 +253,7 @@ mod tests {
     #[test]
     fn a_restart_during_the_trial_restarts_the_clock() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE);
+        let mut r = Rollout::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         r.started(1);
         r.ready(1, t0);
@@ -215,8 +267,53 @@ mod tests {
     }
 
     #[test]
+    fn health_gates_promotion_and_failures_in_a_row_fail() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE, Some(3));
+        r.begin(meta("b")).unwrap();
+        r.started(1);
+        r.ready(1, t0);
+        assert_eq!(r.tick(t0 + SETTLE), None, "no passing check yet");
+        assert_eq!(r.deadline(), None);
+        // Two failures, then a pass: the streak resets.
+        for _ in 0..2 {
+            assert_eq!(r.health(1, Err("503".into()), t0), None);
+        }
+        assert_eq!(r.health(1, Ok(()), t0), None, "settle has not passed");
+        assert_eq!(r.deadline(), Some(t0 + SETTLE));
+        for _ in 0..2 {
+            assert_eq!(r.health(1, Err("503".into()), t0), None);
+        }
+        let v = r.health(1, Err("answered 503".into()), t0).unwrap();
+        match v {
+            Verdict::Fail { why, .. } => {
+                assert_eq!(
+                    why,
+                    "its health check failed 3 times in a row, last: answered 503"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pass_after_settle_promotes() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE, Some(3));
+        r.begin(meta("b")).unwrap();
+        r.started(1);
+        r.ready(1, t0);
+        assert_eq!(r.health(9, Err("other worker".into()), t0), None);
+        assert_eq!(r.health(1, Err("slow".into()), t0 + SETTLE), None);
+        assert_eq!(
+            r.health(1, Ok(()), t0 + SETTLE),
+            Some(Verdict::Promote(meta("b")))
+        );
+    }
+
+    #[test]
     fn one_trial_at_a_time() {
-        let mut r = Rollout::new(SETTLE);
+        let mut r = Rollout::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         assert_eq!(r.begin(meta("c")), Err(meta("c")));
         assert!(r.fail("stopping").is_some());

@@ -8,6 +8,7 @@ mod credentials;
 mod cycle;
 mod failure;
 mod github;
+mod health;
 mod hygiene;
 mod in_place;
 mod lifecycle;

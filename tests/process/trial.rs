@@ -13,7 +13,7 @@ use crate::support::{self, Baton};
 
 /// Installs hello `version` as the current release of `dir`, as a master
 /// would have after a promotion, so a test starts with a proven release.
-fn seed_release(dir: &Path, version: &str) -> String {
+pub(crate) fn seed_release(dir: &Path, version: &str) -> String {
     let bytes = hello_bytes(version);
     let sha = hex::encode(sha256(&bytes));
     let id = format!("{version}-{}", &sha[..8]);
