@@ -41,6 +41,8 @@ pub(crate) struct Held {
     pub describe: String,
     /// The bound TCP address, for HTTP readiness checks.
     pub tcp: Option<SocketAddr>,
+    /// The configured entry it was bound for (`None`: adopted from systemd).
+    listen: Option<Listen>,
     fd: OwnedFd,
 }
 
@@ -52,6 +54,16 @@ pub(crate) struct Sockets {
     _reserved: Vec<OwnedFd>,
     /// Unix socket files this master created, removed when it exits.
     created: Vec<PathBuf>,
+}
+
+/// What a reload changes in the socket set, for logs.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Entries bound anew, described.
+    pub added: Vec<String>,
+    /// Entries no longer configured, described; closed once the workers
+    /// that hold them have exited.
+    pub removed: Vec<String>,
 }
 
 impl Sockets {
@@ -73,8 +85,13 @@ impl Sockets {
                 (held, created)
             }
         };
-        // Keep every held descriptor above the range the worker's copies
-        // land in (3..3+n), so dup2 in the child never clobbers a source.
+        Sockets::place(held, created)
+    }
+
+    /// Moves every held descriptor above the range the worker's copies land
+    /// in (3..3+n), so dup2 in the child never clobbers a source, and fills
+    /// that range with placeholders.
+    fn place(held: Vec<Held>, created: Vec<PathBuf>) -> Result<Sockets, Error> {
         let min = sys::LISTEN_FDS_START + held.len() as RawFd;
         let held = held
             .into_iter()
@@ -89,6 +106,75 @@ impl Sockets {
             _reserved: reserved,
             created,
         })
+    }
+
+    /// Whether the sockets came from systemd (a reload keeps them as they
+    /// are).
+    pub(crate) fn adopted(&self) -> bool {
+        self.held.iter().any(|h| h.listen.is_none())
+    }
+
+    /// The socket set for a reloaded `listen` list, in its order: an entry
+    /// whose name and address match a held socket keeps that socket (a copy
+    /// of its descriptor); the others are bound now. Nothing changes when a
+    /// bind fails. `self` keeps every descriptor it had, so the workers
+    /// started with it are undisturbed; drop it once they have exited (a
+    /// unix socket file of an entry no longer configured is removed then).
+    pub(crate) fn reconcile(&mut self, listen: &[Listen]) -> Result<(Sockets, Changes), Error> {
+        let mut held = Vec::with_capacity(listen.len());
+        let mut created = Vec::new();
+        let mut changes = Changes::default();
+        for l in listen {
+            match self.held.iter().find(|h| h.listen.as_ref() == Some(l)) {
+                Some(kept) => held.push(Held {
+                    name: kept.name.clone(),
+                    describe: kept.describe.clone(),
+                    tcp: kept.tcp,
+                    listen: kept.listen.clone(),
+                    fd: kept.fd.try_clone().map_err(Error::Descriptors)?,
+                }),
+                None => match bind(l, &mut created) {
+                    Ok(h) => {
+                        changes.added.push(format!("{}={}", h.name, h.describe));
+                        held.push(h);
+                    }
+                    Err(source) => {
+                        drop(held);
+                        for path in &created {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        return Err(Error::Bind {
+                            addr: l.addr.to_string(),
+                            source,
+                        });
+                    }
+                },
+            }
+        }
+        for h in &self.held {
+            if !listen.iter().any(|l| h.listen.as_ref() == Some(l)) {
+                changes.removed.push(format!("{}={}", h.name, h.describe));
+            }
+        }
+        // Kept unix socket files now belong to the new set.
+        let (kept, gone): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut self.created)
+            .into_iter()
+            .partition(|p| {
+                listen
+                    .iter()
+                    .any(|l| matches!(&l.addr, ListenAddr::Unix(path) if path == p))
+            });
+        self.created = gone;
+        created.extend(kept);
+        Ok((Sockets::place(held, created)?, changes))
+    }
+
+    /// Fills any slot of 3..3+n that was freed since (a retired socket set
+    /// closed) with a placeholder; call before spawning a worker.
+    pub(crate) fn ensure_reserved(&mut self) -> io::Result<()> {
+        let more = sys::reserve_listen_range(self.held.len())?;
+        self._reserved.extend(more);
+        Ok(())
     }
 
     /// The held sockets in order.
@@ -160,6 +246,7 @@ fn adopt(fds: Vec<(OwnedFd, String)>) -> Result<Vec<Held>, Error> {
                 name,
                 describe: format!("{describe} (from systemd)"),
                 tcp,
+                listen: None,
                 fd: socket.into(),
             })
         })
@@ -208,6 +295,7 @@ fn bind(listen: &Listen, created: &mut Vec<PathBuf>) -> io::Result<Held> {
         name: listen.name.clone(),
         describe,
         tcp,
+        listen: Some(listen.clone()),
         fd: socket.into(),
     })
 }

@@ -6,12 +6,14 @@
 mod health;
 mod notify;
 mod ready;
+mod reload;
 mod rollout;
 mod store_io;
 mod update;
 mod worker;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, HealthCheck, Program, Ready};
 use crate::protocol::{describe_exit, ChildEnv};
-use crate::release::{Meta, Pipeline, Store};
+use crate::release::{Meta, Store};
 use notify::{NotifyServer, Supervisor};
 use rollout::{Rollout, Verdict};
 use store_io::{Done, Job, StoreIo};
@@ -133,8 +135,19 @@ struct Status {
 
 /// Runs the master until SIGTERM/SIGINT. Binds (or adopts) the sockets first;
 /// an error there is returned before any worker is spawned. With `[fetch]`,
-/// new releases are fetched, installed and cycled onto.
+/// new releases are fetched, tried and promoted. SIGHUP/SIGUSR2 cycle the
+/// worker with this same config.
 pub async fn run(config: Config) -> Result<Stopped, Error> {
+    run_inner(config, None).await
+}
+
+/// As [`run`], for a config read from `path`: SIGHUP/SIGUSR2 re-read it,
+/// apply it if it is valid (keeping the running one if not), then cycle.
+pub async fn run_with_reload(config: Config, path: PathBuf) -> Result<Stopped, Error> {
+    run_inner(config, Some(path)).await
+}
+
+async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopped, Error> {
     let Config {
         program,
         releases,
@@ -149,31 +162,11 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     for held in sockets.iter() {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
-    if let Ready::Http(path) = &program.ready {
-        tracing::warn!(
-            "ready = \"http:{path}\": during a cycle the old worker shares the socket and may \
-             answer the health check for the new one; prefer ready = \"notify\""
-        );
-    }
+    warn_http_ready(&program);
     let notify = NotifyServer::bind().map_err(Error::Notify)?;
     let child_env = ChildEnv::new(&program, fetch.as_ref());
     let settle = releases.as_ref().map_or(SETTLE_DEFAULT, |r| r.settle);
-    let checker = releases
-        .as_ref()
-        .and_then(|r| r.health.clone())
-        .map(|health| health::Checker {
-            addr: match &health.check {
-                HealthCheck::Http {
-                    socket: Some(name), ..
-                } => sockets.tcp_named(name),
-                HealthCheck::Http { socket: None, .. } => sockets.first_tcp(),
-                HealthCheck::Exec { .. } => None,
-            }
-            .map(health::reachable),
-            env: child_env.vars().to_vec(),
-            workdir: program.workdir.clone(),
-            health,
-        });
+    let checker = checker(releases.as_ref(), &sockets, &child_env, &program);
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let store = match (&releases, &fetch) {
         (None, None) => None,
@@ -187,34 +180,25 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         None => (None, None),
     };
     let (installed_tx, mut installed) = mpsc::unbounded_channel();
-    let check_now = Arc::new(tokio::sync::Notify::new());
-    let updater = match (&store, fetch) {
-        (Some((store, _)), Some(fetch)) => {
-            let fetcher = crate::fetchers::from_config(&fetch, &verify).map_err(Error::Fetcher)?;
-            let pipeline = Arc::new(Pipeline::new(
-                store.clone(),
-                verify.clone(),
-                child_env.clone(),
-            ));
-            Some(tokio::spawn(update::supervise(
-                fetch,
-                verify,
-                fetcher,
-                pipeline,
-                installed_tx,
-                check_now.clone(),
-            )))
+    let first_fetcher = match (&store, &fetch) {
+        (Some(_), Some(fetch)) => {
+            Some(crate::fetchers::from_config(fetch, &verify).map_err(Error::Fetcher)?)
         }
         _ => None,
     };
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let waiting_for_release =
-        updater.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
+        first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
     let (store, _lock) = store.unzip();
     let mut m = Master {
         program,
+        releases,
+        fetch,
+        verify,
+        config_path,
         sockets,
+        retired: Vec::new(),
         notify_path: notify.path().to_owned(),
         child_env,
         supervisor: Supervisor::from_env(),
@@ -226,12 +210,16 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         active: None,
         starting: None,
         cycle_pending: false,
+        reload_pending: false,
         backoff: RESTART_BACKOFF_MIN,
         restart_at: None,
         stopping: None,
         status: Status::default(),
         store,
         store_io,
+        updater: None,
+        installed_tx,
+        check_now: Arc::new(tokio::sync::Notify::new()),
         rollout: Rollout::new(settle, checker.as_ref().map(|c| c.health.failures)),
         checker,
         health_tx,
@@ -241,6 +229,9 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
         promoting: None,
         waiting_for_release,
     };
+    if let Some(fetcher) = first_fetcher {
+        m.start_updater(fetcher, None);
+    }
     if waiting_for_release {
         tracing::info!("no release is installed yet; waiting for the first one");
     } else {
@@ -249,11 +240,11 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
     let stopped = loop {
         let timer = m.next_deadline();
         tokio::select! {
-            _ = sig.hup.recv() => m.request_cycle("SIGHUP"),
-            _ = sig.usr2.recv() => m.request_cycle("SIGUSR2"),
+            _ = sig.hup.recv() => m.reload("SIGHUP"),
+            _ = sig.usr2.recv() => m.reload("SIGUSR2"),
             _ = sig.usr1.recv() => {
-                if updater.is_some() {
-                    check_now.notify_one();
+                if m.updater.is_some() {
+                    m.check_now.notify_one();
                 } else {
                     tracing::info!("SIGUSR1: no fetcher is configured, nothing to check");
                 }
@@ -272,6 +263,7 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
             _ = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => m.on_timer(),
         }
         m.update_health();
+        m.release_retired_sockets();
         if let Some(how) = m.stopping {
             if m.workers.is_empty() {
                 tracing::info!("all workers have exited; master exiting");
@@ -279,13 +271,45 @@ pub async fn run(config: Config) -> Result<Stopped, Error> {
             }
         }
     };
-    if let Some(u) = updater {
+    if let Some(u) = m.updater.take() {
         u.abort();
     }
     if let Some(io) = m.store_io.take() {
         io.finish();
     }
     Ok(stopped)
+}
+
+fn warn_http_ready(program: &Program) {
+    if let Ready::Http(path) = &program.ready {
+        tracing::warn!(
+            "ready = \"http:{path}\": during a cycle the old worker shares the socket and may \
+             answer the health check for the new one; prefer ready = \"notify\""
+        );
+    }
+}
+
+/// The release health checker the config asks for.
+fn checker(
+    releases: Option<&crate::config::Releases>,
+    sockets: &Sockets,
+    child_env: &ChildEnv,
+    program: &Program,
+) -> Option<health::Checker> {
+    let health = releases?.health.clone()?;
+    Some(health::Checker {
+        addr: match &health.check {
+            HealthCheck::Http {
+                socket: Some(name), ..
+            } => sockets.tcp_named(name),
+            HealthCheck::Http { socket: None, .. } => sockets.first_tcp(),
+            HealthCheck::Exec { .. } => None,
+        }
+        .map(health::reachable),
+        env: child_env.vars().to_vec(),
+        workdir: program.workdir.clone(),
+        health,
+    })
 }
 
 /// Opens the releases directory (or the in-place state directory), takes
@@ -363,7 +387,17 @@ impl Signals {
 
 struct Master {
     program: Program,
+    /// `[releases]`, `[fetch]` and `[verify]` as running (a reload replaces
+    /// them).
+    releases: Option<crate::config::Releases>,
+    fetch: Option<crate::config::Fetch>,
+    verify: crate::config::Verify,
+    /// The config file, when there is one to reload.
+    config_path: Option<PathBuf>,
     sockets: Sockets,
+    /// Socket sets replaced by a reload, kept until the workers that were
+    /// started with them (ids) have exited.
+    retired: Vec<(Sockets, Vec<u64>)>,
     notify_path: std::path::PathBuf,
     /// What workers inherit besides the protocol's variables.
     child_env: ChildEnv,
@@ -380,6 +414,8 @@ struct Master {
     starting: Option<Starting>,
     /// A cycle was asked for while one ran: run one more after it.
     cycle_pending: bool,
+    /// That cycle re-reads the config first.
+    reload_pending: bool,
     backoff: Duration,
     restart_at: Option<Instant>,
     stopping: Option<Stopped>,
@@ -387,6 +423,10 @@ struct Master {
     store: Option<Store>,
     /// Writes to the releases directory, off the event loop.
     store_io: Option<StoreIo>,
+    /// The update loop's supervisor task.
+    updater: Option<tokio::task::JoinHandle<()>>,
+    installed_tx: mpsc::UnboundedSender<update::Installed>,
+    check_now: Arc<tokio::sync::Notify>,
     /// The trial of a new release: the policy.
     rollout: Rollout,
     /// Dropped when the trial ends: the update loop waits for it.
@@ -478,6 +518,9 @@ impl Master {
                 ]
             })
             .collect();
+        if let Err(e) = self.sockets.ensure_reserved() {
+            tracing::warn!("cannot reserve the descriptors workers' sockets land on: {e}");
+        }
         let worker = match Worker::spawn(
             id,
             &self.program,
@@ -600,8 +643,7 @@ impl Master {
             self.verdict(v);
         }
         if self.cycle_pending {
-            self.cycle_pending = false;
-            self.request_cycle("coalesced request");
+            self.run_pending_cycle();
         }
     }
 
@@ -696,8 +738,7 @@ impl Master {
                     "serving with worker {active} (pid {pid}); last cycle failed"
                 ));
                 if self.cycle_pending {
-                    self.cycle_pending = false;
-                    self.request_cycle("coalesced request");
+                    self.run_pending_cycle();
                 }
             }
             _ if self.waiting_for_release => {}
@@ -707,10 +748,12 @@ impl Master {
                 // The first release failed its trial: nothing to go back to.
                 self.waiting_for_release = true;
                 self.cycle_pending = false;
+                self.apply_pending_reload();
                 tracing::warn!("no release has proved itself yet; waiting for the next one");
             }
             _ => {
                 self.cycle_pending = false;
+                self.apply_pending_reload();
                 self.schedule_restart();
             }
         }
@@ -1072,6 +1115,7 @@ impl Master {
         }
         self.supervisor.stopping();
         self.cycle_pending = false;
+        self.reload_pending = false;
         self.restart_at = None;
         if let Some(s) = self.starting.take() {
             if let Some(c) = s.checker {

@@ -58,6 +58,13 @@ impl Rollout {
         }
     }
 
+    /// New settings from a reloaded config, for the trials that follow (and
+    /// the running one, whose worker the reload's cycle restarts).
+    pub(crate) fn configure(&mut self, settle: Duration, health_failures: Option<u32>) {
+        self.settle = settle;
+        self.health_failures = health_failures;
+    }
+
     /// How long a trial worker must stay ready.
     pub(crate) fn settle(&self) -> Duration {
         self.settle

@@ -31,9 +31,21 @@ pub(crate) struct Installed {
     pub done: oneshot::Sender<()>,
 }
 
+/// Aborts a task when dropped, so that aborting the supervisor also stops
+/// the loop it runs.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the update loop and restarts it, with backoff, when it panics: an
 /// update task that died silently would leave SIGUSR1 reaching nobody.
-/// Returns when the master drops the receiving end of `installed`.
+/// With `gate`, the first check waits until it resolves (a trial that was
+/// running when the loop was rebuilt by a reload). Returns when the master
+/// drops the receiving end of `installed`; aborting it stops the loop.
 pub(crate) async fn supervise(
     fetch: Fetch,
     verify: Verify,
@@ -41,6 +53,7 @@ pub(crate) async fn supervise(
     pipeline: Arc<Pipeline>,
     installed: mpsc::UnboundedSender<Installed>,
     check_now: Arc<Notify>,
+    mut gate: Option<oneshot::Receiver<()>>,
 ) {
     let mut fetcher = Some(first);
     let mut backoff = RESTART_MIN;
@@ -62,14 +75,16 @@ pub(crate) async fn supervise(
             },
         };
         let started = Instant::now();
-        let task = tokio::spawn(run(
+        let mut task = tokio::spawn(run(
             fetch.clone(),
             f,
             pipeline.clone(),
             installed.clone(),
             check_now.clone(),
+            gate.take(),
         ));
-        let cause = match task.await {
+        let _guard = AbortOnDrop(task.abort_handle());
+        let cause = match (&mut task).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => panic_message(e.into_panic()),
             Err(e) => e.to_string(),
@@ -106,8 +121,13 @@ pub(crate) async fn run(
     pipeline: Arc<Pipeline>,
     installed: mpsc::UnboundedSender<Installed>,
     check_now: Arc<Notify>,
+    gate: Option<oneshot::Receiver<()>>,
 ) {
     let source = fetcher.describe();
+    if let Some(gate) = gate {
+        tracing::info!("{source}: checks resume when the running trial ends");
+        let _ = gate.await;
+    }
     let mut failures: u32 = 0;
     loop {
         match check(&mut *fetcher, &pipeline, &source).await {
@@ -132,6 +152,14 @@ pub(crate) async fn run(
             Ok(Some(Outcome::KnownBad { sha256 })) => {
                 failures = 0;
                 tracing::info!("{source} offers sha256 {sha256}, which failed before; skipped");
+            }
+            Ok(Some(Outcome::NotInRollout(decision))) => {
+                // Logged by the pipeline. A schedule moves on by itself:
+                // read the unchanged manifest again at the next poll.
+                failures = 0;
+                if decision.next_change.is_some() {
+                    fetcher.retry();
+                }
             }
             Ok(Some(Outcome::Verified(_))) | Ok(None) => failures = 0,
             Err(e) => {

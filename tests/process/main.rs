@@ -13,6 +13,7 @@ mod hygiene;
 mod in_place;
 mod lifecycle;
 mod python;
+mod reload;
 mod release;
 mod s3;
 mod supervisord;
