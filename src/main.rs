@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             println!("config is valid");
             ExitCode::SUCCESS
         }
-        Command::Run { .. } => exit(run(config)),
+        Command::Run { config: path } => exit(run(config, path)),
         Command::Check { install, .. } => exit(check(config, install)),
     }
 }
@@ -175,8 +175,8 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
     })
 }
 
-fn run(config: baton::Config) -> anyhow::Result<()> {
-    match runtime()?.block_on(baton::master::run(config))? {
+fn run(config: baton::Config, path: PathBuf) -> anyhow::Result<()> {
+    match runtime()?.block_on(baton::master::run_with_reload(config, path))? {
         baton::master::Stopped::Graceful => Ok(()),
         baton::master::Stopped::Hard => anyhow::bail!("stopped hard: workers were killed"),
     }
