@@ -252,6 +252,57 @@ def idle():
     print(f"| CPU over 10 s | {(c1 - c0) * 1000:.0f} ms |\n")
 
 
+def proc_cpu(pid):
+    """User + system CPU seconds of a process."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def health_cost():
+    """The master's CPU while a promoted release is health-checked
+    (health_after = true) at several intervals, against no check at all."""
+    v1 = open(os.path.join(BINS, "hello-1.0.0"), "rb").read()
+    rows = []
+    for health in (None, "1s", "100ms"):
+        cpu, checks = [], []
+        for _ in range(RUNS):
+            d = tempfile.mkdtemp(prefix="baton-bench-health-")
+            os.mkdir(os.path.join(d, "dist"))
+            publish_file(os.path.join(d, "dist/hello"), v1)
+            port = release_config(d, 'source = "file"\npath = "dist/hello"\ninterval = "60s"', settle="1s")
+            if health:
+                text = open(os.path.join(d, "baton.toml")).read().replace(
+                    'settle = "1s"\n',
+                    f'settle = "1s"\nhealth = "http:/healthz"\nhealth_interval = "{health}"\n'
+                    f'health_failures = 1\nhealth_after = true\n')
+                open(os.path.join(d, "baton.toml"), "w").write(text)
+            proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until(lambda: get(port) == "hello 1.0.0" and current_version(d) == "1.0.0", timeout=60)
+                time.sleep(1)
+                c0 = proc_cpu(proc.pid)
+                time.sleep(10)
+                cpu.append((proc_cpu(proc.pid) - c0) * 1000)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        rows.append((health, statistics.median(cpu)))
+    print("### Cost of health checks\n")
+    print(f"The master's CPU over 10 s while it checks a promoted release's `GET /healthz` "
+          f"(`health_after = true`), median of {RUNS}; each check is one new loopback connection.\n")
+    print("| health_interval | checks per second | master CPU per 10 s |")
+    print("|---|---|---|")
+    for health, c in rows:
+        rate = "none" if health is None else f"{1 / parse_seconds(health):g}"
+        print(f"| {health or 'no health check'} | {rate} | {c:.0f} ms |")
+    print()
+
+
+def parse_seconds(text):
+    return float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
+
+
 class FileServer:
     """ci/fileserver.py serving `root` on a free loopback port."""
 
@@ -679,10 +730,12 @@ def worker_kinds():
                   lambda: KindBaton(f'python3 {os.path.join(ROOT, "fixtures/workers/hello.py")} "$v"')))
     if python_servers():
         venv = os.path.join(KINDS_VENV, "bin")
-        kinds += [("gunicorn 23, gthread (`gunicorn app:app`: LISTEN_FDS, READY=1)",
+        kinds += [("gunicorn 23, default sync worker (closes each connection after its response)",
+                   lambda: KindBaton(f"{venv}/gunicorn -w 2 app:app", files=[("app.py", WSGI_APP)])),
+                  ("gunicorn 23, gthread worker (keep-alive)",
                    lambda: KindBaton(f"{venv}/gunicorn -w 2 -k gthread --threads 8 --keep-alive 5 app:app",
                                      files=[("app.py", WSGI_APP)])),
-                  ("uvicorn 0.34 (`uvicorn --fd 3 app:app`, ready by delay)",
+                  ("uvicorn 0.34 (`--fd 3`, `ready = \"delay:1s\"`)",
                    lambda: KindBaton(f"{venv}/uvicorn --fd 3 --no-access-log app:app", ready="delay:1s",
                                      files=[("app.py", ASGI_APP)]))]
     ab_cmd = ["-k", "-r", "-c", "50", "-n", "20000"]
@@ -720,7 +773,7 @@ def worker_kinds():
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
-                "build": build_cost, "kinds": worker_kinds}
+                "build": build_cost, "kinds": worker_kinds, "health": health_cost}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:

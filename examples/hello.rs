@@ -87,6 +87,7 @@ fn main() -> std::process::ExitCode {
                     interval: Duration::from_secs(1),
                     jitter: Duration::ZERO,
                     timeout: Duration::from_secs(30),
+                    host_id: None,
                 });
             }
             other => {

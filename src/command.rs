@@ -55,6 +55,9 @@ pub(crate) async fn run(
         .await
         .map_err(Failure::Spawn)?;
     let pid = child.id().map(|p| p as i32);
+    // If this future is dropped (its caller aborted), the command's whole
+    // group goes, while the unreaped leader still holds the group id.
+    let mut guard = GroupGuard(pid);
     // Read both pipes while waiting, so a chatty command never blocks on a
     // full pipe; stop at the exit (plus a short grace), not at the pipes'
     // end, which a background process may hold open.
@@ -66,6 +69,7 @@ pub(crate) async fn run(
             // Whatever the command left behind in its group goes, timeout or
             // not, while the unreaped command still holds the group id.
             let _ = kill(Pid::from_raw(-pid), Sig::SIGKILL);
+            guard.0 = None;
             match exited {
                 Ok(Ok(())) => Ok(child.wait().await),
                 Ok(Err(e)) => Ok(Err(e)),
@@ -99,6 +103,17 @@ pub(crate) async fn run(
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
     })
+}
+
+/// Kills a command's process group when dropped before it was reaped.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(-pid), Sig::SIGKILL);
+        }
+    }
 }
 
 /// The last (up to five) non-empty lines of `output`, joined with ` | `.

@@ -66,6 +66,18 @@ pub struct Config {
     pub fetch: Option<Fetch>,
     /// What a candidate must pass: `[verify]`.
     pub verify: Verify,
+    /// The operator's interface: `[control]`.
+    pub control: Control,
+}
+
+/// The operator's interface: `[control]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The unix control socket `baton status` and friends talk to (mode
+    /// 0600). Default: `$RUNTIME_DIRECTORY/baton.sock` when systemd sets
+    /// it, else `.baton.sock` beside the config file. `None` (library mode
+    /// without a config file): no control socket.
+    pub socket: Option<PathBuf>,
 }
 
 /// The releases directory: `<id>/` per release and the `current` symlink.
@@ -165,6 +177,9 @@ pub struct Fetch {
     pub jitter: Duration,
     /// Connect and read timeout of one request.
     pub timeout: Duration,
+    /// This host's identity for rollout cohorts (`fetch.host_id`); by
+    /// default a random one kept in the releases directory.
+    pub host_id: Option<String>,
 }
 
 /// A credential from the config (a token, a header value). Its `Debug` and
@@ -280,8 +295,10 @@ pub struct Verify {
     pub probe_timeout: Duration,
     /// A pinned sha256: only these bytes are accepted.
     pub sha256: Option<[u8; 32]>,
-    /// A minisign public key (base64); when set a valid signature is mandatory.
-    pub minisign_key: Option<String>,
+    /// Trusted minisign public keys (base64), `verify.minisign_key` as one
+    /// string or a list (two at once while a key is rotated). When any is
+    /// set, a valid signature by one of them is mandatory.
+    pub minisign_keys: Vec<String>,
     /// Accept versions lower than the running one.
     pub allow_downgrade: bool,
     /// Only versions matching this requirement are accepted.
@@ -298,7 +315,7 @@ impl Default for Verify {
             probe: vec!["--probe".to_owned()],
             probe_timeout: Duration::from_secs(10),
             sha256: None,
-            minisign_key: None,
+            minisign_keys: Vec::new(),
             allow_downgrade: false,
             version: None,
             max_size: 512 << 20,
@@ -522,6 +539,14 @@ struct RawConfig {
     fetch: Option<RawFetch>,
     #[serde(default)]
     verify: RawVerify,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -545,6 +570,7 @@ struct RawFetch {
     interval: Option<String>,
     jitter: Option<String>,
     timeout: Option<String>,
+    host_id: Option<String>,
     path: Option<String>,
     url: Option<String>,
     #[serde(default)]
@@ -567,13 +593,21 @@ struct RawFetch {
     force_path_style: Option<bool>,
 }
 
+/// A string, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     probe: Option<Vec<String>>,
     probe_timeout: Option<String>,
     sha256: Option<String>,
-    minisign_key: Option<String>,
+    minisign_key: Option<OneOrMany>,
     allow_downgrade: Option<bool>,
     version: Option<String>,
     max_size: Option<String>,
@@ -751,11 +785,28 @@ impl Config {
             }
         }
         let verify = parse_verify(raw.verify)?;
+        let control = Control {
+            socket: Some(match &raw.control.socket {
+                Some(path) if path.trim().is_empty() => {
+                    return Err(Error::invalid("control.socket", path, "must be a path"))
+                }
+                Some(path) => base.join(path),
+                None => match std::env::var_os("RUNTIME_DIRECTORY") {
+                    // systemd's RuntimeDirectory= (the first, if several).
+                    Some(dirs) => std::env::split_paths(&dirs)
+                        .next()
+                        .unwrap_or_else(|| base.to_owned())
+                        .join("baton.sock"),
+                    None => base.join(".baton.sock"),
+                },
+            }),
+        };
         Ok(Config {
             program,
             releases,
             fetch,
             verify,
+            control,
         })
     }
 }
@@ -1075,6 +1126,16 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             None => Duration::ZERO,
         },
         timeout: duration("fetch.timeout", &f.timeout, Duration::from_secs(30))?,
+        host_id: match f.host_id {
+            Some(id) if id.trim().is_empty() || id.len() > 256 => {
+                return Err(Error::invalid(
+                    "fetch.host_id",
+                    &id,
+                    "expected a non-empty name of at most 256 bytes",
+                ))
+            }
+            other => other,
+        },
     })
 }
 
@@ -1099,15 +1160,27 @@ fn parse_verify(v: RawVerify) -> Result<Verify, Error> {
                 Error::invalid("verify.sha256", hex_sum, "expected 64 hex digits")
             })?);
     }
-    if let Some(key) = &v.minisign_key {
+    let keys = match v.minisign_key {
+        None => Vec::new(),
+        Some(OneOrMany::One(key)) => vec![key],
+        Some(OneOrMany::Many(keys)) if keys.is_empty() => {
+            return Err(Error::invalid(
+                "verify.minisign_key",
+                "[]",
+                "an empty list trusts no key; leave the key out to verify no signatures",
+            ))
+        }
+        Some(OneOrMany::Many(keys)) => keys,
+    };
+    for key in keys {
         minisign_verify::PublicKey::from_base64(key.trim()).map_err(|e| {
             Error::invalid(
                 "verify.minisign_key",
-                key,
+                &key,
                 format!("not a minisign public key ({e})"),
             )
         })?;
-        verify.minisign_key = Some(key.trim().to_owned());
+        verify.minisign_keys.push(key.trim().to_owned());
     }
     verify.allow_downgrade = v.allow_downgrade.unwrap_or(false);
     if let Some(req) = &v.version {

@@ -66,9 +66,12 @@
 
 mod command;
 pub mod config;
+pub mod control;
 pub mod fetchers;
+pub mod manifest;
 pub mod master;
 mod protocol;
+pub mod publish;
 mod reaper;
 pub mod release;
 pub mod serve;
@@ -298,6 +301,7 @@ where
                 releases: None,
                 fetch: options.fetch,
                 verify: options.verify,
+                control: config::Control::default(),
             };
             match rt.block_on(master::run(config))? {
                 master::Stopped::Graceful => Ok(()),

@@ -33,6 +33,81 @@ enum Command {
         /// the master promotes a release after its trial).
         #[arg(long)]
         install: bool,
+        /// Print one JSON object: `outcome` (eligible, not_in_rollout,
+        /// unchanged or refused, with `error`), `version`, `host_id`,
+        /// `bucket` and `percent`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a minisign key pair: KEY (secret, mode 0600; encrypted with
+    /// $BATON_KEY_PASSWORD when set) and KEY's name with `.pub`.
+    Keygen {
+        /// The secret key file to create.
+        #[arg(default_value = "baton.key")]
+        key: PathBuf,
+    },
+    /// Copy artifacts into a directory with a signed manifest (written
+    /// last); without artifacts, re-sign the manifest there with a new
+    /// rollout.
+    Publish {
+        /// The directory to publish to (served by any static HTTP host).
+        #[arg(long)]
+        to: PathBuf,
+        /// The release's version (semver); needed with artifacts.
+        #[arg(long)]
+        version: Option<String>,
+        /// A percentage 0–100 (0 halts), or a schedule counted from
+        /// publication: `0s=5,24h=50,48h=100`. Default with artifacts: 100.
+        #[arg(long, alias = "schedule")]
+        rollout: Option<String>,
+        /// The manifest is refused by hosts after this long (`30d`).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A channel name, recorded in the manifest.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The minisign secret key to sign the manifest with.
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
+        artifacts: Vec<String>,
+    },
+    /// Show the running master: workers, releases, the last check, counters.
+    Status {
+        #[command(flatten)]
+        to: Master,
+        /// Print the master's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Graceful cycle of the worker; waits until it ended and says how.
+    Restart {
+        #[command(flatten)]
+        to: Master,
+    },
+    /// Graceful cycle onto `previous`, which becomes `current`; the release
+    /// rolled back from is held (not installed again from the source until a
+    /// newer build appears or `baton upgrade --force`).
+    Rollback {
+        #[command(flatten)]
+        to: Master,
+    },
+    /// The installed releases, newest first, marked current, previous, on
+    /// trial, held, failed.
+    Releases {
+        #[command(flatten)]
+        to: Master,
+        /// Print the master's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the source now and print the outcome.
+    Upgrade {
+        #[command(flatten)]
+        to: Master,
+        /// Forget releases held by a rollback first.
+        #[arg(long)]
+        force: bool,
     },
     /// Validate a config file and exit.
     Validate {
@@ -40,6 +115,17 @@ enum Command {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
+}
+
+/// Where a running master's control socket is.
+#[derive(clap::Args)]
+struct Master {
+    /// The master's config file (its `[control] socket` is used).
+    #[arg(long, short, default_value = "baton.toml")]
+    config: PathBuf,
+    /// The control socket itself, instead of reading the config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 /// Exit code for an invalid config or command line.
@@ -59,11 +145,25 @@ fn main() -> ExitCode {
         Command::Run { config } | Command::Validate { config } | Command::Check { config, .. } => {
             config
         }
+        Command::Keygen { key } => return exit(keygen(key)),
+        Command::Status { .. }
+        | Command::Restart { .. }
+        | Command::Rollback { .. }
+        | Command::Releases { .. }
+        | Command::Upgrade { .. } => return exit(operate(cli.command)),
+        Command::Publish { .. } => return exit(publish(cli.command)),
     };
     let config = match baton::Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("baton: {}", baton::display_chain(&e));
+            if matches!(cli.command, Command::Check { json: true, .. }) {
+                let error = baton::display_chain(&e);
+                println!(
+                    "{}",
+                    serde_json::json!({ "outcome": "refused", "error": error })
+                );
+            }
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -73,8 +173,51 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config: path } => exit(run(config, path)),
-        Command::Check { install, .. } => exit(check(config, install)),
+        Command::Check {
+            install,
+            json: false,
+            ..
+        } => exit(check(config, install)),
+        Command::Check {
+            install,
+            json: true,
+            ..
+        } => check_json(config, install),
+        Command::Keygen { .. }
+        | Command::Publish { .. }
+        | Command::Status { .. }
+        | Command::Restart { .. }
+        | Command::Rollback { .. }
+        | Command::Releases { .. }
+        | Command::Upgrade { .. } => unreachable!("handled above"),
     }
+}
+
+/// Sends a control request to the running master and prints its reply.
+fn operate(command: Command) -> anyhow::Result<()> {
+    use baton::control::Request;
+    let (to, request, json) = match command {
+        Command::Status { to, json } => (to, Request::Status, json),
+        Command::Restart { to } => (to, Request::Restart, false),
+        Command::Rollback { to } => (to, Request::Rollback, false),
+        Command::Releases { to, json } => (to, Request::Releases, json),
+        Command::Upgrade { to, force } => (to, Request::Upgrade { force }, false),
+        _ => unreachable!("only control commands"),
+    };
+    let socket = match to.socket {
+        Some(socket) => socket,
+        None => baton::Config::load(&to.config)?
+            .control
+            .socket
+            .context("the config names no control socket")?,
+    };
+    let reply = baton::control::request(&socket, &request)?;
+    if json {
+        println!("{reply:#}");
+    } else {
+        print!("{}", baton::control::render(&request, &reply));
+    }
+    Ok(())
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
@@ -94,7 +237,100 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+fn keygen(key: &std::path::Path) -> anyhow::Result<()> {
+    let public = baton::publish::keygen(key)?;
+    println!(
+        "wrote {} and {}",
+        key.display(),
+        key.with_extension("pub").display()
+    );
+    println!("trust it on each host with:\n\n[verify]\nminisign_key = \"{public}\"");
+    Ok(())
+}
+
+fn publish(command: Command) -> anyhow::Result<()> {
+    let Command::Publish {
+        to,
+        version,
+        rollout,
+        expires,
+        channel,
+        sign,
+        artifacts,
+    } = command
+    else {
+        unreachable!("called for publish")
+    };
+    let p = baton::publish::Publish {
+        to,
+        version,
+        artifacts: artifacts
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((triple, path)) => (Some(triple.to_owned()), PathBuf::from(path)),
+                None => (None, PathBuf::from(a)),
+            })
+            .collect(),
+        rollout: rollout
+            .as_deref()
+            .map(baton::publish::parse_rollout)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("invalid --rollout: {e}"))?,
+        expires: expires
+            .as_deref()
+            .map(baton::config::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("invalid --expires: {e}"))?,
+        channel,
+        sign,
+        now: None,
+    };
+    let doc = baton::publish::publish(&p)?;
+    println!(
+        "published {} to {} ({}{})",
+        doc.version.as_deref().unwrap_or("?"),
+        p.to.join(baton::publish::MANIFEST).display(),
+        match &doc.rollout {
+            Some(baton::manifest::Rollout::Percent(n)) => format!("rollout {n} %"),
+            Some(baton::manifest::Rollout::Schedule(s)) =>
+                format!("rollout schedule of {} steps", s.len()),
+            None => "rollout 100 %".to_owned(),
+        },
+        if p.sign.is_some() {
+            ", signed"
+        } else {
+            ", unsigned"
+        }
+    );
+    Ok(())
+}
+
+/// `baton check --json`: one JSON object on stdout whatever happens; exit
+/// status 1 when refused.
+fn check_json(config: baton::Config, install: bool) -> ExitCode {
+    let mut report = serde_json::json!({});
+    let result = check_inner(config, install, Some(&mut report));
+    if let Err(e) = result {
+        report["outcome"] = "refused".into();
+        report["error"] = format!("{e:#}").into();
+    }
+    println!("{report}");
+    if report["outcome"] == "refused" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
+    check_inner(config, install, None)
+}
+
+fn check_inner(
+    config: baton::Config,
+    install: bool,
+    mut json: Option<&mut serde_json::Value>,
+) -> anyhow::Result<()> {
     use baton::release::{Outcome, Pipeline, Store};
     use std::io::IsTerminal;
     let releases = config
@@ -123,10 +359,11 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
         };
         let mut fetcher = baton::fetchers::from_config(&fetch, &config.verify)?;
         let Some(candidate) = fetcher.check().await? else {
+            anyhow::ensure!(json.is_none(), "nothing at {}", fetcher.describe());
             println!("nothing at {}", fetcher.describe());
             return Ok(());
         };
-        let bar = if std::io::stdout().is_terminal() {
+        let bar = if json.is_none() && std::io::stdout().is_terminal() {
             let bar = match candidate.info.size {
                 Some(size) => indicatif::ProgressBar::new(size),
                 None => indicatif::ProgressBar::new_spinner(),
@@ -146,6 +383,17 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
         if let Some(dir) = &scratch {
             pipeline = pipeline.with_scratch(dir.path());
         }
+        if let Some(report) = json.as_deref_mut() {
+            let d = pipeline.rollout(&candidate.info)?;
+            *report = serde_json::json!({
+                "outcome": "refused",
+                "version": d.version,
+                "host_id": d.host_id,
+                "bucket": baton::manifest::rollout::bucket_percent(d.bucket),
+                "percent": d.percent,
+                "verdict": format!("{:?}", d.verdict),
+            });
+        }
         let outcome = pipeline
             .run(candidate, install, &|n| bar.set_position(n))
             .await;
@@ -157,6 +405,21 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
             println!("  size:    {} bytes", m.size);
             println!("  source:  {}", m.source);
         };
+        if let Some(report) = json {
+            report["outcome"] = match outcome? {
+                Outcome::Installed(m) | Outcome::Verified(m) => {
+                    report["sha256"] = m.sha256.into();
+                    "eligible"
+                }
+                Outcome::Unchanged(_) => "unchanged",
+                Outcome::NotInRollout(_) => "not_in_rollout",
+                Outcome::KnownBad { sha256 } => {
+                    anyhow::bail!("sha256 {sha256} failed before; not installed")
+                }
+            }
+            .into();
+            return Ok(());
+        }
         match outcome? {
             Outcome::Installed(release) => {
                 show("installed", &release);
@@ -167,6 +430,7 @@ fn check(config: baton::Config, install: bool) -> anyhow::Result<()> {
             }
             Outcome::Verified(m) => show("would install", &m),
             Outcome::Unchanged(m) => show("already current:", &m),
+            Outcome::NotInRollout(d) => println!("not installed: {d}"),
             Outcome::KnownBad { sha256 } => {
                 println!("sha256 {sha256} failed before; not installed")
             }

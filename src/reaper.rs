@@ -22,6 +22,11 @@
 //! registry's lock, so no child is reaped between its spawn and its
 //! registration, and a peeked zombie's PID cannot be reused before the reap.
 //!
+//! A child in the master's own process group is never reaped here either:
+//! only code in this process starts those (a library spawning a helper and
+//! waiting for it), while a worker's orphans are in the worker's group or
+//! one of their own.
+//!
 //! A process that left the worker's group (`setsid`) is not killed with the
 //! group; it is reaped when it exits.
 
@@ -116,7 +121,12 @@ pub(crate) fn start() -> Reaper {
 fn reap_orphans() -> bool {
     let registry = own();
     while let Some(pid) = sys::first_exited_child() {
-        if registry.contains(&pid.as_raw()) {
+        // Children in the master's own process group were started by code
+        // in this process that waits for them itself (a library spawning a
+        // helper, such as an AWS credential_process): never take their
+        // exit status. Orphans of workers are in a worker's group, or in
+        // one of their own.
+        if registry.contains(&pid.as_raw()) || sys::in_own_group(pid) {
             return true;
         }
         if !reap_one(pid) {

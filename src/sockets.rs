@@ -156,6 +156,15 @@ impl Sockets {
                 changes.removed.push(format!("{}={}", h.name, h.describe));
             }
         }
+        let mut placed = match Sockets::place(held, Vec::new()) {
+            Ok(placed) => placed,
+            Err(e) => {
+                for path in &created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
         // Kept unix socket files now belong to the new set.
         let (kept, gone): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut self.created)
             .into_iter()
@@ -165,8 +174,9 @@ impl Sockets {
                     .any(|l| matches!(&l.addr, ListenAddr::Unix(path) if path == p))
             });
         self.created = gone;
-        created.extend(kept);
-        Ok((Sockets::place(held, created)?, changes))
+        placed.created = created;
+        placed.created.extend(kept);
+        Ok((placed, changes))
     }
 
     /// Fills any slot of 3..3+n that was freed since (a retired socket set

@@ -275,6 +275,17 @@ pub(crate) fn reap(pid: Pid) -> io::Result<WaitStatus> {
     waitpid(pid, Some(WaitPidFlag::WNOHANG)).map_err(io::Error::from)
 }
 
+/// Whether `pid` (a child, maybe a zombie) is in this process's group.
+pub(crate) fn in_own_group(pid: Pid) -> bool {
+    nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == nix::unistd::getpgrp())
+}
+
+/// The real user id of this process.
+pub(crate) fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): the
 /// orphans of its descendants are reparented to it instead of to init.
 pub(crate) fn become_subreaper() -> io::Result<()> {

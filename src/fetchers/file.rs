@@ -2,6 +2,10 @@
 //! crate) and polled as a fallback. A file is taken once it has stopped
 //! changing; a missing file means nothing new. Sidecar files `<path>.sha256`
 //! and `<path>.minisig` supply a checksum and a signature.
+//!
+//! A path ending in `.json` names a manifest (see [`crate::manifest`]): its
+//! signature is `<path>.minisig`, and the artifact it names resolves
+//! against the manifest's directory.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
+use crate::config::Verify;
 
 /// How long a file must stay unchanged before it is taken.
 const QUIET: Duration = Duration::from_millis(100);
@@ -17,6 +22,7 @@ const QUIET: Duration = Duration::from_millis(100);
 /// Watches one path.
 pub struct FileFetcher {
     path: PathBuf,
+    verify: Verify,
     last: Option<String>,
     events: Option<mpsc::UnboundedReceiver<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -24,7 +30,7 @@ pub struct FileFetcher {
 
 impl FileFetcher {
     /// Watches `path`'s directory for changes; without inotify it only polls.
-    pub fn new(path: PathBuf) -> FileFetcher {
+    pub fn new(path: PathBuf, verify: &Verify) -> FileFetcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = watch(&path, tx)
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
@@ -33,6 +39,7 @@ impl FileFetcher {
             events: watcher.is_some().then_some(rx),
             _watcher: watcher,
             path,
+            verify: verify.clone(),
             last: None,
         }
     }
@@ -62,15 +69,77 @@ impl FileFetcher {
         }
     }
 
-    async fn sidecar(&self, ext: &str) -> Result<Option<String>, Error> {
+    fn sidecar_path(&self, ext: &str) -> PathBuf {
         let mut path = self.path.clone().into_os_string();
         path.push(ext);
-        let path = PathBuf::from(path);
-        match tokio::fs::read_to_string(&path).await {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io { path, source }),
+        PathBuf::from(path)
+    }
+
+    async fn sidecar(&self, ext: &str) -> Result<Option<String>, Error> {
+        let path = self.sidecar_path(ext);
+        match super::read_small(&path, "sidecar file").await? {
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| Error::Invalid {
+                    what: "sidecar file",
+                    url: path.display().to_string(),
+                    reason: "not UTF-8 text".into(),
+                }),
+            None => Ok(None),
         }
+    }
+
+    fn is_manifest(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "json")
+    }
+
+    /// The candidate a manifest names; the artifact is opened, not read.
+    async fn named_by_manifest(&self) -> Result<Option<Candidate>, Error> {
+        let shown = self.path.display().to_string();
+        let Some(bytes) = super::read_small(&self.path, "manifest").await? else {
+            return Ok(None);
+        };
+        let minisig = if self.verify.minisign_keys.is_empty() {
+            None
+        } else {
+            super::read_small(&self.sidecar_path(".minisig"), "signature").await?
+        };
+        let manifest = super::load_manifest(&bytes, minisig.as_deref(), &self.verify, &shown)?;
+        if manifest.url.contains("://") {
+            return Err(Error::Invalid {
+                what: "manifest",
+                url: shown,
+                reason: format!(
+                    "url {:?} must be a path relative to the manifest",
+                    manifest.url
+                ),
+            });
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let artifact = dir.join(&manifest.url);
+        let file = tokio::fs::File::open(&artifact)
+            .await
+            .map_err(|source| Error::Io {
+                path: artifact.clone(),
+                source,
+            })?;
+        let name = artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut info = super::manifest_info(
+            manifest,
+            super::manifest_token(&bytes),
+            name,
+            format!("file {}", artifact.display()),
+        );
+        if info.size.is_none() {
+            info.size = file.metadata().await.ok().map(|m| m.len());
+        }
+        Ok(Some(Candidate {
+            body: Box::pin(file),
+            info,
+        }))
     }
 }
 
@@ -109,6 +178,11 @@ impl Fetcher for FileFetcher {
                 }
                 token = now;
             };
+            if self.is_manifest() {
+                let candidate = self.named_by_manifest().await?;
+                self.last = Some(token);
+                return Ok(candidate);
+            }
             let file = tokio::fs::File::open(&self.path)
                 .await
                 .map_err(|source| Error::Io {
@@ -118,7 +192,7 @@ impl Fetcher for FileFetcher {
             let sha256 = match self.sidecar(".sha256").await? {
                 Some(text) => {
                     Some(
-                        super::http::parse_checksum_file(&text).ok_or_else(|| Error::Invalid {
+                        super::parse_checksum_file(&text).ok_or_else(|| Error::Invalid {
                             what: "checksum file",
                             url: format!("{}.sha256", self.path.display()),
                             reason: "expected 64 hex digits".into(),
@@ -143,6 +217,8 @@ impl Fetcher for FileFetcher {
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     source: self.describe(),
+                    manifest: None,
+                    host_id: None,
                 },
             }))
         })

@@ -102,7 +102,7 @@ impl GithubFetcher {
             prerelease: *prerelease,
             semver: *semver,
             requirement: verify.version.clone(),
-            want_signature: verify.minisign_key.is_some(),
+            want_signature: !verify.minisign_keys.is_empty(),
             etag: None,
             last_token: None,
             paused_until: None,
@@ -414,6 +414,8 @@ impl GithubFetcher {
                 token,
                 name: asset.name.clone(),
                 source: format!("github {}/{} {}", self.owner, self.repo, release.tag_name),
+                manifest: None,
+                host_id: None,
             },
         }))
     }
@@ -434,7 +436,7 @@ impl GithubFetcher {
         };
         let text = self.small_asset(sums).await?;
         let found = if sums.name == own {
-            super::http::parse_checksum_file(&text)
+            super::parse_checksum_file(&text)
         } else {
             text.lines().find_map(|line| {
                 let mut words = line.split_whitespace();

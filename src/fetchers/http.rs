@@ -1,11 +1,15 @@
 //! The HTTP fetcher: a URL naming a binary, an archive, or a JSON manifest
-//! (`{"version","url","sha256","signature"}`, `url` relative to the
-//! manifest). Conditional requests make an unchanged poll one 304; a server
-//! without validators is still detected, by the manifest's content or by the
-//! downloaded bytes' hash. Headers are marked sensitive and never logged.
+//! (see [`crate::manifest`]; `url` relative to the manifest, its minisign
+//! signature at `<url>.minisig` when a key is configured). Conditional
+//! requests make an unchanged poll one 304; a server without validators is
+//! still detected, by the manifest's digest or by the downloaded bytes'
+//! hash. A manifest's artifact is requested only when the pipeline reads
+//! it, so a host outside a release's rollout downloads nothing. Headers are
+//! marked sensitive and never logged.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use reqwest::header::{
@@ -13,22 +17,15 @@ use reqwest::header::{
     LAST_MODIFIED,
 };
 use reqwest::{StatusCode, Url};
-use serde::Deserialize;
 
-use super::{BoxFuture, Candidate, Error, Fetcher, Info};
-use crate::config::{Fetch, Secret, Source};
-
-/// The largest manifest or checksum file read.
-const SMALL_FILE_LIMIT: usize = 1 << 20;
+use super::{BoxFuture, Candidate, Error, Fetcher, Info, SMALL_FILE_LIMIT};
+use crate::config::{Fetch, Secret, Source, Verify};
 
 /// Polls one URL.
 pub struct HttpFetcher {
-    client: reqwest::Client,
-    url: Url,
-    headers: HeaderMap,
+    conn: Arc<Conn>,
     checksum_url: bool,
-    allow_http: bool,
-    max_redirects: usize,
+    verify: Verify,
     /// Validators of the last full answer, for conditional requests.
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
@@ -36,14 +33,17 @@ pub struct HttpFetcher {
     last_token: Option<String>,
 }
 
-/// The JSON manifest.
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    version: Option<String>,
-    url: String,
-    sha256: Option<String>,
-    signature: Option<String>,
+/// What every request needs; shared with lazily opened artifact bodies.
+struct Conn {
+    client: reqwest::Client,
+    url: Url,
+    headers: HeaderMap,
+    allow_http: bool,
+    max_redirects: usize,
 }
+
+/// Validators for a conditional request.
+type Validators<'a> = (&'a Option<HeaderValue>, &'a Option<HeaderValue>);
 
 /// Checks that `url` may be fetched: https, or http to a loopback host, or
 /// http anywhere with `allow_http`.
@@ -82,17 +82,9 @@ pub(crate) fn redact(url: &Url) -> String {
     shown.to_string()
 }
 
-/// The first 64-hex-digit word of a checksum file (`sha256sum` output or a
-/// bare digest).
-pub(crate) fn parse_checksum_file(text: &str) -> Option<[u8; 32]> {
-    text.split_whitespace()
-        .next()
-        .and_then(crate::config::parse_sha256)
-}
-
 impl HttpFetcher {
     /// A fetcher for the `http` source of `fetch`.
-    pub fn new(fetch: &Fetch) -> Result<HttpFetcher, Error> {
+    pub fn new(fetch: &Fetch, verify: &Verify) -> Result<HttpFetcher, Error> {
         let Source::Http {
             url,
             headers,
@@ -115,22 +107,38 @@ impl HttpFetcher {
             .build()
             .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpFetcher {
-            client,
-            url,
-            headers: header_map(headers)?,
+            conn: Arc::new(Conn {
+                client,
+                url,
+                headers: header_map(headers)?,
+                allow_http: allow,
+                max_redirects: *max_redirects,
+            }),
             checksum_url: *checksum_url,
-            allow_http: allow,
-            max_redirects: *max_redirects,
+            verify: verify.clone(),
             etag: None,
             last_modified: None,
             last_token: None,
         })
     }
 
+    fn remember_validators(&mut self, response: &reqwest::Response) {
+        self.etag = response.headers().get(ETAG).cloned();
+        self.last_modified = response.headers().get(LAST_MODIFIED).cloned();
+    }
+}
+
+impl Conn {
     /// GETs `url`, following redirects up to the limit. The configured
     /// headers go only to the configured URL's origin; a redirect may not
-    /// downgrade to plain http.
-    async fn get(&self, url: &Url, conditional: bool) -> Result<reqwest::Response, Error> {
+    /// downgrade to plain http. With `validators` the request is
+    /// conditional and a 304 is returned as it is.
+    async fn get(
+        &self,
+        url: &Url,
+        validators: Option<Validators<'_>>,
+    ) -> Result<reqwest::Response, Error> {
+        let conditional = validators.is_some();
         let mut url = url.clone();
         let mut hops = 0;
         let response = loop {
@@ -138,11 +146,11 @@ impl HttpFetcher {
             if url.origin() == self.url.origin() {
                 request = request.headers(self.headers.clone());
             }
-            if conditional {
-                if let Some(etag) = &self.etag {
+            if let Some((etag, last_modified)) = validators {
+                if let Some(etag) = etag {
                     request = request.header(IF_NONE_MATCH, etag);
                 }
-                if let Some(lm) = &self.last_modified {
+                if let Some(lm) = last_modified {
                     request = request.header(IF_MODIFIED_SINCE, lm);
                 }
             }
@@ -193,22 +201,19 @@ impl HttpFetcher {
         Ok(response)
     }
 
+    /// Reads a small body (manifest, checksum file, signature) under
+    /// [`SMALL_FILE_LIMIT`].
     async fn small_body(
         &self,
         response: reqwest::Response,
         url: &Url,
         what: &'static str,
-    ) -> Result<String, Error> {
-        let invalid = |reason: String| Error::Invalid {
-            what,
-            url: redact(url),
-            reason,
-        };
+    ) -> Result<Vec<u8>, Error> {
         if response
             .content_length()
             .is_some_and(|n| n > SMALL_FILE_LIMIT as u64)
         {
-            return Err(invalid(format!("larger than {SMALL_FILE_LIMIT} bytes")));
+            return Err(super::too_large(what, &redact(url)));
         }
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
@@ -218,32 +223,53 @@ impl HttpFetcher {
         })? {
             body.extend_from_slice(&chunk);
             if body.len() > SMALL_FILE_LIMIT {
-                return Err(invalid(format!("larger than {SMALL_FILE_LIMIT} bytes")));
+                return Err(super::too_large(what, &redact(url)));
             }
         }
-        String::from_utf8(body).map_err(|_| invalid("not UTF-8 text".into()))
+        Ok(body)
+    }
+
+    /// `<url><suffix>` beside `url`.
+    fn beside(url: &Url, suffix: &str) -> Url {
+        let mut beside = url.clone();
+        beside.set_path(&format!("{}{suffix}", url.path()));
+        beside
     }
 
     async fn checksum_for(&self, artifact: &Url) -> Result<[u8; 32], Error> {
-        let mut url = artifact.clone();
-        url.set_path(&format!("{}.sha256", artifact.path()));
-        let response = self.get(&url, false).await?;
+        let url = Conn::beside(artifact, ".sha256");
+        let response = self.get(&url, None).await?;
         let text = self.small_body(response, &url, "checksum file").await?;
-        parse_checksum_file(&text).ok_or_else(|| Error::Invalid {
-            what: "checksum file",
-            url: redact(&url),
-            reason: "expected a sha256 of 64 hex digits first".into(),
-        })
+        std::str::from_utf8(&text)
+            .ok()
+            .and_then(super::parse_checksum_file)
+            .ok_or_else(|| Error::Invalid {
+                what: "checksum file",
+                url: redact(&url),
+                reason: "expected a sha256 of 64 hex digits first".into(),
+            })
     }
 
-    fn remember_validators(&mut self, response: &reqwest::Response) {
-        self.etag = response.headers().get(ETAG).cloned();
-        self.last_modified = response.headers().get(LAST_MODIFIED).cloned();
+    /// The manifest's detached signature, `None` when the server has none
+    /// (404); any other failure is an error, so a signature that cannot be
+    /// fetched is never taken for an absent one.
+    async fn minisig_for(&self, manifest: &Url) -> Result<Option<Vec<u8>>, Error> {
+        let url = Conn::beside(manifest, ".minisig");
+        match self.get(&url, None).await {
+            Ok(response) => Ok(Some(self.small_body(response, &url, "signature").await?)),
+            Err(Error::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
+}
 
+impl HttpFetcher {
     async fn check_inner(&mut self) -> Result<Option<Candidate>, Error> {
-        let url = self.url.clone();
-        let response = self.get(&url, true).await?;
+        let conn = self.conn.clone();
+        let url = conn.url.clone();
+        let response = conn
+            .get(&url, Some((&self.etag, &self.last_modified)))
+            .await?;
         if response.status() == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
@@ -255,54 +281,46 @@ impl HttpFetcher {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
         if is_manifest {
-            let text = self.small_body(response, &url, "manifest").await?;
-            let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::Invalid {
-                what: "manifest",
-                url: redact(&url),
-                reason: e.to_string(),
-            })?;
-            let token = format!(
-                "manifest:{}:{}:{}",
-                manifest.version.as_deref().unwrap_or(""),
-                manifest.sha256.as_deref().unwrap_or(""),
-                manifest.url
-            );
+            let bytes = conn.small_body(response, &url, "manifest").await?;
+            let token = super::manifest_token(&bytes);
             if self.last_token.as_ref() == Some(&token) {
                 return Ok(None);
             }
-            let artifact = url.join(&manifest.url).map_err(|e| Error::Invalid {
-                what: "manifest",
-                url: redact(&url),
-                reason: format!("bad url {:?}: {e}", manifest.url),
-            })?;
-            allowed(&artifact, self.allow_http).map_err(|reason| Error::Invalid {
-                what: "manifest",
-                url: redact(&url),
-                reason: format!("artifact url refused: {reason}"),
-            })?;
-            let sha256 = match &manifest.sha256 {
-                Some(hex) => {
-                    Some(
-                        crate::config::parse_sha256(hex).ok_or_else(|| Error::Invalid {
-                            what: "manifest",
-                            url: redact(&url),
-                            reason: format!("sha256 {hex:?} is not 64 hex digits"),
-                        })?,
-                    )
-                }
-                None if self.checksum_url => Some(self.checksum_for(&artifact).await?),
-                None => None,
+            let minisig = if self.verify.minisign_keys.is_empty() {
+                None
+            } else {
+                conn.minisig_for(&url).await?
             };
-            let response = self.get(&artifact, false).await?;
+            let manifest =
+                super::load_manifest(&bytes, minisig.as_deref(), &self.verify, &redact(&url))?;
+            let invalid = |reason: String| Error::Invalid {
+                what: "manifest",
+                url: redact(&url),
+                reason,
+            };
+            let artifact = url
+                .join(&manifest.url)
+                .map_err(|e| invalid(format!("bad url {:?}: {e}", manifest.url)))?;
+            allowed(&artifact, conn.allow_http)
+                .map_err(|reason| invalid(format!("artifact url refused: {reason}")))?;
+            let mut manifest = manifest;
+            if manifest.sha256.is_none() && self.checksum_url {
+                manifest.sha256 = Some(conn.checksum_for(&artifact).await?);
+            }
             self.last_token = Some(token.clone());
-            return Ok(Some(candidate(
-                response,
-                &artifact,
-                manifest.version,
-                sha256,
-                manifest.signature,
-                token,
-            )));
+            let name = file_name(&artifact);
+            let source = format!("http {}", redact(&artifact));
+            let body = super::Lazy::new(async move {
+                let response = conn
+                    .get(&artifact, None)
+                    .await
+                    .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                Ok(body_of(response))
+            });
+            return Ok(Some(Candidate {
+                body: Box::pin(body),
+                info: super::manifest_info(manifest, token, name, source),
+            }));
         }
         let token = [
             response.headers().get(ETAG),
@@ -317,42 +335,48 @@ impl HttpFetcher {
             return Ok(None);
         }
         let sha256 = if self.checksum_url {
-            Some(self.checksum_for(&url).await?)
+            Some(conn.checksum_for(&url).await?)
         } else {
             None
         };
         self.last_token = Some(token.clone());
-        Ok(Some(candidate(response, &url, None, sha256, None, token)))
+        Ok(Some(candidate(response, &url, sha256, token)))
     }
+}
+
+fn file_name(url: &Url) -> String {
+    url.path_segments()
+        .and_then(|mut s| s.next_back())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn body_of(response: reqwest::Response) -> super::Body {
+    let stream = response
+        .bytes_stream()
+        .map_err(|e| std::io::Error::other(e.without_url()));
+    Box::pin(tokio_util::io::StreamReader::new(stream))
 }
 
 fn candidate(
     response: reqwest::Response,
     url: &Url,
-    version: Option<String>,
     sha256: Option<[u8; 32]>,
-    signature: Option<String>,
     token: String,
 ) -> Candidate {
     let size = response.content_length();
-    let name = url
-        .path_segments()
-        .and_then(|mut s| s.next_back())
-        .unwrap_or_default()
-        .to_owned();
-    let stream = response
-        .bytes_stream()
-        .map_err(|e| std::io::Error::other(e.without_url()));
     Candidate {
-        body: Box::pin(tokio_util::io::StreamReader::new(stream)),
+        body: body_of(response),
         info: Info {
-            version,
+            version: None,
             sha256,
             size,
-            signature,
+            signature: None,
             token,
-            name,
+            name: file_name(url),
             source: format!("http {}", redact(url)),
+            manifest: None,
+            host_id: None,
         },
     }
 }
@@ -382,7 +406,7 @@ impl Fetcher for HttpFetcher {
     }
 
     fn describe(&self) -> String {
-        format!("http {}", redact(&self.url))
+        format!("http {}", redact(&self.conn.url))
     }
 }
 
@@ -409,6 +433,7 @@ mod tests {
 
     #[test]
     fn checksum_files_parse() {
+        use crate::fetchers::parse_checksum_file;
         let hex = "ab".repeat(32);
         assert_eq!(
             parse_checksum_file(&format!("{hex}  hello\n")),

@@ -10,8 +10,9 @@ pub mod s3;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::config::{Fetch, Source, Verify};
 
@@ -66,6 +67,188 @@ pub struct Info {
     pub name: String,
     /// Where it came from, for logs and reports.
     pub source: String,
+    /// The manifest that named the candidate, checked (signature, fields,
+    /// expiry): its rollout decides whether this host takes it.
+    pub manifest: Option<crate::manifest::Manifest>,
+    /// This host's identity for rollout cohorts (`fetch.host_id`), when the
+    /// config names one; else the releases directory keeps a random one.
+    pub host_id: Option<String>,
+}
+
+/// The largest manifest, checksum file or signature read, in bytes.
+pub const SMALL_FILE_LIMIT: usize = 1 << 20;
+
+/// The first 64-hex-digit word of a checksum file (`sha256sum` output or a
+/// bare digest).
+pub fn parse_checksum_file(text: &str) -> Option<[u8; 32]> {
+    text.split_whitespace()
+        .next()
+        .and_then(crate::config::parse_sha256)
+}
+
+/// Reads a small local file (a manifest, checksum file or signature) under
+/// [`SMALL_FILE_LIMIT`]; `Ok(None)` when it does not exist.
+pub(crate) async fn read_small(
+    path: &std::path::Path,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>, Error> {
+    use tokio::io::AsyncReadExt;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut bytes = Vec::new();
+    file.take(SMALL_FILE_LIMIT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() > SMALL_FILE_LIMIT {
+        return Err(too_large(what, &path.display().to_string()));
+    }
+    Ok(Some(bytes))
+}
+
+/// The one error for a small file over [`SMALL_FILE_LIMIT`].
+pub(crate) fn too_large(what: &'static str, url: &str) -> Error {
+    Error::Invalid {
+        what,
+        url: url.to_owned(),
+        reason: format!("larger than {SMALL_FILE_LIMIT} bytes"),
+    }
+}
+
+/// Checks a manifest's bytes and signature (see [`crate::manifest::load`]),
+/// naming `url` in the error.
+pub(crate) fn load_manifest(
+    bytes: &[u8],
+    minisig: Option<&[u8]>,
+    verify: &Verify,
+    url: &str,
+) -> Result<crate::manifest::Manifest, Error> {
+    let fail = |source| Error::Manifest {
+        url: url.to_owned(),
+        source,
+    };
+    let minisig = minisig
+        .map(|b| {
+            std::str::from_utf8(b).map_err(|_| {
+                fail(crate::manifest::Error::UnreadableSignature {
+                    reason: "not UTF-8 text".into(),
+                })
+            })
+        })
+        .transpose()?;
+    crate::manifest::load(
+        bytes,
+        minisig,
+        &verify.minisign_keys,
+        std::time::SystemTime::now(),
+    )
+    .map_err(fail)
+}
+
+/// The change token of a manifest: its digest, so a re-signed manifest
+/// (a new percentage) is a change.
+pub(crate) fn manifest_token(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("manifest:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// What a checked manifest states, as a candidate's [`Info`].
+pub(crate) fn manifest_info(
+    manifest: crate::manifest::Manifest,
+    token: String,
+    name: String,
+    source: String,
+) -> Info {
+    Info {
+        version: manifest.version.clone(),
+        sha256: manifest.sha256,
+        size: manifest.size,
+        signature: manifest.signature.clone(),
+        token,
+        name,
+        source,
+        manifest: Some(manifest),
+        host_id: None,
+    }
+}
+
+/// A body that starts its request only when first read, so a host that is
+/// not in a release's rollout never downloads a byte of it.
+pub(crate) struct Lazy {
+    state: LazyState,
+}
+
+enum LazyState {
+    Pending(BoxFuture<'static, std::io::Result<Body>>),
+    Open(Body),
+}
+
+impl Lazy {
+    /// A body opened by `open` on first read.
+    pub(crate) fn new(open: impl Future<Output = std::io::Result<Body>> + Send + 'static) -> Lazy {
+        Lazy {
+            state: LazyState::Pending(Box::pin(open)),
+        }
+    }
+}
+
+impl AsyncRead for Lazy {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            match &mut self.state {
+                LazyState::Pending(open) => {
+                    let body = std::task::ready!(open.as_mut().poll(cx))?;
+                    self.state = LazyState::Open(body);
+                }
+                LazyState::Open(body) => return body.as_mut().poll_read(cx, buf),
+            }
+        }
+    }
+}
+
+/// Hands the configured host id to every candidate of the fetcher it wraps.
+struct HostTagged {
+    inner: Box<dyn Fetcher>,
+    host_id: String,
+}
+
+impl Fetcher for HostTagged {
+    fn check(&mut self) -> BoxFuture<'_, Result<Option<Candidate>, Error>> {
+        Box::pin(async move {
+            let mut candidate = self.inner.check().await?;
+            if let Some(c) = &mut candidate {
+                c.info.host_id = Some(self.host_id.clone());
+            }
+            Ok(candidate)
+        })
+    }
+
+    fn changed(&mut self) -> BoxFuture<'_, ()> {
+        self.inner.changed()
+    }
+
+    fn retry(&mut self) {
+        self.inner.retry()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
 
 /// Why a check failed.
@@ -107,17 +290,52 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A manifest failed one of its checks (signature, fields, expiry).
+    #[error("manifest {url} refused")]
+    Manifest {
+        /// Where it came from.
+        url: String,
+        /// Which check failed.
+        #[source]
+        source: crate::manifest::Error,
+    },
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
 }
 
+impl Error {
+    /// Whether asking again can help. A 401, 403, 404 or 410 will not
+    /// change by itself; a broken connection, a server error or a manifest
+    /// caught mid-publish (its signature not yet beside it) may.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            Error::Status {
+                status: 401 | 403 | 404 | 410,
+                ..
+            }
+        )
+    }
+}
+
 /// Builds the fetcher the config names; `verify` tells it whether to fetch
 /// signatures and which versions are wanted.
 pub fn from_config(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, Error> {
+    let fetcher = source(fetch, verify)?;
+    Ok(match &fetch.host_id {
+        Some(host_id) => Box::new(HostTagged {
+            inner: fetcher,
+            host_id: host_id.clone(),
+        }),
+        None => fetcher,
+    })
+}
+
+fn source(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, Error> {
     Ok(match &fetch.source {
-        Source::File { path } => Box::new(file::FileFetcher::new(path.clone())),
-        Source::Http { .. } => Box::new(http::HttpFetcher::new(fetch)?),
+        Source::File { path } => Box::new(file::FileFetcher::new(path.clone(), verify)),
+        Source::Http { .. } => Box::new(http::HttpFetcher::new(fetch, verify)?),
         #[cfg(feature = "github")]
         Source::Github { .. } => Box::new(github::GithubFetcher::new(fetch, verify)?),
         #[cfg(not(feature = "github"))]

@@ -53,7 +53,7 @@ impl S3Fetcher {
             force_path_style: *force_path_style,
             timeout: fetch.timeout,
             requirement: verify.version.clone(),
-            want_signature: verify.minisign_key.is_some(),
+            want_signature: !verify.minisign_keys.is_empty(),
             last_token: None,
         }
     }
@@ -198,7 +198,7 @@ impl S3Fetcher {
                 let mut text = String::new();
                 out.body
                     .into_async_read()
-                    .take(1 << 20)
+                    .take(super::SMALL_FILE_LIMIT as u64)
                     .read_to_string(&mut text)
                     .await
                     .map_err(|e| {
@@ -292,6 +292,8 @@ impl S3Fetcher {
                 token,
                 name: key.rsplit('/').next().unwrap_or(&key).to_owned(),
                 source: format!("s3 {}", self.location(&key)),
+                manifest: None,
+                host_id: None,
             },
         }))
     }

@@ -3,8 +3,10 @@
 //! through a channel, signals through tokio's buffered signal streams (a
 //! signal is never lost; repeats of one signal while it is pending coalesce).
 
+mod control;
 mod health;
 mod notify;
+mod operate;
 mod ready;
 mod reload;
 mod rollout;
@@ -38,6 +40,8 @@ const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(10);
 /// How long a new release's worker must stay ready before it is promoted,
 /// where the config does not say (in-place mode, library mode).
 const SETTLE_DEFAULT: Duration = Duration::from_secs(10);
+/// The wait before retrying a promotion whose store write failed.
+const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 
 /// Why the master could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,15 @@ pub enum Error {
         command: std::path::PathBuf,
         /// The releases directory.
         releases: std::path::PathBuf,
+    },
+    /// The control socket could not be bound.
+    #[error("cannot serve the control socket {}", .path.display())]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The thread that writes the releases directory could not start.
     #[error("cannot start the releases directory's writer thread")]
@@ -130,6 +143,10 @@ struct Starting {
 #[derive(Debug, Default)]
 struct Status {
     cycles: u64,
+    crash_restarts: u64,
+    promotions: u64,
+    failed_trials: u64,
+    rollbacks: u64,
     last_failure: Option<String>,
 }
 
@@ -153,6 +170,7 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         releases,
         fetch,
         verify,
+        control,
     } = config;
     // Signal streams first: from here on no signal is lost.
     let mut sig = Signals::install().map_err(Error::Signals)?;
@@ -188,6 +206,19 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
     };
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let _control = match &control.socket {
+        Some(path) => {
+            let server = control::serve(path, control_tx).map_err(|source| Error::Control {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!("control socket at {}", path.display());
+            Some(server)
+        }
+        None => None,
+    };
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let waiting_for_release =
         first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
     let (store, _lock) = store.unzip();
@@ -220,6 +251,11 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         updater: None,
         installed_tx,
         check_now: Arc::new(tokio::sync::Notify::new()),
+        reports_tx,
+        started: Instant::now(),
+        last_check: None,
+        waiters: operate::Waiters::default(),
+        rolling_back: None,
         rollout: Rollout::new(settle, checker.as_ref().map(|c| c.health.failures)),
         checker,
         health_tx,
@@ -227,6 +263,8 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         health_failed: 0,
         trial_done: None,
         promoting: None,
+        promote_retry_at: None,
+        queued_install: None,
         waiting_for_release,
     };
     if let Some(fetcher) = first_fetcher {
@@ -256,6 +294,8 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
             Some(new) = installed.recv() => m.on_installed(new),
             Some(done) = recv_opt(&mut store_done) => m.on_store(done),
             Some(report) = health_rx.recv() => m.on_health(report),
+            Some(incoming) = control_rx.recv() => m.on_control(incoming),
+            Some(report) = reports.recv() => m.on_check(report),
             msg = notify.recv() => match msg {
                 Ok(msg) => m.on_notify(msg),
                 Err(e) => tracing::warn!("cannot read the notify socket: {e}"),
@@ -347,9 +387,24 @@ fn open_store(
                 trial.id,
                 trial.sha256
             );
-            store.mark_failed(&trial.sha256).map_err(Error::Releases)?;
+            if let Err(e) = store.mark_failed(&trial.sha256) {
+                // Serve `current` anyway; the record stays and is settled at
+                // the next start.
+                tracing::error!(
+                    "cannot record release {} as failed: {}",
+                    trial.id,
+                    crate::display_chain(&e)
+                );
+                return Ok((store, lock));
+            }
         }
-        store.end_trial().map_err(Error::Releases)?;
+        if let Err(e) = store.end_trial() {
+            tracing::error!(
+                "cannot remove the trial record of release {}: {}",
+                trial.id,
+                crate::display_chain(&e)
+            );
+        }
     }
     Ok((store, lock))
 }
@@ -427,12 +482,25 @@ struct Master {
     updater: Option<tokio::task::JoinHandle<()>>,
     installed_tx: mpsc::UnboundedSender<update::Installed>,
     check_now: Arc<tokio::sync::Notify>,
+    reports_tx: mpsc::UnboundedSender<update::CheckReport>,
+    /// When the master started.
+    started: Instant,
+    /// The last check of the source.
+    last_check: Option<update::CheckReport>,
+    /// Control requests waiting for an outcome.
+    waiters: operate::Waiters,
+    /// `previous`, being cycled onto by a rollback.
+    rolling_back: Option<Meta>,
     /// The trial of a new release: the policy.
     rollout: Rollout,
     /// Dropped when the trial ends: the update loop waits for it.
     trial_done: Option<tokio::sync::oneshot::Sender<()>>,
     /// A release that passed its trial, until `current` names it.
     promoting: Option<Meta>,
+    /// When to retry a promotion whose store write failed.
+    promote_retry_at: Option<Instant>,
+    /// A release installed while another was on trial: tried next.
+    queued_install: Option<update::Installed>,
     /// The release health check, when configured.
     checker: Option<health::Checker>,
     health_tx: mpsc::UnboundedSender<health::Report>,
@@ -458,6 +526,7 @@ impl Master {
             .chain(draining)
             .chain([self.restart_at])
             .chain([self.rollout.deadline()])
+            .chain([self.promote_retry_at])
             .flatten()
             .min()
     }
@@ -496,10 +565,13 @@ impl Master {
         if reason == Reason::Cycle {
             self.supervisor.reloading(&format!("starting worker {id}"));
         }
-        let trial = self.rollout.on_trial().cloned();
+        let trial = self.rollout.runnable().cloned();
         // A release being promoted is run from its own directory until
         // `current` names it.
-        let own_dir = trial.clone().or_else(|| self.promoting.clone());
+        let own_dir = trial
+            .clone()
+            .or_else(|| self.promoting.clone())
+            .or_else(|| self.rolling_back.clone());
         let release = own_dir
             .clone()
             .or_else(|| self.store.as_ref().and_then(Store::current));
@@ -631,6 +703,7 @@ impl Master {
         }
         let status = format!("serving with worker {id} (pid {pid})");
         self.supervisor.ready(&status);
+        self.worker_ready(id, &status);
         if let Some(release) = self.rollout.on_trial().filter(|_| self.rollout.watches(id)) {
             tracing::info!(
                 worker = id,
@@ -667,7 +740,7 @@ impl Master {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
-        self.releases_of.remove(&id);
+        let release = self.releases_of.remove(&id);
         let how = describe_exit(&status);
         if self.starting.as_ref().is_some_and(|s| s.id == id) {
             let starting = self.starting.take().expect("checked above");
@@ -700,7 +773,19 @@ impl Master {
             if served >= RESTART_BACKOFF_RESET {
                 self.backoff = RESTART_BACKOFF_MIN;
             }
-            if let Some(v) = self.rollout.exited(id, &failure) {
+            self.status.crash_restarts += 1;
+            // A worker of the release on trial that dies fails the trial,
+            // also one a restart during the trial was replacing.
+            let verdict = self.rollout.exited(id, &failure).or_else(|| {
+                let ran_trial =
+                    release.is_some() && self.rollout.on_trial().map(|t| &t.id) == release.as_ref();
+                if ran_trial {
+                    self.rollout.fail(&failure)
+                } else {
+                    None
+                }
+            });
+            if let Some(v) = verdict {
                 // Back to `current` at once: it proved itself before.
                 self.verdict(v);
             } else if self.stopping.is_none() && self.starting.is_none() {
@@ -723,6 +808,7 @@ impl Master {
         tracing::error!("{failure}");
         self.status.last_failure = Some(failure.clone());
         self.supervisor.status(&failure);
+        self.start_ended_badly(&failure);
         if self.stopping.is_some() || self.starting.is_some() {
             // Stopping, or a failed trial already started `current`.
             return;
@@ -786,6 +872,7 @@ impl Master {
                     humantime::format_duration(self.rollout.settle())
                 );
                 self.promoting = Some(release.clone());
+                self.status.promotions += 1;
                 self.store_job(Job::Promote(release));
             }
             Verdict::Fail { release, why } => {
@@ -801,6 +888,7 @@ impl Master {
                     Some(format!("release {} failed its trial: {why}", release.id));
                 self.supervisor
                     .status(&format!("release {} failed its trial", release.id));
+                self.status.failed_trials += 1;
                 self.store_job(Job::Fail(release));
                 self.back_to_current();
             }
@@ -811,8 +899,23 @@ impl Master {
     /// serves gives way to `current` by a graceful cycle; with nothing
     /// serving, `current` starts now.
     fn back_to_current(&mut self) {
-        if self.stopping.is_some() || self.starting.is_some() {
-            // A starting worker's end decides (see `start_failed`).
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(s) = &self.starting {
+            // A starting worker's end decides (see `start_failed`); one of
+            // the failed release must not become ready.
+            let id = s.id;
+            if self.runs_failed_release(id) {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    tracing::warn!(
+                        worker = id,
+                        pid = w.pid,
+                        "killing the starting worker of the failed release"
+                    );
+                    w.kill();
+                }
+            }
             return;
         }
         match self.active {
@@ -871,6 +974,7 @@ impl Master {
             release,
         };
         self.health_failed = 0;
+        self.rollout.checking(id, Instant::now());
         let task = health::spawn(checker.clone(), target, self.health_tx.clone());
         self.health_task = Some((id, task));
     }
@@ -935,6 +1039,7 @@ impl Master {
     fn on_store(&mut self, done: Done) {
         match done {
             Done::TrialBegun(release, Ok(())) => {
+                self.rollout.recorded();
                 if self.stopping.is_some() {
                     self.rollout.fail("the master is stopping");
                     self.store_job(Job::Abandon(release));
@@ -957,7 +1062,7 @@ impl Master {
                     crate::display_chain(&e)
                 );
                 self.rollout.fail("its trial could not be recorded");
-                self.trial_done = None;
+                self.trial_over();
             }
             Done::Promoted(release, Ok(before)) => {
                 tracing::info!(
@@ -971,17 +1076,19 @@ impl Master {
                 self.supervisor
                     .status(&format!("serving release {}", release.id));
                 self.promoting = None;
-                self.trial_done = None;
+                self.trial_over();
             }
             Done::Promoted(release, Err(e)) => {
+                // Promotion is idempotent: try again until it holds (the
+                // trial record stays meanwhile, so a master killed now
+                // counts the trial as failed unless `current` names it).
                 tracing::error!(
-                    "cannot promote release {}: {}; it keeps serving, but current does not \
-                     name it, so a restart goes back to what current names",
+                    "cannot promote release {}: {}; it keeps serving; trying again in {}",
                     release.id,
-                    crate::display_chain(&e)
+                    crate::display_chain(&e),
+                    humantime::format_duration(PROMOTE_RETRY)
                 );
-                self.promoting = None;
-                self.trial_done = None;
+                self.promote_retry_at = Some(Instant::now() + PROMOTE_RETRY);
             }
             Done::Failed(release, result) => {
                 match result {
@@ -996,8 +1103,10 @@ impl Master {
                         crate::display_chain(&e)
                     ),
                 }
-                self.trial_done = None;
+                self.trial_over();
             }
+            Done::RolledBack(release, result) => self.rolled_back(release, result),
+            Done::HeldCleared(result) => self.held_cleared(result),
             Done::Abandoned(release, result) => {
                 if let Err(e) = result {
                     tracing::error!(
@@ -1006,13 +1115,22 @@ impl Master {
                         crate::display_chain(&e)
                     );
                 }
-                self.trial_done = None;
+                self.trial_over();
             }
         }
     }
 
     /// A new release was installed: record its trial on disk, then (in
     /// `on_store`) start its worker.
+    /// The trial ended and its records are written: the update loop goes
+    /// on, and a release installed meanwhile is tried now.
+    fn trial_over(&mut self) {
+        self.trial_done = None;
+        if let Some(next) = self.queued_install.take() {
+            self.on_installed(next);
+        }
+    }
+
     fn on_installed(&mut self, new: update::Installed) {
         if self.stopping.is_some() {
             tracing::info!(
@@ -1027,10 +1145,18 @@ impl Master {
                 self.trial_done = Some(new.done);
                 self.store_job(Job::BeginTrial(new.release));
             }
-            Err(release) => tracing::warn!(
-                "release {} installed while another trial runs; it waits",
-                release.id
-            ),
+            Err(release) => {
+                tracing::info!(
+                    "release {} installed while another trial runs; it waits for it to end",
+                    release.id
+                );
+                if let Some(dropped) = self.queued_install.replace(new) {
+                    tracing::info!(
+                        "release {} no longer waits: a newer install replaces it",
+                        dropped.release.id
+                    );
+                }
+            }
         }
     }
 
@@ -1054,6 +1180,12 @@ impl Master {
         }
         if let Some(v) = self.rollout.tick(now) {
             self.verdict(v);
+        }
+        if self.promote_retry_at.is_some_and(|t| t <= now) {
+            self.promote_retry_at = None;
+            if let Some(release) = self.promoting.clone() {
+                self.store_job(Job::Promote(release));
+            }
         }
         if let Some(s) = &self.starting {
             let id = s.id;

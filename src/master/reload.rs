@@ -152,11 +152,13 @@ impl Master {
             self.retired
                 .push((old, self.workers.keys().copied().collect()));
         }
+        // `[control]` is bound at start: a change needs a restart.
         let Config {
             program,
             releases,
             fetch,
             verify,
+            ..
         } = new;
         self.program = program;
         warn_http_ready(&self.program);
@@ -255,6 +257,7 @@ impl Master {
             self.installed_tx.clone(),
             self.check_now.clone(),
             gate,
+            self.reports_tx.clone(),
         )));
     }
 

@@ -36,6 +36,9 @@ struct Trial {
     failed_checks: u32,
     /// Whether the last health check passed.
     healthy: bool,
+    /// Whether the trial record is on disk: no worker runs the release
+    /// before.
+    recorded: bool,
 }
 
 /// The rollout policy's state: at most one trial at a time.
@@ -82,6 +85,7 @@ impl Rollout {
             ready_since: None,
             failed_checks: 0,
             healthy: false,
+            recorded: false,
         });
         Ok(())
     }
@@ -89,6 +93,36 @@ impl Rollout {
     /// The release on trial.
     pub(crate) fn on_trial(&self) -> Option<&Meta> {
         self.trial.as_ref().map(|t| &t.release)
+    }
+
+    /// The trial record is on disk.
+    pub(crate) fn recorded(&mut self) {
+        if let Some(t) = &mut self.trial {
+            t.recorded = true;
+        }
+    }
+
+    /// The release whose worker may run: on trial, and recorded.
+    pub(crate) fn runnable(&self) -> Option<&Meta> {
+        self.trial
+            .as_ref()
+            .filter(|t| t.recorded)
+            .map(|t| &t.release)
+    }
+
+    /// The health check of the watched worker starts now: with a health
+    /// check, the settle clock counts from here (checks only run once the
+    /// trial worker serves alone), so `settle` always holds `failures`
+    /// checks.
+    pub(crate) fn checking(&mut self, worker: u64, now: Instant) {
+        if self.health_failures.is_none() {
+            return;
+        }
+        if let Some(t) = self.trial.as_mut().filter(|t| t.worker == Some(worker)) {
+            if t.ready_since.is_some() {
+                t.ready_since = Some(now);
+            }
+        }
     }
 
     /// Whether `worker` is the one the trial watches.
@@ -301,6 +335,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn with_health_settle_counts_from_the_first_check() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE, Some(3));
+        r.begin(meta("b")).unwrap();
+        assert_eq!(r.runnable(), None, "not before the record is on disk");
+        r.recorded();
+        assert_eq!(r.runnable(), Some(&meta("b")));
+        r.started(1);
+        r.ready(1, t0);
+        // The old worker drained for a long time; checks start late.
+        let late = t0 + SETTLE;
+        r.checking(1, late);
+        assert_eq!(r.health(1, Ok(()), late), None, "one pass is not settle");
+        assert_eq!(r.deadline(), Some(late + SETTLE));
+        assert_eq!(
+            r.health(1, Ok(()), late + SETTLE),
+            Some(Verdict::Promote(meta("b")))
+        );
     }
 
     #[test]

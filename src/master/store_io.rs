@@ -19,6 +19,16 @@ pub(crate) enum Job {
     /// Clear the trial record without a verdict (a graceful stop: the
     /// release is tried again at the next start).
     Abandon(Meta),
+    /// A rollback's worker serves: swap `current` to `to` and hold the
+    /// digest rolled back from.
+    RollBack {
+        /// The release rolled back to (`previous`).
+        to: Meta,
+        /// The digest rolled back from.
+        hold: Option<String>,
+    },
+    /// Forget the held digests (`baton upgrade --force`).
+    ClearHeld,
 }
 
 /// What became of a job.
@@ -32,6 +42,10 @@ pub(crate) enum Done {
     Failed(Meta, Result<(), Error>),
     /// The trial record is gone.
     Abandoned(Meta, Result<(), Error>),
+    /// `current` names the release rolled back to; the id it named before.
+    RolledBack(Meta, Result<Option<String>, Error>),
+    /// No digest is held any more.
+    HeldCleared(Result<(), Error>),
 }
 
 /// The thread that runs the jobs.
@@ -95,6 +109,13 @@ fn run(store: &Store, job: Job) -> Done {
                 .and_then(|()| store.end_trial());
             Done::Failed(meta, r)
         }
+        Job::RollBack { to, hold } => {
+            let r = hold
+                .map_or(Ok(()), |sha| store.hold(&sha))
+                .and_then(|()| store.promote(&to.id));
+            Done::RolledBack(to, r)
+        }
+        Job::ClearHeld => Done::HeldCleared(store.clear_held()),
         Job::Abandon(meta) => {
             let r = store.end_trial();
             Done::Abandoned(meta, r)

@@ -21,6 +21,27 @@ const RESTART_MIN: Duration = Duration::from_secs(1);
 /// The longest wait before restarting an update task that died.
 const RESTART_MAX: Duration = Duration::from_secs(60);
 
+/// What one check of the source came to, for `baton status` and
+/// `baton upgrade`.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckReport {
+    /// When it ended, seconds since the epoch.
+    pub at: u64,
+    /// `installed`, `unchanged`, `nothing_new`, `skipped`, `not_in_rollout`,
+    /// `waiting` (for a trial) or `error`.
+    pub outcome: &'static str,
+    /// The release, digest or error, described.
+    pub detail: String,
+}
+
+fn report(reports: &mpsc::UnboundedSender<CheckReport>, outcome: &'static str, detail: String) {
+    let _ = reports.send(CheckReport {
+        at: crate::release::install::now(),
+        outcome,
+        detail,
+    });
+}
+
 /// A release the loop installed; the master puts it on trial.
 #[derive(Debug)]
 pub(crate) struct Installed {
@@ -46,6 +67,7 @@ impl Drop for AbortOnDrop {
 /// With `gate`, the first check waits until it resolves (a trial that was
 /// running when the loop was rebuilt by a reload). Returns when the master
 /// drops the receiving end of `installed`; aborting it stops the loop.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn supervise(
     fetch: Fetch,
     verify: Verify,
@@ -54,6 +76,7 @@ pub(crate) async fn supervise(
     installed: mpsc::UnboundedSender<Installed>,
     check_now: Arc<Notify>,
     mut gate: Option<oneshot::Receiver<()>>,
+    reports: mpsc::UnboundedSender<CheckReport>,
 ) {
     let mut fetcher = Some(first);
     let mut backoff = RESTART_MIN;
@@ -82,6 +105,7 @@ pub(crate) async fn supervise(
             installed.clone(),
             check_now.clone(),
             gate.take(),
+            reports.clone(),
         ));
         let _guard = AbortOnDrop(task.abort_handle());
         let cause = match (&mut task).await {
@@ -122,6 +146,7 @@ pub(crate) async fn run(
     installed: mpsc::UnboundedSender<Installed>,
     check_now: Arc<Notify>,
     gate: Option<oneshot::Receiver<()>>,
+    reports: mpsc::UnboundedSender<CheckReport>,
 ) {
     let source = fetcher.describe();
     if let Some(gate) = gate {
@@ -134,6 +159,7 @@ pub(crate) async fn run(
             Ok(Some(Outcome::Installed(release))) => {
                 failures = 0;
                 tracing::info!("installed release {} from {}", release.id, release.source);
+                report(&reports, "installed", format!("release {}", release.id));
                 let id = release.id.clone();
                 let (done, trial) = oneshot::channel();
                 if installed.send(Installed { release, done }).is_err() {
@@ -141,29 +167,51 @@ pub(crate) async fn run(
                 }
                 // One release on trial at a time: wait for this one to end,
                 // telling of newer candidates meanwhile.
-                if wait_for_trial(&fetch, &mut *fetcher, &source, &id, trial, &check_now).await {
+                if wait_for_trial(
+                    &fetch,
+                    &mut *fetcher,
+                    &source,
+                    &id,
+                    trial,
+                    &check_now,
+                    &reports,
+                )
+                .await
+                {
                     continue;
                 }
             }
             Ok(Some(Outcome::Unchanged(current))) => {
                 failures = 0;
                 tracing::debug!("{source} offers the running release {}", current.id);
+                report(&reports, "unchanged", format!("release {}", current.id));
             }
             Ok(Some(Outcome::KnownBad { sha256 })) => {
                 failures = 0;
-                tracing::info!("{source} offers sha256 {sha256}, which failed before; skipped");
+                let why = if pipeline.store().held().contains(&sha256) {
+                    "which a rollback holds (`baton upgrade --force` takes it again)"
+                } else {
+                    "which failed before"
+                };
+                tracing::info!("{source} offers sha256 {sha256}, {why}; skipped");
+                report(&reports, "skipped", format!("sha256 {sha256}, {why}"));
             }
             Ok(Some(Outcome::NotInRollout(decision))) => {
                 // Logged by the pipeline. A schedule moves on by itself:
                 // read the unchanged manifest again at the next poll.
                 failures = 0;
+                report(&reports, "not_in_rollout", format!("{decision:?}"));
                 if decision.next_change.is_some() {
                     fetcher.retry();
                 }
             }
-            Ok(Some(Outcome::Verified(_))) | Ok(None) => failures = 0,
+            Ok(Some(Outcome::Verified(_))) | Ok(None) => {
+                failures = 0;
+                report(&reports, "nothing_new", source.clone());
+            }
             Err(e) => {
                 tracing::error!("update from {source} failed: {}", crate::display_chain(&e));
+                report(&reports, "error", crate::display_chain(&e));
                 if e.is_transient() {
                     fetcher.retry();
                     failures += 1;
@@ -203,6 +251,7 @@ async fn wait_for_trial(
     id: &str,
     mut trial: oneshot::Receiver<()>,
     check_now: &Notify,
+    reports: &mpsc::UnboundedSender<CheckReport>,
 ) -> bool {
     loop {
         tokio::select! {
@@ -217,14 +266,16 @@ async fn wait_for_trial(
                     "new candidate from {source}{} waits for the trial of release {id} to end",
                     describe_version(&candidate)
                 );
+                report(reports, "waiting", format!("for the trial of release {id}"));
                 drop(candidate);
                 fetcher.retry();
                 let _ = trial.await;
                 return true;
             }
-            Ok(None) => {}
+            Ok(None) => report(reports, "nothing_new", source.to_owned()),
             Err(e) => {
                 tracing::error!("update from {source} failed: {}", crate::display_chain(&e));
+                report(reports, "error", crate::display_chain(&e));
                 let e = crate::release::Error::from(e);
                 if e.is_transient() {
                     fetcher.retry();

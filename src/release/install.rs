@@ -18,6 +18,7 @@ use crate::config::Releases;
 const META: &str = "release.json";
 const FAILED: &str = ".failed";
 const TRIAL: &str = ".trial";
+const HELD: &str = ".held";
 const LOCK: &str = ".lock";
 
 /// The durable record of a release on trial (`releases/.trial`).
@@ -426,7 +427,7 @@ impl Store {
 
     /// Writes `name` in the releases directory by an fsynced temp file
     /// renamed over it.
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
         let path = self.dir.join(name);
         let mut tmp = tempfile::Builder::new()
             .prefix(".staging-")
@@ -479,14 +480,7 @@ impl Store {
             .iter()
             .filter_map(|l| self.link(l))
             .collect();
-        let mut releases: Vec<Meta> = std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| self.meta(&e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        releases.sort_by_key(|m| std::cmp::Reverse(m.installed_at));
+        let releases = self.releases();
         for old in releases
             .iter()
             .skip(self.keep)
@@ -499,19 +493,84 @@ impl Store {
         }
     }
 
-    /// Digests that failed after install (the worker would not start).
+    /// Digests that failed their trial: never installed again.
     pub fn failed(&self) -> HashSet<String> {
-        std::fs::read_to_string(self.dir.join(FAILED))
-            .map(|t| t.lines().map(str::to_owned).collect())
-            .unwrap_or_default()
+        self.digests(FAILED)
     }
 
     /// Records a digest that must not be installed again.
     pub fn mark_failed(&self, sha256: &str) -> Result<(), Error> {
-        let mut all: Vec<String> = self.failed().into_iter().collect();
+        self.add_digest(FAILED, sha256)
+    }
+
+    /// Digests an operator rolled back from: not installed again from the
+    /// source until [`Store::clear_held`] (`baton upgrade --force`); a newer
+    /// build has other bytes and is not held.
+    pub fn held(&self) -> HashSet<String> {
+        self.digests(HELD)
+    }
+
+    /// Holds a digest (a rollback moved away from it).
+    pub fn hold(&self, sha256: &str) -> Result<(), Error> {
+        self.add_digest(HELD, sha256)
+    }
+
+    /// Forgets every held digest.
+    pub fn clear_held(&self) -> Result<(), Error> {
+        let path = self.dir.join(HELD);
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Whether the pipeline skips these bytes: failed or held. A list that
+    /// cannot be read is an error, never an empty list (that would retry
+    /// known-bad bytes).
+    pub fn skipped(&self, sha256: &str) -> Result<bool, Error> {
+        Ok(
+            self.read_digests(FAILED)?.contains(sha256)
+                || self.read_digests(HELD)?.contains(sha256),
+        )
+    }
+
+    /// Every complete release directory, newest install first.
+    pub fn releases(&self) -> Vec<Meta> {
+        let mut all: Vec<Meta> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| self.meta(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.sort_by_key(|m| std::cmp::Reverse(m.installed_at));
+        all
+    }
+
+    /// A digest list for display: unreadable reads as empty.
+    fn digests(&self, name: &str) -> HashSet<String> {
+        self.read_digests(name).unwrap_or_default()
+    }
+
+    fn read_digests(&self, name: &str) -> Result<HashSet<String>, Error> {
+        let path = self.dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    fn add_digest(&self, name: &str, sha256: &str) -> Result<(), Error> {
+        let mut all: Vec<String> = self.read_digests(name)?.into_iter().collect();
         all.push(sha256.to_owned());
         all.sort();
         all.dedup();
-        self.write_atomic(FAILED, format!("{}\n", all.join("\n")).as_bytes())
+        self.write_atomic(name, format!("{}\n", all.join("\n")).as_bytes())
     }
 }

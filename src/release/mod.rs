@@ -3,6 +3,7 @@
 //! never touches `current`, which only the master moves, after a trial.
 
 pub mod archive;
+pub mod cohort;
 pub mod install;
 pub mod probe;
 pub mod stage;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use crate::config::Verify;
 use crate::fetchers::{Candidate, Info};
 use crate::protocol::ChildEnv;
+pub use cohort::{Decision, Verdict};
 pub use install::{Lock, Meta, Store, TrialRecord};
 
 /// Why a candidate was not installed.
@@ -175,10 +177,12 @@ impl Error {
     /// Worth retrying the same candidate (a broken transfer), as opposed to
     /// bytes that failed a check and will fail it again.
     pub fn is_transient(&self) -> bool {
+        if let Error::Fetch(e) = self {
+            return e.is_transient();
+        }
         matches!(
             self,
-            Error::Fetch(_)
-                | Error::Download { .. }
+            Error::Download { .. }
                 | Error::Truncated { .. }
                 | Error::Longer { .. }
                 | Error::DownloadTimeout { .. }
@@ -197,6 +201,9 @@ pub enum Outcome {
     Verified(Meta),
     /// The same bytes as the running release.
     Unchanged(Meta),
+    /// The manifest's rollout does not include this host (yet): nothing
+    /// was downloaded.
+    NotInRollout(Decision),
     /// Bytes that failed after an earlier install; skipped.
     KnownBad {
         /// Their sha256, hex.
@@ -243,6 +250,12 @@ impl Pipeline {
         &self.store
     }
 
+    /// Whether this host takes the candidate `info` describes, by its
+    /// manifest's rollout (see [`cohort`]); nothing is recorded.
+    pub fn rollout(&self, info: &Info) -> Result<Decision, Error> {
+        cohort::decide(&self.store, info, std::time::SystemTime::now())
+    }
+
     /// Runs a candidate through every check and, with `install`, installs it.
     /// `progress` is called with the bytes downloaded so far.
     pub async fn run(
@@ -259,8 +272,23 @@ impl Pipeline {
             if let Some(cur) = current.as_ref().filter(|c| c.sha256 == stated) {
                 return Ok(Outcome::Unchanged(cur.clone()));
             }
-            if self.store.failed().contains(&stated) {
+            if self.store.skipped(&stated)? {
                 return Ok(Outcome::KnownBad { sha256: stated });
+            }
+        }
+        // A stated version lower than the running one is refused before a
+        // byte is downloaded (the probe's version is checked again below).
+        if let (Some(stated), Some(cur)) = (&info.version, &current) {
+            verify::not_lower(stated, cur.version.as_deref(), v.allow_downgrade)?;
+        }
+        let decision = self.rollout(&info)?;
+        tracing::info!("rollout from {}: {decision}", info.source);
+        if !decision.verdict.admits() {
+            return Ok(Outcome::NotInRollout(decision));
+        }
+        if install && decision.verdict == Verdict::InRollout {
+            if let Some(version) = &decision.version {
+                cohort::enter(&self.store, version)?;
             }
         }
         let from = describe(&info);
@@ -278,7 +306,7 @@ impl Pipeline {
         if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
             return Ok(Outcome::Unchanged(cur.clone()));
         }
-        if self.store.failed().contains(&sha_hex) {
+        if self.store.skipped(&sha_hex)? {
             return Ok(Outcome::KnownBad { sha256: sha_hex });
         }
         verify::checksum(info.sha256, v.sha256, staged.sha256)?;
@@ -295,8 +323,15 @@ impl Pipeline {
         };
         let binary = self.store.binary_in(staging.path());
         {
-            let (key, signature, path) = (
-                v.minisign_key.clone(),
+            // A verified manifest's signature binds the digest checked
+            // above: the binary itself then needs none.
+            let bound = info.manifest.as_ref().is_some_and(|m| m.signed);
+            let (keys, signature, path) = (
+                if bound {
+                    Vec::new()
+                } else {
+                    v.minisign_keys.clone()
+                },
                 info.signature.clone(),
                 staged.file.path().to_owned(),
             );
@@ -314,7 +349,7 @@ impl Pipeline {
             })?;
             let staged_path = staged.file.into_temp_path();
             tokio::task::spawn_blocking(move || -> Result<(), Error> {
-                verify::signature(key.as_deref(), signature.as_deref(), &path)?;
+                verify::signature(&keys, signature.as_deref(), &path)?;
                 let mut file = file;
                 let kind = archive::kind(&name, &mut file).map_err(|source| Error::Io {
                     what: "read",

@@ -24,19 +24,27 @@ pub fn checksum(
     Ok(())
 }
 
-/// With a key configured, a valid minisign signature over the file is
-/// mandatory. The file is streamed, never read whole.
-pub fn signature(key: Option<&str>, signature: Option<&str>, file: &Path) -> Result<(), Error> {
-    let Some(key) = key else { return Ok(()) };
+/// With keys configured, a valid minisign signature over the file by one
+/// of them is mandatory. The file is streamed, never read whole.
+pub fn signature(keys: &[String], signature: Option<&str>, file: &Path) -> Result<(), Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let signature = signature.ok_or(Error::MissingSignature)?;
     let bad = |reason: String| Error::BadSignature { reason };
-    let key =
-        minisign_verify::PublicKey::from_base64(key).map_err(|e| bad(format!("bad key: {e}")))?;
     let signature = minisign_verify::Signature::decode(signature)
         .map_err(|e| bad(format!("unreadable signature: {e}")))?;
-    let mut verifier = key
-        .verify_stream(&signature)
-        .map_err(|e| bad(e.to_string()))?;
+    let keys = keys
+        .iter()
+        .map(|k| {
+            minisign_verify::PublicKey::from_base64(k).map_err(|e| bad(format!("bad key: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // A key whose id differs from the signature's refuses to start.
+    let mut verifier = keys
+        .iter()
+        .find_map(|k| k.verify_stream(&signature).ok())
+        .ok_or_else(|| bad("signed by a key that verify.minisign_key does not trust".into()))?;
     let mut f = std::fs::File::open(file).map_err(|source| Error::Io {
         what: "read",
         path: file.to_owned(),
@@ -55,6 +63,22 @@ pub fn signature(key: Option<&str>, signature: Option<&str>, file: &Path) -> Res
         verifier.update(&buf[..n]);
     }
     verifier.finalize().map_err(|e| bad(e.to_string()))
+}
+
+/// Refuses a stated version lower than the running release's, before
+/// anything is downloaded. Versions that do not parse are left to
+/// [`decide`], which checks the probe's.
+pub fn not_lower(stated: &str, running: Option<&str>, allow_downgrade: bool) -> Result<(), Error> {
+    if allow_downgrade {
+        return Ok(());
+    }
+    match (parse_version(stated), running.and_then(parse_version)) {
+        (Some(new), Some(old)) if new < old => Err(Error::Downgrade {
+            running: old.to_string(),
+            candidate: new.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a version, allowing a leading `v`.
@@ -283,8 +307,22 @@ mod tests {
     #[test]
     fn missing_signature_is_refused_once_a_key_is_set() {
         let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
-        let err = signature(Some(key), None, Path::new("/dev/null")).unwrap_err();
+        let err = signature(&[key.to_owned()], None, Path::new("/dev/null")).unwrap_err();
         assert!(matches!(err, Error::MissingSignature));
-        assert!(signature(None, None, Path::new("/nonexistent")).is_ok());
+        assert!(signature(&[], None, Path::new("/nonexistent")).is_ok());
+    }
+
+    #[test]
+    fn lower_stated_versions_are_refused_early() {
+        assert!(matches!(
+            not_lower("1.0.0", Some("2.0.0"), false),
+            Err(Error::Downgrade { .. })
+        ));
+        assert!(not_lower("1.0.0", Some("2.0.0"), true).is_ok());
+        assert!(not_lower("2.0.0", Some("2.0.0"), false).is_ok());
+        assert!(
+            not_lower("1.0", Some("2.0.0"), false).is_ok(),
+            "left to decide"
+        );
     }
 }

@@ -181,9 +181,16 @@ fn a_changed_releases_dir_is_refused_and_a_fetch_interval_change_applies() {
         "{}",
         baton.log()
     );
-    // Published now, 2.0.0 would wait an hour without the new interval.
-    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
+    // The rebuilt update loop checks once at once; 2.0.0, published after
+    // that check, would wait an hour without the new interval.
+    let polls = server.seen("/manifest.json").len();
     reload(&baton, &release_config(&server, "releases", "200ms"));
+    support::wait_for(
+        "the rebuilt loop's first check",
+        Duration::from_secs(20),
+        || (server.seen("/manifest.json").len() > polls).then_some(()),
+    );
+    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
     baton.wait_current("2.0.0-");
     assert_ne!(baton.current(), Some(current));

@@ -93,16 +93,25 @@ fn assert_back_on_one(baton: &Baton, current: &str) {
 
 #[test]
 fn trial_runs_from_its_own_directory_and_is_promoted_after_settle() {
-    let (server, baton) = serving("2s");
+    // A settle long enough to look at the trial, short enough to wait for.
+    let (server, baton) = serving("4s");
     let one = baton.current().unwrap();
     publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
     let worker = sole_worker(&baton);
-    let exe = argv0(worker);
-    if baton.current().as_deref() == Some(one.as_str()) {
-        // Still on trial: the worker runs from the release's own directory.
-        assert!(exe.contains("/releases/2.0.0-"), "{exe}");
-    }
+    // On trial: the worker runs from the release's own directory, and
+    // `current` has not moved.
+    assert!(
+        argv0(worker).contains("/releases/2.0.0-"),
+        "{}",
+        argv0(worker)
+    );
+    assert_eq!(
+        baton.current().as_deref(),
+        Some(one.as_str()),
+        "promoted before settle"
+    );
+    assert!(baton.trial_recorded());
     let two = baton.wait_current("2.0.0-");
     assert_eq!(
         std::fs::read_link(baton.dir.path().join("releases/previous"))

@@ -1,0 +1,224 @@
+//! The control protocol between `baton status`/`restart`/`rollback`/
+//! `releases`/`upgrade` and a running master: one JSON request line per
+//! connection on the master's unix socket (mode 0600, peers of another uid
+//! refused), answered by one JSON line: `{"ok": true, …}` or
+//! `{"ok": false, "error": "…"}`.
+//!
+//! Requests: `{"cmd": "status"}`, `{"cmd": "releases"}`, `{"cmd":
+//! "restart"}` (answered when the graceful cycle ended), `{"cmd":
+//! "rollback"}` (answered when `previous` serves and is `current`), `{"cmd":
+//! "upgrade", "force": false}` (answered with the outcome of the check it
+//! starts; `force` first forgets the releases held by a rollback).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request or reply line accepted.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A request to the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Workers, releases, the last check, counters.
+    Status,
+    /// The installed releases, newest first.
+    Releases,
+    /// A graceful cycle; the reply comes when it ended.
+    Restart,
+    /// A graceful cycle onto `previous`, which becomes `current`; the
+    /// release rolled back from is held.
+    Rollback,
+    /// Check the source now; the reply is the check's outcome.
+    Upgrade {
+        /// Forget held releases first.
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing listens on the socket.
+    #[error("no master is running at {}: {source}", .socket.display())]
+    NotRunning {
+        /// The socket.
+        socket: PathBuf,
+        /// Why the connection failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The conversation broke off.
+    #[error("talking to the master at {} failed", .socket.display())]
+    Io {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reply is not a JSON object.
+    #[error("the master at {} sent a reply that is not JSON: {reply:?}", .socket.display())]
+    BadReply {
+        /// The socket.
+        socket: PathBuf,
+        /// The reply, cut short.
+        reply: String,
+    },
+    /// The master answered with an error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `request` to the master listening on `socket` and waits for its
+/// reply (as long as the request takes: a restart waits for its cycle).
+/// A reply with `"ok": false` becomes [`Error::Refused`].
+pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, Error> {
+    let io = |source| Error::Io {
+        socket: socket.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| Error::NotRunning {
+        socket: socket.to_owned(),
+        source,
+    })?;
+    let mut line = serde_json::to_vec(request).expect("serializable");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reply = Vec::new();
+    BufReader::new(&stream)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut reply)
+        .map_err(io)?;
+    let value: serde_json::Value = serde_json::from_slice(&reply).map_err(|_| Error::BadReply {
+        socket: socket.to_owned(),
+        reply: String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned(),
+    })?;
+    if value["ok"] == serde_json::Value::Bool(true) {
+        Ok(value)
+    } else {
+        Err(Error::Refused(
+            value["error"]
+                .as_str()
+                .unwrap_or("the master refused the request")
+                .to_owned(),
+        ))
+    }
+}
+
+/// A reply as people read it: a short aligned summary.
+pub fn render(request: &Request, reply: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let str_of = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let release = |v: &serde_json::Value| match v.get("id") {
+        Some(id) => format!(
+            "{} (version {}, sha256 {})",
+            str_of(id),
+            v["version"].as_str().unwrap_or("unknown"),
+            v["sha256"].as_str().map_or("?", |s| &s[..s.len().min(12)])
+        ),
+        None => "none".to_owned(),
+    };
+    let mut out = String::new();
+    match request {
+        Request::Status => {
+            let _ = writeln!(
+                out,
+                "master     pid {}, up {}s",
+                reply["pid"], reply["uptime_secs"]
+            );
+            for w in reply["workers"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "worker {:<3} pid {:<8} {:<20} release {}",
+                    w["id"],
+                    w["pid"],
+                    str_of(&w["state"]),
+                    w["release"].as_str().unwrap_or("-")
+                );
+            }
+            let _ = writeln!(out, "current    {}", release(&reply["current"]));
+            let _ = writeln!(out, "previous   {}", release(&reply["previous"]));
+            let _ = writeln!(out, "on trial   {}", release(&reply["on_trial"]));
+            match reply["last_check"].as_object() {
+                Some(c) => {
+                    let _ = writeln!(
+                        out,
+                        "last check {} at {}: {}",
+                        str_of(&c["outcome"]),
+                        c["at"],
+                        str_of(&c["detail"])
+                    );
+                }
+                None => out.push_str("last check none yet\n"),
+            }
+            for (key, label) in [("failed", "failed"), ("held", "held")] {
+                for sha in reply[key].as_array().into_iter().flatten() {
+                    let _ = writeln!(out, "{label:<10} sha256 {}", str_of(sha));
+                }
+            }
+            if let Some(f) = reply["last_failure"].as_str() {
+                let _ = writeln!(out, "last error {f}");
+            }
+            let c = &reply["counters"];
+            let _ = writeln!(
+                out,
+                "counters   cycles {}, crash restarts {}, promotions {}, failed trials {}, rollbacks {}",
+                c["cycles"], c["crash_restarts"], c["promotions"], c["failed_trials"], c["rollbacks"]
+            );
+        }
+        Request::Releases => {
+            for r in reply["releases"].as_array().into_iter().flatten() {
+                let marks: Vec<String> = r["marks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(str_of)
+                    .collect();
+                let _ = writeln!(out, "{:<40} {}", release(&r["release"]), marks.join(", "));
+            }
+        }
+        Request::Restart => {
+            let _ = writeln!(out, "restarted: {}", str_of(&reply["outcome"]));
+        }
+        Request::Rollback => {
+            let _ = writeln!(
+                out,
+                "rolled back: current is {}, {} is held",
+                str_of(&reply["current"]),
+                str_of(&reply["held"])
+            );
+        }
+        Request::Upgrade { .. } => {
+            let _ = writeln!(
+                out,
+                "{}: {}",
+                str_of(&reply["outcome"]),
+                str_of(&reply["detail"])
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_object_each() {
+        let text = serde_json::to_string(&Request::Upgrade { force: true }).unwrap();
+        assert_eq!(text, r#"{"cmd":"upgrade","force":true}"#);
+        let parsed: Request = serde_json::from_str(r#"{"cmd":"upgrade"}"#).unwrap();
+        assert_eq!(parsed, Request::Upgrade { force: false });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+}

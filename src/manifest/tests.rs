@@ -1,0 +1,250 @@
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn keypair() -> minisign::KeyPair {
+    minisign::KeyPair::generate_unencrypted_keypair().unwrap()
+}
+
+fn sign(kp: &minisign::KeyPair, bytes: &[u8]) -> String {
+    minisign::sign(
+        Some(&kp.pk),
+        &kp.sk,
+        std::io::Cursor::new(bytes),
+        None,
+        None,
+    )
+    .unwrap()
+    .into_string()
+}
+
+fn doc() -> serde_json::Value {
+    serde_json::json!({
+        "version": "2.0.0",
+        "url": "hello-2.0.0",
+        "sha256": "ab".repeat(32),
+        "size": 123,
+        "published_at": "2026-11-23T10:00:00Z",
+        "expires": "2026-12-23T10:00:00Z",
+        "rollout": 10,
+        "channel": "stable"
+    })
+}
+
+fn at(text: &str) -> SystemTime {
+    humantime::parse_rfc3339(text).unwrap()
+}
+
+#[test]
+fn a_signed_manifest_loads() {
+    let kp = keypair();
+    let bytes = serde_json::to_vec(&doc()).unwrap();
+    let m = load(
+        &bytes,
+        Some(&sign(&kp, &bytes)),
+        &[kp.pk.to_base64()],
+        at("2026-11-24T00:00:00Z"),
+    )
+    .unwrap();
+    assert!(m.signed);
+    assert_eq!(m.version.as_deref(), Some("2.0.0"));
+    assert_eq!(m.sha256, Some([0xab; 32]));
+    assert_eq!(m.size, Some(123));
+    assert_eq!(m.rollout, Rollout::Percent(10));
+    assert_eq!(m.channel.as_deref(), Some("stable"));
+}
+
+#[test]
+fn each_check_has_its_own_error() {
+    let (kp, other) = (keypair(), keypair());
+    let keys = [kp.pk.to_base64()];
+    let bytes = serde_json::to_vec(&doc()).unwrap();
+    let sig = sign(&kp, &bytes);
+    let now = at("2026-11-24T00:00:00Z");
+    // Changed after signing.
+    let mut changed = bytes.clone();
+    let i = changed.iter().position(|b| *b == b'1').unwrap();
+    changed[i] = b'9';
+    let err = load(&changed, Some(&sig), &keys, now).unwrap_err();
+    assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+    // Signed by a key nobody trusts.
+    let err = load(&bytes, Some(&sign(&other, &bytes)), &keys, now).unwrap_err();
+    assert!(matches!(err, Error::UnknownKey { .. }), "{err}");
+    assert!(err.to_string().contains(&key_id_of(&kp.pk)), "{err}");
+    // Expired.
+    let err = load(&bytes, Some(&sig), &keys, at("2027-01-01T00:00:00Z")).unwrap_err();
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    assert!(err.to_string().contains("2026-12-23T10:00:00Z"), "{err}");
+    // Garbage signature.
+    let err = load(&bytes, Some("nonsense"), &keys, now).unwrap_err();
+    assert!(matches!(err, Error::UnreadableSignature { .. }), "{err}");
+    // No signature, but fields only a signed manifest may carry.
+    let err = load(&bytes, None, &keys, now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsigned {
+                field: "published_at"
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_keys_rotate() {
+    let (old, new) = (keypair(), keypair());
+    let keys = [old.pk.to_base64(), new.pk.to_base64()];
+    let bytes = serde_json::to_vec(&doc()).unwrap();
+    let now = at("2026-11-24T00:00:00Z");
+    assert!(load(&bytes, Some(&sign(&old, &bytes)), &keys, now).is_ok());
+    assert!(load(&bytes, Some(&sign(&new, &bytes)), &keys, now).is_ok());
+}
+
+#[test]
+fn signed_manifests_must_state_version_and_digest() {
+    for field in ["version", "sha256"] {
+        let mut d = doc();
+        d.as_object_mut().unwrap().remove(field);
+        let err = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap_err();
+        assert!(matches!(err, Error::Missing { .. }), "{err}");
+        assert!(Manifest::parse(&serde_json::to_vec(&d).unwrap(), false).is_ok());
+    }
+}
+
+#[test]
+fn the_unsigned_form_keeps_working() {
+    let legacy = serde_json::json!({"version": "1.0.0", "url": "a", "signature": "x"});
+    let bytes = serde_json::to_vec(&legacy).unwrap();
+    let kp = keypair();
+    let m = load(&bytes, None, &[kp.pk.to_base64()], SystemTime::now()).unwrap();
+    assert!(!m.signed);
+    assert_eq!(m.signature.as_deref(), Some("x"));
+    assert_eq!(m.rollout, Rollout::Percent(100));
+    let only_url = load(br#"{"url": "a"}"#, None, &[], SystemTime::now()).unwrap();
+    assert_eq!(only_url.url, "a");
+}
+
+#[test]
+fn bad_fields_are_named() {
+    let cases = [
+        (serde_json::json!({"url": "a", "rollout": 101}), "rollout"),
+        (
+            serde_json::json!({"url": "a", "rollout": [{"after": "1h", "percent": 5}]}),
+            "rollout",
+        ),
+        (
+            serde_json::json!({"url": "a", "expires": "tomorrow"}),
+            "expires",
+        ),
+        (serde_json::json!({"url": "a", "sha256": "abc"}), "sha256"),
+        (serde_json::json!({"url": ""}), "url"),
+    ];
+    for (value, field) in cases {
+        let err = Manifest::parse(&serde_json::to_vec(&value).unwrap(), false).unwrap_err();
+        assert!(err.to_string().contains(field), "{value}: {err}");
+    }
+    let err = Manifest::parse(br#"{"url": "a", "rollot": 5}"#, false).unwrap_err();
+    assert!(err.to_string().contains("rollot"), "{err}");
+}
+
+#[test]
+fn targets_pick_this_host() {
+    let mut targets = serde_json::Map::new();
+    targets.insert(
+        TARGET.to_owned(),
+        serde_json::json!({"url": "mine", "sha256": "cd".repeat(32), "size": 7}),
+    );
+    targets.insert(
+        "sparc-sun-solaris".to_owned(),
+        serde_json::json!({"url": "theirs", "sha256": "ef".repeat(32)}),
+    );
+    let d = serde_json::json!({"version": "1.0.0", "targets": targets});
+    let m = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap();
+    assert_eq!(
+        (m.url.as_str(), m.sha256, m.size),
+        ("mine", Some([0xcd; 32]), Some(7))
+    );
+    let d = serde_json::json!({"version": "1.0.0", "targets": {"sparc-sun-solaris": {"url": "x", "sha256": "ef".repeat(32)}}});
+    let err = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap_err();
+    assert!(matches!(err, Error::NoTarget { .. }), "{err}");
+    assert!(err.to_string().contains("sparc-sun-solaris"), "{err}");
+}
+
+#[test]
+fn schedules_count_from_published_at() {
+    let d = serde_json::json!({
+        "url": "a",
+        "published_at": "2026-11-23T10:00:00Z",
+        "rollout": [{"after": "0s", "percent": 5}, {"after": "24h", "percent": 50}, {"after": "48h", "percent": 100}]
+    });
+    let m = Manifest::parse(&serde_json::to_vec(&d).unwrap(), false).unwrap();
+    assert_eq!(m.percent_at(at("2026-11-23T09:00:00Z")), 0);
+    assert_eq!(m.percent_at(at("2026-11-23T10:00:00Z")), 5);
+    assert_eq!(m.percent_at(at("2026-11-24T10:00:00Z")), 50);
+    assert_eq!(
+        m.percent_at(at("2026-11-30T10:00:00Z") + Duration::from_secs(1)),
+        100
+    );
+}
+
+#[test]
+fn documents_round_trip() {
+    let d: Document = serde_json::from_value(doc()).unwrap();
+    let again: Document = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+    assert_eq!(d, again);
+}
+
+proptest! {
+    /// No input makes the manifest parser panic.
+    #[test]
+    fn manifest_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Manifest::parse(&bytes, true);
+        let _ = Manifest::parse(&bytes, false);
+        let _ = looks_like(&bytes);
+    }
+
+    /// Nor does a JSON object with arbitrary values in the known fields.
+    #[test]
+    fn manifest_fields_never_panic(
+        version in proptest::option::of(".{0,12}"),
+        url in proptest::option::of(".{0,12}"),
+        sha in proptest::option::of("[0-9a-f]{0,70}"),
+        size in proptest::option::of(any::<u64>()),
+        time in proptest::option::of(".{0,30}"),
+        percent in any::<i64>(),
+        after in ".{0,8}",
+    ) {
+        let mut d = serde_json::json!({"rollout": percent});
+        if let Some(v) = version { d["version"] = v.into(); }
+        if let Some(v) = url { d["url"] = v.into(); }
+        if let Some(v) = sha { d["sha256"] = v.into(); }
+        if let Some(v) = size { d["size"] = v.into(); }
+        if let Some(v) = time { d["published_at"] = v.clone().into(); d["expires"] = v.into(); }
+        let bytes = serde_json::to_vec(&d).unwrap();
+        if let Ok(m) = Manifest::parse(&bytes, true) {
+            let _ = m.check_expiry(SystemTime::now());
+            let _ = m.percent_at(SystemTime::now());
+        }
+        let s = serde_json::json!({"url": "a", "published_at": "2026-11-23T10:00:00Z",
+            "rollout": [{"after": after, "percent": (percent & 0xff) as u8}]});
+        if let Ok(m) = Manifest::parse(&serde_json::to_vec(&s).unwrap(), false) {
+            let _ = m.percent_at(SystemTime::now());
+        }
+    }
+
+    /// Nor a signature file.
+    #[test]
+    fn signature_parser_never_panics(text in ".{0,300}") {
+        let kp = keypair();
+        let _ = verify_signature(b"{}", &text, &[kp.pk.to_base64()]);
+    }
+
+    /// Nor the checksum-file parser.
+    #[test]
+    fn checksum_parser_never_panics(text in ".{0,200}") {
+        let _ = crate::fetchers::parse_checksum_file(&text);
+    }
+}

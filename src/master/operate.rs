@@ -1,0 +1,294 @@
+//! What the control socket asks of the master: status, releases, restart,
+//! rollback, upgrade. Requests that wait for an outcome (a cycle, a
+//! rollback, a check) are answered when it comes.
+
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::control::{refuse, Incoming};
+use super::store_io::Job;
+use super::worker::State;
+use super::{update, Master};
+use crate::control::Request;
+use crate::release::{Meta, Store};
+
+/// Control requests waiting for an outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// `restart`: answered when the next cycle ends.
+    restart: Vec<oneshot::Sender<Value>>,
+    /// `rollback`: answered when `previous` serves and is `current`.
+    rollback: Option<oneshot::Sender<Value>>,
+    /// `upgrade`: answered with the next check's outcome.
+    upgrade: Vec<oneshot::Sender<Value>>,
+}
+
+fn ok(mut fields: Value) -> Value {
+    fields["ok"] = true.into();
+    fields
+}
+
+impl Master {
+    /// A request from the control socket.
+    pub(super) fn on_control(&mut self, Incoming { request, reply }: Incoming) {
+        tracing::debug!("control request: {request:?}");
+        match request {
+            Request::Status => {
+                let _ = reply.send(ok(self.status_json()));
+            }
+            Request::Releases => {
+                let _ = reply.send(self.releases_json());
+            }
+            Request::Restart => self.restart(reply),
+            Request::Rollback => self.rollback(reply),
+            Request::Upgrade { force } => self.upgrade(force, reply),
+        }
+    }
+
+    fn restart(&mut self, reply: oneshot::Sender<Value>) {
+        if self.stopping.is_some() {
+            let _ = reply.send(refuse("the master is stopping"));
+        } else if self.waiting_for_release {
+            let _ = reply.send(refuse("no release is installed yet; nothing to restart"));
+        } else {
+            self.waiters.restart.push(reply);
+            self.request_cycle("control: restart");
+        }
+    }
+
+    fn rollback(&mut self, reply: oneshot::Sender<Value>) {
+        let refused = |why: String| refuse(format!("rollback refused: {why}"));
+        let Some(store) = &self.store else {
+            let _ = reply.send(refused("there is no releases directory".to_owned()));
+            return;
+        };
+        if let Some(t) = self.rollout.on_trial() {
+            let _ = reply.send(refused(format!(
+                "release {} is on trial; wait for it to end",
+                t.id
+            )));
+            return;
+        }
+        if self.rolling_back.is_some() || self.promoting.is_some() || self.stopping.is_some() {
+            let _ = reply.send(refused("another change is under way".to_owned()));
+            return;
+        }
+        let Some(previous) = store.previous() else {
+            let _ = reply.send(refused("there is no previous release".to_owned()));
+            return;
+        };
+        if store.current().is_some_and(|c| c.id == previous.id) {
+            let _ = reply.send(refused(format!(
+                "previous and current both name {}",
+                previous.id
+            )));
+            return;
+        }
+        tracing::info!("control: rolling back to release {}", previous.id);
+        self.rolling_back = Some(previous);
+        self.waiters.rollback = Some(reply);
+        self.request_cycle("control: rollback");
+    }
+
+    fn upgrade(&mut self, force: bool, reply: oneshot::Sender<Value>) {
+        if self.updater.is_none() {
+            let _ = reply.send(refuse("no [fetch] source is configured"));
+            return;
+        }
+        if force {
+            // Queued before the check reads the held list.
+            self.store_job(Job::ClearHeld);
+        }
+        self.waiters.upgrade.push(reply);
+        self.check_now.notify_one();
+    }
+
+    /// A worker became ready: a restart waiting for a cycle is answered; a
+    /// rollback's worker makes `previous` current.
+    pub(super) fn worker_ready(&mut self, id: u64, status: &str) {
+        for w in self.waiters.restart.drain(..) {
+            let _ = w.send(ok(json!({ "outcome": status })));
+        }
+        let rolled = self
+            .rolling_back
+            .as_ref()
+            .is_some_and(|r| self.releases_of.get(&id) == Some(&r.id));
+        if rolled {
+            let to = self.rolling_back.clone().expect("checked");
+            let hold = self
+                .store
+                .as_ref()
+                .and_then(Store::current)
+                .filter(|c| c.id != to.id)
+                .map(|c| c.sha256);
+            self.store_job(Job::RollBack { to, hold });
+        }
+    }
+
+    /// A worker could not start or become ready.
+    pub(super) fn start_ended_badly(&mut self, failure: &str) {
+        for w in self.waiters.restart.drain(..) {
+            let _ = w.send(refuse(format!("the cycle failed: {failure}")));
+        }
+        if let Some(to) = self.rolling_back.take() {
+            if let Some(w) = self.waiters.rollback.take() {
+                let _ = w.send(refuse(format!(
+                    "the rollback to {} failed: {failure}; current is unchanged",
+                    to.id
+                )));
+            }
+        }
+    }
+
+    /// The rollback's store write ended.
+    pub(super) fn rolled_back(
+        &mut self,
+        to: Meta,
+        result: Result<Option<String>, crate::release::Error>,
+    ) {
+        self.rolling_back = None;
+        let answer = match result {
+            Ok(from) => {
+                self.status.rollbacks += 1;
+                let from = from.unwrap_or_default();
+                tracing::warn!(
+                    "rolled back from release {from} to {}: current names it; {from} is held \
+                     (not installed again until a newer build appears or `baton upgrade --force`)",
+                    to.id
+                );
+                self.supervisor
+                    .status(&format!("serving release {} (rolled back)", to.id));
+                ok(json!({ "current": to.id, "held": from }))
+            }
+            Err(e) => {
+                let e = crate::display_chain(&e);
+                tracing::error!("cannot record the rollback to {}: {e}", to.id);
+                refuse(format!(
+                    "release {} serves, but current could not be swapped: {e}",
+                    to.id
+                ))
+            }
+        };
+        if let Some(w) = self.waiters.rollback.take() {
+            let _ = w.send(answer);
+        }
+    }
+
+    /// `upgrade --force` forgot the held digests.
+    pub(super) fn held_cleared(&mut self, result: Result<(), crate::release::Error>) {
+        match result {
+            Ok(()) => tracing::info!("held releases forgotten"),
+            Err(e) => tracing::error!(
+                "cannot forget the held releases: {}",
+                crate::display_chain(&e)
+            ),
+        }
+    }
+
+    /// A check of the source ended.
+    pub(super) fn on_check(&mut self, report: update::CheckReport) {
+        for w in self.waiters.upgrade.drain(..) {
+            let answer = if report.outcome == "error" {
+                refuse(format!("the check failed: {}", report.detail))
+            } else {
+                ok(json!({ "outcome": report.outcome, "detail": report.detail }))
+            };
+            let _ = w.send(answer);
+        }
+        self.last_check = Some(report);
+    }
+
+    fn status_json(&self) -> Value {
+        let workers: Vec<Value> = self
+            .workers
+            .values()
+            .map(|w| {
+                let (state, since) = match w.state {
+                    State::Starting => ("starting", None),
+                    State::Serving { since } if self.rollout.watches(w.id) => {
+                        ("on trial", Some(since))
+                    }
+                    State::Serving { since } => ("ready", Some(since)),
+                    State::Draining { .. } => ("draining", None),
+                    State::Killed => ("killed", None),
+                };
+                let state = if state == "starting" && self.rollout.watches(w.id) {
+                    "starting (on trial)"
+                } else {
+                    state
+                };
+                json!({
+                    "id": w.id,
+                    "pid": w.pid,
+                    "release": self.releases_of.get(&w.id),
+                    "state": state,
+                    "ready_for_secs": since.map(|s| s.elapsed().as_secs()),
+                })
+            })
+            .collect();
+        let store = self.store.as_ref();
+        let last_check = self
+            .last_check
+            .as_ref()
+            .map(|c| json!({ "at": c.at, "outcome": c.outcome, "detail": c.detail }));
+        json!({
+            "pid": std::process::id(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "workers": workers,
+            "current": store.and_then(Store::current),
+            "previous": store.and_then(Store::previous),
+            "on_trial": self.rollout.on_trial(),
+            "last_check": last_check,
+            "failed": store.map(|s| sorted(s.failed())).unwrap_or_default(),
+            "held": store.map(|s| sorted(s.held())).unwrap_or_default(),
+            "last_failure": self.status.last_failure,
+            "counters": {
+                "cycles": self.status.cycles,
+                "crash_restarts": self.status.crash_restarts,
+                "promotions": self.status.promotions,
+                "failed_trials": self.status.failed_trials,
+                "rollbacks": self.status.rollbacks,
+            },
+        })
+    }
+
+    fn releases_json(&self) -> Value {
+        let Some(store) = &self.store else {
+            return refuse("there is no releases directory");
+        };
+        let current = store.current().map(|c| c.id);
+        let previous = store.previous().map(|c| c.id);
+        let trial = self.rollout.on_trial().map(|t| t.id.clone());
+        let (failed, held) = (store.failed(), store.held());
+        let releases: Vec<Value> = store
+            .releases()
+            .into_iter()
+            .map(|m| {
+                let mut marks = Vec::new();
+                if current.as_ref() == Some(&m.id) {
+                    marks.push("current");
+                }
+                if previous.as_ref() == Some(&m.id) {
+                    marks.push("previous");
+                }
+                if trial.as_ref() == Some(&m.id) {
+                    marks.push("on trial");
+                }
+                if held.contains(&m.sha256) {
+                    marks.push("held");
+                }
+                if failed.contains(&m.sha256) {
+                    marks.push("failed");
+                }
+                json!({ "release": m, "marks": marks })
+            })
+            .collect();
+        ok(json!({ "releases": releases }))
+    }
+}
+
+fn sorted(set: std::collections::HashSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = set.into_iter().collect();
+    v.sort();
+    v
+}
