@@ -95,12 +95,13 @@ impl Master {
             let _ = reply.send(refuse("no [fetch] source is configured"));
             return;
         }
-        if force {
-            // Queued before the check reads the held list.
-            self.store_job(Job::ClearHeld);
-        }
         self.waiters.upgrade.push(reply);
-        self.check_now.notify_one();
+        if force {
+            // The check starts once the held list is gone.
+            self.store_job(Job::ClearHeld);
+        } else {
+            self.check_now.notify_one();
+        }
     }
 
     /// A worker became ready: a restart waiting for a cycle is answered; a
@@ -177,11 +178,17 @@ impl Master {
     /// `upgrade --force` forgot the held digests.
     pub(super) fn held_cleared(&mut self, result: Result<(), crate::release::Error>) {
         match result {
-            Ok(()) => tracing::info!("held releases forgotten"),
-            Err(e) => tracing::error!(
-                "cannot forget the held releases: {}",
-                crate::display_chain(&e)
-            ),
+            Ok(()) => {
+                tracing::info!("held releases forgotten");
+                self.check_now.notify_one();
+            }
+            Err(e) => {
+                let e = crate::display_chain(&e);
+                tracing::error!("cannot forget the held releases: {e}");
+                for w in self.waiters.upgrade.drain(..) {
+                    let _ = w.send(refuse(format!("cannot forget the held releases: {e}")));
+                }
+            }
         }
     }
 

@@ -225,7 +225,12 @@ pub(crate) async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(base + jitter(&fetch)) => {}
-            _ = check_now.notified() => tracing::info!("checking {source} now"),
+            _ = check_now.notified() => {
+                // Asked for by an operator: read the source in full, not
+                // only what changed since the last look.
+                tracing::info!("checking {source} now");
+                fetcher.retry();
+            }
             _ = fetcher.changed(), if failures == 0 => tracing::debug!("{source} changed"),
         }
     }

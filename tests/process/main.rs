@@ -4,6 +4,7 @@
 mod support;
 
 mod config;
+mod control;
 mod credentials;
 mod cycle;
 mod failure;
