@@ -239,7 +239,7 @@ fn systemd_sees_reloading_then_ready_and_the_refusal_in_status() {
             }
             seen.iter()
                 .position(|m| m.contains(what))
-                .map(|i| seen.drain(..=i).last().unwrap())
+                .map(|i| seen.drain(..=i).next_back().unwrap())
         })
     };
     wait_message("READY=1");
