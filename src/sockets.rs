@@ -133,6 +133,26 @@ impl Sockets {
                     listen: kept.listen.clone(),
                     fd: kept.fd.try_clone().map_err(Error::Descriptors)?,
                 }),
+                None if self
+                    .held
+                    .iter()
+                    .any(|h| h.listen.as_ref().is_some_and(|held| held.addr == l.addr)) =>
+                {
+                    for path in &created {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(Error::Bind {
+                        addr: l.addr.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!(
+                                "baton already holds this address under another name; renaming \
+                                 a socket ({} now) needs a restart",
+                                l.name
+                            ),
+                        ),
+                    });
+                }
                 None => match bind(l, &mut created) {
                     Ok(h) => {
                         changes.added.push(format!("{}={}", h.name, h.describe));

@@ -7,8 +7,8 @@
 //! Applied at reload: `[program]` (for workers started from then on),
 //! listen addresses (kept by name and address, new ones bound, removed ones
 //! closed once the workers holding them have exited), `[fetch]` and
-//! `[verify]` (the update loop is rebuilt), `[releases]` keep, settle and
-//! health. A restart is needed for `[releases]` dir and binary, for adding
+//! `[verify]` (the update loop is rebuilt), `[releases]` settle and health.
+//! A restart is needed for `[releases]` dir, binary and keep, for adding
 //! or removing `[releases]`, for adding `[fetch]` where there was no
 //! releases directory, and, in in-place mode, for `program.command`. Under
 //! socket activation the sockets systemd passed stay as they are.
@@ -208,6 +208,12 @@ impl Master {
                     "releases.dir changed from {} to {}",
                     old.dir.display(),
                     new.dir.display()
+                ))
+            }
+            (Some(old), Some(new)) if old.keep != new.keep => {
+                return restart(format!(
+                    "releases.keep changed from {} to {}",
+                    old.keep, new.keep
                 ))
             }
             (Some(old), Some(new)) if old.binary != new.binary => {

@@ -202,9 +202,16 @@ impl Worker {
                 // zombie still holds the group id.
                 let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
             }
-            let status = child
-                .wait()
-                .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
+            let status = child.wait().unwrap_or_else(|e| {
+                // Nobody else reaps it (see `reaper`), so this is not
+                // expected; say so rather than report a clean exit.
+                tracing::error!(
+                    worker = id,
+                    pid,
+                    "cannot read the worker's exit status: {e}; reporting it as exit code 255"
+                );
+                std::os::unix::process::ExitStatusExt::from_raw(255 << 8)
+            });
             drop(own);
             if let Some(mut reader) = stderr {
                 // Collect the last lines, unless a process outside the
