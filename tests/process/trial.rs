@@ -382,3 +382,32 @@ fn sighup_during_a_trial_restarts_the_trial_worker_from_the_same_release() {
     assert_eq!(baton.current(), Some(one), "still on trial");
     assert!(baton.trial_recorded());
 }
+
+#[test]
+fn trial_worker_that_dies_while_a_restart_replaces_it_fails_the_trial() {
+    let (server, baton) = serving("10m");
+    let one = baton.current().unwrap();
+    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
+    support::wait_version(baton.addr(), "2.0.0");
+    let first = sole_worker(&baton);
+    // A reload to a slow readiness: the restarted trial worker takes 5 s to
+    // count as ready, and the first one dies meanwhile.
+    let config = std::fs::read_to_string(baton.dir.path().join("baton.toml")).unwrap();
+    let slow = config.replace(
+        "ready_timeout = \"10s\"",
+        "ready = \"delay:5s\"\nready_timeout = \"10s\"",
+    );
+    std::fs::write(baton.dir.path().join("baton.toml"), slow).unwrap();
+    baton.signal(libc::SIGHUP);
+    support::wait_for(
+        "the restarted trial worker",
+        Duration::from_secs(20),
+        || (baton.children().len() == 2).then_some(()),
+    );
+    sigkill(first);
+    assert_back_on_one(&baton, &one);
+    support::wait_for("one worker of 1.0.0", Duration::from_secs(30), || {
+        let pid = sole_worker(&baton);
+        (!argv0(pid).contains("2.0.0")).then_some(())
+    });
+}
