@@ -78,6 +78,8 @@ pub struct Control {
     /// it, else `.baton.sock` beside the config file. `None` (library mode
     /// without a config file): no control socket.
     pub socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics at `/metrics` (`None`: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The releases directory: `<id>/` per release and the `current` symlink.
@@ -547,6 +549,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     socket: Option<String>,
+    metrics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -785,7 +788,18 @@ impl Config {
             }
         }
         let verify = parse_verify(raw.verify)?;
+        let metrics = match &raw.control.metrics {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                Error::invalid(
+                    "control.metrics",
+                    addr,
+                    format!("expected an address such as 127.0.0.1:9464 ({e})"),
+                )
+            })?),
+            None => None,
+        };
         let control = Control {
+            metrics,
             socket: Some(match &raw.control.socket {
                 Some(path) if path.trim().is_empty() => {
                     return Err(Error::invalid("control.socket", path, "must be a path"))

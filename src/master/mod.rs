@@ -5,6 +5,7 @@
 
 mod control;
 mod health;
+mod metrics;
 mod notify;
 mod operate;
 mod ready;
@@ -93,6 +94,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The thread that writes the releases directory could not start.
     #[error("cannot start the releases directory's writer thread")]
     StoreThread(#[source] std::io::Error),
@@ -147,6 +157,8 @@ struct Status {
     promotions: u64,
     failed_trials: u64,
     rollbacks: u64,
+    /// Checks of the source by outcome.
+    checks: BTreeMap<&'static str, u64>,
     last_failure: Option<String>,
 }
 
@@ -207,6 +219,17 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let metrics_task = match control.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!("serving metrics on {bound} at /metrics");
+            Some(metrics::serve(listener, control_tx.clone()))
+        }
+        None => None,
+    };
     let _control = match &control.socket {
         Some(path) => {
             let server = control::serve(path, control_tx).map_err(|source| Error::Control {
@@ -316,6 +339,9 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
     }
     if let Some(io) = m.store_io.take() {
         io.finish();
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     Ok(stopped)
 }

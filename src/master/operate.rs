@@ -202,6 +202,7 @@ impl Master {
             };
             let _ = w.send(answer);
         }
+        *self.status.checks.entry(report.outcome).or_default() += 1;
         self.last_check = Some(report);
     }
 
@@ -249,6 +250,7 @@ impl Master {
             "failed": store.map(|s| sorted(s.failed())).unwrap_or_default(),
             "held": store.map(|s| sorted(s.held())).unwrap_or_default(),
             "last_failure": self.status.last_failure,
+            "checks": self.status.checks,
             "counters": {
                 "cycles": self.status.cycles,
                 "crash_restarts": self.status.crash_restarts,

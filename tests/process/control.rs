@@ -186,3 +186,81 @@ fn commands_without_a_master_say_so() {
         "{stderr}"
     );
 }
+
+/// The Python interpreter of the test venv (ci/test installs
+/// prometheus-client there), else `python3`.
+fn python() -> std::path::PathBuf {
+    match std::env::var_os("BATON_TEST_SUPERVISOR_BIN") {
+        Some(dir) => std::path::PathBuf::from(dir).join("python"),
+        None => "python3".into(),
+    }
+}
+
+#[test]
+fn metrics_parse_with_a_real_prometheus_parser() {
+    let server = HttpServer::start(true);
+    publish(&server, "1.0.0", "hello-1.0.0", hello_bytes("1.0.0"));
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    let config = format!(
+        "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\n\
+         [releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
+         [fetch]\nsource = \"http\"\nurl = \"{}\"\ninterval = \"1h\"\n\
+         [control]\nmetrics = \"127.0.0.1:0\"\n",
+        server.url("/manifest.json")
+    );
+    let baton = Baton::start(dir, &config);
+    baton.wait_ready();
+    ok(baton.dir.path(), &["upgrade"]);
+    let addr: std::net::SocketAddr =
+        support::wait_for("the metrics address", Duration::from_secs(10), || {
+            baton.log().lines().find_map(|l| {
+                l.split("serving metrics on ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        });
+    let (code, body) = support::get(addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+        for f in parse(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       print(s.name, sorted(s.labels.items()), s.value)\n";
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "baton_release_info [('release', '1.0.0-",
+        "('version', '1.0.0')] 1",
+        "baton_cycles_total [] 0",
+        "baton_checks_total [('result', 'unchanged')] ",
+        "baton_workers [('state', 'ready')] 1",
+        "process_open_fds [] ",
+    ] {
+        assert!(parsed.contains(want), "{want:?} missing in:\n{parsed}");
+    }
+    assert!(!body.contains("token"), "{body}");
+    let (code, _) = support::get(addr, "/other").unwrap();
+    assert_eq!(code, 404);
+}

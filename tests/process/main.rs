@@ -10,6 +10,7 @@ mod cycle;
 mod failure;
 mod fleet;
 mod github;
+mod go;
 mod health;
 mod hygiene;
 mod in_place;

@@ -1,0 +1,3 @@
+module batonworker
+
+go 1.19
