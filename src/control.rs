@@ -8,7 +8,10 @@
 //! "restart"}` (answered when the graceful cycle ended), `{"cmd":
 //! "rollback"}` (answered when `previous` serves and is `current`), `{"cmd":
 //! "upgrade", "force": false}` (answered with the outcome of the check it
-//! starts; `force` first forgets the releases held by a rollback).
+//! starts; `force` first forgets the releases held by a rollback),
+//! `{"cmd": "reexec", "binary": "/path"}` (`binary` optional; answered by
+//! the master after its `execve`, with its `pid`, `binary`, `version` and
+//! the `workers` it adopted).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -37,6 +40,15 @@ pub enum Request {
         /// Forget held releases first.
         #[serde(default)]
         force: bool,
+    },
+    /// Re-execute the master's own binary in place (same PID), keeping the
+    /// sockets and adopting the running workers; the reply comes from the
+    /// new master once it serves.
+    Reexec {
+        /// The binary to execute instead of the one the master was started
+        /// from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
     },
 }
 
@@ -94,6 +106,12 @@ pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, Er
         .take(MAX_LINE as u64)
         .read_until(b'\n', &mut reply)
         .map_err(io)?;
+    if reply.is_empty() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the master closed the connection without a reply (did it exit?)",
+        )));
+    }
     let value: serde_json::Value = serde_json::from_slice(&reply).map_err(|_| Error::BadReply {
         socket: socket.to_owned(),
         reply: String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned(),
@@ -203,6 +221,17 @@ pub fn render(request: &Request, reply: &serde_json::Value) -> String {
                 "{}: {}",
                 str_of(&reply["outcome"]),
                 str_of(&reply["detail"])
+            );
+        }
+        Request::Reexec { .. } => {
+            let _ = writeln!(
+                out,
+                "re-executed: baton {} from {} as pid {}, adopted {} worker(s) in {} ms",
+                str_of(&reply["version"]),
+                str_of(&reply["binary"]),
+                reply["pid"],
+                reply["workers"].as_array().map_or(0, Vec::len),
+                reply["took_ms"]
             );
         }
     }

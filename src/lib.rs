@@ -68,6 +68,7 @@ mod command;
 pub mod config;
 pub mod control;
 pub mod fetchers;
+pub mod logging;
 pub mod manifest;
 pub mod master;
 mod protocol;
@@ -283,14 +284,11 @@ where
         Role::Master => {
             let program = options.program()?;
             if !tracing::dispatcher::has_been_set() {
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter(
-                        tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-                            .unwrap_or_else(|_| "info".into()),
-                    )
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .try_init();
+                let format = logging::LogFormat::from_env();
+                logging::init(format.clone().unwrap_or_default());
+                if let Err(e) = format {
+                    tracing::warn!("{e}; logging as text");
+                }
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

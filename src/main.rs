@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, with `event`,
+    /// `release`, `version`, `worker` and `error` as top-level keys).
+    /// Default: `$BATON_LOG_FORMAT`, else text.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<baton::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,6 +114,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Re-execute the running master's own binary in place: same PID, same
+    /// sockets, the running workers adopted (after a package manager
+    /// replaced the baton binary). Waits for the new master's answer.
+    Reexec {
+        #[command(flatten)]
+        to: Master,
+        /// Execute this binary instead of the path the master was started
+        /// from.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Print the new master's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file and exit.
     Validate {
         /// The config file.
@@ -133,14 +152,17 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = match cli.log_format {
+        Some(format) => format,
+        None => match baton::logging::LogFormat::from_env() {
+            Ok(format) => format,
+            Err(e) => {
+                eprintln!("baton: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    baton::logging::init(log_format);
     let config = match &cli.command {
         Command::Run { config } | Command::Validate { config } | Command::Check { config, .. } => {
             config
@@ -150,7 +172,8 @@ fn main() -> ExitCode {
         | Command::Restart { .. }
         | Command::Rollback { .. }
         | Command::Releases { .. }
-        | Command::Upgrade { .. } => return exit(operate(cli.command)),
+        | Command::Upgrade { .. }
+        | Command::Reexec { .. } => return exit(operate(cli.command)),
         Command::Publish { .. } => return exit(publish(cli.command)),
     };
     let config = match baton::Config::load(config) {
@@ -189,7 +212,8 @@ fn main() -> ExitCode {
         | Command::Restart { .. }
         | Command::Rollback { .. }
         | Command::Releases { .. }
-        | Command::Upgrade { .. } => unreachable!("handled above"),
+        | Command::Upgrade { .. }
+        | Command::Reexec { .. } => unreachable!("handled above"),
     }
 }
 
@@ -202,6 +226,14 @@ fn operate(command: Command) -> anyhow::Result<()> {
         Command::Rollback { to } => (to, Request::Rollback, false),
         Command::Releases { to, json } => (to, Request::Releases, json),
         Command::Upgrade { to, force } => (to, Request::Upgrade { force }, false),
+        Command::Reexec { to, binary, json } => {
+            // The master resolves paths from its own directory: send an
+            // absolute one.
+            let binary = binary
+                .map(|b| std::path::absolute(&b).with_context(|| format!("{}", b.display())))
+                .transpose()?;
+            (to, Request::Reexec { binary }, json)
+        }
         _ => unreachable!("only control commands"),
     };
     let socket = match to.socket {

@@ -78,6 +78,13 @@ pub(crate) fn spawn_own<T>(
     Ok((child, Own(pid)))
 }
 
+/// Registers `pid`, a child this process already has (a worker adopted
+/// across the master's own `execve`), as reaped by its owner.
+pub(crate) fn register(pid: i32) -> Own {
+    own().insert(pid);
+    Own(Some(pid))
+}
+
 /// The running reaper; dropping it stops the task (the process stays a
 /// subreaper).
 #[derive(Debug)]

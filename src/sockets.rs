@@ -72,7 +72,7 @@ impl Sockets {
     pub(crate) fn open(listen: &[Listen]) -> Result<Sockets, Error> {
         let inherited = sys::inherited_listen_fds().map_err(Error::Adopt)?;
         let (held, created) = match inherited {
-            Some(fds) => (adopt(fds)?, Vec::new()),
+            Some(fds) => (adopt(fds, "from systemd")?, Vec::new()),
             None => {
                 let mut held = Vec::new();
                 let mut created = Vec::new();
@@ -250,6 +250,70 @@ impl Sockets {
     }
 }
 
+/// One held socket as it crosses the master's `execve`: the descriptor
+/// stays open under the same number.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Carried {
+    /// `LISTEN_FDNAMES` name.
+    pub name: String,
+    /// The descriptor number.
+    pub fd: RawFd,
+    /// For logs.
+    pub describe: String,
+    /// The bound TCP address.
+    pub tcp: Option<SocketAddr>,
+    /// The config entry, as written (`name=address`); absent for a socket
+    /// from systemd.
+    pub listen: Option<String>,
+}
+
+impl Sockets {
+    /// The held sockets and the unix socket files this master created, for
+    /// the next master; the descriptors are made inheritable by the caller.
+    pub(crate) fn carry(&self) -> (Vec<Carried>, Vec<PathBuf>) {
+        let held = self
+            .held
+            .iter()
+            .map(|h| Carried {
+                name: h.name.clone(),
+                fd: h.fd.as_raw_fd(),
+                describe: h.describe.clone(),
+                tcp: h.tcp,
+                listen: h.listen.as_ref().map(|l| format!("{}={}", l.name, l.addr)),
+            })
+            .collect();
+        (held, self.created.clone())
+    }
+
+    /// Takes over the sockets a previous master held (same process, before
+    /// its `execve`), already owned as `fds` (in `carried` order).
+    pub(crate) fn resume(
+        carried: Vec<Carried>,
+        fds: Vec<OwnedFd>,
+        created: Vec<PathBuf>,
+    ) -> Result<Sockets, Error> {
+        let held = carried
+            .into_iter()
+            .zip(fds)
+            .map(|(c, fd)| Held {
+                listen: c.listen.as_deref().and_then(|l| l.parse().ok()),
+                name: c.name,
+                describe: c.describe,
+                tcp: c.tcp,
+                fd,
+            })
+            .collect();
+        Sockets::place(held, created)
+    }
+
+    /// Takes over bare descriptors and names (a previous master whose state
+    /// could not be read in full): they are kept as they are, as systemd's
+    /// would be.
+    pub(crate) fn resume_bare(fds: Vec<(OwnedFd, String)>) -> Result<Sockets, Error> {
+        Sockets::place(adopt(fds, "from the previous master")?, Vec::new())
+    }
+}
+
 impl Drop for Sockets {
     fn drop(&mut self) {
         for path in &self.created {
@@ -258,7 +322,7 @@ impl Drop for Sockets {
     }
 }
 
-fn adopt(fds: Vec<(OwnedFd, String)>) -> Result<Vec<Held>, Error> {
+fn adopt(fds: Vec<(OwnedFd, String)>, origin: &str) -> Result<Vec<Held>, Error> {
     fds.into_iter()
         .map(|(fd, name)| {
             let socket = Socket::from(fd);
@@ -274,7 +338,7 @@ fn adopt(fds: Vec<(OwnedFd, String)>) -> Result<Vec<Held>, Error> {
             };
             Ok(Held {
                 name,
-                describe: format!("{describe} (from systemd)"),
+                describe: format!("{describe} ({origin})"),
                 tcp,
                 listen: None,
                 fd: socket.into(),

@@ -275,6 +275,130 @@ pub(crate) fn reap(pid: Pid) -> io::Result<WaitStatus> {
     waitpid(pid, Some(WaitPidFlag::WNOHANG)).map_err(io::Error::from)
 }
 
+/// Reaps the child `pid`, which has exited (see [`has_exited`]), and
+/// returns its exit status.
+pub(crate) fn reap_exited(pid: Pid) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a local integer.
+        let got = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if got == pid.as_raw() {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Sets (`inherit = false`) or clears close-on-exec on a descriptor this
+/// process holds, so that it survives (or not) the master's own `execve`.
+pub(crate) fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only change the descriptor's flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if inherit {
+            flags & !libc::FD_CLOEXEC
+        } else {
+            flags | libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Takes ownership of a descriptor handed over by number across the
+/// master's `execve`, checking that it is open, and marks it close-on-exec.
+/// The caller makes sure each number is taken once.
+pub(crate) fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only inspects the descriptor table entry.
+    if raw <= 2 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::other(format!("descriptor {raw} is not open")));
+    }
+    // SAFETY: the previous master handed this descriptor to us by number,
+    // nothing else in this process owns it, and the caller takes each
+    // number once.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(&fd)?;
+    Ok(fd)
+}
+
+/// An anonymous in-memory file (`memfd_create`, close-on-exec) holding
+/// `bytes`, positioned at its start.
+pub(crate) fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let name = CString::new(name).map_err(|_| io::Error::other("NUL in a memfd name"))?;
+    // SAFETY: memfd_create returns a new descriptor or -1.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just created and is owned by nobody else.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// The signals the master handles; blocked across its own `execve` so that
+/// none arrives while no handler is installed (they stay pending).
+const MASTER_SIGNALS: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGCHLD]
+};
+
+/// Blocks (`true`) or unblocks the master's signals in the calling thread.
+pub(crate) fn block_master_signals(block: bool) -> io::Result<()> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut set = SigSet::empty();
+    for s in MASTER_SIGNALS {
+        set.add(s);
+    }
+    let how = if block {
+        SigmaskHow::SIG_BLOCK
+    } else {
+        SigmaskHow::SIG_UNBLOCK
+    };
+    pthread_sigmask(how, Some(&set), None).map_err(io::Error::from)
+}
+
+/// Replaces this process's program (`execve`); returns only on failure.
+pub(crate) fn execve(
+    path: &std::path::Path,
+    argv: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Error {
+    let cstr = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| io::Error::other("argument or variable holds a NUL byte"))
+    };
+    let prepared = (|| {
+        let path = cstr(path.as_os_str().as_bytes())?;
+        let argv = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env = env
+            .iter()
+            .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok::<_, io::Error>((path, argv, env))
+    })();
+    match prepared {
+        Ok((path, argv, env)) => match nix::unistd::execve(&path, &argv, &env) {
+            Ok(never) => match never {},
+            Err(e) => e.into(),
+        },
+        Err(e) => e,
+    }
+}
+
 /// Whether `pid` (a child, maybe a zombie) is in this process's group.
 pub(crate) fn in_own_group(pid: Pid) -> bool {
     nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == nix::unistd::getpgrp())

@@ -25,6 +25,21 @@ pub(crate) struct Incoming {
     pub request: Request,
     /// The reply.
     pub reply: oneshot::Sender<Value>,
+    /// For `reexec`: the connection itself, whose reply the next master
+    /// writes (see [`answer`]).
+    pub conn: Option<std::os::unix::net::UnixStream>,
+}
+
+/// Writes `reply` as one line on a connection taken over from the control
+/// server (blocking: the reply is small and the client waits for it).
+pub(crate) fn answer(mut conn: std::os::unix::net::UnixStream, reply: &Value) {
+    use std::io::Write;
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut line = serde_json::to_vec(reply).expect("serializable");
+    line.push(b'\n');
+    let _ = conn.write_all(&line);
+    let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
 /// An error reply.
@@ -35,7 +50,29 @@ pub(crate) fn refuse(error: impl std::fmt::Display) -> Value {
 /// The bound control socket; the file is removed when this is dropped.
 pub(crate) struct Server {
     path: PathBuf,
+    /// The listener's descriptor (owned by the task), for `reexec`.
+    fd: std::os::fd::RawFd,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// The socket's path and the listener's descriptor, for handing over
+    /// across `execve`.
+    pub(crate) fn carry(&self) -> (PathBuf, std::os::fd::RawFd) {
+        (self.path.clone(), self.fd)
+    }
+
+    /// Serves the listener a previous master bound at `path` (same process,
+    /// before its `execve`): no client ever finds the socket closed.
+    pub(crate) fn resume(
+        fd: std::os::fd::OwnedFd,
+        path: PathBuf,
+        to_loop: mpsc::UnboundedSender<Incoming>,
+    ) -> std::io::Result<Server> {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        Ok(start(UnixListener::from_std(listener)?, path, to_loop))
+    }
 }
 
 impl Drop for Server {
@@ -67,6 +104,16 @@ pub(crate) fn serve(
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(start(listener, path.to_owned(), to_loop))
+}
+
+fn start(
+    listener: UnixListener,
+    path: PathBuf,
+    to_loop: mpsc::UnboundedSender<Incoming>,
+) -> Server {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -75,17 +122,42 @@ pub(crate) fn serve(
             tokio::spawn(handle(stream, to_loop.clone()));
         }
     });
-    Ok(Server {
-        path: path.to_owned(),
-        task,
-    })
+    Server { path, fd, task }
 }
 
 async fn handle(mut stream: UnixStream, to_loop: mpsc::UnboundedSender<Incoming>) {
     let reply = match read_request(&mut stream).await {
+        Ok(request @ Request::Reexec { .. }) => {
+            // The reply comes from the master after its execve, on this
+            // very connection: hand it over.
+            let conn = match stream.into_std() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("cannot take over a control connection: {e}");
+                    return;
+                }
+            };
+            let (reply, _) = oneshot::channel();
+            let incoming = Incoming {
+                request,
+                reply,
+                conn: Some(conn),
+            };
+            if let Err(mpsc::error::SendError(incoming)) = to_loop.send(incoming) {
+                if let Some(conn) = incoming.conn {
+                    answer(conn, &refuse("the master is shutting down"));
+                }
+            }
+            return;
+        }
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
-            if to_loop.send(Incoming { request, reply: tx }).is_err() {
+            let incoming = Incoming {
+                request,
+                reply: tx,
+                conn: None,
+            };
+            if to_loop.send(incoming).is_err() {
                 refuse("the master is shutting down")
             } else {
                 rx.await

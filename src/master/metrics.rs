@@ -46,6 +46,7 @@ pub(crate) fn serve(
                     let _ = to_loop.send(Incoming {
                         request: Request::Status,
                         reply: tx,
+                        conn: None,
                     });
                     match rx.await {
                         Ok(status) => (

@@ -9,6 +9,7 @@ mod metrics;
 mod notify;
 mod operate;
 mod ready;
+mod reexec;
 mod reload;
 mod rollout;
 mod store_io;
@@ -103,6 +104,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// What a previous master handed over across its `execve` (`baton
+    /// reexec`) could not be taken over.
+    #[error("cannot take over from the master before the re-exec: {0}")]
+    Reexec(String),
     /// The thread that writes the releases directory could not start.
     #[error("cannot start the releases directory's writer thread")]
     StoreThread(#[source] std::io::Error),
@@ -150,7 +155,7 @@ struct Starting {
 }
 
 /// What the master knows about itself, for logs and `STATUS=`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Status {
     cycles: u64,
     crash_restarts: u64,
@@ -158,7 +163,7 @@ struct Status {
     failed_trials: u64,
     rollbacks: u64,
     /// Checks of the source by outcome.
-    checks: BTreeMap<&'static str, u64>,
+    checks: BTreeMap<String, u64>,
     last_failure: Option<String>,
 }
 
@@ -184,23 +189,57 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         verify,
         control,
     } = config;
-    // Signal streams first: from here on no signal is lost.
+    // Signal streams first: from here on no signal is lost. A master
+    // started by its predecessor's `execve` had them blocked across it.
     let mut sig = Signals::install().map_err(Error::Signals)?;
+    if let Err(e) = crate::sys::block_master_signals(false) {
+        tracing::warn!("cannot unblock the master's signals: {e}");
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("baton"));
+    // What a previous master handed over across its `execve`, if this is
+    // one; its workers are claimed before the reaper could take them.
+    let mut inherited = reexec::take().map_err(Error::Reexec)?;
+    let mut taker = reexec::Taker::default();
+    let claimed = match &inherited {
+        Some(reexec::Inherited::Full(doc)) => doc.claim_workers(),
+        Some(reexec::Inherited::Core(core, _)) => core.claim_workers(),
+        None => Vec::new(),
+    };
     let _reaper = crate::reaper::start();
-    let sockets = Sockets::open(&program.listen)?;
+    let sockets = match &mut inherited {
+        Some(reexec::Inherited::Full(doc)) => doc.sockets(&mut taker).map_err(Error::Reexec)?,
+        Some(reexec::Inherited::Core(core, _)) => {
+            core.sockets(&mut taker).map_err(Error::Reexec)?
+        }
+        None => Sockets::open(&program.listen)?,
+    };
     crate::sys::cloexec_inherited_fds().map_err(Error::Descriptors)?;
     for held in sockets.iter() {
         tracing::info!(name = %held.name, "listening on {}", held.describe);
     }
     warn_http_ready(&program);
-    let notify = NotifyServer::bind().map_err(Error::Notify)?;
+    let notify = match &inherited {
+        Some(reexec::Inherited::Full(doc)) => {
+            let (fd, path) = doc.notify(&mut taker).map_err(Error::Reexec)?;
+            NotifyServer::resume(fd, path).map_err(Error::Notify)?
+        }
+        _ => NotifyServer::bind().map_err(Error::Notify)?,
+    };
+    let resuming_trial = match &inherited {
+        Some(reexec::Inherited::Full(doc)) => doc.trial_id().map(str::to_owned),
+        _ => None,
+    };
     let child_env = ChildEnv::new(&program, fetch.as_ref());
     let settle = releases.as_ref().map_or(SETTLE_DEFAULT, |r| r.settle);
     let checker = checker(releases.as_ref(), &sockets, &child_env, &program);
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let store = match (&releases, &fetch) {
         (None, None) => None,
-        (releases, _) => Some(open_store(releases.as_ref(), &program)?),
+        (releases, _) => Some(open_store(
+            releases.as_ref(),
+            &program,
+            resuming_trial.as_deref(),
+        )?),
     };
     let (store_io, mut store_done) = match &store {
         Some((store, _)) => {
@@ -219,19 +258,38 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let (inherited_control, inherited_metrics) = match &inherited {
+        Some(reexec::Inherited::Full(doc)) => (
+            doc.control(&mut taker).map_err(Error::Reexec)?,
+            doc.metrics(&mut taker).map_err(Error::Reexec)?,
+        ),
+        _ => (None, None),
+    };
+    let mut metrics_fd = None;
     let metrics_task = match control.metrics {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Metrics { addr, source })?;
+            let listener = match inherited_metrics {
+                Some(fd) => {
+                    let std = std::net::TcpListener::from(fd);
+                    std.set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(std))
+                }
+                None => tokio::net::TcpListener::bind(addr).await,
+            }
+            .map_err(|source| Error::Metrics { addr, source })?;
+            metrics_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!("serving metrics on {bound} at /metrics");
             Some(metrics::serve(listener, control_tx.clone()))
         }
         None => None,
     };
-    let _control = match &control.socket {
-        Some(path) => {
+    let control_server = match (&control.socket, inherited_control) {
+        (_, Some((fd, path))) => Some(
+            control::Server::resume(fd, path.clone(), control_tx)
+                .map_err(|source| Error::Control { path, source })?,
+        ),
+        (Some(path), None) => {
             let server = control::serve(path, control_tx).map_err(|source| Error::Control {
                 path: path.clone(),
                 source,
@@ -239,9 +297,10 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
             tracing::info!("control socket at {}", path.display());
             Some(server)
         }
-        None => None,
+        (None, None) => None,
     };
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let (reexec_tx, mut reexec_rx) = mpsc::unbounded_channel();
     let waiting_for_release =
         first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
     let (store, _lock) = store.unzip();
@@ -254,6 +313,13 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         sockets,
         retired: Vec::new(),
         notify_path: notify.path().to_owned(),
+        notify_fd: notify.raw_fd(),
+        control_carry: control_server.as_ref().map(control::Server::carry),
+        metrics_fd,
+        exe,
+        reexec: None,
+        reexec_tx,
+        store_pending: 0,
         child_env,
         supervisor: Supervisor::from_env(),
         exits: exits_tx,
@@ -290,10 +356,29 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         queued_install: None,
         waiting_for_release,
     };
+    let resumed = match inherited {
+        Some(reexec::Inherited::Full(doc)) => {
+            m.resume(*doc, claimed, &mut taker);
+            true
+        }
+        Some(reexec::Inherited::Core(core, why)) => {
+            m.resume_core(core, claimed, why, &mut taker);
+            false
+        }
+        None => false,
+    };
     if let Some(fetcher) = first_fetcher {
-        m.start_updater(fetcher, None);
+        // A resumed trial holds the update loop back until it ends.
+        let gate = m.rollout.on_trial().is_some().then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            m.trial_done = Some(tx);
+            rx
+        });
+        m.start_updater(fetcher, gate);
     }
-    if waiting_for_release {
+    if resumed && !m.workers.is_empty() {
+        // The adopted workers serve on.
+    } else if waiting_for_release {
         tracing::info!("no release is installed yet; waiting for the first one");
     } else {
         m.start_worker(Reason::Start);
@@ -319,6 +404,7 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
             Some(report) = health_rx.recv() => m.on_health(report),
             Some(incoming) = control_rx.recv() => m.on_control(incoming),
             Some(report) = reports.recv() => m.on_check(report),
+            Some(checked) = reexec_rx.recv() => m.on_reexec_checked(checked),
             msg = notify.recv() => match msg {
                 Ok(msg) => m.on_notify(msg),
                 Err(e) => tracing::warn!("cannot read the notify socket: {e}"),
@@ -327,6 +413,7 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         }
         m.update_health();
         m.release_retired_sockets();
+        m.reexec_if_ready();
         if let Some(how) = m.stopping {
             if m.workers.is_empty() {
                 tracing::info!("all workers have exited; master exiting");
@@ -384,6 +471,7 @@ fn checker(
 fn open_store(
     releases: Option<&crate::config::Releases>,
     program: &Program,
+    resuming_trial: Option<&str>,
 ) -> Result<(Store, crate::release::Lock), Error> {
     let store = match releases {
         Some(r) => Store::open(r),
@@ -401,6 +489,10 @@ fn open_store(
         tracing::info!("removed {} left by an interrupted install", left.display());
     }
     if let Some(trial) = store.trial() {
+        if resuming_trial == Some(trial.id.as_str()) {
+            tracing::info!("release {} stays on trial across the re-exec", trial.id);
+            return Ok((store, lock));
+        }
         if store.current().is_some_and(|c| c.id == trial.id) {
             tracing::info!(
                 "release {} had been promoted when the master stopped",
@@ -480,6 +572,19 @@ struct Master {
     /// started with them (ids) have exited.
     retired: Vec<(Sockets, Vec<u64>)>,
     notify_path: std::path::PathBuf,
+    /// The notify socket's descriptor, for `reexec`.
+    notify_fd: std::os::fd::RawFd,
+    /// The control socket's path and listener, for `reexec`.
+    control_carry: Option<(PathBuf, std::os::fd::RawFd)>,
+    /// The metrics listener, for `reexec`.
+    metrics_fd: Option<std::os::fd::RawFd>,
+    /// The binary this master runs (what `reexec` executes by default).
+    exe: PathBuf,
+    /// A re-exec asked for, until it happens or fails.
+    reexec: Option<reexec::Pending>,
+    reexec_tx: mpsc::UnboundedSender<reexec::Checked>,
+    /// Writes to the releases directory not finished yet.
+    store_pending: usize,
     /// What workers inherit besides the protocol's variables.
     child_env: ChildEnv,
     supervisor: Supervisor,
@@ -1056,13 +1161,17 @@ impl Master {
 
     fn store_job(&mut self, job: Job) {
         match &self.store_io {
-            Some(io) => io.send(job),
+            Some(io) => {
+                self.store_pending += 1;
+                io.send(job)
+            }
             None => tracing::error!("no releases directory to record {job:?} in"),
         }
     }
 
     /// A write to the releases directory finished.
     fn on_store(&mut self, done: Done) {
+        self.store_pending = self.store_pending.saturating_sub(1);
         match done {
             Done::TrialBegun(release, Ok(())) => {
                 self.rollout.recorded();

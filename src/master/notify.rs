@@ -18,7 +18,17 @@ pub(crate) struct NotifyServer {
     socket: UnixDatagram,
     path: PathBuf,
     // Removed (with the socket file) when the master exits.
-    _dir: tempfile::TempDir,
+    _dir: PrivateDir,
+}
+
+/// The private directory of the notify socket, removed when dropped (not
+/// by an `execve`: the next master takes it over).
+struct PrivateDir(PathBuf);
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One datagram from a worker.
@@ -49,8 +59,29 @@ impl NotifyServer {
         Ok(NotifyServer {
             socket: UnixDatagram::from_std(std)?,
             path,
-            _dir: dir,
+            _dir: PrivateDir(dir.keep()),
         })
+    }
+
+    /// Takes over the socket a previous master bound (same process, before
+    /// its `execve`): workers keep reporting to the same path.
+    pub(crate) fn resume(fd: std::os::fd::OwnedFd, path: PathBuf) -> io::Result<NotifyServer> {
+        let std = StdDatagram::from(fd);
+        std.set_nonblocking(true)?;
+        let dir = path
+            .parent()
+            .map(Path::to_owned)
+            .ok_or_else(|| io::Error::other("the notify socket path has no directory"))?;
+        Ok(NotifyServer {
+            socket: UnixDatagram::from_std(std)?,
+            path,
+            _dir: PrivateDir(dir),
+        })
+    }
+
+    /// The socket's descriptor, for handing over across `execve`.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
     }
 
     /// The path workers get as `NOTIFY_SOCKET`.

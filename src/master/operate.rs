@@ -30,7 +30,14 @@ fn ok(mut fields: Value) -> Value {
 
 impl Master {
     /// A request from the control socket.
-    pub(super) fn on_control(&mut self, Incoming { request, reply }: Incoming) {
+    pub(super) fn on_control(
+        &mut self,
+        Incoming {
+            request,
+            reply,
+            conn,
+        }: Incoming,
+    ) {
         tracing::debug!("control request: {request:?}");
         match request {
             Request::Status => {
@@ -42,6 +49,12 @@ impl Master {
             Request::Restart => self.restart(reply),
             Request::Rollback => self.rollback(reply),
             Request::Upgrade { force } => self.upgrade(force, reply),
+            Request::Reexec { binary } => match conn {
+                Some(conn) => self.reexec_requested(binary, conn),
+                None => {
+                    let _ = reply.send(refuse("reexec needs its own control connection"));
+                }
+            },
         }
     }
 
@@ -202,7 +215,11 @@ impl Master {
             };
             let _ = w.send(answer);
         }
-        *self.status.checks.entry(report.outcome).or_default() += 1;
+        *self
+            .status
+            .checks
+            .entry(report.outcome.to_owned())
+            .or_default() += 1;
         self.last_check = Some(report);
     }
 

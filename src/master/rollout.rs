@@ -224,6 +224,58 @@ impl Rollout {
     }
 }
 
+/// A running trial as it crosses the master's `execve` (see `reexec`):
+/// instants become ages.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Carried {
+    release: Meta,
+    worker: Option<u64>,
+    /// How long its worker had been ready, in milliseconds.
+    ready_for_ms: Option<u64>,
+    failed_checks: u32,
+    healthy: bool,
+    recorded: bool,
+}
+
+impl Carried {
+    /// The id of the release on trial.
+    pub(crate) fn release_id(&self) -> &str {
+        &self.release.id
+    }
+}
+
+impl Rollout {
+    /// The running trial, for the next master.
+    pub(crate) fn carry(&self, now: Instant) -> Option<Carried> {
+        let t = self.trial.as_ref()?;
+        Some(Carried {
+            release: t.release.clone(),
+            worker: t.worker,
+            ready_for_ms: t
+                .ready_since
+                .map(|since| now.saturating_duration_since(since).as_millis() as u64),
+            failed_checks: t.failed_checks,
+            healthy: t.healthy,
+            recorded: t.recorded,
+        })
+    }
+
+    /// Resumes a trial the previous master ran: its settle clock keeps
+    /// counting from when its worker became ready.
+    pub(crate) fn resume(&mut self, carried: Carried, now: Instant) {
+        self.trial = Some(Trial {
+            release: carried.release,
+            worker: carried.worker,
+            ready_since: carried
+                .ready_for_ms
+                .map(|ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)),
+            failed_checks: carried.failed_checks,
+            healthy: carried.healthy,
+            recorded: carried.recorded,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +292,23 @@ mod tests {
     }
 
     const SETTLE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_carried_trial_keeps_its_clock() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE, None);
+        r.begin(meta("b")).unwrap();
+        r.recorded();
+        r.started(7);
+        r.ready(7, t0);
+        let carried = r.carry(t0 + Duration::from_secs(4)).unwrap();
+        let mut next = Rollout::new(SETTLE, None);
+        let later = t0 + Duration::from_secs(100);
+        next.resume(carried, later);
+        assert!(next.watches(7));
+        assert_eq!(next.runnable(), Some(&meta("b")));
+        assert_eq!(next.deadline(), Some(later + Duration::from_secs(6)));
+    }
 
     #[test]
     fn promoted_after_settle_not_before() {

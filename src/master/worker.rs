@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,9 @@ pub(crate) struct Worker {
     pub status: Option<String>,
     signals: mpsc::UnboundedSender<(Signal, bool)>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// The read end of its stderr pipe (owned by the forwarding task), for
+    /// handing over across the master's `execve`.
+    stderr_fd: Option<RawFd>,
 }
 
 impl Worker {
@@ -132,19 +136,67 @@ impl Worker {
             .process_group(0);
         plan.attach(&mut cmd);
         // Created before the child exists, so its exit cannot go unnoticed.
-        let mut sigchld = signal(SignalKind::child())?;
+        let sigchld = signal(SignalKind::child())?;
         let (mut child, own) =
             reaper::spawn_own(|| cmd.spawn(), |c| Some(c.id())).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display()))
             })?;
         let pid = child.id();
-        let raw = Pid::from_raw(pid as i32);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        // The owner task reaps it by PID (see `own`), not through `child`.
+        drop(child);
+        Ok(Worker::own(
+            id,
+            pid,
+            stderr,
+            Vec::new(),
+            State::Starting,
+            own,
+            exits,
+            sigchld,
+        ))
+    }
 
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let stderr = child
-            .stderr
-            .take()
-            .and_then(|e| pipe::Receiver::from_owned_fd(e.into()).ok())
+    /// Takes over a worker that a previous master (this same process, before
+    /// its `execve`) started: `pid` is still this process's child, `stderr`
+    /// the read end of its stderr pipe. `tail` holds the last lines it wrote.
+    pub(crate) fn adopt(
+        id: u64,
+        pid: u32,
+        stderr: Option<OwnedFd>,
+        tail: Vec<String>,
+        state: State,
+        own: reaper::Own,
+        exits: mpsc::UnboundedSender<Exit>,
+    ) -> io::Result<Worker> {
+        // `own` registered it before anything could reap it.
+        let sigchld = signal(SignalKind::child())?;
+        Ok(Worker::own(
+            id, pid, stderr, tail, state, own, exits, sigchld,
+        ))
+    }
+
+    /// Starts the tasks that own a worker: one forwards its stderr (keeping
+    /// the last lines), one waits for its exit, signals it on request, kills
+    /// its group and reaps it.
+    #[allow(clippy::too_many_arguments)]
+    fn own(
+        id: u64,
+        pid: u32,
+        stderr: Option<OwnedFd>,
+        tail: Vec<String>,
+        state: State,
+        own: reaper::Own,
+        exits: mpsc::UnboundedSender<Exit>,
+        mut sigchld: tokio::signal::unix::Signal,
+    ) -> Worker {
+        let raw = Pid::from_raw(pid as i32);
+        let mut kept = VecDeque::with_capacity(TAIL_LINES);
+        kept.extend(tail.into_iter().rev().take(TAIL_LINES).rev());
+        let tail = Arc::new(Mutex::new(kept));
+        let stderr_fd = stderr.as_ref().map(|fd| fd.as_raw_fd());
+        let stderr = stderr
+            .and_then(|e| pipe::Receiver::from_owned_fd(e).ok())
             .map(|stderr| {
                 let tail = tail.clone();
                 tokio::spawn(async move {
@@ -202,7 +254,7 @@ impl Worker {
                 // zombie still holds the group id.
                 let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
             }
-            let status = child.wait().unwrap_or_else(|e| {
+            let status = sys::reap_exited(raw).unwrap_or_else(|e| {
                 // Nobody else reaps it (see `reaper`), so this is not
                 // expected; say so rather than report a clean exit.
                 tracing::error!(
@@ -227,14 +279,15 @@ impl Worker {
             let _ = exits.send(Exit::Exited { id, status });
         });
 
-        Ok(Worker {
+        Worker {
             id,
             pid,
-            state: State::Starting,
+            state,
             status: None,
             signals,
             tail,
-        })
+            stderr_fd,
+        }
     }
 
     /// Sends `sig` to the worker process.
@@ -246,6 +299,11 @@ impl Worker {
     pub(crate) fn kill(&mut self) {
         let _ = self.signals.send((Signal::SIGKILL, true));
         self.state = State::Killed;
+    }
+
+    /// The read end of the worker's stderr pipe, while it is forwarded.
+    pub(crate) fn stderr_fd(&self) -> Option<RawFd> {
+        self.stderr_fd
     }
 
     /// The last lines the worker wrote to stderr.

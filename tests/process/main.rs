@@ -16,6 +16,7 @@ mod hygiene;
 mod in_place;
 mod lifecycle;
 mod python;
+mod reexec;
 mod release;
 mod reload;
 mod s3;

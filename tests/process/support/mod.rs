@@ -169,9 +169,25 @@ impl Baton {
         Baton::launch(dir, &[])
     }
 
+    /// As `start`, running the master from `binary` (a copy of baton the
+    /// test may replace).
+    pub fn start_from(
+        dir: tempfile::TempDir,
+        config: &str,
+        binary: &Path,
+        env: &[(&str, &str)],
+    ) -> Baton {
+        std::fs::write(dir.path().join("baton.toml"), config).unwrap();
+        Baton::launch_bin(dir, env, binary)
+    }
+
     fn launch(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Baton {
+        Baton::launch_bin(dir, env, &baton_bin())
+    }
+
+    fn launch_bin(dir: tempfile::TempDir, env: &[(&str, &str)], binary: &Path) -> Baton {
         let log = dir.path().join("baton.log");
-        let child = Command::new(baton_bin())
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(dir.path().join("baton.toml"))
             .env("BATON_LOG", "info")
