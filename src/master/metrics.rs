@@ -128,6 +128,12 @@ pub(crate) fn render(status: &Value) -> String {
         "Rollbacks asked for by an operator",
         &counters["rollbacks"],
     );
+    counter(
+        &mut registry,
+        "baton_reexecs",
+        "Re-executions of the master's own binary",
+        &counters["reexecs"],
+    );
     let upgrades = Family::<Labels, Counter>::default();
     registry.register(
         "baton_upgrades",

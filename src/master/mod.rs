@@ -162,6 +162,9 @@ struct Status {
     promotions: u64,
     failed_trials: u64,
     rollbacks: u64,
+    /// Re-executions of the master's binary (`baton reexec`).
+    #[serde(default)]
+    reexecs: u64,
     /// Checks of the source by outcome.
     checks: BTreeMap<String, u64>,
     last_failure: Option<String>,

@@ -259,6 +259,7 @@ impl Master {
         json!({
             "pid": std::process::id(),
             "uptime_secs": self.started.elapsed().as_secs(),
+            "binary": self.exe,
             "workers": workers,
             "current": store.and_then(Store::current),
             "previous": store.and_then(Store::previous),
@@ -274,6 +275,7 @@ impl Master {
                 "promotions": self.status.promotions,
                 "failed_trials": self.status.failed_trials,
                 "rollbacks": self.status.rollbacks,
+                "reexecs": self.status.reexecs,
             },
         })
     }

@@ -548,6 +548,7 @@ impl Master {
         self.next_id = doc.next_id.max(self.next_id);
         self.active = doc.active.filter(|id| self.workers.contains_key(id));
         self.status = doc.status;
+        self.status.reexecs += 1;
         self.started = now
             .checked_sub(Duration::from_millis(doc.uptime_ms))
             .unwrap_or(now);
