@@ -770,10 +770,101 @@ def worker_kinds():
     print()
 
 
+def wrk_latency(port, seconds, conns=50):
+    """wrk with --latency: requests, errors and latency percentiles (ms)."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True,
+    ).stdout
+    def ms(text):
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    pct = {m.group(1): ms(m.group(2)) for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M)}
+    maximum = ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "total": int(re.search(r"(\d+) requests in", out).group(1)),
+        "errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p50": pct["50"], "p99": pct["99"], "max": maximum,
+    }
+
+
+def reexec_cost():
+    """`baton reexec`: request → the new master's reply, and the service's
+    latency under wrk while the master re-executes vs while it cycles."""
+    config = lambda b: os.path.join(b.dir, "baton.toml")
+    def reexec(b):
+        t0 = time.monotonic()
+        out = subprocess.run([BATON, "reexec", "--config", config(b), "--json"], capture_output=True, text=True)
+        t1 = time.monotonic()
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        import json
+        reply = json.loads(out.stdout)
+        # The first control request the new master answers after its reply.
+        subprocess.run([BATON, "status", "--config", config(b)], capture_output=True, check=True)
+        t2 = time.monotonic()
+        return (t1 - t0) * 1000, reply["took_ms"], (t2 - t0) * 1000
+
+    b = Baton()
+    rows = []
+    try:
+        for _ in range(10):
+            rows.append(reexec(b))
+    finally:
+        b.stop()
+    client, master, status = zip(*rows)
+    print("### Re-executing the master (`baton reexec`)\n")
+    print("`python3 ci/bench.py reexec`: ten re-execs of an idle master serving the example. "
+          "The time includes the checks of the new binary (`--version`, `validate`).\n")
+    print("| measure | median of 10 | min | max |")
+    print("|---|---|---|---|")
+    print(f"| `baton reexec` → reply from the new master (client) | {statistics.median(client):.1f} ms | {min(client):.1f} ms | {max(client):.1f} ms |")
+    print(f"| request received → new master answers (master's clocks) | {statistics.median(master):.0f} ms | {min(master)} ms | {max(master)} ms |")
+    print(f"| `baton reexec` → a following `baton status` answered | {statistics.median(status):.1f} ms | {min(status):.1f} ms | {max(status):.1f} ms |\n")
+
+    results = {"re-exec": [], "cycle": [], "nothing": []}
+    for _ in range(RUNS):
+        for what in results:
+            b = Baton()
+            try:
+                wrk(b.port, 1, conns=50)  # warm-up
+                stop = threading.Event()
+                def act(b=b, what=what):
+                    time.sleep(0.5)
+                    while not stop.is_set():
+                        if what == "re-exec":
+                            reexec(b)
+                        elif what == "cycle":
+                            b.flip()
+                        stop.wait(1.0)
+                t = threading.Thread(target=act)
+                t.start()
+                r = wrk_latency(b.port, 10)
+                stop.set()
+                t.join()
+            finally:
+                b.stop()
+            results[what].append(r)
+    print("Latency of the example under `wrk -t2 -c50 -d10s --latency` while the master re-executes every "
+          f"second, cycles the worker every second, or does nothing (medians of {RUNS} runs, same session):\n")
+    print("| during | requests | errors / non-2xx | p50 | p99 | max |")
+    print("|---|---|---|---|---|---|")
+    for what, rs in results.items():
+        med = lambda k: statistics.median(r[k] for r in rs)
+        errs = sum(r["errors"] for r in rs)
+        non2xx = sum(r["non2xx"] for r in rs)
+        print(f"| {what} | {med('total'):.0f} | {errs} / {non2xx} | {med('p50'):.2f} ms | {med('p99'):.2f} ms | {med('max'):.1f} ms |")
+    print()
+
+
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
-                "build": build_cost, "kinds": worker_kinds, "health": health_cost}
+                "build": build_cost, "kinds": worker_kinds, "health": health_cost,
+                "reexec": reexec_cost}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:

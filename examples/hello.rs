@@ -76,6 +76,7 @@ fn main() -> std::process::ExitCode {
         match arg.as_str() {
             "--listen" => listen.extend(args.next()),
             "--standalone" => options = options.standalone(true),
+            "--reexec-on-upgrade" => options = options.reexec_on_upgrade(true),
             "--probe" => {} // handled by baton::run before any serving code
             "--fetch-file" => {
                 let Some(path) = args.next() else {
@@ -92,7 +93,7 @@ fn main() -> std::process::ExitCode {
             }
             other => {
                 eprintln!(
-                    "hello: unknown argument {other:?}; use --listen ADDR, --standalone or --probe"
+                    "hello: unknown argument {other:?}; use --listen ADDR, --standalone, --fetch-file PATH, --reexec-on-upgrade or --probe"
                 );
                 return std::process::ExitCode::from(2);
             }

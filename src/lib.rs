@@ -157,6 +157,7 @@ pub struct Options {
     standalone: bool,
     fetch: Option<config::Fetch>,
     verify: config::Verify,
+    reexec_on_upgrade: bool,
 }
 
 impl Options {
@@ -171,7 +172,18 @@ impl Options {
             standalone: false,
             fetch: None,
             verify: config::Verify::default(),
+            reexec_on_upgrade: false,
         }
+    }
+
+    /// Once a fetched build of this executable is promoted, the master
+    /// re-executes into it as well (same PID; sockets and workers kept, as
+    /// `baton reexec` does), so the master's own code is upgraded too, not
+    /// only the workers'. The new build is probed (`--probe`) first; code
+    /// before [`run`] in `main` runs again in the master. Off by default.
+    pub fn reexec_on_upgrade(mut self, on: bool) -> Options {
+        self.reexec_on_upgrade = on;
+        self
     }
 
     /// Fetch new builds from this source; each verified build replaces
@@ -301,7 +313,7 @@ where
                 verify: options.verify,
                 control: config::Control::default(),
             };
-            match rt.block_on(master::run(config))? {
+            match rt.block_on(master::run_library(config, options.reexec_on_upgrade))? {
                 master::Stopped::Graceful => Ok(()),
                 master::Stopped::Hard => Err(Error::StoppedHard),
             }

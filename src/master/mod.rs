@@ -175,16 +175,28 @@ struct Status {
 /// new releases are fetched, tried and promoted. SIGHUP/SIGUSR2 cycle the
 /// worker with this same config.
 pub async fn run(config: Config) -> Result<Stopped, Error> {
-    run_inner(config, None).await
+    run_inner(config, None, false).await
+}
+
+/// As [`run`], for a library master whose workers are this same
+/// executable: with `reexec_on_upgrade`, once a new build of it is promoted
+/// the master re-executes into it too (same PID, sockets and workers kept;
+/// see `baton reexec`), so the master's own code is upgraded as well.
+pub async fn run_library(config: Config, reexec_on_upgrade: bool) -> Result<Stopped, Error> {
+    run_inner(config, None, reexec_on_upgrade).await
 }
 
 /// As [`run`], for a config read from `path`: SIGHUP/SIGUSR2 re-read it,
 /// apply it if it is valid (keeping the running one if not), then cycle.
 pub async fn run_with_reload(config: Config, path: PathBuf) -> Result<Stopped, Error> {
-    run_inner(config, Some(path)).await
+    run_inner(config, Some(path), false).await
 }
 
-async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopped, Error> {
+async fn run_inner(
+    config: Config,
+    config_path: Option<PathBuf>,
+    self_upgrade: bool,
+) -> Result<Stopped, Error> {
     let Config {
         program,
         releases,
@@ -322,6 +334,7 @@ async fn run_inner(config: Config, config_path: Option<PathBuf>) -> Result<Stopp
         exe,
         reexec: None,
         reexec_tx,
+        self_upgrade,
         store_pending: 0,
         child_env,
         supervisor: Supervisor::from_env(),
@@ -586,6 +599,8 @@ struct Master {
     /// A re-exec asked for, until it happens or fails.
     reexec: Option<reexec::Pending>,
     reexec_tx: mpsc::UnboundedSender<reexec::Checked>,
+    /// A library master re-executes into its own promoted executable.
+    self_upgrade: bool,
     /// Writes to the releases directory not finished yet.
     store_pending: usize,
     /// What workers inherit besides the protocol's variables.
@@ -1215,6 +1230,9 @@ impl Master {
                     .status(&format!("serving release {}", release.id));
                 self.promoting = None;
                 self.trial_over();
+                if self.self_upgrade {
+                    self.reexec_self(release.version.clone());
+                }
             }
             Done::Promoted(release, Err(e)) => {
                 // Promotion is idempotent: try again until it holds (the

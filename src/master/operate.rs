@@ -28,6 +28,13 @@ fn ok(mut fields: Value) -> Value {
     fields
 }
 
+impl Waiters {
+    /// Whether no control request waits for an outcome.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.restart.is_empty() && self.rollback.is_none() && self.upgrade.is_empty()
+    }
+}
+
 impl Master {
     /// A request from the control socket.
     pub(super) fn on_control(

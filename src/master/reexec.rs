@@ -56,7 +56,9 @@ const STATE_LIMIT: u64 = 16 << 20;
 /// A re-exec that was asked for.
 pub(super) struct Pending {
     binary: PathBuf,
-    conn: UnixStream,
+    /// The control connection that asked (none for a library master's own
+    /// upgrade).
+    conn: Option<UnixStream>,
     asked: SystemTime,
     /// The new binary passed its checks.
     checked: bool,
@@ -316,7 +318,7 @@ impl Master {
         );
         self.reexec = Some(Pending {
             binary: binary.clone(),
-            conn,
+            conn: Some(conn),
             asked: SystemTime::now(),
             checked: false,
             waiting: None,
@@ -344,9 +346,36 @@ impl Master {
                     pending.binary.display()
                 );
                 tracing::error!(event = "reexec_failed", error = %error, "{error}");
-                answer(pending.conn, &refuse(error));
+                reply_to(pending.conn, &refuse(error));
             }
         }
+    }
+
+    /// A library master (one binary that is master and worker) promoted a
+    /// new build of its own executable: re-exec into it, so the master's
+    /// code is upgraded too, once its probe reports `version`.
+    pub(super) fn reexec_self(&mut self, version: Option<String>) {
+        if self.reexec.is_some() || self.stopping.is_some() {
+            return;
+        }
+        let binary = self.exe.clone();
+        tracing::info!(
+            event = "reexec_requested",
+            "the master's own executable was upgraded: re-executing {} once its probe answers",
+            binary.display()
+        );
+        self.reexec = Some(Pending {
+            binary: binary.clone(),
+            conn: None,
+            asked: SystemTime::now(),
+            checked: false,
+            waiting: None,
+        });
+        let done = self.reexec_tx.clone();
+        let env = self.child_env.vars().to_vec();
+        tokio::spawn(async move {
+            let _ = done.send(probe(&binary, version.as_deref(), env).await);
+        });
     }
 
     /// Re-executes when a checked re-exec is pending and nothing is
@@ -357,7 +386,7 @@ impl Master {
         }
         if self.stopping.is_some() {
             let pending = self.reexec.take().expect("checked above");
-            answer(
+            reply_to(
                 pending.conn,
                 &refuse("reexec refused: the master is stopping"),
             );
@@ -375,11 +404,11 @@ impl Master {
         let pending = self.reexec.take().expect("checked above");
         let (conn, error) = self.exec(pending);
         tracing::error!(event = "reexec_failed", error = %error, "{error}");
-        answer(conn, &refuse(error));
+        reply_to(conn, &refuse(error));
     }
 
     /// The state document; `reply_fd` answers the request.
-    fn document(&self, pending: &Pending, reply_fd: RawFd) -> Document {
+    fn document(&self, pending: &Pending, reply_fd: Option<RawFd>) -> Document {
         let now = Instant::now();
         let (sockets, created) = self.sockets.carry();
         let workers = self
@@ -416,7 +445,7 @@ impl Master {
             sockets,
             workers,
             close,
-            reply_fd: Some(reply_fd),
+            reply_fd,
             binary: pending.binary.clone(),
             asked_at_ms: now_ms(pending.asked),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -434,8 +463,8 @@ impl Master {
 
     /// Executes the new binary; returns only when that failed (with the
     /// connection to answer), leaving everything as it was.
-    fn exec(&mut self, pending: Pending) -> (UnixStream, String) {
-        let doc = self.document(&pending, pending.conn.as_raw_fd());
+    fn exec(&mut self, pending: Pending) -> (Option<UnixStream>, String) {
+        let doc = self.document(&pending, pending.conn.as_ref().map(AsRawFd::as_raw_fd));
         let bytes = serde_json::to_vec(&doc).expect("serializable");
         let fail = |conn, what: &str, e: &dyn std::fmt::Display| {
             (
@@ -453,7 +482,7 @@ impl Master {
         let mut handed: Vec<RawFd> = doc.sockets.iter().map(|s| s.fd).collect();
         handed.extend(doc.workers.iter().filter_map(|w| w.stderr_fd));
         handed.extend(&doc.close);
-        handed.push(pending.conn.as_raw_fd());
+        handed.extend(pending.conn.as_ref().map(AsRawFd::as_raw_fd));
         handed.push(state.as_raw_fd());
         let restore = |fds: &[RawFd]| {
             for &fd in fds {
@@ -647,6 +676,44 @@ impl Master {
     }
 }
 
+/// Answers a control connection, when the re-exec has one.
+fn reply_to(conn: Option<UnixStream>, reply: &serde_json::Value) {
+    if let Some(conn) = conn {
+        answer(conn, reply);
+    }
+}
+
+/// Runs a library master's new executable as a probe (`--probe`,
+/// `BATON_PROBE=1`): it must exit 0 and print `version` as its last line.
+async fn probe(binary: &Path, version: Option<&str>, env: Vec<(OsString, OsString)>) -> Checked {
+    let mut env = env;
+    env.push((crate::protocol::BATON_PROBE.into(), "1".into()));
+    let what = format!("`{} --probe`", binary.display());
+    let out = match crate::command::run(binary, &["--probe".to_owned()], &env, None, CHECK_TIMEOUT)
+        .await
+    {
+        Ok(out) => out,
+        Err(crate::command::Failure::Spawn(e)) => return Err(format!("{what} cannot start: {e}")),
+        Err(crate::command::Failure::Wait(e)) => return Err(format!("{what}: {e}")),
+        Err(crate::command::Failure::Timeout) => {
+            return Err(format!("{what} ran past {}s", CHECK_TIMEOUT.as_secs()))
+        }
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "{what} {}",
+            crate::protocol::describe_exit(&out.status)
+        ));
+    }
+    let printed = out.stdout.lines().last().unwrap_or("").trim().to_owned();
+    match version {
+        Some(v) if printed != v => Err(format!(
+            "{what} printed {printed:?}, not the promoted version {v}"
+        )),
+        _ => Ok(printed),
+    }
+}
+
 /// Why a re-exec must wait, if it must.
 fn busy_with(m: &Master) -> Option<String> {
     if let Some(s) = &m.starting {
@@ -666,6 +733,9 @@ fn busy_with(m: &Master) -> Option<String> {
     }
     if !m.retired.is_empty() {
         return Some("workers still hold sockets a reload removed".to_owned());
+    }
+    if !m.waiters.is_empty() {
+        return Some("control requests wait for their outcome".to_owned());
     }
     if m.rollout.on_trial().is_some() && m.rollout.runnable().is_none() {
         return Some("a trial is being recorded".to_owned());

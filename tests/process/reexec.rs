@@ -379,3 +379,89 @@ fn under_systemd_reloading_and_ready_bracket_the_reexec() {
         Some(1)
     );
 }
+
+#[test]
+fn a_library_master_reexecs_into_its_own_promoted_build() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["app", "dist"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let app = dir.path().join("app/hello");
+    let copied = Command::new("cp")
+        .arg(support::hello("1.0.0"))
+        .arg(&app)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let log = dir.path().join("hello.log");
+    let mut master = Command::new(&app)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reexec-on-upgrade",
+            "--fetch-file",
+        ])
+        .arg(dir.path().join("dist/hello"))
+        .env("BATON_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = master.id();
+    let addr: std::net::SocketAddr = support::wait_for(
+        "the library master to listen",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines().find_map(|l| {
+                l.split("listening on ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        },
+    );
+    support::wait_version(addr, "1.0.0");
+    let load = Load::start(addr, 4, LoadMode::KeepAlive);
+    let dropped = Command::new("cp")
+        .arg(support::hello("2.0.0"))
+        .arg(dir.path().join("dist/.hello"))
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    std::fs::rename(
+        dir.path().join("dist/.hello"),
+        dir.path().join("dist/hello"),
+    )
+    .unwrap();
+    support::wait_version(addr, "2.0.0");
+    // The master itself now runs the promoted build, under the same PID.
+    let two = std::fs::read(support::hello("2.0.0")).unwrap();
+    support::wait_for(
+        "the master to run the 2.0.0 executable",
+        Duration::from_secs(40),
+        || {
+            let running = std::fs::read(format!("/proc/{pid}/exe")).ok()?;
+            (running == two && exe(pid) == app.to_string_lossy()).then_some(())
+        },
+    );
+    assert!(
+        master.try_wait().unwrap().is_none(),
+        "the master kept its PID"
+    );
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = support::wait_for("the master to exit", Duration::from_secs(15), || {
+        master.try_wait().unwrap()
+    });
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
