@@ -577,6 +577,50 @@ def s3():
     print(f"| `baton check` of a 256 MiB object: wall, peak RSS | {float(wall):.2f} s, {int(peak) / 1024:.1f} MiB |\n")
 
 
+def fleet():
+    """Fleet rollout: examples/fleet_sim.rs, 1 000 S3 fetchers against moto on loopback."""
+    import json
+    subprocess.run(["cargo", "build", "--release", "--example", "fleet_sim"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = os.path.join(ROOT, "target/release/examples/fleet_sim")
+    hosts, interval, jitter = 1000, 5, 5
+    port = free_port()
+    env = {**os.environ, **S3_ENV}
+    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cmd = [sim, "--endpoint", f"http://127.0.0.1:{port}", "--hosts", str(hosts),
+           "--interval", str(interval), "--jitter", str(jitter)]
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"fleet_sim failed: {out.stderr[-2000:]}")
+        r = json.loads(out.stdout)
+    finally:
+        moto.terminate()
+        moto.wait()
+    q = r["quiet"]
+    print(f"### Fleet rollout: {hosts} hosts polling S3 (moto on loopback)\n")
+    print(f"`ci/bench fleet` runs `{' '.join(['target/release/examples/fleet_sim'] + cmd[1:2] + ['http://127.0.0.1:PORT'] + cmd[3:])}`: "
+          f"each host is its own S3 fetcher with its own host id, polling every {interval} s plus up to {jitter} s "
+          f"of jitter; the publisher re-signs the manifest at each step. Artifact: {r['artifact_bytes']} bytes.\n")
+    print("| rollout | hosts upgraded | share | hosts the rule admits | off the target by | every host had read it after | requests in the step |")
+    print("|---|---|---|---|---|---|---|")
+    for st in r["steps"]:
+        print(f"| {st['percent']} % | {st['upgraded']} | {st['share']:.1f} % | {st['expected_by_rule']} "
+              f"| {abs(st['share'] - st['percent']):.1f} points | {st['seconds_until_every_host_read_it']:.1f} s | {st['requests']} |")
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| requests per unchanged poll ({q['unchanged_polls']} polls in a quiet window) | "
+          f"{q['requests_per_unchanged_poll']:.2f} ({q['heads']} HEAD of {q['requests']}) |")
+    print(f"| largest number of requests in any one-second window | {r['peak_requests_in_one_second']} |")
+    print(f"| mean requests per second over the run | {r['mean_requests_per_second']:.0f} |")
+    print(f"| artifact bytes per upgraded host | {r['artifact_bytes_per_upgraded_host']:.0f} |")
+    print(f"| all bytes answered by S3 per host over the run (headers, manifests, signatures, artifact) | {r['bytes_from_s3_per_host']:.0f} |")
+    print(f"| polls, errors, wall time | {r['polls']}, {r['errors']}, {r['seconds']:.0f} s |\n")
+
+
 def build_cost():
     """Release build from scratch, default features vs none (own target dirs)."""
     rows = []
@@ -860,11 +904,200 @@ def reexec_cost():
     print()
 
 
+# Two commits of this repository for the code-change pair of `delta`.
+DELTA_COMMITS = ("d9ccc33", "116756a")
+
+
+def delta():
+    """Delta patches (zstd --patch-from, issue 11): bytes per host, full vs
+    delta, and what applying one with baton::delta costs."""
+    import hashlib
+    subprocess.run(["cargo", "build", "--release", "--example", "delta"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tool = os.path.join(ROOT, "target/release/examples/delta")
+    d = tempfile.mkdtemp(prefix="baton-bench-delta-")
+    target = os.path.join(ROOT, "target/bench-delta")
+
+    def hello_at(commit, version):
+        """The example built from a commit of this repository, without the
+        default features (so its target dir stays small), in its own target dir."""
+        src = os.path.join(target, "src-" + commit)
+        if not os.path.isdir(src):
+            os.makedirs(src + ".tmp", exist_ok=True)
+            subprocess.run(f"git archive {commit} | tar -x -C {src}.tmp", shell=True, cwd=ROOT, check=True)
+            os.rename(src + ".tmp", src)
+        # Both commits build the same package into the same target dir, and
+        # cargo judges freshness by mtime: make this commit's sources the
+        # newest, or cargo keeps the other commit's library.
+        now = time.time()
+        for dirpath, _, files in os.walk(src):
+            for f in files:
+                os.utime(os.path.join(dirpath, f), (now, now))
+        subprocess.run(["cargo", "build", "--release", "--example", "hello", "--no-default-features",
+                        "--target-dir", target], cwd=src, check=True, env=dict(os.environ, HELLO_VERSION=version),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = os.path.join(d, f"hello-{version}-{commit}")
+        shutil.copy(os.path.join(target, "release/examples/hello"), path)
+        return path
+
+    # One commit of library changes (the library master's re-exec, 10 files,
+    # +390 lines), released as a version bump.
+    before, after = hello_at(DELTA_COMMITS[0], "1.0.0"), hello_at(DELTA_COMMITS[1], "2.0.0")
+    v1, v2 = (shutil.copy(os.path.join(BINS, f"hello-{v}"), d) for v in ("1.0.0", "2.0.0"))
+    pairs = [("(a) version only: 1.0.0 → 2.0.0", v1, v2),
+             (f"(b) one commit of code: {DELTA_COMMITS[0]} → {DELTA_COMMITS[1]}, 1.0.0 → 2.0.0 (no default features)",
+              before, after),
+             ("(c) feature set: 2.0.0 without → with the default features (the github and s3 sources)", after, v2)]
+    runs = max(RUNS, 5)
+    rows = []
+    for name, old, new in pairs:
+        new_bytes = open(new, "rb").read()
+        sha = hashlib.sha256(new_bytes).hexdigest()
+        gz = len(subprocess.run(["gzip", "-9", "-c", new], check=True, stdout=subprocess.PIPE).stdout)
+        cli_patch, our_patch, out = (os.path.join(d, n) for n in ("cli.zst", "ours.zst", "out"))
+        t0 = time.monotonic()
+        subprocess.run(["zstd", "-q", "-f", "-19", "--long=31", f"--patch-from={old}", new, "-o", cli_patch],
+                       check=True, stderr=subprocess.DEVNULL)
+        cli_make = time.monotonic() - t0
+        our_make, our_make_rss, status = measured([tool, "make", old, new, our_patch])
+        assert status == 0, "delta make failed"
+        # Our patch applies too (timed below: the CLI's, the standard one).
+        subprocess.run([tool, "apply", old, our_patch, out, sha], check=True, stdout=subprocess.DEVNULL)
+        os.remove(out)
+        apply_t, apply_rss, cli_t, cli_rss = [], [], [], []
+        for _ in range(runs):
+            t, peak, status = measured([tool, "apply", old, cli_patch, out, sha])
+            assert status == 0, "delta apply failed"
+            assert hashlib.sha256(open(out, "rb").read()).hexdigest() == sha
+            os.remove(out)
+            apply_t.append(t)
+            apply_rss.append(peak)
+            t, peak, status = measured(["zstd", "-q", "-d", "-f", "--long=31", f"--patch-from={old}",
+                                        cli_patch, "-o", out])
+            assert status == 0, "zstd -d failed"
+            os.remove(out)
+            cli_t.append(t)
+            cli_rss.append(peak)
+        rows.append((name, os.path.getsize(old), len(new_bytes), gz, os.path.getsize(cli_patch),
+                     os.path.getsize(our_patch), cli_make, our_make, our_make_rss,
+                     statistics.median(apply_t), statistics.median(apply_rss),
+                     statistics.median(cli_t), statistics.median(cli_rss)))
+    shutil.rmtree(d)
+    mib = lambda n: f"{n / (1 << 20):.1f} MiB"
+    print("### Delta upgrades\n")
+    print("Bytes a host downloads for one upgrade of the example (`examples/hello.rs`), full artifact vs a "
+          "zstd `--patch-from` delta; the delta made with `zstd -19 --long=31 --patch-from=OLD NEW` "
+          "(zstd " + re.search(r"v[0-9.]+[0-9]", subprocess.run(["zstd", "-V"], stdout=subprocess.PIPE,
+                                                               text=True).stdout).group(0) + ") and with `baton::delta::make` at level 19 (`examples/delta.rs`).\n")
+    print("| pair | old | new (raw) | new, gzip -9 | delta, zstd CLI | delta, baton::delta::make "
+          "| gzip ÷ delta (CLI) | raw ÷ delta (CLI) |")
+    print("|---|---|---|---|---|---|---|---|")
+    times = lambda x: f"{x:,.1f}×" if x < 100 else f"{x:,.0f}×"
+    for r in rows:
+        print(f"| {r[0]} | {mib(r[1])} | {mib(r[2])} | {r[3]:,} B | {r[4]:,} B | {r[5]:,} B "
+              f"| {times(r[3] / r[4])} | {times(r[2] / r[4])} |")
+    print(f"\nApplying the CLI's patch: `examples/delta.rs apply` (`baton::delta::apply`: old binary mapped, "
+          f"output streamed to a temporary file, sha256 checked, renamed) vs `zstd -d --long=31 --patch-from`; "
+          f"wall time and peak RSS (`/usr/bin/time`), median of {runs}. Making a patch is a publisher's cost, "
+          f"one run.\n")
+    print("| pair | apply, baton | peak RSS, baton | apply, zstd -d | peak RSS, zstd -d "
+          "| make, zstd CLI | make, baton | peak RSS of make, baton |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[9] * 1000:.0f} ms | {r[10]:.1f} MiB | {r[11] * 1000:.0f} ms | {r[12]:.1f} MiB "
+              f"| {r[6]:.1f} s | {r[7]:.1f} s | {r[8]:.0f} MiB |")
+    print()
+
+
+def soak():
+    """500 graceful cycles under wrk: the master's RSS and fd count
+    (/proc) and the worker count (/metrics) sampled every 50 cycles."""
+    cycles, every, conns = 500, 50, 50
+    d = tempfile.mkdtemp(prefix="baton-soak-")
+    os.mkdir(os.path.join(d, "bin"))
+    link = os.path.join(d, "bin/hello")
+    port, mport = free_port(), free_port()
+
+    def point(version):
+        tmp = link + ".tmp"
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(os.path.join(BINS, f"hello-{version}"), tmp)
+        os.rename(tmp, link)
+
+    point("1.0.0")
+    with open(os.path.join(d, "baton.toml"), "w") as f:
+        f.write(f'[program]\ncommand = "bin/hello"\nlisten = ["127.0.0.1:{port}"]\n'
+                f'drain_timeout = "10s"\n[control]\nmetrics = "127.0.0.1:{mport}"\n')
+    log = open(os.path.join(d, "baton.log"), "w+")
+    proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    wait_until(lambda: get(port).startswith("hello"))
+    wait_until(lambda: "baton_workers" in get(mport, "/metrics"))
+
+    def drains():
+        with open(log.name) as f:
+            return f.read().count("asking worker to drain")
+
+    def sample(done, load):
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        workers = {}
+        for m in re.finditer(r'^baton_workers\{state="([^"]+)"\} (\d+)', get(mport, "/metrics"), re.M):
+            if int(m.group(2)):
+                workers[m.group(1)] = int(m.group(2))
+        return (done, rss, fds, workers, load)
+
+    rows = [sample(0, None)]
+    version, done, t0 = "1.0.0", 0, time.time()
+    while done < cycles:
+        # wrk for this block, bounded by -d; stopped with SIGINT (it prints
+        # its summary) once the block's cycles are done.
+        w = subprocess.Popen(["wrk", "-t2", f"-c{conns}", "-d120s", f"http://127.0.0.1:{port}/"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)
+        for _ in range(every):
+            version = "2.0.0" if version == "1.0.0" else "1.0.0"
+            point(version)
+            before = drains()
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: drains() > before, timeout=30)
+            done += 1
+        time.sleep(0.3)
+        w.send_signal(signal.SIGINT)
+        text = w.communicate(timeout=30)[0]
+        total = int(re.search(r"(\d+) requests in", text).group(1))
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        failed = (sum(int(x) for x in errors.groups()) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)
+        rows.append(sample(done, (total, failed)))
+    elapsed = time.time() - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    shutil.rmtree(d, ignore_errors=True)
+    print(f"### Soak: {cycles} graceful cycles under wrk\n")
+    print(f"`ci/bench soak`: hello flipped between 1.0.0 and 2.0.0 and SIGHUP, each cycle waited for "
+          f"(new worker ready, old one told to drain) before the next; `wrk -t2 -c{conns}` against the "
+          f"service throughout, one run per block of {every} cycles; after each block the master's RSS "
+          f"(VmRSS) and open fds from /proc and the workers by state from `/metrics`. "
+          f"{cycles} cycles in {elapsed:.0f} s.\n")
+    print("| cycles | master RSS | master fds | workers (/metrics) | requests in the block | failed |")
+    print("|---|---|---|---|---|---|")
+    for done, rss, fds, workers, load in rows:
+        ws = ", ".join(f"{k} {v}" for k, v in sorted(workers.items())) or "none"
+        req, failed = load if load else ("–", "–")
+        print(f"| {done} | {rss / 1024:.1f} MiB | {fds} | {ws} | {req} | {failed} |")
+    total_failed = sum(r[4][1] for r in rows if r[4])
+    total_req = sum(r[4][0] for r in rows if r[4])
+    print(f"\n{total_req} requests, {total_failed} failed.\n")
+
+
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
                 "build": build_cost, "kinds": worker_kinds, "health": health_cost,
-                "reexec": reexec_cost}
+                "reexec": reexec_cost, "delta": delta, "fleet": fleet, "soak": soak}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:

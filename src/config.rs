@@ -68,6 +68,48 @@ pub struct Config {
     pub verify: Verify,
     /// The operator's interface: `[control]`.
     pub control: Control,
+    /// Commands run around installs, promotions and rollbacks: `[hooks]`.
+    pub hooks: Hooks,
+}
+
+/// Commands run at points of a release's life: `[hooks]`. Each runs with
+/// the workers' environment (no fetch credentials) plus the release's
+/// `BATON_*` variables, in `program.workdir`, in its own process group,
+/// for at most `timeout` (then the group is killed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    /// Before a new release's trial: a non-zero exit (or a timeout)
+    /// refuses the release, and its sha256 is recorded as failed.
+    pub pre_install: Option<Hook>,
+    /// After a release was promoted (`current` names it); failures are
+    /// logged, never fatal.
+    pub post_promote: Option<Hook>,
+    /// After a rollback (`current` names `previous` again); failures are
+    /// logged, never fatal.
+    pub post_rollback: Option<Hook>,
+    /// How long one hook may run (`hooks.timeout`, default 30 s).
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            pre_install: None,
+            post_promote: None,
+            post_rollback: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One hook: a command and its arguments, as `["cmd", "arg", …]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// The executable (a path relative to the config file, or a name looked
+    /// up in `PATH`).
+    pub command: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
 }
 
 /// The operator's interface: `[control]`.
@@ -246,8 +288,12 @@ pub enum Source {
         /// `owner/name`.
         repo: String,
         /// The asset's name pattern: `*` and `{version}`, `{os}`, `{arch}`,
-        /// `{target}`.
-        asset: String,
+        /// `{target}`. Optional when every release carries a manifest asset.
+        asset: Option<String>,
+        /// The name of the release manifest asset (`fetch.manifest_asset`,
+        /// default `manifest.json`): when a release has it, it names the
+        /// artifact, and its signature is the `<name>.minisig` asset.
+        manifest_asset: String,
         /// A token from the config (prefer `token_env`); never logged.
         token: Option<Secret>,
         /// The variable holding the token (default `GITHUB_TOKEN`).
@@ -543,6 +589,17 @@ struct RawConfig {
     verify: RawVerify,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    pre_install: Option<Vec<String>>,
+    post_promote: Option<Vec<String>>,
+    post_rollback: Option<Vec<String>>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -588,6 +645,7 @@ struct RawFetch {
     api_url: Option<String>,
     prerelease: Option<bool>,
     semver: Option<bool>,
+    manifest_asset: Option<String>,
     bucket: Option<String>,
     key: Option<String>,
     prefix: Option<String>,
@@ -815,12 +873,14 @@ impl Config {
                 },
             }),
         };
+        let hooks = parse_hooks(raw.hooks, base)?;
         Ok(Config {
             program,
             releases,
             fetch,
             verify,
             control,
+            hooks,
         })
     }
 }
@@ -986,6 +1046,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
     only_for("api_url", f.api_url.is_some(), "github")?;
     only_for("prerelease", f.prerelease.is_some(), "github")?;
     only_for("semver", f.semver.is_some(), "github")?;
+    only_for("manifest_asset", f.manifest_asset.is_some(), "github")?;
     only_for("bucket", f.bucket.is_some(), "s3")?;
     only_for("key", f.key.is_some(), "s3")?;
     only_for("prefix", f.prefix.is_some(), "s3")?;
@@ -1059,9 +1120,18 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             {
                 return Err(Error::invalid("fetch.repo", &repo, "expected owner/name"));
             }
-            let asset = f.asset.clone().ok_or_else(|| {
-                Error::invalid("fetch.asset", "", "source = \"github\" needs an asset name pattern, such as \"hello-{target}.tar.gz\"")
-            })?;
+            let manifest_asset = f
+                .manifest_asset
+                .clone()
+                .unwrap_or_else(|| "manifest.json".to_owned());
+            if manifest_asset.trim().is_empty() || manifest_asset.contains('/') {
+                return Err(Error::invalid(
+                    "fetch.manifest_asset",
+                    &manifest_asset,
+                    "expected an asset's file name, such as \"manifest.json\"",
+                ));
+            }
+            let asset = f.asset.clone();
             let api_url = f
                 .api_url
                 .clone()
@@ -1071,6 +1141,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             Source::Github {
                 repo,
                 asset,
+                manifest_asset,
                 token: f.token.clone().map(Secret),
                 token_env: f
                     .token_env
@@ -1150,6 +1221,41 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
             }
             other => other,
         },
+    })
+}
+
+fn parse_hooks(h: RawHooks, base: &Path) -> Result<Hooks, Error> {
+    let hook = |key: &str, words: Option<Vec<String>>| -> Result<Option<Hook>, Error> {
+        let Some(words) = words else { return Ok(None) };
+        let key = format!("hooks.{key}");
+        let Some((command, args)) = words.split_first() else {
+            return Err(Error::invalid(
+                &key,
+                "[]",
+                "list the command and its arguments, as [\"/usr/local/bin/migrate\", \"--check\"]",
+            ));
+        };
+        if command.trim().is_empty() {
+            return Err(Error::invalid(
+                &key,
+                command,
+                "the first word must name a command",
+            ));
+        }
+        Ok(Some(Hook {
+            command: if command.contains('/') {
+                base.join(command)
+            } else {
+                PathBuf::from(command)
+            },
+            args: args.to_vec(),
+        }))
+    };
+    Ok(Hooks {
+        pre_install: hook("pre_install", h.pre_install)?,
+        post_promote: hook("post_promote", h.post_promote)?,
+        post_rollback: hook("post_rollback", h.post_rollback)?,
+        timeout: duration("hooks.timeout", &h.timeout, Hooks::default().timeout)?,
     })
 }
 
@@ -1507,5 +1613,39 @@ allow_downgrade = true
             .unwrap_err()
             .to_string();
         assert!(err.contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn hooks_parse_and_are_checked() {
+        let base = "[program]\ncommand = \"x\"\nlisten = [\"127.0.0.1:1\"]\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.hooks, Hooks::default());
+        assert_eq!(c.hooks.timeout, Duration::from_secs(30));
+        let c = parse(&format!(
+            "{base}[hooks]\npre_install = [\"bin/check\", \"--strict\"]\n\
+             post_promote = [\"logger\", \"promoted\"]\ntimeout = \"5s\"\n"
+        ))
+        .unwrap();
+        let pre = c.hooks.pre_install.unwrap();
+        assert_eq!(pre.command, Path::new("/srv/app/bin/check"));
+        assert_eq!(pre.args, ["--strict"]);
+        assert_eq!(
+            c.hooks.post_promote.unwrap().command,
+            Path::new("logger"),
+            "a bare name is looked up in PATH"
+        );
+        assert_eq!(c.hooks.post_rollback, None);
+        assert_eq!(c.hooks.timeout, Duration::from_secs(5));
+        for (extra, key) in [
+            ("pre_install = []", "hooks.pre_install"),
+            ("post_rollback = [\"\"]", "hooks.post_rollback"),
+            ("timeout = \"0s\"", "hooks.timeout"),
+            ("pre_instal = [\"x\"]", "pre_instal"),
+        ] {
+            let err = parse(&format!("{base}[hooks]\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
     }
 }

@@ -67,7 +67,9 @@
 mod command;
 pub mod config;
 pub mod control;
+pub mod delta;
 pub mod fetchers;
+mod hooks;
 pub mod logging;
 pub mod manifest;
 pub mod master;
@@ -312,6 +314,7 @@ where
                 fetch: options.fetch,
                 verify: options.verify,
                 control: config::Control::default(),
+                hooks: config::Hooks::default(),
             };
             match rt.block_on(master::run_library(config, options.reexec_on_upgrade))? {
                 master::Stopped::Graceful => Ok(()),

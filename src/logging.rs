@@ -38,7 +38,9 @@ impl FromStr for LogFormat {
         match s.trim() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}: expected text or json")),
+            other => Err(format!(
+                "unknown log format {other:?}: expected text or json"
+            )),
         }
     }
 }
@@ -60,14 +62,15 @@ impl LogFormat {
 /// Sends this process's log to stderr in `format`, at the level `BATON_LOG`
 /// sets (default `info`). Does nothing when a subscriber is already set.
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(text_fields())
             .try_init(),
         LogFormat::Json => builder
             .json()
@@ -76,6 +79,18 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// Fields of a text line: the message, then `name=value` pairs, without
+/// `error`, which every message that has one already says in full (a
+/// worker's failure with its stderr lines would be written twice).
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    // The message comes first; each other field writes its own separator.
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| match field.name() {
+        "message" => write!(w, "{value:?}"),
+        "error" => Ok(()),
+        name => write!(w, " {name}={value:?}"),
+    })
 }
 
 #[cfg(test)]

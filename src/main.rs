@@ -28,8 +28,9 @@ enum Command {
         config: PathBuf,
     },
     /// Fetch, stage, verify and probe one candidate; print what would be
-    /// installed. With --install, install its release directory (refused
-    /// while a master runs: send it SIGUSR1 instead).
+    /// installed. With --install, install its release directory; beside a
+    /// running master, ask it to check and install now through its control
+    /// socket, as `baton upgrade` does, and print what came of it.
     Check {
         /// The config file.
         #[arg(long, short, default_value = "baton.toml")]
@@ -51,13 +52,23 @@ enum Command {
         #[arg(default_value = "baton.key")]
         key: PathBuf,
     },
-    /// Copy artifacts into a directory with a signed manifest (written
-    /// last); without artifacts, re-sign the manifest there with a new
-    /// rollout.
+    /// Upload artifacts with a signed manifest (written last) to a
+    /// directory, an S3 prefix or a GitHub release; without artifacts,
+    /// re-sign the manifest there with a new rollout.
     Publish {
-        /// The directory to publish to (served by any static HTTP host).
+        /// A directory (served by any static HTTP host), `s3://bucket/prefix/`
+        /// or `github:owner/repo@tag` (token in $GITHUB_TOKEN).
         #[arg(long)]
-        to: PathBuf,
+        to: String,
+        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// S3: the region (else from the environment or profile).
+        #[arg(long)]
+        region: Option<String>,
+        /// GitHub: the API's base URL (GitHub Enterprise: https://host/api/v3).
+        #[arg(long)]
+        api_url: Option<String>,
         /// The release's version (semver); needed with artifacts.
         #[arg(long)]
         version: Option<String>,
@@ -128,6 +139,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `baton completions bash >
+    /// /etc/bash_completion.d/baton` (zsh: into a `$fpath` dir as `_baton`;
+    /// fish: `~/.config/fish/completions/baton.fish`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Validate a config file and exit.
     Validate {
         /// The config file.
@@ -168,6 +187,14 @@ fn main() -> ExitCode {
             config
         }
         Command::Keygen { key } => return exit(keygen(key)),
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cli, "baton", &mut script);
+            // A closed pipe (`| head`) is no error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return ExitCode::SUCCESS;
+        }
         Command::Status { .. }
         | Command::Restart { .. }
         | Command::Rollback { .. }
@@ -207,6 +234,7 @@ fn main() -> ExitCode {
             ..
         } => check_json(config, install),
         Command::Keygen { .. }
+        | Command::Completions { .. }
         | Command::Publish { .. }
         | Command::Status { .. }
         | Command::Restart { .. }
@@ -283,6 +311,9 @@ fn keygen(key: &std::path::Path) -> anyhow::Result<()> {
 fn publish(command: Command) -> anyhow::Result<()> {
     let Command::Publish {
         to,
+        endpoint_url,
+        region,
+        api_url,
         version,
         rollout,
         expires,
@@ -294,7 +325,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
         unreachable!("called for publish")
     };
     let p = baton::publish::Publish {
-        to,
+        to: baton::publish::target::Destination::parse(&to, endpoint_url, region, api_url)?,
         version,
         artifacts: artifacts
             .iter()
@@ -321,7 +352,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
     println!(
         "published {} to {} ({}{})",
         doc.version.as_deref().unwrap_or("?"),
-        p.to.join(baton::publish::MANIFEST).display(),
+        p.to.show(baton::publish::MANIFEST),
         match &doc.rollout {
             Some(baton::manifest::Rollout::Percent(n)) => format!("rollout {n} %"),
             Some(baton::manifest::Rollout::Schedule(s)) =>
@@ -377,7 +408,18 @@ fn check_inner(
         // never beside a running master. A dry run stages in a private temp
         // dir and leaves the releases directory as it is.
         let (_lock, scratch) = if install {
-            let lock = store.lock()?;
+            let lock = match store.lock() {
+                Ok(lock) => lock,
+                // A running master owns the releases directory: it checks
+                // and installs, asked through its control socket.
+                Err(locked @ baton::release::Error::Locked { pid: Some(_), .. }) => {
+                    return match config.control.socket.as_deref() {
+                        Some(socket) => install_through_master(socket, locked, json),
+                        None => Err(locked.into()),
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            };
             for left in store.sweep()? {
                 eprintln!("removed {} left by an interrupted install", left.display());
             }
@@ -469,6 +511,60 @@ fn check_inner(
         }
         Ok(())
     })
+}
+
+/// `baton check --install` beside a running master: asks it to check now
+/// (as `baton upgrade` does) and reports what came of it. When its control
+/// socket does not answer, the error is `locked`, the lock's own message.
+fn install_through_master(
+    socket: &std::path::Path,
+    locked: baton::release::Error,
+    json: Option<&mut serde_json::Value>,
+) -> anyhow::Result<()> {
+    use baton::control::{Error, Request};
+    let request = Request::Upgrade { force: false };
+    let reply = match baton::control::request(socket, &request) {
+        Ok(reply) => reply,
+        Err(Error::Refused(why)) => {
+            anyhow::bail!("the running master refused to install: {why}")
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(locked).context(format!(
+                "cannot install beside a running master: its control socket {} does not \
+                 answer ({})",
+                socket.display(),
+                baton::display_chain(&e)
+            )))
+        }
+    };
+    let outcome = reply["outcome"].as_str().unwrap_or_default();
+    match json {
+        Some(report) => {
+            *report = serde_json::json!({
+                "outcome": match outcome {
+                    "installed" | "waiting" => "eligible",
+                    "not_in_rollout" => "not_in_rollout",
+                    "skipped" => "refused",
+                    _ => "unchanged",
+                },
+                "master": reply,
+            });
+            if outcome == "skipped" {
+                report["error"] = reply["detail"].clone();
+            }
+        }
+        None => {
+            eprintln!(
+                "a master runs on this releases directory: asked it to check now through {}",
+                socket.display()
+            );
+            print!("{}", baton::control::render(&request, &reply));
+            if outcome == "installed" {
+                println!("the master puts it on trial and promotes it once it has proved itself");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(config: baton::Config, path: PathBuf) -> anyhow::Result<()> {

@@ -1,13 +1,20 @@
 //! The publisher's half: `baton keygen` and `baton publish` to a directory
-//! (which any static HTTP host can serve, or a `file` source can watch).
+//! (which any static HTTP host can serve, or a `file` source can watch), an
+//! S3 prefix (`s3://bucket/prefix/`) or a GitHub release
+//! (`github:owner/repo@tag`); see [`target`].
 //!
-//! A publish copies the artifacts in (each through a temp file renamed into
-//! place), writes the signature `manifest.json.minisig`, and replaces
+//! A publish uploads the artifacts (into a directory each through a temp
+//! file renamed into place; to S3 with its `ChecksumSHA256`, which S3
+//! checks), writes the signature `manifest.json.minisig`, and replaces
 //! `manifest.json` last, so a host never sees a manifest whose artifact is
-//! missing. Between the last two renames a host may read the old manifest
+//! missing. Between the last two writes a host may read the old manifest
 //! with the new signature: it refuses that once and reads both again at its
 //! next poll. Re-publishing without artifacts re-signs the current manifest
-//! with a new rollout (`--rollout 0` halts).
+//! with a new rollout (`--rollout 0` halts). On GitHub an asset cannot be
+//! replaced in place: the old one is deleted just before the new one is
+//! uploaded, so a host polling in that moment finds no manifest once.
+
+pub mod target;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -58,9 +65,20 @@ pub enum Error {
     /// The request does not make a valid manifest.
     #[error("{0}")]
     Invalid(String),
+    /// The target (S3, GitHub) refused or failed a request.
+    #[error("cannot {what}: {reason}")]
+    Remote {
+        /// What was being done, and where.
+        what: String,
+        /// Why, as the service or the connection said.
+        reason: String,
+    },
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+pub(crate) fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         what,
         path: path.to_owned(),
@@ -71,8 +89,8 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 /// One `baton publish`.
 #[derive(Debug, Clone, Default)]
 pub struct Publish {
-    /// The target directory.
-    pub to: PathBuf,
+    /// Where to publish.
+    pub to: target::Destination,
     /// The version; required with artifacts.
     pub version: Option<String>,
     /// Artifacts: `(target triple, path)`; one without a triple becomes the
@@ -158,21 +176,40 @@ fn load_key(path: &Path) -> Result<(minisign::SecretKey, minisign::PublicKey), E
     Ok((sk, pk))
 }
 
-/// Publishes to a directory; returns the manifest written.
+/// Publishes to `p.to`; returns the manifest written. Starts its own
+/// async runtime: call it outside one (or use [`publish_async`]).
 pub fn publish(p: &Publish) -> Result<Document, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the async runtime: {e}")))?
+        .block_on(publish_async(p))
+}
+
+/// Publishes to `p.to`, whatever the target: the manifest is built and
+/// checked before anything is uploaded; artifacts go first, the signature
+/// next, the manifest last.
+pub async fn publish_async(p: &Publish) -> Result<Document, Error> {
     let now = p.now.unwrap_or_else(SystemTime::now);
-    std::fs::create_dir_all(&p.to).map_err(io("create", &p.to))?;
     let key = p.sign.as_deref().map(load_key).transpose()?;
-    let manifest_path = p.to.join(MANIFEST);
-    let signature_path = p.to.join(SIGNATURE);
-    if key.is_none() && signature_path.exists() {
+    let mut target = target::open(&p.to).await?;
+    let old_signature = target.read(SIGNATURE).await?;
+    if key.is_none() && old_signature.is_some() {
         return Err(Error::Invalid(format!(
             "{} exists: hosts that trust its key would refuse an unsigned manifest; pass --sign KEY",
-            signature_path.display()
+            p.to.show(SIGNATURE)
         )));
     }
-    let mut doc = if p.artifacts.is_empty() {
-        resign(p, &manifest_path, &signature_path, key.as_ref())?
+    let (mut doc, uploads) = if p.artifacts.is_empty() {
+        let old = target.read(MANIFEST).await?;
+        let doc = resign(
+            p,
+            &p.to.show(MANIFEST),
+            old,
+            old_signature.as_deref(),
+            key.as_ref(),
+        )?;
+        (doc, Vec::new())
     } else {
         fresh(p, now)?
     };
@@ -190,31 +227,50 @@ pub fn publish(p: &Publish) -> Result<Document, Error> {
         .map_err(|e| Error::Invalid(format!("the manifest would be refused: {e}")))?;
     let mut bytes = serde_json::to_vec_pretty(&doc).expect("a manifest serializes");
     bytes.push(b'\n');
-    if let Some((sk, pk)) = &key {
-        let comment = format!(
-            "baton manifest {} published {}",
-            doc.version.as_deref().unwrap_or("?"),
-            doc.published_at.as_deref().unwrap_or("?")
-        );
-        let sig = minisign::sign(
-            Some(pk),
-            sk,
-            std::io::Cursor::new(&bytes),
-            Some(&comment),
-            None,
-        )
-        .map_err(|e| Error::Key {
-            path: p.sign.clone().unwrap_or_default(),
-            reason: format!("cannot sign: {e}"),
-        })?;
-        write_atomic(&signature_path, sig.into_string().as_bytes())?;
+    let signature = match &key {
+        Some((sk, pk)) => {
+            let comment = format!(
+                "baton manifest {} published {}",
+                doc.version.as_deref().unwrap_or("?"),
+                doc.published_at.as_deref().unwrap_or("?")
+            );
+            let sig = minisign::sign(
+                Some(pk),
+                sk,
+                std::io::Cursor::new(&bytes),
+                Some(&comment),
+                None,
+            )
+            .map_err(|e| Error::Key {
+                path: p.sign.clone().unwrap_or_default(),
+                reason: format!("cannot sign: {e}"),
+            })?;
+            Some(sig.into_string().into_bytes())
+        }
+        None => None,
+    };
+    for upload in &uploads {
+        target
+            .put_file(&upload.name, &upload.path, upload.sha256, upload.size)
+            .await?;
     }
-    write_atomic(&manifest_path, &bytes)?;
+    if let Some(sig) = signature {
+        target.put_bytes(SIGNATURE, sig).await?;
+    }
+    target.put_bytes(MANIFEST, bytes).await?;
     Ok(doc)
 }
 
-/// A new manifest for `p.artifacts`, copied into the directory.
-fn fresh(p: &Publish, now: SystemTime) -> Result<Document, Error> {
+/// An artifact to upload, hashed before.
+struct Upload {
+    name: String,
+    path: PathBuf,
+    sha256: [u8; 32],
+    size: u64,
+}
+
+/// A new manifest for `p.artifacts`, and the uploads it needs.
+fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error> {
     let version = p
         .version
         .clone()
@@ -230,6 +286,7 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<Document, Error> {
         rollout: Some(p.rollout.clone().unwrap_or_default()),
         ..Document::default()
     };
+    let mut uploads: Vec<Upload> = Vec::new();
     for (target, path) in &p.artifacts {
         let name = path
             .file_name()
@@ -240,12 +297,21 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<Document, Error> {
                 "an artifact may not be named {name}"
             )));
         }
-        let (sha256, size) = copy_in(path, &p.to.join(&name))?;
+        if uploads.iter().any(|u| u.name == name) {
+            return Err(Error::Invalid(format!("two artifacts are named {name}")));
+        }
+        let (sha256, size) = hash_file(path)?;
         let artifact = Artifact {
-            url: name,
+            url: name.clone(),
             sha256: hex::encode(sha256),
             size: Some(size),
         };
+        uploads.push(Upload {
+            name,
+            path: path.clone(),
+            sha256,
+            size,
+        });
         match target {
             Some(triple) => {
                 let targets = doc.targets.get_or_insert_with(Default::default);
@@ -265,36 +331,34 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<Document, Error> {
             }
         }
     }
-    Ok(doc)
+    Ok((doc, uploads))
 }
 
-/// The current manifest, to be re-signed; its signature must verify with
-/// the signing key, so re-signing never blesses a changed file.
+/// The current manifest (`bytes`, read from `shown`), to be re-signed; its
+/// signature must verify with the signing key, so re-signing never blesses
+/// a changed file.
 fn resign(
     p: &Publish,
-    manifest_path: &Path,
-    signature_path: &Path,
+    shown: &str,
+    bytes: Option<Vec<u8>>,
+    signature: Option<&[u8]>,
     key: Option<&(minisign::SecretKey, minisign::PublicKey)>,
 ) -> Result<Document, Error> {
     let fail = |reason: String| Error::Resign {
-        path: manifest_path.to_owned(),
+        path: PathBuf::from(shown),
         reason,
     };
-    let bytes = std::fs::read(manifest_path).map_err(|e| {
-        fail(format!(
-            "{e}; publish artifacts first (baton publish --version V ARTIFACT)"
-        ))
+    let bytes = bytes.ok_or_else(|| {
+        fail(
+            "there is no manifest; publish artifacts first (baton publish --version V ARTIFACT)"
+                .into(),
+        )
     })?;
-    if let Some((_, pk)) = key {
-        match std::fs::read_to_string(signature_path) {
-            Ok(sig) => {
-                manifest::verify_signature(&bytes, &sig, &[pk.to_base64()]).map_err(|e| {
-                    fail(format!("its signature does not verify with this key: {e}"))
-                })?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("read", signature_path)(e)),
-        }
+    if let (Some((_, pk)), Some(sig)) = (key, signature) {
+        let sig =
+            std::str::from_utf8(sig).map_err(|_| fail("its signature is not UTF-8 text".into()))?;
+        manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
+            .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
     }
     let doc: Document =
         serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a manifest: {e}")))?;
@@ -313,9 +377,17 @@ fn resign(
     Ok(doc)
 }
 
+/// A file's sha256 and size.
+fn hash_file(path: &Path) -> Result<([u8; 32], u64), Error> {
+    let mut src = std::fs::File::open(path).map_err(io("read", path))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut src, &mut hasher).map_err(io("read", path))?;
+    Ok((hasher.finalize().into(), size))
+}
+
 /// Copies `from` to `to` through a temp file beside it; returns its sha256
 /// and size.
-fn copy_in(from: &Path, to: &Path) -> Result<([u8; 32], u64), Error> {
+pub(crate) fn copy_in(from: &Path, to: &Path) -> Result<([u8; 32], u64), Error> {
     let mut src = std::fs::File::open(from).map_err(io("read", from))?;
     let dir = to.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -348,7 +420,7 @@ fn copy_in(from: &Path, to: &Path) -> Result<([u8; 32], u64), Error> {
     Ok((hasher.finalize().into(), size))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".publish-")
@@ -422,7 +494,7 @@ mod tests {
         std::fs::write(&art, b"binary").unwrap();
         let out = dir.path().join("out");
         let mut p = Publish {
-            to: out.clone(),
+            to: target::Destination::Dir(out.clone()),
             version: Some("2.0.0".into()),
             artifacts: vec![(None, art)],
             rollout: Some(Rollout::Percent(10)),

@@ -466,6 +466,20 @@ pub(crate) fn recv_with_pid(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Opt
     Ok((msg.bytes, pid))
 }
 
+/// `file` mapped read-only (private, no copy): the reference binary of a
+/// delta patch, so applying one does not read it into a fresh buffer.
+///
+/// Whoever changes the file while it is mapped changes what is read (the
+/// result is then caught by its sha256), and truncating it raises SIGBUS on
+/// access: the callers map installed releases, which are never rewritten in
+/// place (they are replaced by rename, and a running executable cannot be
+/// opened for writing at all).
+pub(crate) fn map_readonly(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private; see above for what a
+    // concurrent writer can do, which the callers rule out or detect.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,13 @@
 //! the asset's `digest` or a checksum asset; the signature from
 //! `<asset>.minisig`. Polls are conditional (a 304 costs no rate limit); a
 //! rate-limit reply pauses polling until the reset it names.
+//!
+//! A release carrying an asset named `fetch.manifest_asset` (default
+//! `manifest.json`) is read through that release manifest (see
+//! [`crate::manifest`]): its signature is the `<name>.minisig` asset, its
+//! `url` names another asset of the same release, which is downloaded only
+//! when the pipeline reads it (a host outside the rollout downloads
+//! nothing). An unchanged release still costs one conditional request.
 
 use std::time::{Duration, Instant};
 
@@ -26,13 +33,13 @@ pub struct GithubFetcher {
     client: octocrab::Octocrab,
     owner: String,
     repo: String,
-    pattern: String,
+    pattern: Option<String>,
+    manifest_asset: String,
+    verify: Verify,
     /// The API's base URL, for messages.
     api_url: String,
     prerelease: bool,
     semver: bool,
-    requirement: Option<semver::VersionReq>,
-    want_signature: bool,
     etag: Option<HeaderValue>,
     last_token: Option<String>,
     paused_until: Option<Instant>,
@@ -65,6 +72,7 @@ impl GithubFetcher {
         let Source::Github {
             repo,
             asset,
+            manifest_asset,
             token,
             token_env,
             api_url,
@@ -98,11 +106,11 @@ impl GithubFetcher {
             owner: owner.to_owned(),
             repo: name.to_owned(),
             pattern: asset.clone(),
+            manifest_asset: manifest_asset.clone(),
+            verify: verify.clone(),
             api_url: api_url.trim_end_matches('/').to_owned(),
             prerelease: *prerelease,
             semver: *semver,
-            requirement: verify.version.clone(),
-            want_signature: !verify.minisign_keys.is_empty(),
             etag: None,
             last_token: None,
             paused_until: None,
@@ -119,27 +127,47 @@ impl GithubFetcher {
         accept: &str,
         etag: Option<&HeaderValue>,
     ) -> Result<Response, Error> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_str(accept).expect("a valid Accept value"),
-        );
-        headers.insert(
-            "x-github-api-version",
-            HeaderValue::from_static("2022-11-28"),
-        );
-        if let Some(etag) = etag {
-            headers.insert(IF_NONE_MATCH, etag.clone());
-        }
-        self.client
-            ._get_with_headers(path, Some(headers))
-            .await
-            .map_err(|e| Error::Request {
-                url: self.url(path),
-                source: Box::new(std::io::Error::other(crate::display_chain(&e))),
-            })
+        get_with(&self.client, &self.api_url, path, accept, etag).await
     }
+}
 
+/// One API request with its headers; the error names the URL.
+async fn get_with(
+    client: &octocrab::Octocrab,
+    api_url: &str,
+    path: &str,
+    accept: &str,
+    etag: Option<&HeaderValue>,
+) -> Result<Response, Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        ACCEPT,
+        HeaderValue::from_str(accept).expect("a valid Accept value"),
+    );
+    headers.insert(
+        "x-github-api-version",
+        HeaderValue::from_static("2022-11-28"),
+    );
+    if let Some(etag) = etag {
+        headers.insert(IF_NONE_MATCH, etag.clone());
+    }
+    client
+        ._get_with_headers(path, Some(headers))
+        .await
+        .map_err(|e| Error::Request {
+            url: format!("{api_url}{path}"),
+            source: Box::new(std::io::Error::other(crate::display_chain(&e))),
+        })
+}
+
+/// A response's body as a byte stream.
+fn body_of(response: Response) -> super::Body {
+    let stream = http_body_util::BodyDataStream::new(response.into_body())
+        .map_err(|e| std::io::Error::other(crate::display_chain(&e)));
+    Box::pin(tokio_util::io::StreamReader::new(stream))
+}
+
+impl GithubFetcher {
     async fn text(&self, response: Response, path: &str) -> Result<String, Error> {
         let bytes = response
             .into_body()
@@ -202,7 +230,7 @@ impl GithubFetcher {
         }
         let repo = format!("{}/{}", self.owner, self.repo);
         match status {
-            StatusCode::UNAUTHORIZED => Error::Other(format!(
+            StatusCode::UNAUTHORIZED => Error::Refused(format!(
                 "GitHub rejected the token (401 Bad credentials) for {repo}; check fetch.token_env"
             )),
             StatusCode::NOT_FOUND if path.ends_with("/releases/latest") => {
@@ -215,16 +243,16 @@ impl GithubFetcher {
                     .await
                     .is_ok_and(|r| r.status().is_success());
                 if exists {
-                    Error::Other(format!("repository {repo} has no published release"))
+                    Error::Refused(format!("repository {repo} has no published release"))
                 } else {
-                    Error::Other(format!(
+                    Error::Refused(format!(
                         "repository {repo} not found at {}, or the token cannot see it (404)",
                         self.url("")
                     ))
                 }
             }
             StatusCode::NOT_FOUND if path.contains("/releases") && !path.contains("/assets/") => {
-                Error::Other(format!(
+                Error::Refused(format!(
                     "repository {repo} not found at {}, or the token cannot see it (404)",
                     self.url("")
                 ))
@@ -288,7 +316,12 @@ impl GithubFetcher {
             eligible
                 .filter_map(|r| crate::release::verify::parse_version(&r.tag_name).map(|v| (v, r)))
                 .filter(|(v, _)| self.prerelease || v.pre.is_empty())
-                .filter(|(v, _)| self.requirement.as_ref().is_none_or(|req| req.matches(v)))
+                .filter(|(v, _)| {
+                    self.verify
+                        .version
+                        .as_ref()
+                        .is_none_or(|req| req.matches(v))
+                })
                 .max_by(|a, b| a.0.cmp(&b.0))
                 .map(|(_, r)| r)
         } else {
@@ -303,7 +336,9 @@ impl GithubFetcher {
         })
     }
 
-    async fn small_asset(&self, asset: &Asset) -> Result<String, Error> {
+    /// A small asset's bytes (a manifest, checksum file, signature), read
+    /// under [`super::SMALL_FILE_LIMIT`].
+    async fn small_asset(&self, asset: &Asset, what: &'static str) -> Result<Vec<u8>, Error> {
         let path = format!(
             "/repos/{}/{}/releases/assets/{}",
             self.owner, self.repo, asset.id
@@ -315,7 +350,103 @@ impl GithubFetcher {
                 status: response.status().as_u16(),
             });
         }
-        self.text(response, &path).await
+        super::read_bounded(body_of(response), what, &self.url(&path)).await
+    }
+
+    /// A small asset as text.
+    async fn small_text(&self, asset: &Asset, what: &'static str) -> Result<String, Error> {
+        String::from_utf8(self.small_asset(asset, what).await?).map_err(|_| Error::Invalid {
+            what,
+            url: asset.name.clone(),
+            reason: "not UTF-8 text".into(),
+        })
+    }
+
+    /// The candidate a release's manifest asset names.
+    async fn named_by_manifest(
+        &mut self,
+        release: &Release,
+        manifest_asset: &Asset,
+    ) -> Result<Option<Candidate>, Error> {
+        let token = format!(
+            "github-manifest:{}:{}:{}",
+            release.id,
+            manifest_asset.id,
+            manifest_asset.updated_at.as_deref().unwrap_or("")
+        );
+        if self.last_token.as_ref() == Some(&token) {
+            return Ok(None);
+        }
+        let shown = format!(
+            "{}/{} {} {}",
+            self.owner, self.repo, release.tag_name, manifest_asset.name
+        );
+        let bytes = self.small_asset(manifest_asset, "manifest").await?;
+        let sig_name = format!("{}.minisig", manifest_asset.name);
+        let minisig = match release.assets.iter().find(|a| a.name == sig_name) {
+            Some(sig) if !self.verify.minisign_keys.is_empty() => {
+                Some(self.small_asset(sig, "signature").await?)
+            }
+            _ => None,
+        };
+        let manifest = super::load_manifest(&bytes, minisig.as_deref(), &self.verify, &shown)?;
+        let names = || {
+            release
+                .assets
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if manifest.url.contains('/') {
+            return Err(Error::Invalid {
+                what: "manifest",
+                url: shown,
+                reason: format!(
+                    "url {:?} must name another asset of the same release",
+                    manifest.url
+                ),
+            });
+        }
+        let Some(artifact) = release.assets.iter().find(|a| a.name == manifest.url) else {
+            return Err(Error::Refused(format!(
+                "manifest {shown} names the asset {:?}, which release {} does not have; its assets: {}",
+                manifest.url,
+                release.tag_name,
+                names()
+            )));
+        };
+        let path = format!(
+            "/repos/{}/{}/releases/assets/{}",
+            self.owner, self.repo, artifact.id
+        );
+        let (client, api_url) = (self.client.clone(), self.api_url.clone());
+        let body = super::Lazy::new(async move {
+            let response = get_with(&client, &api_url, &path, "application/octet-stream", None)
+                .await
+                .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+            if !response.status().is_success() {
+                return Err(std::io::Error::other(format!(
+                    "GET {api_url}{path} answered {}",
+                    response.status().as_u16()
+                )));
+            }
+            Ok(body_of(response))
+        });
+        let mut info = super::manifest_info(
+            manifest,
+            super::manifest_token(&bytes),
+            artifact.name.clone(),
+            format!("github {}/{} {}", self.owner, self.repo, release.tag_name),
+        );
+        if info.size.is_none() {
+            info.size = artifact.size;
+        }
+        self.last_token = Some(token);
+        Ok(Some(Candidate {
+            body: Box::pin(body),
+            info,
+        }))
     }
 
     async fn check_inner(&mut self) -> Result<Option<Candidate>, Error> {
@@ -331,7 +462,28 @@ impl GithubFetcher {
             .strip_prefix('v')
             .unwrap_or(&release.tag_name)
             .to_owned();
-        let wanted = expand(&self.pattern, &version);
+        if let Some(manifest) = release
+            .assets
+            .iter()
+            .find(|a| a.name == self.manifest_asset)
+            .cloned()
+        {
+            return self.named_by_manifest(&release, &manifest).await;
+        }
+        let Some(pattern) = &self.pattern else {
+            return Err(Error::Refused(format!(
+                "release {} has no {} asset, and no fetch.asset pattern names another; its assets: {}",
+                release.tag_name,
+                self.manifest_asset,
+                release
+                    .assets
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let wanted = expand(pattern, &version);
         let names: Vec<&str> = release.assets.iter().map(|a| a.name.as_str()).collect();
         let matching: Vec<&Asset> = release
             .assets
@@ -341,7 +493,7 @@ impl GithubFetcher {
         let asset = match matching.as_slice() {
             [one] => (*one).clone(),
             [] => {
-                return Err(Error::Other(format!(
+                return Err(Error::Refused(format!(
                     "release {} has no asset matching {wanted:?}; its assets: {}",
                     release.tag_name,
                     names.join(", ")
@@ -390,7 +542,9 @@ impl GithubFetcher {
             .iter()
             .find(|a| a.name == format!("{}.minisig", asset.name))
         {
-            Some(sig) if self.want_signature => Some(self.small_asset(sig).await?),
+            Some(sig) if !self.verify.minisign_keys.is_empty() => {
+                Some(self.small_text(sig, "signature").await?)
+            }
             _ => None,
         };
         let path = format!(
@@ -434,7 +588,7 @@ impl GithubFetcher {
         else {
             return Ok(None);
         };
-        let text = self.small_asset(sums).await?;
+        let text = self.small_text(sums, "checksum asset").await?;
         let found = if sums.name == own {
             super::parse_checksum_file(&text)
         } else {

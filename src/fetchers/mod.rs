@@ -117,6 +117,61 @@ pub(crate) async fn read_small(
     Ok(Some(bytes))
 }
 
+/// Reads a small remote object (a manifest, checksum file or signature)
+/// from `reader` under [`SMALL_FILE_LIMIT`]: the one bounded reader every
+/// source uses, with one error naming `what` and `url` when it is larger.
+#[cfg(any(feature = "s3", feature = "github"))]
+pub(crate) async fn read_bounded(
+    reader: impl AsyncRead + Send,
+    what: &'static str,
+    url: &str,
+) -> Result<Vec<u8>, Error> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    std::pin::pin!(reader.take(SMALL_FILE_LIMIT as u64 + 1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| Error::Request {
+            url: url.to_owned(),
+            source: Box::new(e),
+        })?;
+    if bytes.len() > SMALL_FILE_LIMIT {
+        return Err(too_large(what, url));
+    }
+    Ok(bytes)
+}
+
+/// Resolves a manifest's relative `url` against the key or path of the
+/// manifest (`hello/manifest.json` + `hello-2.0.0.tar.gz` →
+/// `hello/hello-2.0.0.tar.gz`). `.` and `..` segments are applied; a URL
+/// with a scheme, an absolute path or one climbing above the root is
+/// refused with the reason.
+#[cfg(any(feature = "s3", feature = "github"))]
+pub(crate) fn resolve_relative(manifest: &str, url: &str) -> Result<String, String> {
+    if url.contains("://") || url.starts_with('/') {
+        return Err(format!(
+            "url {url:?} must be a path relative to the manifest"
+        ));
+    }
+    let mut parts: Vec<&str> = manifest.split('/').collect();
+    parts.pop();
+    for segment in url.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("url {url:?} climbs above the root"));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.last().is_none_or(|p| p.is_empty()) {
+        return Err(format!("url {url:?} names no object"));
+    }
+    Ok(parts.join("/"))
+}
+
 /// The one error for a small file over [`SMALL_FILE_LIMIT`].
 pub(crate) fn too_large(what: &'static str, url: &str) -> Error {
     Error::Invalid {
@@ -299,6 +354,13 @@ pub enum Error {
         #[source]
         source: crate::manifest::Error,
     },
+    /// The source answered that what was asked for is missing or
+    /// forbidden (no such key, bucket, repository or asset; bad
+    /// credentials): asking again will not help until someone changes the
+    /// source or the credentials, so it is polled at the usual interval
+    /// without backing off.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
@@ -314,7 +376,7 @@ impl Error {
             Error::Status {
                 status: 401 | 403 | 404 | 410,
                 ..
-            }
+            } | Error::Refused(_)
         )
     }
 }
@@ -355,4 +417,52 @@ fn source(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, Error> {
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(any(feature = "s3", feature = "github"))]
+    #[test]
+    fn manifest_urls_resolve_against_the_manifest_key() {
+        let r = |m, u| resolve_relative(m, u);
+        assert_eq!(
+            r("hello/manifest.json", "hello-2.0.0").unwrap(),
+            "hello/hello-2.0.0"
+        );
+        assert_eq!(r("manifest.json", "a/b.tar.gz").unwrap(), "a/b.tar.gz");
+        assert_eq!(r("a/b/manifest.json", "../c").unwrap(), "a/c");
+        assert_eq!(r("a/b/manifest.json", "./c").unwrap(), "a/b/c");
+        assert!(r("a/manifest.json", "../../c")
+            .unwrap_err()
+            .contains("climbs above"));
+        assert!(r("a/manifest.json", "https://x/y").is_err());
+        assert!(r("a/manifest.json", "/etc/passwd").is_err());
+        assert!(r("a/manifest.json", "..").is_err());
+    }
+
+    #[cfg(any(feature = "s3", feature = "github"))]
+    #[tokio::test]
+    async fn small_reads_are_bounded() {
+        let ok = vec![b'x'; SMALL_FILE_LIMIT];
+        assert_eq!(
+            read_bounded(&ok[..], "manifest", "u").await.unwrap().len(),
+            SMALL_FILE_LIMIT
+        );
+        let big = vec![b'x'; SMALL_FILE_LIMIT + 1];
+        let err = read_bounded(&big[..], "manifest", "s3://b/k")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid manifest at s3://b/k: larger than {SMALL_FILE_LIMIT} bytes")
+        );
+    }
+
+    #[test]
+    fn refusals_are_not_transient() {
+        assert!(!Error::Refused("no such key".into()).is_transient());
+        assert!(Error::Other("cannot reach".into()).is_transient());
+    }
 }

@@ -5,10 +5,16 @@
 //! highest semver wins. The checksum comes from `ChecksumSHA256` (asked for
 //! with checksum mode) or the `sha256` user metadata; the signature from
 //! `<key>.minisig`.
+//!
+//! A `key` ending in `.json` (or an object stored as `application/json`)
+//! names a release manifest (see [`crate::manifest`]): its signature is the
+//! `<key>.minisig` object, and the artifact's key resolves relative to the
+//! manifest's key. The artifact is requested only when the pipeline reads
+//! it, so a host outside a release's rollout downloads nothing, and an
+//! unchanged manifest still costs one HeadObject.
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ChecksumMode;
-use tokio::io::AsyncReadExt;
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
 use crate::config::{Fetch, Source, Verify};
@@ -16,16 +22,76 @@ use crate::config::{Fetch, Source, Verify};
 /// Polls one object, or the newest versioned key under a prefix.
 pub struct S3Fetcher {
     client: Option<aws_sdk_s3::Client>,
-    bucket: String,
+    at: Location,
     key: Option<String>,
     prefix: Option<String>,
     region: Option<String>,
-    endpoint_url: Option<String>,
     force_path_style: bool,
     timeout: std::time::Duration,
-    requirement: Option<semver::VersionReq>,
-    want_signature: bool,
+    verify: Verify,
     last_token: Option<String>,
+}
+
+/// A bucket at an endpoint: names objects in messages and errors.
+#[derive(Clone)]
+struct Location {
+    bucket: String,
+    endpoint_url: Option<String>,
+}
+
+impl Location {
+    fn of(&self, key: &str) -> String {
+        match &self.endpoint_url {
+            Some(url) => format!("s3://{}/{key} at {url}", self.bucket),
+            None => format!("s3://{}/{key}", self.bucket),
+        }
+    }
+
+    /// Names the cause of a failed call: no such bucket or key, access
+    /// denied, endpoint unreachable.
+    fn error<E>(&self, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let at = self.of(key);
+        let bucket = &self.bucket;
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Other(format!(
+                "cannot reach the S3 endpoint for {at}: {}",
+                DisplayErrorContext(&err)
+            )),
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("");
+                // HeadObject answers carry no error code: go by status.
+                let status = service.raw().status().as_u16();
+                match code {
+                    "NoSuchBucket" => Error::Refused(format!("no such bucket {bucket:?} ({at})")),
+                    "NoSuchKey" => {
+                        Error::Refused(format!("no such key {key:?} in bucket {bucket:?} ({at})"))
+                    }
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+                        Error::Refused(format!(
+                            "access denied to {at} ({code}); check the credentials"
+                        ))
+                    }
+                    _ if status == 404 => {
+                        Error::Refused(format!("no such key or bucket: {at} (404)"))
+                    }
+                    _ if status == 403 => Error::Refused(format!(
+                        "access denied to {at} (403); check the credentials"
+                    )),
+                    _ => Error::Other(format!(
+                        "S3 request for {at} failed: {}",
+                        DisplayErrorContext(&err)
+                    )),
+                }
+            }
+            _ => Error::Other(format!(
+                "S3 request for {at} failed: {}",
+                DisplayErrorContext(&err)
+            )),
+        }
+    }
 }
 
 impl S3Fetcher {
@@ -45,15 +111,16 @@ impl S3Fetcher {
         };
         S3Fetcher {
             client: None,
-            bucket: bucket.clone(),
+            at: Location {
+                bucket: bucket.clone(),
+                endpoint_url: endpoint_url.clone(),
+            },
             key: key.clone(),
             prefix: prefix.clone(),
             region: region.clone(),
-            endpoint_url: endpoint_url.clone(),
             force_path_style: *force_path_style,
             timeout: fetch.timeout,
-            requirement: verify.version.clone(),
-            want_signature: !verify.minisign_keys.is_empty(),
+            verify: verify.clone(),
             last_token: None,
         }
     }
@@ -75,7 +142,7 @@ impl S3Fetcher {
         let shared = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(self.force_path_style);
-        if let Some(url) = &self.endpoint_url {
+        if let Some(url) = &self.at.endpoint_url {
             config = config.endpoint_url(url);
         }
         let client = aws_sdk_s3::Client::from_conf(config.build());
@@ -84,58 +151,14 @@ impl S3Fetcher {
     }
 
     fn location(&self, key: &str) -> String {
-        match &self.endpoint_url {
-            Some(url) => format!("s3://{}/{key} at {url}", self.bucket),
-            None => format!("s3://{}/{key}", self.bucket),
-        }
+        self.at.of(key)
     }
 
-    /// Names the cause of a failed call: no such bucket or key, access
-    /// denied, endpoint unreachable.
     fn error<E>(&self, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let at = self.location(key);
-        match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Other(format!(
-                "cannot reach the S3 endpoint for {at}: {}",
-                DisplayErrorContext(&err)
-            )),
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or("");
-                // HeadObject answers carry no error code: go by status.
-                let status = service.raw().status().as_u16();
-                match code {
-                    "NoSuchBucket" => {
-                        Error::Other(format!("no such bucket {:?} ({at})", self.bucket))
-                    }
-                    "NoSuchKey" => Error::Other(format!(
-                        "no such key {key:?} in bucket {:?} ({at})",
-                        self.bucket
-                    )),
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
-                        Error::Other(format!(
-                            "access denied to {at} ({code}); check the credentials"
-                        ))
-                    }
-                    _ if status == 404 => {
-                        Error::Other(format!("no such key or bucket: {at} (404)"))
-                    }
-                    _ if status == 403 => Error::Other(format!(
-                        "access denied to {at} (403); check the credentials"
-                    )),
-                    _ => Error::Other(format!(
-                        "S3 request for {at} failed: {}",
-                        DisplayErrorContext(&err)
-                    )),
-                }
-            }
-            _ => Error::Other(format!(
-                "S3 request for {at} failed: {}",
-                DisplayErrorContext(&err)
-            )),
-        }
+        self.at.error(key, err)
     }
 
     /// The key under the prefix whose name carries the highest version.
@@ -147,7 +170,7 @@ impl S3Fetcher {
         let mut best: Option<(semver::Version, String)> = None;
         let mut pages = client
             .list_objects_v2()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .prefix(prefix)
             .into_paginator()
             .send();
@@ -163,7 +186,8 @@ impl S3Fetcher {
                 };
                 if !version.pre.is_empty()
                     || self
-                        .requirement
+                        .verify
+                        .version
                         .as_ref()
                         .is_some_and(|r| !r.matches(&version))
                 {
@@ -182,29 +206,31 @@ impl S3Fetcher {
         })
     }
 
+    /// A small object's bytes (a signature, a manifest), read under
+    /// [`super::SMALL_FILE_LIMIT`]; `None` when there is no such key.
+    /// `etag`, when given, pins the bytes a HeadObject described.
     async fn small_object(
         &self,
         client: &aws_sdk_s3::Client,
         key: &str,
-    ) -> Result<Option<String>, Error> {
-        match client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        what: &'static str,
+        etag: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let mut get = client.get_object().bucket(&self.at.bucket).key(key);
+        if let Some(etag) = etag {
+            get = get.if_match(etag);
+        }
+        match get.send().await {
             Ok(out) => {
-                let mut text = String::new();
-                out.body
-                    .into_async_read()
-                    .take(super::SMALL_FILE_LIMIT as u64)
-                    .read_to_string(&mut text)
+                if out
+                    .content_length()
+                    .is_some_and(|n| n > super::SMALL_FILE_LIMIT as i64)
+                {
+                    return Err(super::too_large(what, &self.location(key)));
+                }
+                super::read_bounded(out.body.into_async_read(), what, &self.location(key))
                     .await
-                    .map_err(|e| {
-                        Error::Other(format!("cannot read {}: {e}", self.location(key)))
-                    })?;
-                Ok(Some(text))
+                    .map(Some)
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(self.error(key, e)),
@@ -223,7 +249,7 @@ impl S3Fetcher {
         };
         let head = client
             .head_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&key)
             .checksum_mode(ChecksumMode::Enabled)
             .send()
@@ -232,15 +258,15 @@ impl S3Fetcher {
             Ok(head) => head,
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
                 // HeadObject's 404 has no error code: ask about the bucket.
-                let bucket = client.head_bucket().bucket(&self.bucket).send().await;
+                let bucket = client.head_bucket().bucket(&self.at.bucket).send().await;
                 let at = self.location(&key);
                 return Err(match bucket {
-                    Ok(_) => Error::Other(format!(
+                    Ok(_) => Error::Refused(format!(
                         "no such key {key:?} in bucket {:?} ({at})",
-                        self.bucket
+                        self.at.bucket
                     )),
                     Err(b) if b.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
-                        Error::Other(format!("no such bucket {:?} ({at})", self.bucket))
+                        Error::Refused(format!("no such bucket {:?} ({at})", self.at.bucket))
                     }
                     Err(b) => self.error(&key, b),
                 });
@@ -255,6 +281,16 @@ impl S3Fetcher {
         if self.last_token.as_ref() == Some(&token) {
             return Ok(None);
         }
+        let is_manifest = self.prefix.is_none()
+            && (key.ends_with(".json")
+                || head
+                    .content_type()
+                    .is_some_and(|t| t.starts_with("application/json")));
+        if is_manifest {
+            let candidate = self.named_by_manifest(&client, &key, head.e_tag()).await?;
+            self.last_token = Some(token);
+            return Ok(Some(candidate));
+        }
         let metadata = head.metadata();
         let sha256 = head
             .checksum_sha256()
@@ -266,13 +302,21 @@ impl S3Fetcher {
                     .and_then(|h| crate::config::parse_sha256(h))
             });
         let version = listed_version.or_else(|| metadata.and_then(|m| m.get("version")).cloned());
-        let signature = if self.want_signature {
-            self.small_object(&client, &format!("{key}.minisig"))
-                .await?
-        } else {
+        let signature = if self.verify.minisign_keys.is_empty() {
             None
+        } else {
+            self.small_object(&client, &format!("{key}.minisig"), "signature", None)
+                .await?
+                .map(|b| {
+                    String::from_utf8(b).map_err(|_| Error::Invalid {
+                        what: "signature",
+                        url: self.location(&format!("{key}.minisig")),
+                        reason: "not UTF-8 text".into(),
+                    })
+                })
+                .transpose()?
         };
-        let mut get = client.get_object().bucket(&self.bucket).key(&key);
+        let mut get = client.get_object().bucket(&self.at.bucket).key(&key);
         if let Some(etag) = head.e_tag() {
             // The bytes HeadObject described, not a newer upload.
             get = get.if_match(etag);
@@ -296,6 +340,59 @@ impl S3Fetcher {
                 host_id: None,
             },
         }))
+    }
+
+    /// The candidate the manifest at `key` names: the manifest (the bytes
+    /// HeadObject described) and its `.minisig` are read and checked; the
+    /// artifact is opened only when the pipeline reads it.
+    async fn named_by_manifest(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        etag: Option<&str>,
+    ) -> Result<Candidate, Error> {
+        let shown = self.location(key);
+        let bytes = self
+            .small_object(client, key, "manifest", etag)
+            .await?
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "no such key {key:?} in bucket {:?} ({shown})",
+                    self.at.bucket
+                ))
+            })?;
+        let minisig = if self.verify.minisign_keys.is_empty() {
+            None
+        } else {
+            self.small_object(client, &format!("{key}.minisig"), "signature", None)
+                .await?
+        };
+        let manifest = super::load_manifest(&bytes, minisig.as_deref(), &self.verify, &shown)?;
+        let artifact =
+            super::resolve_relative(key, &manifest.url).map_err(|reason| Error::Invalid {
+                what: "manifest",
+                url: shown.clone(),
+                reason,
+            })?;
+        let name = artifact.rsplit('/').next().unwrap_or(&artifact).to_owned();
+        let source = format!("s3 {}", self.location(&artifact));
+        let (client, at) = (client.clone(), self.at.clone());
+        let body = super::Lazy::new(async move {
+            let object = client
+                .get_object()
+                .bucket(&at.bucket)
+                .key(&artifact)
+                .send()
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(crate::display_chain(&at.error(&artifact, e)))
+                })?;
+            Ok(Box::pin(object.body.into_async_read()) as super::Body)
+        });
+        Ok(Candidate {
+            body: Box::pin(body),
+            info: super::manifest_info(manifest, super::manifest_token(&bytes), name, source),
+        })
     }
 }
 

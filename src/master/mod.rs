@@ -203,6 +203,7 @@ async fn run_inner(
         fetch,
         verify,
         control,
+        hooks,
     } = config;
     // Signal streams first: from here on no signal is lost. A master
     // started by its predecessor's `execve` had them blocked across it.
@@ -230,7 +231,7 @@ async fn run_inner(
     };
     crate::sys::cloexec_inherited_fds().map_err(Error::Descriptors)?;
     for held in sockets.iter() {
-        tracing::info!(name = %held.name, "listening on {}", held.describe);
+        tracing::info!(event = "listening", name = %held.name, "listening on {}", held.describe);
     }
     warn_http_ready(&program);
     let notify = match &inherited {
@@ -324,6 +325,7 @@ async fn run_inner(
         releases,
         fetch,
         verify,
+        hooks,
         config_path,
         sockets,
         retired: Vec::new(),
@@ -432,7 +434,7 @@ async fn run_inner(
         m.reexec_if_ready();
         if let Some(how) = m.stopping {
             if m.workers.is_empty() {
-                tracing::info!("all workers have exited; master exiting");
+                tracing::info!(event = "stopped", "all workers have exited; master exiting");
                 break how;
             }
         }
@@ -581,6 +583,8 @@ struct Master {
     releases: Option<crate::config::Releases>,
     fetch: Option<crate::config::Fetch>,
     verify: crate::config::Verify,
+    /// `[hooks]` as running (a reload replaces them).
+    hooks: crate::config::Hooks,
     /// The config file, when there is one to reload.
     config_path: Option<PathBuf>,
     sockets: Sockets,
@@ -676,6 +680,7 @@ impl Master {
             .chain([self.restart_at])
             .chain([self.rollout.deadline()])
             .chain([self.promote_retry_at])
+            .chain([self.reexec.as_ref().and_then(|p| p.deadline())])
             .flatten()
             .min()
     }
@@ -694,7 +699,7 @@ impl Master {
             self.restart_at = None;
             self.start_worker(Reason::Start);
         } else {
-            tracing::info!("{why}: starting a graceful cycle");
+            tracing::info!(event = "cycle_started", "{why}: starting a graceful cycle");
             self.start_worker(Reason::Cycle);
         }
     }
@@ -766,13 +771,20 @@ impl Master {
             Some(t) => {
                 self.rollout.started(id);
                 tracing::info!(
+                    event = "worker_started",
                     worker = id,
                     pid = worker.pid,
+                    release = %t.id,
                     "started worker ({reason:?}) on trial of release {}",
                     t.id
                 );
             }
-            None => tracing::info!(worker = id, pid = worker.pid, "started worker ({reason:?})"),
+            None => tracing::info!(
+                event = "worker_started",
+                worker = id,
+                pid = worker.pid,
+                "started worker ({reason:?})"
+            ),
         }
         if let Some(r) = release {
             self.releases_of.insert(id, r.id);
@@ -845,7 +857,12 @@ impl Master {
         };
         worker.state = State::Serving { since: now };
         let pid = worker.pid;
-        tracing::info!(worker = id, pid, "worker is ready: {how}");
+        tracing::info!(
+            event = "worker_ready",
+            worker = id,
+            pid,
+            "worker is ready: {how}"
+        );
         if let Some(old) = self.active.replace(id) {
             self.status.cycles += 1;
             self.drain(old);
@@ -874,6 +891,7 @@ impl Master {
             return;
         };
         tracing::info!(
+            event = "worker_draining",
             worker = id,
             pid = w.pid,
             "asking worker to drain with {}",
@@ -917,7 +935,7 @@ impl Master {
                 &format!("worker {id} (pid {}) died: {how}", worker.pid),
                 &worker,
             );
-            tracing::error!("{failure}");
+            tracing::error!(event = "worker_died", worker = id, error = %failure, "{failure}");
             self.status.last_failure = Some(failure.clone());
             if served >= RESTART_BACKOFF_RESET {
                 self.backoff = RESTART_BACKOFF_MIN;
@@ -947,14 +965,19 @@ impl Master {
             {
                 self.verdict(v);
             }
-            tracing::info!(worker = id, pid = worker.pid, "worker exited: {how}");
+            tracing::info!(
+                event = "worker_exited",
+                worker = id,
+                pid = worker.pid,
+                "worker exited: {how}"
+            );
         }
     }
 
     /// A worker could not start or become ready. During a cycle the active
     /// worker keeps serving; otherwise a restart is scheduled.
     fn start_failed(&mut self, reason: Reason, failure: String) {
-        tracing::error!("{failure}");
+        tracing::error!(event = "start_failed", error = %failure, "{failure}");
         self.status.last_failure = Some(failure.clone());
         self.supervisor.status(&failure);
         self.start_ended_badly(&failure);
@@ -965,6 +988,7 @@ impl Master {
         match (reason, self.active) {
             (Reason::Cycle, Some(active)) => {
                 tracing::warn!(
+                    event = "cycle_failed",
                     worker = active,
                     "cycle failed; the running worker keeps serving"
                 );
@@ -1016,6 +1040,8 @@ impl Master {
         match verdict {
             Verdict::Promote(release) => {
                 tracing::info!(
+                    event = "trial_passed",
+                    release = %release.id,
                     "release {} stayed ready for {}: promoting it",
                     release.id,
                     humantime::format_duration(self.rollout.settle())
@@ -1030,6 +1056,9 @@ impl Master {
                     |c| format!("release {}", c.id),
                 );
                 tracing::error!(
+                    event = "trial_failed",
+                    release = %release.id,
+                    error = %why,
                     "release {} failed its trial: {why}; going back to {back}",
                     release.id
                 );
@@ -1133,7 +1162,7 @@ impl Master {
     fn on_health(&mut self, (worker, result): health::Report) {
         if self.rollout.watches(worker) {
             if let Err(why) = &result {
-                tracing::warn!(worker, "health check of the release on trial failed: {why}");
+                tracing::warn!(event = "health_failed", worker, error = %why, "health check of the release on trial failed: {why}");
             }
             if let Some(v) = self.rollout.health(worker, result, Instant::now()) {
                 self.verdict(v);
@@ -1168,7 +1197,7 @@ impl Master {
                         "release {release} is unhealthy: its health check failed {limit} times \
                          in a row, last: {why}; it was promoted, so baton keeps it serving"
                     );
-                    tracing::error!(worker, "{report}");
+                    tracing::error!(event = "release_unhealthy", worker, error = %report, "{report}");
                     self.supervisor
                         .status(&format!("release {release} is unhealthy"));
                     self.status.last_failure = Some(report);
@@ -1219,9 +1248,13 @@ impl Master {
             }
             Done::Promoted(release, Ok(before)) => {
                 tracing::info!(
+                    event = "release_promoted",
+                    release = %release.id,
+                    version = release.version.as_deref().unwrap_or_default(),
                     "release {} promoted: current names it{}",
                     release.id,
                     before
+                        .clone()
                         .filter(|b| *b != release.id)
                         .map(|b| format!(", previous names {b}"))
                         .unwrap_or_default()
@@ -1230,6 +1263,7 @@ impl Master {
                     .status(&format!("serving release {}", release.id));
                 self.promoting = None;
                 self.trial_over();
+                self.post_hook(crate::hooks::Which::PostPromote, &release, before);
                 if self.self_upgrade {
                     self.reexec_self(release.version.clone());
                 }
@@ -1239,6 +1273,9 @@ impl Master {
                 // trial record stays meanwhile, so a master killed now
                 // counts the trial as failed unless `current` names it).
                 tracing::error!(
+                    event = "promote_failed",
+                    release = %release.id,
+                    error = %crate::display_chain(&e),
                     "cannot promote release {}: {}; it keeps serving; trying again in {}",
                     release.id,
                     crate::display_chain(&e),
@@ -1249,6 +1286,8 @@ impl Master {
             Done::Failed(release, result) => {
                 match result {
                     Ok(()) => tracing::warn!(
+                        event = "release_marked_failed",
+                        release = %release.id,
                         "sha256 {} of release {} is recorded as failed and will not be installed again",
                         release.sha256,
                         release.id
@@ -1297,7 +1336,7 @@ impl Master {
         }
         match self.rollout.begin(new.release.clone()) {
             Ok(()) => {
-                tracing::info!("release {} installed; recording its trial", new.release.id);
+                tracing::info!(event = "trial_started", release = %new.release.id, "release {} installed; recording its trial", new.release.id);
                 self.trial_done = Some(new.done);
                 self.store_job(Job::BeginTrial(new.release));
             }
@@ -1320,6 +1359,7 @@ impl Master {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(self.program.restart_backoff_max);
         tracing::info!(
+            event = "restart_scheduled",
             "restarting the worker in {}",
             humantime::format_duration(delay)
         );
@@ -1373,6 +1413,7 @@ impl Master {
             if let State::Draining { deadline } = w.state {
                 if deadline <= now {
                     tracing::warn!(
+                        event = "worker_killed",
                         worker = w.id,
                         pid = w.pid,
                         "worker did not exit within drain_timeout ({}); killing it",
@@ -1393,7 +1434,7 @@ impl Master {
             }
             return;
         }
-        tracing::info!("{why}: stopping all workers gracefully");
+        tracing::info!(event = "stopping", "{why}: stopping all workers gracefully");
         self.stopping = Some(Stopped::Graceful);
         if let Some(release) = self.rollout.on_trial().cloned() {
             // No verdict: the release is tried again at the next start.

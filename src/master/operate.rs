@@ -28,6 +28,30 @@ fn ok(mut fields: Value) -> Value {
     fields
 }
 
+impl Master {
+    /// The hooks as configured now, with the workers' environment.
+    pub(super) fn hook_runner(&self) -> crate::hooks::Hooks {
+        crate::hooks::Hooks {
+            config: self.hooks.clone(),
+            env: self.child_env.vars().to_vec(),
+            workdir: self.program.workdir.clone(),
+        }
+    }
+
+    /// Runs the `post_promote` or `post_rollback` hook in the background.
+    pub(super) fn post_hook(
+        &self,
+        which: crate::hooks::Which,
+        release: &Meta,
+        before: Option<String>,
+    ) {
+        if let Some(store) = &self.store {
+            self.hook_runner()
+                .spawn_post(which, release.clone(), before, store.clone());
+        }
+    }
+}
+
 impl Waiters {
     /// Whether no control request waits for an outcome.
     pub(crate) fn is_empty(&self) -> bool {
@@ -104,7 +128,7 @@ impl Master {
             )));
             return;
         }
-        tracing::info!("control: rolling back to release {}", previous.id);
+        tracing::info!(event = "rollback_started", release = %previous.id, "control: rolling back to release {}", previous.id);
         self.rolling_back = Some(previous);
         self.waiters.rollback = Some(reply);
         self.request_cycle("control: rollback");
@@ -173,17 +197,20 @@ impl Master {
                 self.status.rollbacks += 1;
                 let from = from.unwrap_or_default();
                 tracing::warn!(
+                    event = "rolled_back",
+                    release = %to.id,
                     "rolled back from release {from} to {}: current names it; {from} is held \
                      (not installed again until a newer build appears or `baton upgrade --force`)",
                     to.id
                 );
                 self.supervisor
                     .status(&format!("serving release {} (rolled back)", to.id));
+                self.post_hook(crate::hooks::Which::PostRollback, &to, Some(from.clone()));
                 ok(json!({ "current": to.id, "held": from }))
             }
             Err(e) => {
                 let e = crate::display_chain(&e);
-                tracing::error!("cannot record the rollback to {}: {e}", to.id);
+                tracing::error!(event = "rollback_failed", release = %to.id, error = %e, "cannot record the rollback to {}: {e}", to.id);
                 refuse(format!(
                     "release {} serves, but current could not be swapped: {e}",
                     to.id
@@ -217,10 +244,15 @@ impl Master {
         for w in self.waiters.upgrade.drain(..) {
             let answer = if report.outcome == "error" {
                 refuse(format!("the check failed: {}", report.detail))
+            } else if report.outcome == "refused" {
+                refuse(report.detail.clone())
             } else {
                 ok(json!({ "outcome": report.outcome, "detail": report.detail }))
             };
             let _ = w.send(answer);
+        }
+        if report.outcome == "refused" {
+            self.status.last_failure = Some(report.detail.clone());
         }
         *self
             .status

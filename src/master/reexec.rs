@@ -50,6 +50,9 @@ const VERSION: u32 = 1;
 const TEST_VERSION_ENV: &str = "BATON_TEST_REEXEC_VERSION";
 /// How long each check of the new binary may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a re-exec waits for the master to be idle (no worker starting,
+/// no write to the releases directory in flight) before it is refused.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// The largest state document read.
 const STATE_LIMIT: u64 = 16 << 20;
 
@@ -64,6 +67,26 @@ pub(super) struct Pending {
     checked: bool,
     /// What it is waiting for, once logged.
     waiting: Option<String>,
+    /// When waiting for the master to be idle gives up.
+    deadline: Instant,
+}
+
+impl Pending {
+    fn new(binary: PathBuf, conn: Option<UnixStream>) -> Pending {
+        Pending {
+            binary,
+            conn,
+            asked: SystemTime::now(),
+            checked: false,
+            waiting: None,
+            deadline: Instant::now() + WAIT_LIMIT,
+        }
+    }
+
+    /// When a checked re-exec stops waiting for the master to be idle.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.checked.then_some(self.deadline)
+    }
 }
 
 /// The outcome of the checks of a new binary: its `--version` line.
@@ -316,13 +339,7 @@ impl Master {
             "re-exec requested: checking {} first",
             binary.display()
         );
-        self.reexec = Some(Pending {
-            binary: binary.clone(),
-            conn: Some(conn),
-            asked: SystemTime::now(),
-            checked: false,
-            waiting: None,
-        });
+        self.reexec = Some(Pending::new(binary.clone(), Some(conn)));
         let done = self.reexec_tx.clone();
         tokio::spawn(async move {
             let _ = done.send(check(&binary, &config).await);
@@ -364,13 +381,7 @@ impl Master {
             "the master's own executable was upgraded: re-executing {} once its probe answers",
             binary.display()
         );
-        self.reexec = Some(Pending {
-            binary: binary.clone(),
-            conn: None,
-            asked: SystemTime::now(),
-            checked: false,
-            waiting: None,
-        });
+        self.reexec = Some(Pending::new(binary.clone(), None));
         let done = self.reexec_tx.clone();
         let env = self.child_env.vars().to_vec();
         tokio::spawn(async move {
@@ -395,6 +406,17 @@ impl Master {
         let busy = busy_with(self);
         if let Some(why) = busy {
             let pending = self.reexec.as_mut().expect("checked above");
+            if Instant::now() >= pending.deadline {
+                let pending = self.reexec.take().expect("checked above");
+                let error = format!(
+                    "reexec refused: the master was not idle for {}s ({why}); \
+                     it runs on as it was, ask again",
+                    WAIT_LIMIT.as_secs()
+                );
+                tracing::error!(event = "reexec_failed", error = %error, "{error}");
+                reply_to(pending.conn, &refuse(error));
+                return;
+            }
             if pending.waiting.as_deref() != Some(why.as_str()) {
                 tracing::info!("re-exec waits: {why}");
                 pending.waiting = Some(why);

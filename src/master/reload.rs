@@ -91,7 +91,11 @@ impl Master {
             .reloading(&format!("{why}: reloading {}", path.display()));
         match self.apply(&path) {
             Ok(summary) => {
-                tracing::info!("{why}: reloaded {}: {summary}", path.display());
+                tracing::info!(
+                    event = "reloaded",
+                    "{why}: reloaded {}: {summary}",
+                    path.display()
+                );
                 true
             }
             Err(e) => {
@@ -99,7 +103,7 @@ impl Master {
                     "{why}: reload of {} refused, the running config stays: {e}",
                     path.display()
                 );
-                tracing::error!("{message}");
+                tracing::error!(event = "reload_refused", error = %message, "{message}");
                 self.supervisor.status(&message);
                 self.status.last_failure = Some(message);
                 false
@@ -158,6 +162,7 @@ impl Master {
             releases,
             fetch,
             verify,
+            hooks,
             ..
         } = new;
         self.program = program;
@@ -182,6 +187,7 @@ impl Master {
         self.releases = releases;
         self.fetch = fetch;
         self.verify = verify;
+        self.hooks = hooks;
         if let Some(updater) = self.updater.take() {
             updater.abort();
             summary.push("the update loop was rebuilt".to_owned());
@@ -264,6 +270,7 @@ impl Master {
             self.check_now.clone(),
             gate,
             self.reports_tx.clone(),
+            Arc::new(self.hook_runner()),
         )));
     }
 

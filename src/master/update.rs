@@ -1,8 +1,9 @@
 //! The update loop: polls the fetcher every `interval` plus jitter (or at
 //! once on SIGUSR1 or a file event), runs candidates through the release
-//! pipeline, and tells the master about each installed release. Errors are
-//! logged with their cause and retried with capped backoff; they never stop
-//! the service.
+//! pipeline, runs the `pre_install` hook on each installed release (a
+//! refusal records its digest as failed) and tells the master about the
+//! releases it let through. Errors are logged with their cause and retried
+//! with capped backoff; they never stop the service.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{Fetch, Verify};
 use crate::fetchers::Fetcher;
+use crate::hooks::{Hooks, Which};
 use crate::release::{Meta, Outcome, Pipeline};
 
 /// The longest wait between checks after repeated errors.
@@ -77,6 +79,7 @@ pub(crate) async fn supervise(
     check_now: Arc<Notify>,
     mut gate: Option<oneshot::Receiver<()>>,
     reports: mpsc::UnboundedSender<CheckReport>,
+    hooks: Arc<Hooks>,
 ) {
     let mut fetcher = Some(first);
     let mut backoff = RESTART_MIN;
@@ -87,6 +90,8 @@ pub(crate) async fn supervise(
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(
+                        event = "fetcher_failed",
+                        error = %crate::display_chain(&e),
                         "cannot set up the fetcher again: {}; retrying in {}",
                         crate::display_chain(&e),
                         humantime::format_duration(backoff)
@@ -106,6 +111,7 @@ pub(crate) async fn supervise(
             check_now.clone(),
             gate.take(),
             reports.clone(),
+            hooks.clone(),
         ));
         let _guard = AbortOnDrop(task.abort_handle());
         let cause = match (&mut task).await {
@@ -120,6 +126,8 @@ pub(crate) async fn supervise(
             backoff = RESTART_MIN;
         }
         tracing::error!(
+            event = "update_task_died",
+            error = %cause,
             "the update task died: {cause}; restarting it in {}",
             humantime::format_duration(backoff)
         );
@@ -139,6 +147,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs until the master drops the receiving end.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     fetch: Fetch,
     mut fetcher: Box<dyn Fetcher>,
@@ -147,6 +156,7 @@ pub(crate) async fn run(
     check_now: Arc<Notify>,
     gate: Option<oneshot::Receiver<()>>,
     reports: mpsc::UnboundedSender<CheckReport>,
+    hooks: Arc<Hooks>,
 ) {
     let source = fetcher.describe();
     if let Some(gate) = gate {
@@ -158,27 +168,38 @@ pub(crate) async fn run(
         match check(&mut *fetcher, &pipeline, &source).await {
             Ok(Some(Outcome::Installed(release))) => {
                 failures = 0;
-                tracing::info!("installed release {} from {}", release.id, release.source);
-                report(&reports, "installed", format!("release {}", release.id));
-                let id = release.id.clone();
-                let (done, trial) = oneshot::channel();
-                if installed.send(Installed { release, done }).is_err() {
-                    return;
-                }
-                // One release on trial at a time: wait for this one to end,
-                // telling of newer candidates meanwhile.
-                if wait_for_trial(
-                    &fetch,
-                    &mut *fetcher,
-                    &source,
-                    &id,
-                    trial,
-                    &check_now,
-                    &reports,
-                )
-                .await
-                {
-                    continue;
+                tracing::info!(
+                    event = "release_installed",
+                    release = %release.id,
+                    version = release.version.as_deref().unwrap_or_default(),
+                    "installed release {} from {}",
+                    release.id,
+                    release.source
+                );
+                if let Err(why) = pre_install(&hooks, &pipeline, &release).await {
+                    report(&reports, "refused", why);
+                } else {
+                    report(&reports, "installed", format!("release {}", release.id));
+                    let id = release.id.clone();
+                    let (done, trial) = oneshot::channel();
+                    if installed.send(Installed { release, done }).is_err() {
+                        return;
+                    }
+                    // One release on trial at a time: wait for this one to end,
+                    // telling of newer candidates meanwhile.
+                    if wait_for_trial(
+                        &fetch,
+                        &mut *fetcher,
+                        &source,
+                        &id,
+                        trial,
+                        &check_now,
+                        &reports,
+                    )
+                    .await
+                    {
+                        continue;
+                    }
                 }
             }
             Ok(Some(Outcome::Unchanged(current))) => {
@@ -193,7 +214,11 @@ pub(crate) async fn run(
                 } else {
                     "which failed before"
                 };
-                tracing::info!("{source} offers sha256 {sha256}, {why}; skipped");
+                tracing::info!(
+                    event = "check",
+                    outcome = "skipped",
+                    "{source} offers sha256 {sha256}, {why}; skipped"
+                );
                 report(&reports, "skipped", format!("sha256 {sha256}, {why}"));
             }
             Ok(Some(Outcome::NotInRollout(decision))) => {
@@ -210,7 +235,8 @@ pub(crate) async fn run(
                 report(&reports, "nothing_new", source.clone());
             }
             Err(e) => {
-                tracing::error!("update from {source} failed: {}", crate::display_chain(&e));
+                let error = crate::display_chain(&e);
+                tracing::error!(event = "check_failed", error = %error, "update from {source} failed: {error}");
                 report(&reports, "error", crate::display_chain(&e));
                 if e.is_transient() {
                     fetcher.retry();
@@ -228,7 +254,7 @@ pub(crate) async fn run(
             _ = check_now.notified() => {
                 // Asked for by an operator: read the source in full, not
                 // only what changed since the last look.
-                tracing::info!("checking {source} now");
+                tracing::info!(event = "check", "checking {source} now");
                 fetcher.retry();
             }
             _ = fetcher.changed(), if failures == 0 => tracing::debug!("{source} changed"),
@@ -262,7 +288,7 @@ async fn wait_for_trial(
         tokio::select! {
             _ = &mut trial => return false,
             _ = tokio::time::sleep(fetch.interval + jitter(fetch)) => {}
-            _ = check_now.notified() => tracing::info!("checking {source} now"),
+            _ = check_now.notified() => tracing::info!(event = "check", "checking {source} now"),
             _ = fetcher.changed() => {}
         }
         match fetcher.check().await {
@@ -279,7 +305,8 @@ async fn wait_for_trial(
             }
             Ok(None) => report(reports, "nothing_new", source.to_owned()),
             Err(e) => {
-                tracing::error!("update from {source} failed: {}", crate::display_chain(&e));
+                let error = crate::display_chain(&e);
+                tracing::error!(event = "check_failed", error = %error, "update from {source} failed: {error}");
                 report(reports, "error", crate::display_chain(&e));
                 let e = crate::release::Error::from(e);
                 if e.is_transient() {
@@ -309,8 +336,53 @@ async fn check(
         return Ok(None);
     };
     tracing::info!(
+        event = "candidate_found",
+        version = candidate.info.version.as_deref().unwrap_or_default(),
         "new candidate from {source}{}",
         describe_version(&candidate)
     );
     pipeline.run(candidate, true, &|_| {}).await.map(Some)
+}
+
+/// Runs the `pre_install` hook on a freshly installed release, before the
+/// master hears of it. A refusal records its sha256 as failed (not
+/// installed again), logs why and returns it; `current` never moved and
+/// the complete release directory stays for inspection until pruned.
+async fn pre_install(hooks: &Hooks, pipeline: &Pipeline, release: &Meta) -> Result<(), String> {
+    let store = pipeline.store();
+    let Err(why) = hooks
+        .run(
+            Which::PreInstall,
+            release,
+            current_id(store).as_deref(),
+            store,
+        )
+        .await
+    else {
+        return Ok(());
+    };
+    let recorded = {
+        let (store, sha256) = (store.clone(), release.sha256.clone());
+        match tokio::task::spawn_blocking(move || store.mark_failed(&sha256)).await {
+            Ok(Ok(())) => format!("sha256 {} will not be installed again", release.sha256),
+            Ok(Err(e)) => format!(
+                "and it could not be recorded as failed: {}",
+                crate::display_chain(&e)
+            ),
+            Err(e) => format!("and it could not be recorded as failed: {e}"),
+        }
+    };
+    let why = format!("release {} refused: {why}", release.id);
+    tracing::error!(
+        event = "install_refused",
+        release = %release.id,
+        version = release.version.as_deref().unwrap_or_default(),
+        error = %why,
+        "{why}; {recorded}; current is unchanged"
+    );
+    Err(why)
+}
+
+fn current_id(store: &crate::release::Store) -> Option<String> {
+    store.current().map(|c| c.id)
 }

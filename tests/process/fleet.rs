@@ -17,7 +17,7 @@ use crate::support::{self, Baton};
 use crate::trial::seed_release;
 
 /// Runs the `baton` CLI; panics with its output unless it succeeds.
-fn baton(args: &[&str]) -> String {
+pub(crate) fn baton(args: &[&str]) -> String {
     let out = Command::new(support::baton_bin())
         .args(args)
         .env_remove("BATON_KEY_PASSWORD")
@@ -33,12 +33,12 @@ fn baton(args: &[&str]) -> String {
 }
 
 /// A publisher's workspace: keys, artifacts, and the published directory.
-struct Publisher {
+pub(crate) struct Publisher {
     dir: tempfile::TempDir,
 }
 
 impl Publisher {
-    fn new() -> Publisher {
+    pub(crate) fn new() -> Publisher {
         let p = Publisher {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -48,16 +48,16 @@ impl Publisher {
         p
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn out(&self) -> PathBuf {
+    pub(crate) fn out(&self) -> PathBuf {
         self.path("out")
     }
 
     /// `baton keygen`; returns the public key for `verify.minisign_key`.
-    fn keygen(&self, name: &str) -> String {
+    pub(crate) fn keygen(&self, name: &str) -> String {
         let key = self.path(&format!("{name}.key"));
         let said = baton(&["keygen", key.to_str().unwrap()]);
         let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
@@ -67,20 +67,20 @@ impl Publisher {
     }
 
     /// `baton publish --to out …`.
-    fn publish(&self, args: &[&str]) {
+    pub(crate) fn publish(&self, args: &[&str]) {
         let out = self.out();
         let mut all = vec!["publish", "--to", out.to_str().unwrap()];
         all.extend_from_slice(args);
         baton(&all);
     }
 
-    fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         self.path(&format!("{name}.key"))
             .to_string_lossy()
             .into_owned()
     }
 
-    fn artifact(&self, version: &str) -> String {
+    pub(crate) fn artifact(&self, version: &str) -> String {
         self.path(&format!("hello-{version}"))
             .to_string_lossy()
             .into_owned()
@@ -149,7 +149,7 @@ fn check(host: &Path) -> serde_json::Value {
 }
 
 /// The rule, computed independently of baton.
-fn in_cohort(host_id: &str, version: &str, percent: u8) -> bool {
+pub(crate) fn in_cohort(host_id: &str, version: &str, percent: u8) -> bool {
     let digest = Sha256::new()
         .chain_update(b"baton-rollout")
         .chain_update(host_id.as_bytes())

@@ -292,3 +292,189 @@ fn rate_limit_429_honours_retry_after() {
     });
     assert!(baton.log().contains("GitHub rate limit reached (429"));
 }
+
+/// The files of a publish directory as release assets.
+fn assets_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>, bool)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap(), false))
+        .collect()
+}
+
+fn release_from(gh: &FakeGithub, tag: &str, dir: &std::path::Path) {
+    let assets = assets_of(dir);
+    let refs: Vec<(&str, Vec<u8>, bool)> = assets
+        .iter()
+        .map(|(n, b, d)| (n.as_str(), b.clone(), *d))
+        .collect();
+    gh.release(tag, false, false, &refs);
+}
+
+/// A master with 1.0.0 installed, reading releases through their manifest
+/// asset (no asset pattern), trusting `key`.
+fn manifest_host(gh: &FakeGithub, key: &str) -> Baton {
+    manifest_host_with_token(gh, key, "")
+}
+
+/// As [`manifest_host`], sending `token`.
+fn manifest_host_with_token(gh: &FakeGithub, key: &str, token: &str) -> Baton {
+    let dir = tempfile::tempdir().unwrap();
+    crate::trial::seed_release(dir.path(), "1.0.0");
+    let config = config(
+        gh,
+        "acme/hello",
+        token,
+        &format!("host_id = \"web-1\"\n[verify]\nminisign_key = \"{key}\""),
+    )
+    .replace(&format!("asset = \"{PATTERN}\"\n"), "");
+    let baton = Baton::start(dir, &config);
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    baton
+}
+
+#[test]
+fn a_release_manifest_asset_names_the_artifact_by_rollout() {
+    let p = crate::fleet::Publisher::new();
+    let key = p.keygen("release");
+    let gh = FakeGithub::start(None);
+    p.publish(&[
+        "--version",
+        "2.0.0",
+        "--rollout",
+        "0",
+        "--expires",
+        "30d",
+        "--sign",
+        &p.key("release"),
+        &p.artifact("2.0.0"),
+    ]);
+    release_from(&gh, "v2.0.0", &p.out());
+    let baton = manifest_host(&gh, &key);
+    baton.wait_count(
+        "the rollout is halted (rollout 0)",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        gh.downloads(),
+        2,
+        "manifest and signature, not the artifact"
+    );
+    // Unchanged: one conditional request per poll, answered 304.
+    let start = gh.seen("/repos/acme/hello/releases/latest").len();
+    support::wait_for("10 more polls", Duration::from_secs(30), || {
+        (gh.seen("/repos/acme/hello/releases/latest").len() >= start + 10).then_some(())
+    });
+    let polls = gh.seen("/repos/acme/hello/releases/latest");
+    assert!(polls[start..].iter().all(|&s| s == 304), "{polls:?}");
+    assert_eq!(gh.downloads(), 2);
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    // The same release at 100 %.
+    p.publish(&["--rollout", "100", "--sign", &p.key("release")]);
+    release_from(&gh, "v2.0.1", &p.out());
+    baton.wait_current("2.0.0-");
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    assert!(baton.log().contains("this host is in the rollout"));
+}
+
+#[test]
+fn a_tampered_release_manifest_is_refused() {
+    let p = crate::fleet::Publisher::new();
+    let key = p.keygen("release");
+    let gh = FakeGithub::start(None);
+    let baton = manifest_host(&gh, &key);
+    p.publish(&[
+        "--version",
+        "2.0.0",
+        "--sign",
+        &p.key("release"),
+        &p.artifact("2.0.0"),
+    ]);
+    let manifest = p.out().join("manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("hello-2.0.0", "hello-1.0.0");
+    std::fs::write(&manifest, text).unwrap();
+    release_from(&gh, "v2.0.0", &p.out());
+    baton.wait_count(
+        "manifest acme/hello v2.0.0 manifest.json refused: bad manifest signature",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+}
+
+/// `baton publish --to github:acme/hello@TAG` against the fake API.
+fn publish_cli(gh: &FakeGithub, tag: &str, args: &[&str]) -> String {
+    let to = format!("github:acme/hello@{tag}");
+    let out = std::process::Command::new(support::baton_bin())
+        .args(["publish", "--to", &to, "--api-url", &gh.api_url()])
+        .args(args)
+        .env("GITHUB_TOKEN", TOKEN)
+        .env_remove("BATON_KEY_PASSWORD")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "baton publish {args:?} failed:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn publish_to_a_github_release_then_a_host_upgrades() {
+    let p = crate::fleet::Publisher::new();
+    let key = p.keygen("release");
+    let gh = FakeGithub::start(Some(TOKEN));
+    let baton = manifest_host_with_token(&gh, &key, TOKEN);
+    let sign = p.key("release");
+    let said = publish_cli(
+        &gh,
+        "v2.0.0",
+        &[
+            "--version",
+            "2.0.0",
+            "--rollout",
+            "0",
+            "--sign",
+            &sign,
+            &p.artifact("2.0.0"),
+        ],
+    );
+    assert!(
+        said.contains("published 2.0.0 to github:acme/hello@v2.0.0 asset manifest.json"),
+        "{said}"
+    );
+    assert_eq!(
+        gh.seen("/repos/acme/hello/releases")
+            .iter()
+            .filter(|&&s| s == 201)
+            .count(),
+        1,
+        "the release was created"
+    );
+    baton.wait_count(
+        "the rollout is halted (rollout 0)",
+        1,
+        Duration::from_secs(20),
+    );
+    // Re-signed at 100 %: the release's manifest assets are replaced.
+    publish_cli(&gh, "v2.0.0", &["--rollout", "100", "--sign", &sign]);
+    baton.wait_current("2.0.0-");
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    assert_eq!(gh.leaked_auth(), 0, "the token went to the storage host");
+    assert_eq!(
+        gh.seen("/uploads/").iter().filter(|&&s| s == 201).count(),
+        5,
+        "artifact, signature and manifest, then signature and manifest again"
+    );
+}

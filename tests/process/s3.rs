@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::fleet::Publisher;
 use crate::support::s3::{CountingProxy, S3Server, ENV};
 use crate::support::{self, Baton, Load, LoadMode};
 
@@ -220,4 +221,299 @@ fn access_denied_is_named() {
         !baton.log().contains("testing"),
         "credentials must never be logged"
     );
+}
+
+/// Uploads a publish directory under `prefix` as a publisher would:
+/// artifacts first, then the signature, the manifest last.
+fn upload(s3: &S3Server, dir: &std::path::Path, prefix: &str) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let rank = |n: &str| match n {
+        "manifest.json" => 2,
+        "manifest.json.minisig" => 1,
+        _ => 0,
+    };
+    names.sort_by_key(|n| rank(n));
+    for name in names {
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        s3.put("releases", &format!("{prefix}{name}"), bytes, &[]);
+    }
+}
+
+/// moto behind a counting proxy, and a master with 1.0.0 installed whose
+/// source is the signed manifest `hello/manifest.json`, trusting `key`.
+fn manifest_host(key: &str) -> (S3Server, CountingProxy, Baton) {
+    let s3 = S3Server::start(None);
+    s3.bucket("releases");
+    let proxy = CountingProxy::start(s3.addr());
+    let dir = tempfile::tempdir().unwrap();
+    crate::trial::seed_release(dir.path(), "1.0.0");
+    let baton = Baton::start_with_env(
+        dir,
+        &config(
+            &proxy.endpoint(),
+            "key = \"hello/manifest.json\"\nhost_id = \"web-1\"",
+            &format!("[verify]\nminisign_key = \"{key}\""),
+        ),
+        ENV,
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    (s3, proxy, baton)
+}
+
+#[test]
+fn a_signed_manifest_upgrades_and_then_costs_one_head_per_poll() {
+    let p = Publisher::new();
+    let key = p.keygen("release");
+    let (s3, proxy, baton) = manifest_host(&key);
+    // No manifest yet: named, and the service keeps serving.
+    baton.wait_count(
+        "no such key \"hello/manifest.json\"",
+        1,
+        Duration::from_secs(20),
+    );
+    p.publish(&[
+        "--version",
+        "2.0.0",
+        "--expires",
+        "30d",
+        "--sign",
+        &p.key("release"),
+        &p.artifact("2.0.0"),
+    ]);
+    let load = Load::start(baton.addr(), 16, LoadMode::KeepAlive);
+    load.wait_more(100);
+    upload(&s3, &p.out(), "hello/");
+    baton.wait_current("2.0.0-");
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(
+        baton.log().contains("this host is in the rollout"),
+        "{}",
+        baton.log()
+    );
+    // Unchanged from now on: one HeadObject per poll, nothing downloaded.
+    let (heads, gets) = (proxy.heads(), proxy.gets());
+    support::wait_for("20 more polls", Duration::from_secs(30), || {
+        (proxy.heads() >= heads + 20).then_some(())
+    });
+    assert_eq!(proxy.gets(), gets, "an unchanged manifest was read again");
+}
+
+#[test]
+fn rollout_zero_keeps_a_host_off_and_100_brings_it() {
+    let p = Publisher::new();
+    let key = p.keygen("release");
+    let (s3, proxy, baton) = manifest_host(&key);
+    p.publish(&[
+        "--version",
+        "2.0.0",
+        "--rollout",
+        "0",
+        "--sign",
+        &p.key("release"),
+        &p.artifact("2.0.0"),
+    ]);
+    upload(&s3, &p.out(), "hello/");
+    baton.wait_count(
+        "the rollout is halted (rollout 0)",
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(baton.log().contains("host web-1"), "{}", baton.log());
+    // Manifest and signature read, the artifact never asked for.
+    let gets = proxy.gets();
+    assert_eq!(gets, 2, "manifest and signature only");
+    let heads = proxy.heads();
+    support::wait_for("10 more polls", Duration::from_secs(30), || {
+        (proxy.heads() >= heads + 10).then_some(())
+    });
+    assert_eq!(proxy.gets(), gets, "a halted manifest is not read again");
+    assert!(baton.current().unwrap().starts_with("1.0.0-"));
+    p.publish(&["--rollout", "100", "--sign", &p.key("release")]);
+    upload(&s3, &p.out(), "hello/");
+    baton.wait_current("2.0.0-");
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+}
+
+/// A master on 1.0.0 whose manifest source then offers `publish`ed bytes
+/// (changed by `tamper`): refused with `expect`, and 1.0.0 keeps serving.
+fn refused(expect: &str, sign_with: &str, args: &[&str], tamper: impl FnOnce(&std::path::Path)) {
+    let p = Publisher::new();
+    let trusted = p.keygen("trusted");
+    if sign_with != "trusted" {
+        p.keygen(sign_with);
+    }
+    let (s3, _proxy, baton) = manifest_host(&trusted);
+    let key = p.key(sign_with);
+    let artifact = p.artifact("2.0.0");
+    let mut all = vec!["--version", "2.0.0", "--sign", &key];
+    all.extend_from_slice(args);
+    all.push(&artifact);
+    p.publish(&all);
+    tamper(&p.out().join("manifest.json"));
+    let load = Load::start(baton.addr(), 8, LoadMode::KeepAlive);
+    load.wait_more(100);
+    upload(&s3, &p.out(), "hello/");
+    baton.wait_count(expect, 1, Duration::from_secs(20));
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    assert!(baton.current().unwrap().starts_with("1.0.0-"));
+    assert!(
+        baton
+            .log()
+            .contains("manifest s3://releases/hello/manifest.json at http://127.0.0.1"),
+        "the error names the manifest: {}",
+        baton.log()
+    );
+}
+
+#[test]
+fn a_tampered_manifest_is_refused() {
+    refused("bad manifest signature", "trusted", &[], |manifest| {
+        let text = std::fs::read_to_string(manifest)
+            .unwrap()
+            .replace("\"rollout\": 100", "\"rollout\": 99");
+        std::fs::write(manifest, text).unwrap();
+    });
+}
+
+#[test]
+fn an_expired_manifest_is_refused() {
+    refused(
+        "the manifest expired at",
+        "trusted",
+        &["--expires", "0s"],
+        |_| {},
+    );
+}
+
+#[test]
+fn a_manifest_signed_by_an_unknown_key_is_refused() {
+    refused("signed by an unknown key", "stranger", &[], |_| {});
+}
+
+/// `baton publish` with the test credentials; panics with its output
+/// unless it succeeds.
+fn publish_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(support::baton_bin())
+        .args(["publish"])
+        .args(args)
+        .envs(ENV.iter().copied())
+        .env_remove("BATON_KEY_PASSWORD")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "baton publish {args:?} failed:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn publish_to_s3_then_a_host_upgrades_by_rollout() {
+    let p = Publisher::new();
+    let key = p.keygen("release");
+    let (s3, proxy, baton) = manifest_host(&key);
+    let endpoint = s3.endpoint();
+    let to = ["--to", "s3://releases/hello/", "--endpoint-url", &endpoint];
+    let sign = p.key("release");
+    let artifact = p.artifact("2.0.0");
+    let said = publish_cli(
+        &[
+            &to[..],
+            &[
+                "--version",
+                "2.0.0",
+                "--rollout",
+                "0",
+                "--sign",
+                &sign,
+                &artifact,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        said.contains("published 2.0.0 to s3://releases/hello/manifest.json"),
+        "{said}"
+    );
+    // The artifact carries its sha256 as S3's own checksum.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(hello_bytes("2.0.0"));
+    assert_eq!(
+        s3.checksum_sha256("releases", "hello/hello-2.0.0")
+            .as_deref(),
+        Some(base64(&digest).as_str())
+    );
+    baton.wait_count(
+        "the rollout is halted (rollout 0)",
+        1,
+        Duration::from_secs(20),
+    );
+    let gets = proxy.gets();
+    // Re-signed at 50 %: web-1 takes it exactly when its bucket says so.
+    publish_cli(&[&to[..], &["--rollout", "50", "--sign", &sign]].concat());
+    if crate::fleet::in_cohort("web-1", "2.0.0", 50) {
+        baton.wait_current("2.0.0-");
+    } else {
+        baton.wait_count("not this host's turn yet", 1, Duration::from_secs(20));
+        assert_eq!(proxy.gets(), gets + 2, "manifest and signature only");
+        publish_cli(&[&to[..], &["--rollout", "100", "--sign", &sign]].concat());
+        baton.wait_current("2.0.0-");
+    }
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    // Re-signing a manifest changed in the bucket is refused.
+    s3.put(
+        "releases",
+        "hello/manifest.json",
+        b"{\"version\": \"9.9.9\", \"url\": \"x\"}".to_vec(),
+        &[],
+    );
+    let out = std::process::Command::new(support::baton_bin())
+        .args(["publish"])
+        .args(to)
+        .args(["--rollout", "100", "--sign", &sign])
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot re-sign s3://releases/hello/manifest.json")
+            && err.contains("does not verify with this key"),
+        "{err}"
+    );
+}
+
+/// Standard base64 with padding, as S3 states checksums.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut n = [0u8; 3];
+        n[..chunk.len()].copy_from_slice(chunk);
+        let v = u32::from(n[0]) << 16 | u32::from(n[1]) << 8 | u32::from(n[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }

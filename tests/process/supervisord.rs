@@ -37,6 +37,33 @@ fn ctl(conf: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// deploy/supervisord/baton.conf, the program section baton ships, with
+/// its install paths pointing into `root` and at the baton under test.
+fn shipped_program_section(root: &std::path::Path) -> String {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/supervisord/baton.conf");
+    let mut text = std::fs::read_to_string(&shipped).unwrap();
+    let root = root.display().to_string();
+    for (from, to) in [
+        (
+            "/usr/local/bin/baton",
+            support::baton_bin().display().to_string(),
+        ),
+        ("/etc/baton/baton.toml", format!("{root}/baton.toml")),
+        ("directory=/etc/baton", format!("directory={root}")),
+        ("/var/log/baton/baton.log", format!("{root}/baton.log")),
+    ] {
+        assert!(
+            text.contains(from),
+            "{} no longer has {from}",
+            shipped.display()
+        );
+        text = text.replace(from, &to);
+    }
+    assert!(text.contains("[program:baton]"));
+    text
+}
+
 #[test]
 fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
     let dir = Baton::dir_with_hello();
@@ -57,11 +84,9 @@ fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
         format!(
             "[unix_http_server]\nfile={root}/supervisor.sock\n\n[supervisord]\nlogfile={root}/supervisord.log\npidfile={root}/supervisord.pid\nnodaemon=false\n\n\
              [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n\
-             [supervisorctl]\nserverurl=unix://{root}/supervisor.sock\n\n\
-             [program:baton]\ncommand={baton} run --config {root}/baton.toml\nautorestart=true\nstartsecs=1\nstopwaitsecs=20\n\
-             redirect_stderr=true\nstdout_logfile={root}/baton.log\n",
+             [supervisorctl]\nserverurl=unix://{root}/supervisor.sock\n\n{program}",
             root = root.display(),
-            baton = support::baton_bin().display()
+            program = shipped_program_section(root),
         ),
     )
     .unwrap();

@@ -267,14 +267,19 @@ fn check_install_writes_a_release_the_next_master_tries() {
     support::wait_version(baton.addr(), "2.0.0");
 }
 
+/// A running master is asked through its control socket (see
+/// operate.rs); when that socket is gone, the releases lock refuses.
 #[test]
-fn check_install_beside_a_running_master_is_refused() {
+fn check_install_beside_a_master_without_its_control_socket_is_refused() {
     let (_server, baton) = serving("300ms");
+    std::fs::remove_file(baton.dir.path().join(".baton.sock")).unwrap();
     let out = baton_check(baton.dir.path(), true);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("locked by a running master (pid {})", baton.pid()))
+        stderr.contains("control socket")
+            && stderr.contains("does not answer")
+            && stderr.contains(&format!("locked by a running master (pid {})", baton.pid()))
             && stderr.contains(&format!("kill -USR1 {}", baton.pid())),
         "{stderr}"
     );

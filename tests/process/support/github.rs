@@ -1,7 +1,11 @@
 //! A local server that answers as GitHub's REST API does for releases (the
 //! replies are the fixture files in `fixtures/github/`), plus a separate
 //! "storage" server that asset downloads are redirected to, which refuses
-//! (and counts) any request carrying an Authorization header.
+//! (and counts) any request carrying an Authorization header. It also takes
+//! what a publisher sends, as GitHub's API does: `GET
+//! /releases/tags/{tag}`, `POST /releases`, `GET /releases/{id}`, uploads
+//! to the release's `upload_url` (here `/uploads/…` on the API's own host,
+//! as on GitHub Enterprise) and `DELETE /releases/assets/{id}`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -56,6 +60,8 @@ struct State {
     fault: Option<Fault>,
     page_size: usize,
     repo_missing: bool,
+    /// The last release or asset id handed out.
+    last_id: u64,
     /// (path, status) of every API request.
     seen: Vec<(String, u16)>,
     /// Storage requests that carried an Authorization header.
@@ -67,7 +73,13 @@ struct State {
 pub struct FakeGithub {
     api: SocketAddr,
     state: Arc<Mutex<State>>,
-    next_id: Mutex<u64>,
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
 }
 
 fn fixture(name: &str) -> String {
@@ -86,6 +98,7 @@ impl FakeGithub {
         let state = Arc::new(Mutex::new(State {
             token: token.map(str::to_owned),
             page_size: 100,
+            last_id: 1,
             ..State::default()
         }));
         let api = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -109,7 +122,6 @@ impl FakeGithub {
         FakeGithub {
             api: api_addr,
             state,
-            next_id: Mutex::new(1),
         }
     }
 
@@ -119,9 +131,7 @@ impl FakeGithub {
     }
 
     fn id(&self) -> u64 {
-        let mut n = self.next_id.lock().unwrap();
-        *n += 1;
-        *n
+        self.state.lock().unwrap().next_id()
     }
 
     /// Publishes a release with these (name, bytes, digest?) assets.
@@ -243,6 +253,7 @@ fn asset_json(api: &str, tag: &str, a: &FakeAsset) -> String {
 }
 
 fn release_json(api: &str, r: &FakeRelease) -> String {
+    let uploads = format!("{api}/uploads");
     let assets: Vec<String> = r
         .assets
         .iter()
@@ -250,6 +261,7 @@ fn release_json(api: &str, r: &FakeRelease) -> String {
         .collect();
     fixture("release.json")
         .replace("__API__", api)
+        .replace("__UPLOADS__", &uploads)
         .replace("__ID__", &r.id.to_string())
         .replace("__TAG__", &r.tag)
         .replace("__DRAFT__", &r.draft.to_string())
@@ -263,7 +275,7 @@ fn serve_api(
     api: SocketAddr,
     storage: SocketAddr,
 ) -> std::io::Result<()> {
-    let req = super::read_request(&stream)?;
+    let req = read_full_request(&stream)?;
     let api_url = format!("http://{api}");
     let mut s = state.lock().unwrap();
     let mut headers = vec![
@@ -338,6 +350,59 @@ fn serve_api(
             }
         }
     }
+    if let Some(upload) = path_only.strip_prefix("/uploads/repos/acme/hello/releases/") {
+        let id = upload
+            .strip_suffix("/assets")
+            .and_then(|id| id.parse::<u64>().ok());
+        let name = req
+            .path
+            .split_once("?name=")
+            .map(|(_, n)| n.split('&').next().unwrap_or("").to_owned());
+        let (Some(id), Some(name), "POST") = (id, name, req.method.as_str()) else {
+            return reply(
+                &mut s,
+                404,
+                "Not Found",
+                &headers,
+                fixture("not-found.json").as_bytes(),
+            );
+        };
+        let asset_id = s.next_id();
+        let Some(release) = s.releases.iter_mut().find(|r| r.id == id) else {
+            return reply(
+                &mut s,
+                404,
+                "Not Found",
+                &headers,
+                fixture("not-found.json").as_bytes(),
+            );
+        };
+        if release.assets.iter().any(|a| a.name == name) {
+            return reply(
+                &mut s,
+                422,
+                "Unprocessable Entity",
+                &headers,
+                br#"{"message":"Validation Failed","errors":[{"resource":"ReleaseAsset","code":"already_exists","field":"name"}]}"#,
+            );
+        }
+        let asset = FakeAsset {
+            id: asset_id,
+            name,
+            bytes: Arc::new(req.body.clone()),
+            digest: true,
+        };
+        release.assets.push(asset.clone());
+        let tag = release.tag.clone();
+        s.generation += 1;
+        return reply(
+            &mut s,
+            201,
+            "Created",
+            &headers,
+            asset_json(&api_url, &tag, &asset).as_bytes(),
+        );
+    }
     // Link headers name the repository by id, as GitHub's do.
     let rest = path_only
         .strip_prefix("/repos/acme/hello")
@@ -352,6 +417,10 @@ fn serve_api(
             fixture("not-found.json").as_bytes(),
         );
     };
+    if let Some(reply_to) = publisher_request(&mut s, &req, rest, &api_url) {
+        let (status, reason, body) = reply_to;
+        return reply(&mut s, status, reason, &headers, body.as_bytes());
+    }
     let etag = format!("W/\"{}\"", s.generation);
     let fresh = req.headers.get("if-none-match") == Some(&etag);
     let published: Vec<FakeRelease> = s.releases.iter().rev().cloned().collect();
@@ -480,6 +549,113 @@ fn serve_api(
                 asset_json(&api_url, &tag, &asset).as_bytes(),
             )
         }
+    }
+}
+
+/// A request with its method and body.
+struct FullRequest {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_full_request(stream: &TcpStream) -> std::io::Result<FullRequest> {
+    use std::io::{BufRead, Read};
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_owned();
+    let path = words.next().unwrap_or("/").to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(FullRequest {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// What a publisher asks of the API (under `/repos/acme/hello`): the
+/// reply, or `None` for a reader's request.
+fn publisher_request(
+    s: &mut State,
+    req: &FullRequest,
+    rest: &str,
+    api_url: &str,
+) -> Option<(u16, &'static str, String)> {
+    let not_found = || Some((404, "Not Found", fixture("not-found.json")));
+    match (req.method.as_str(), rest) {
+        ("GET", r) if r.starts_with("/releases/tags/") => {
+            let tag = &r["/releases/tags/".len()..];
+            match s.releases.iter().find(|x| x.tag == tag) {
+                Some(found) => Some((200, "OK", release_json(api_url, found))),
+                None => not_found(),
+            }
+        }
+        ("GET", r)
+            if r.strip_prefix("/releases/")
+                .is_some_and(|id| id.parse::<u64>().is_ok()) =>
+        {
+            let id: u64 = r["/releases/".len()..].parse().unwrap();
+            match s.releases.iter().find(|x| x.id == id) {
+                Some(found) => Some((200, "OK", release_json(api_url, found))),
+                None => not_found(),
+            }
+        }
+        ("POST", "/releases") => {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).ok()?;
+            let tag = body["tag_name"].as_str()?.to_owned();
+            if s.releases.iter().any(|r| r.tag == tag) {
+                return Some((
+                    422,
+                    "Unprocessable Entity",
+                    r#"{"message":"Validation Failed","errors":[{"resource":"Release","code":"already_exists","field":"tag_name"}]}"#.to_owned(),
+                ));
+            }
+            let release = FakeRelease {
+                id: s.next_id(),
+                tag,
+                draft: body["draft"].as_bool().unwrap_or(false),
+                prerelease: body["prerelease"].as_bool().unwrap_or(false),
+                assets: Vec::new(),
+            };
+            let json = release_json(api_url, &release);
+            s.releases.push(release);
+            s.generation += 1;
+            Some((201, "Created", json))
+        }
+        ("DELETE", r) if r.starts_with("/releases/assets/") => {
+            let id: u64 = r["/releases/assets/".len()..].parse().ok()?;
+            let before: usize = s.releases.iter().map(|r| r.assets.len()).sum();
+            for release in &mut s.releases {
+                release.assets.retain(|a| a.id != id);
+            }
+            let after: usize = s.releases.iter().map(|r| r.assets.len()).sum();
+            if before == after {
+                return not_found();
+            }
+            s.generation += 1;
+            Some((204, "No Content", String::new()))
+        }
+        _ => None,
     }
 }
 

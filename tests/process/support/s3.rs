@@ -138,6 +138,22 @@ impl S3Server {
         self.rt.block_on(put.send()).unwrap();
     }
 
+    /// The `ChecksumSHA256` the server keeps for an object (base64), if any.
+    pub fn checksum_sha256(&self, bucket: &str, key: &str) -> Option<String> {
+        let head = self
+            .rt
+            .block_on(
+                self.client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                    .send(),
+            )
+            .unwrap();
+        head.checksum_sha256().map(str::to_owned)
+    }
+
     /// Deletes an object.
     pub fn delete(&self, bucket: &str, key: &str) {
         self.rt

@@ -1,0 +1,421 @@
+//! Fleet simulation for `ci/bench fleet`: many hosts, each its own
+//! [`S3Fetcher`] with its own host id, poll one signed manifest on a real
+//! S3-protocol server (moto) with jitter, while the publisher
+//! ([`baton::publish::publish_async`], the code behind `baton publish --to
+//! s3://…`) moves a release 0 → 10 → 50 → 100 %.
+//!
+//! Each host decides as a master does: the fetcher checks the manifest
+//! (signature, expiry) and each host applies the cohort rule
+//! ([`baton::manifest::rollout`]) to its own id; a host in the rollout reads
+//! the artifact through the fetcher's body and checks its sha256. Nothing is
+//! installed or probed. Every request passes through a counting proxy on
+//! 127.0.0.1, which records the time of each request and the bytes answered.
+//!
+//! ```sh
+//! fleet_sim --endpoint http://127.0.0.1:PORT [--hosts 1000] [--interval 5]
+//!           [--jitter 5] [--artifact-size 1048576]
+//! ```
+//!
+//! Prints one JSON object on stdout. Needs AWS credentials in the
+//! environment (any, for moto) and `AWS_EC2_METADATA_DISABLED=true`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use baton::config::{Fetch, Source, Verify};
+use baton::fetchers::s3::S3Fetcher;
+use baton::fetchers::Fetcher;
+use baton::manifest::{rollout, Rollout};
+use baton::publish::target::Destination;
+use baton::publish::{publish_async, Publish};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BUCKET: &str = "fleet";
+const KEY: &str = "hello/manifest.json";
+const VERSION: &str = "2.0.0";
+const STEPS: [u8; 4] = [0, 10, 50, 100];
+
+struct Args {
+    endpoint: String,
+    hosts: usize,
+    interval: Duration,
+    jitter: Duration,
+    artifact_size: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        endpoint: String::new(),
+        hosts: 1000,
+        interval: Duration::from_secs(5),
+        jitter: Duration::from_secs(5),
+        artifact_size: 1 << 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--endpoint" => a.endpoint = value,
+            "--hosts" => a.hosts = value.parse().expect("--hosts N"),
+            "--interval" => a.interval = Duration::from_secs_f64(value.parse().expect("seconds")),
+            "--jitter" => a.jitter = Duration::from_secs_f64(value.parse().expect("seconds")),
+            "--artifact-size" => a.artifact_size = value.parse().expect("bytes"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!a.endpoint.is_empty(), "--endpoint URL is required");
+    a
+}
+
+/// What the proxy saw.
+#[derive(Default)]
+struct Counts {
+    /// (milliseconds since start, is HEAD) of every request.
+    requests: Mutex<Vec<(u64, bool)>>,
+    /// Bytes answered to the hosts.
+    bytes_down: AtomicU64,
+}
+
+/// A TCP proxy on 127.0.0.1 that counts request lines (hosts send no
+/// request bodies) and the bytes answered.
+async fn proxy(upstream: SocketAddr, counts: Arc<Counts>, start: Instant) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let (mut c_read, mut c_write) = client.into_split();
+                let (mut s_read, mut s_write) = server.into_split();
+                let up_counts = counts.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut at_line_start = true;
+                    while let Ok(n) = c_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        for line in buf[..n].split_inclusive(|&b| b == b'\n') {
+                            if at_line_start {
+                                let head = line.starts_with(b"HEAD /");
+                                if head || line.starts_with(b"GET /") {
+                                    let ms = start.elapsed().as_millis() as u64;
+                                    up_counts.requests.lock().unwrap().push((ms, head));
+                                }
+                            }
+                            at_line_start = line.ends_with(b"\n");
+                        }
+                        if s_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = s_read.read(&mut buf).await {
+                    if n == 0 || c_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    counts.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let _ = c_write.shutdown().await;
+                let _ = up.await;
+            });
+        }
+    });
+    addr
+}
+
+/// One host's state, as the controller reads it.
+struct Host {
+    id: String,
+    /// The rollout percentage of the last manifest it read (255: none).
+    seen: AtomicU8,
+    upgraded: AtomicBool,
+    /// Artifact bytes it downloaded.
+    bytes: AtomicU64,
+}
+
+/// Fleet-wide poll counters.
+#[derive(Default)]
+struct Polls {
+    total: AtomicUsize,
+    unchanged: AtomicUsize,
+    errors: AtomicUsize,
+    last_error: Mutex<String>,
+}
+
+async fn run_host(
+    host: Arc<Host>,
+    mut fetcher: S3Fetcher,
+    polls: Arc<Polls>,
+    interval: Duration,
+    jitter: Duration,
+) {
+    let spread = |d: Duration| {
+        if d.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::rng().random_range(Duration::ZERO..d)
+        }
+    };
+    tokio::time::sleep(spread(interval)).await;
+    loop {
+        match fetcher.check().await {
+            Ok(None) => {
+                polls.unchanged.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(mut candidate)) => {
+                let manifest = candidate.info.manifest.take().expect("a manifest source");
+                let version = manifest.version.clone().unwrap_or_default();
+                let percent = manifest.percent_at(SystemTime::now());
+                let bucket = rollout::bucket(&host.id, &version);
+                let admitted = !manifest.rollout.is_halt() && rollout::admits(bucket, percent);
+                if admitted && !host.upgraded.load(Ordering::Relaxed) {
+                    let mut hasher = Sha256::new();
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut n = 0u64;
+                    let ok = loop {
+                        match candidate.body.read(&mut buf).await {
+                            Ok(0) => break true,
+                            Ok(k) => {
+                                hasher.update(&buf[..k]);
+                                n += k as u64;
+                            }
+                            Err(e) => {
+                                *polls.last_error.lock().unwrap() = e.to_string();
+                                break false;
+                            }
+                        }
+                    };
+                    let digest: [u8; 32] = hasher.finalize().into();
+                    host.bytes.fetch_add(n, Ordering::Relaxed);
+                    if ok && Some(digest) == manifest.sha256 {
+                        host.upgraded.store(true, Ordering::Relaxed);
+                    } else {
+                        polls.errors.fetch_add(1, Ordering::Relaxed);
+                        fetcher.retry();
+                    }
+                }
+                host.seen.store(percent, Ordering::Relaxed);
+            }
+            Err(e) => {
+                polls.errors.fetch_add(1, Ordering::Relaxed);
+                *polls.last_error.lock().unwrap() = baton::display_chain(&e);
+                fetcher.retry();
+            }
+        }
+        polls.total.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(interval + spread(jitter)).await;
+    }
+}
+
+/// The largest number of requests in any window of one second.
+fn peak_per_second(times: &mut [u64]) -> usize {
+    times.sort_unstable();
+    let (mut best, mut lo) = (0, 0);
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= 1000 {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = args();
+    let start = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    // The publisher: a key, an artifact, the bucket.
+    let key = work.path().join("release.key");
+    std::env::remove_var("BATON_KEY_PASSWORD");
+    let public = baton::publish::keygen(&key).expect("keygen");
+    let artifact = work.path().join(format!("hello-{VERSION}"));
+    let bytes: Vec<u8> = (0..a.artifact_size)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    std::fs::write(&artifact, &bytes).unwrap();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let admin = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .endpoint_url(&a.endpoint)
+            .force_path_style(true)
+            .build(),
+    );
+    let _ = admin.create_bucket().bucket(BUCKET).send().await;
+    let dest = Destination::S3 {
+        bucket: BUCKET.into(),
+        prefix: "hello/".into(),
+        endpoint_url: Some(a.endpoint.clone()),
+        region: Some("us-east-1".into()),
+    };
+    let publish = |rollout: u8, first: bool| Publish {
+        to: dest.clone(),
+        version: first.then(|| VERSION.to_owned()),
+        artifacts: if first {
+            vec![(None, artifact.clone())]
+        } else {
+            Vec::new()
+        },
+        rollout: Some(Rollout::Percent(rollout)),
+        expires: Some(Duration::from_secs(86_400)),
+        sign: Some(key.clone()),
+        ..Publish::default()
+    };
+    publish_async(&publish(STEPS[0], true))
+        .await
+        .expect("publish");
+
+    let counts = Arc::new(Counts::default());
+    let upstream: SocketAddr = a
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("--endpoint http://127.0.0.1:PORT");
+    let proxied = proxy(upstream, counts.clone(), start).await;
+    let verify = Verify {
+        minisign_keys: vec![public],
+        ..Verify::default()
+    };
+    let polls = Arc::new(Polls::default());
+    let hosts: Vec<Arc<Host>> = (0..a.hosts)
+        .map(|i| {
+            Arc::new(Host {
+                id: format!("host-{i:04}"),
+                seen: AtomicU8::new(255),
+                upgraded: AtomicBool::new(false),
+                bytes: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    for host in &hosts {
+        let fetch = Fetch {
+            source: Source::S3 {
+                bucket: BUCKET.into(),
+                key: Some(KEY.into()),
+                prefix: None,
+                region: Some("us-east-1".into()),
+                endpoint_url: Some(format!("http://{proxied}")),
+                force_path_style: true,
+            },
+            interval: a.interval,
+            jitter: a.jitter,
+            timeout: Duration::from_secs(30),
+            host_id: Some(host.id.clone()),
+        };
+        let fetcher = S3Fetcher::new(&fetch, &verify);
+        tokio::spawn(run_host(
+            host.clone(),
+            fetcher,
+            polls.clone(),
+            a.interval,
+            a.jitter,
+        ));
+    }
+
+    let deadline_per_step = (a.interval + a.jitter) * 4 + Duration::from_secs(60);
+    let mut steps = Vec::new();
+    for (n, &percent) in STEPS.iter().enumerate() {
+        let t0 = Instant::now();
+        let requests_before = counts.requests.lock().unwrap().len();
+        if n > 0 {
+            publish_async(&publish(percent, false))
+                .await
+                .expect("re-sign");
+        }
+        loop {
+            let seen = hosts
+                .iter()
+                .filter(|h| h.seen.load(Ordering::Relaxed) == percent)
+                .count();
+            if seen == hosts.len() {
+                break;
+            }
+            if t0.elapsed() > deadline_per_step {
+                eprintln!(
+                    "step {percent} %: only {seen} of {} hosts read the manifest in time; last error: {}",
+                    hosts.len(),
+                    polls.last_error.lock().unwrap()
+                );
+                std::process::exit(1);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let upgraded = hosts
+            .iter()
+            .filter(|h| h.upgraded.load(Ordering::Relaxed))
+            .count();
+        let expected = hosts
+            .iter()
+            .filter(|h| rollout::admits(rollout::bucket(&h.id, VERSION), percent))
+            .count();
+        steps.push(serde_json::json!({
+            "percent": percent,
+            "upgraded": upgraded,
+            "share": upgraded as f64 / hosts.len() as f64 * 100.0,
+            "expected_by_rule": expected,
+            "seconds_until_every_host_read_it": t0.elapsed().as_secs_f64(),
+            "requests": counts.requests.lock().unwrap().len() - requests_before,
+        }));
+    }
+
+    // A quiet window of two poll cycles with nothing changing.
+    let (p0, u0, r0) = (
+        polls.total.load(Ordering::Relaxed),
+        polls.unchanged.load(Ordering::Relaxed),
+        counts.requests.lock().unwrap().clone(),
+    );
+    tokio::time::sleep((a.interval + a.jitter) * 2).await;
+    let (p1, u1, r1) = (
+        polls.total.load(Ordering::Relaxed),
+        polls.unchanged.load(Ordering::Relaxed),
+        counts.requests.lock().unwrap().clone(),
+    );
+    let quiet = &r1[r0.len()..];
+    let quiet_heads = quiet.iter().filter(|(_, head)| *head).count();
+    let mut times: Vec<u64> = r1.iter().map(|(t, _)| *t).collect();
+    let upgraded: Vec<&Arc<Host>> = hosts
+        .iter()
+        .filter(|h| h.upgraded.load(Ordering::Relaxed))
+        .collect();
+    let artifact_bytes: u64 = hosts.iter().map(|h| h.bytes.load(Ordering::Relaxed)).sum();
+    let report = serde_json::json!({
+        "hosts": a.hosts,
+        "interval_s": a.interval.as_secs_f64(),
+        "jitter_s": a.jitter.as_secs_f64(),
+        "artifact_bytes": a.artifact_size,
+        "steps": steps,
+        "quiet": {
+            "polls": p1 - p0,
+            "unchanged_polls": u1 - u0,
+            "requests": quiet.len(),
+            "heads": quiet_heads,
+            "requests_per_unchanged_poll": quiet.len() as f64 / (u1 - u0).max(1) as f64,
+        },
+        "requests_total": times.len(),
+        "peak_requests_in_one_second": peak_per_second(&mut times),
+        "mean_requests_per_second": times.len() as f64 / start.elapsed().as_secs_f64(),
+        "artifact_bytes_per_upgraded_host": artifact_bytes as f64 / upgraded.len().max(1) as f64,
+        "bytes_from_s3_per_host": counts.bytes_down.load(Ordering::Relaxed) as f64 / a.hosts as f64,
+        "polls": polls.total.load(Ordering::Relaxed),
+        "errors": polls.errors.load(Ordering::Relaxed),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    println!("{report}");
+    std::process::exit(0);
+}
