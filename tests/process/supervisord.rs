@@ -146,4 +146,24 @@ fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
     );
     let log = std::fs::read_to_string(root.join("baton.log")).unwrap();
     assert!(log.contains("SIGUSR2: starting a graceful cycle"), "{log}");
+    // Upgrading baton itself: the program never appears to exit.
+    let out = Command::new(support::baton_bin())
+        .args(["reexec", "--config"])
+        .arg(root.join("baton.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "baton reexec: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pid_of(), Some(pid), "supervisord sees the same RUNNING pid");
+    assert_eq!(support::version(addr), "2.0.0");
+    let events = std::fs::read_to_string(root.join("supervisord.log")).unwrap();
+    assert_eq!(
+        events.matches("exited: baton").count(),
+        0,
+        "supervisord saw baton exit: {events}"
+    );
 }
