@@ -55,6 +55,9 @@ pub struct Meta {
     pub installed_at: u64,
 }
 
+/// Serializes changes to the failed and held digest lists in this process.
+static DIGEST_LISTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The releases directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -517,6 +520,7 @@ impl Store {
 
     /// Forgets every held digest.
     pub fn clear_held(&self) -> Result<(), Error> {
+        let _one = DIGEST_LISTS.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.dir.join(HELD);
         match std::fs::remove_file(&path) {
             Ok(()) => fsync_dir(&self.dir),
@@ -567,6 +571,10 @@ impl Store {
     }
 
     fn add_digest(&self, name: &str, sha256: &str) -> Result<(), Error> {
+        // The update loop (a refused `pre_install`) and the store thread (a
+        // failed trial) may both add to a list: one read-modify-write at a
+        // time, so neither digest is lost.
+        let _one = DIGEST_LISTS.lock().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<String> = self.read_digests(name)?.into_iter().collect();
         all.push(sha256.to_owned());
         all.sort();
