@@ -409,6 +409,12 @@ fn trial_worker_that_dies_while_a_restart_replaces_it_fails_the_trial() {
         Duration::from_secs(20),
         || (baton.children().len() == 2).then_some(()),
     );
+    // Only while it is still this master's child: a PID that exited may
+    // already belong to another test's process.
+    assert!(
+        baton.children().iter().any(|(pid, _)| *pid == first),
+        "the first trial worker {first} is gone before it could be killed"
+    );
     sigkill(first);
     assert_back_on_one(&baton, &one);
     support::wait_for("one worker of 1.0.0", Duration::from_secs(30), || {
