@@ -71,21 +71,7 @@ fn library_mode_replaces_its_own_executable_with_self_replace() {
             Err(e) => panic!("cannot start {}: {e}", exe.display()),
         },
     );
-    let addr: std::net::SocketAddr = support::wait_for(
-        "the library master to listen",
-        Duration::from_secs(10),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines().find_map(|l| {
-                l.split("listening on ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        },
-    );
+    let addr = support::wait_listening(&log);
     support::wait_version(addr, "1.0.0");
     drop_in(dir.path(), "2.0.0");
     support::wait_version(addr, "2.0.0");

@@ -344,28 +344,14 @@ fn under_systemd_reloading_and_ready_bracket_the_reexec() {
     let dir = Baton::dir_with_hello();
     let binary = install_baton(dir.path());
     let socket_path = dir.path().join("systemd-notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let mut notify = support::NotifyListener::bind(&socket_path);
     let baton = Baton::start_from(
         dir,
         &Baton::hello_config(""),
         &binary,
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
     );
-    let mut seen: Vec<String> = Vec::new();
-    let mut wait_message = |what: &str| {
-        support::wait_for(what, Duration::from_secs(20), || {
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = notify.recv(&mut buf) {
-                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            seen.iter()
-                .position(|m| m.contains(what))
-                .map(|i| seen.drain(..=i).next_back().unwrap())
-        })
-    };
+    let mut wait_message = |what: &str| notify.wait(what);
     wait_message("READY=1");
     let pid = baton.pid();
     reexec(baton.dir.path(), &[]);
@@ -408,21 +394,7 @@ fn a_library_master_reexecs_into_its_own_promoted_build() {
         .spawn()
         .unwrap();
     let pid = master.id();
-    let addr: std::net::SocketAddr = support::wait_for(
-        "the library master to listen",
-        Duration::from_secs(10),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines().find_map(|l| {
-                l.split("listening on ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        },
-    );
+    let addr = support::wait_listening(&log);
     support::wait_version(addr, "1.0.0");
     let load = Load::start(addr, 4, LoadMode::KeepAlive);
     let dropped = Command::new("cp")

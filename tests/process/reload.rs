@@ -3,7 +3,6 @@
 //! starts workers with it; a broken one changes nothing.
 
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
@@ -221,27 +220,13 @@ fn a_reload_during_a_cycle_is_read_once_for_the_cycle_after_it() {
 fn systemd_sees_reloading_then_ready_and_the_refusal_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&socket_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let mut notify = support::NotifyListener::bind(&socket_path);
     let baton = Baton::start_with_env(
         dir,
         &python_config("A", &[], &["127.0.0.1:0"], ""),
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
     );
-    let mut seen: Vec<String> = Vec::new();
-    let mut wait_message = |what: &str| {
-        support::wait_for(what, Duration::from_secs(20), || {
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = notify.recv(&mut buf) {
-                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            seen.iter()
-                .position(|m| m.contains(what))
-                .map(|i| seen.drain(..=i).next_back().unwrap())
-        })
-    };
+    let mut wait_message = |what: &str| notify.wait(what);
     wait_message("READY=1");
     reload(&baton, &python_config("B", &[], &["127.0.0.1:0"], ""));
     let reloading = wait_message("RELOADING=1");

@@ -443,3 +443,54 @@ pub fn wait_version(addr: SocketAddr, want: &str) {
         },
     );
 }
+
+/// A stand-in for systemd's notify socket: the datagrams baton sends its
+/// own supervisor (`NOTIFY_SOCKET`).
+pub struct NotifyListener {
+    socket: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifyListener {
+    /// Binds `path`.
+    pub fn bind(path: &Path) -> NotifyListener {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifyListener {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next message containing `what` (skipping earlier
+    /// ones) and returns it.
+    pub fn wait(&mut self, what: &str) -> String {
+        let (socket, seen) = (&self.socket, &mut self.seen);
+        wait_for(what, Duration::from_secs(20), || {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            seen.iter()
+                .position(|m| m.contains(what))
+                .map(|i| seen.drain(..=i).next_back().unwrap())
+        })
+    }
+}
+
+/// Waits until the master logging to `log` says where it listens.
+pub fn wait_listening(log: &Path) -> SocketAddr {
+    wait_for("the master to listen", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines().find_map(|l| {
+            l.split("listening on ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    })
+}
