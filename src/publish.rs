@@ -305,6 +305,8 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error>
             url: name.clone(),
             sha256: hex::encode(sha256),
             size: Some(size),
+            binary_sha256: None,
+            patches: Vec::new(),
         };
         uploads.push(Upload {
             name,

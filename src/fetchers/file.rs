@@ -136,9 +136,25 @@ impl FileFetcher {
         if info.size.is_none() {
             info.size = file.metadata().await.ok().map(|m| m.len());
         }
+        let dir = dir.to_owned();
+        let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
+            if relative.contains("://") {
+                return super::failing(format!(
+                    "url {relative:?} must be a path relative to the manifest"
+                ));
+            }
+            let path = dir.join(relative);
+            Box::pin(super::Lazy::new(async move {
+                let file = tokio::fs::File::open(&path).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+                })?;
+                Ok(Box::pin(file) as super::Body)
+            }))
+        });
         Ok(Some(Candidate {
             body: Box::pin(file),
             info,
+            opener: Some(opener),
         }))
     }
 }
@@ -220,6 +236,7 @@ impl Fetcher for FileFetcher {
                     manifest: None,
                     host_id: None,
                 },
+                opener: None,
             }))
         })
     }

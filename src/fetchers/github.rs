@@ -416,23 +416,38 @@ impl GithubFetcher {
                 names()
             )));
         };
-        let path = format!(
-            "/repos/{}/{}/releases/assets/{}",
-            self.owner, self.repo, artifact.id
+        let assets: Vec<(String, u64)> = release
+            .assets
+            .iter()
+            .map(|a| (a.name.clone(), a.id))
+            .collect();
+        let (client, api_url, repo, tag) = (
+            self.client.clone(),
+            self.api_url.clone(),
+            format!("{}/{}", self.owner, self.repo),
+            release.tag_name.clone(),
         );
-        let (client, api_url) = (self.client.clone(), self.api_url.clone());
-        let body = super::Lazy::new(async move {
-            let response = get_with(&client, &api_url, &path, "application/octet-stream", None)
-                .await
-                .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
-            if !response.status().is_success() {
-                return Err(std::io::Error::other(format!(
-                    "GET {api_url}{path} answered {}",
-                    response.status().as_u16()
-                )));
-            }
-            Ok(body_of(response))
+        let opener: super::Opener = std::sync::Arc::new(move |name: &str| {
+            let Some((_, id)) = assets.iter().find(|(n, _)| n == name) else {
+                return super::failing(format!("release {tag} has no asset {name:?}"));
+            };
+            let path = format!("/repos/{repo}/releases/assets/{id}");
+            let (client, api_url) = (client.clone(), api_url.clone());
+            Box::pin(super::Lazy::new(async move {
+                let response =
+                    get_with(&client, &api_url, &path, "application/octet-stream", None)
+                        .await
+                        .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                if !response.status().is_success() {
+                    return Err(std::io::Error::other(format!(
+                        "GET {api_url}{path} answered {}",
+                        response.status().as_u16()
+                    )));
+                }
+                Ok(body_of(response))
+            }))
         });
+        let body = opener(&artifact.name);
         let mut info = super::manifest_info(
             manifest,
             super::manifest_token(&bytes),
@@ -444,8 +459,9 @@ impl GithubFetcher {
         }
         self.last_token = Some(token);
         Ok(Some(Candidate {
-            body: Box::pin(body),
+            body,
             info,
+            opener: Some(opener),
         }))
     }
 
@@ -571,6 +587,7 @@ impl GithubFetcher {
                 manifest: None,
                 host_id: None,
             },
+            opener: None,
         }))
     }
 

@@ -298,10 +298,7 @@ impl HttpFetcher {
                 url: redact(&url),
                 reason,
             };
-            let artifact = url
-                .join(&manifest.url)
-                .map_err(|e| invalid(format!("bad url {:?}: {e}", manifest.url)))?;
-            allowed(&artifact, conn.allow_http)
+            let artifact = resolve(&url, &manifest.url, conn.allow_http)
                 .map_err(|reason| invalid(format!("artifact url refused: {reason}")))?;
             let mut manifest = manifest;
             if manifest.sha256.is_none() && self.checksum_url {
@@ -310,16 +307,24 @@ impl HttpFetcher {
             self.last_token = Some(token.clone());
             let name = file_name(&artifact);
             let source = format!("http {}", redact(&artifact));
-            let body = super::Lazy::new(async move {
-                let response = conn
-                    .get(&artifact, None)
-                    .await
-                    .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
-                Ok(body_of(response))
+            let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
+                let target = match resolve(&url, relative, conn.allow_http) {
+                    Ok(target) => target,
+                    Err(reason) => return super::failing(reason),
+                };
+                let conn = conn.clone();
+                Box::pin(super::Lazy::new(async move {
+                    let response = conn
+                        .get(&target, None)
+                        .await
+                        .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                    Ok(body_of(response))
+                }))
             });
             return Ok(Some(Candidate {
-                body: Box::pin(body),
+                body: opener(&manifest.url),
                 info: super::manifest_info(manifest, token, name, source),
+                opener: Some(opener),
             }));
         }
         let token = [
@@ -342,6 +347,15 @@ impl HttpFetcher {
         self.last_token = Some(token.clone());
         Ok(Some(candidate(response, &url, sha256, token)))
     }
+}
+
+/// `relative` resolved against the manifest's `url`, if baton may fetch it.
+fn resolve(url: &Url, relative: &str, allow_http: bool) -> Result<Url, String> {
+    let target = url
+        .join(relative)
+        .map_err(|e| format!("bad url {relative:?}: {e}"))?;
+    allowed(&target, allow_http)?;
+    Ok(target)
 }
 
 fn file_name(url: &Url) -> String {
@@ -378,6 +392,7 @@ fn candidate(
             manifest: None,
             host_id: None,
         },
+        opener: None,
     }
 }
 

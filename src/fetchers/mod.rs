@@ -48,6 +48,20 @@ pub struct Candidate {
     pub body: Body,
     /// What the source says about them.
     pub info: Info,
+    /// Opens the other files the candidate's manifest names (its delta
+    /// patches), when the candidate came from a manifest.
+    pub opener: Option<Opener>,
+}
+
+/// Opens a file named relative to a candidate's manifest (the artifact, a
+/// delta patch). The request starts on the body's first read, so a file
+/// that is never read is never requested; a name that cannot be resolved
+/// gives a body whose first read fails with the reason.
+pub type Opener = std::sync::Arc<dyn Fn(&str) -> Body + Send + Sync>;
+
+/// A body whose first read fails with `reason`.
+pub(crate) fn failing(reason: String) -> Body {
+    Box::pin(Lazy::new(async move { Err(std::io::Error::other(reason)) }))
 }
 
 /// What a source states about a candidate.

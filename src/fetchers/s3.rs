@@ -339,6 +339,7 @@ impl S3Fetcher {
                 manifest: None,
                 host_id: None,
             },
+            opener: None,
         }))
     }
 
@@ -376,22 +377,28 @@ impl S3Fetcher {
             })?;
         let name = artifact.rsplit('/').next().unwrap_or(&artifact).to_owned();
         let source = format!("s3 {}", self.location(&artifact));
-        let (client, at) = (client.clone(), self.at.clone());
-        let body = super::Lazy::new(async move {
-            let object = client
-                .get_object()
-                .bucket(&at.bucket)
-                .key(&artifact)
-                .send()
-                .await
-                .map_err(|e| {
-                    std::io::Error::other(crate::display_chain(&at.error(&artifact, e)))
-                })?;
-            Ok(Box::pin(object.body.into_async_read()) as super::Body)
+        let (client, at, manifest_key) = (client.clone(), self.at.clone(), key.to_owned());
+        let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
+            let key = match super::resolve_relative(&manifest_key, relative) {
+                Ok(key) => key,
+                Err(reason) => return super::failing(reason),
+            };
+            let (client, at) = (client.clone(), at.clone());
+            Box::pin(super::Lazy::new(async move {
+                let object = client
+                    .get_object()
+                    .bucket(&at.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| std::io::Error::other(crate::display_chain(&at.error(&key, e))))?;
+                Ok(Box::pin(object.body.into_async_read()) as super::Body)
+            }))
         });
         Ok(Candidate {
-            body: Box::pin(body),
+            body: opener(&manifest.url),
             info: super::manifest_info(manifest, super::manifest_token(&bytes), name, source),
+            opener: Some(opener),
         })
     }
 }

@@ -150,6 +150,41 @@ pub struct Document {
     /// Per-target artifacts, keyed by target triple.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<BTreeMap<String, Artifact>>,
+    /// The sha256 of the executable the release installs, hex; absent, it
+    /// is `sha256` (a plain binary artifact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
+    /// Delta patches against earlier releases' binaries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchDocument>,
+}
+
+/// A delta patch as written in a manifest: a zstd `--patch-from` frame
+/// that turns the binary whose sha256 is `from` into this release's binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchDocument {
+    /// The sha256 of the binary it applies to, hex.
+    pub from: String,
+    /// The patch, relative to the manifest.
+    pub url: String,
+    /// The patch file's sha256, hex.
+    pub sha256: String,
+    /// The patch file's size in bytes.
+    pub size: u64,
+}
+
+/// A checked delta patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    /// The sha256 of the binary it applies to.
+    pub from: [u8; 32],
+    /// The patch, relative to the manifest.
+    pub url: String,
+    /// The patch file's sha256.
+    pub sha256: [u8; 32],
+    /// The patch file's size in bytes.
+    pub size: u64,
 }
 
 /// One artifact of a multi-target manifest.
@@ -163,6 +198,12 @@ pub struct Artifact {
     /// Bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The sha256 of the executable it installs, hex; absent, `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
+    /// Delta patches against earlier releases' binaries for this target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchDocument>,
 }
 
 /// A checked manifest, with this host's artifact picked.
@@ -189,6 +230,12 @@ pub struct Manifest {
     pub rollout: Rollout,
     /// The channel, informational.
     pub channel: Option<String>,
+    /// The sha256 of the executable the release installs, when the
+    /// manifest states it (or states `sha256` of what must then be a plain
+    /// binary).
+    pub binary_sha256: Option<[u8; 32]>,
+    /// Delta patches against earlier binaries, for this host's target.
+    pub patches: Vec<Patch>,
 }
 
 /// Verifies a minisign signature over `bytes` by one of `keys` (base64
@@ -278,9 +325,21 @@ impl Manifest {
             }
         }
         let chosen = doc.targets.as_ref().and_then(|t| t.get(TARGET));
-        let (url, sha256, size) = match (chosen, &doc.url) {
-            (Some(a), _) => (a.url.clone(), Some(a.sha256.clone()), a.size),
-            (None, Some(url)) => (url.clone(), doc.sha256.clone(), doc.size),
+        let (url, sha256, size, binary_sha256, patches) = match (chosen, &doc.url) {
+            (Some(a), _) => (
+                a.url.clone(),
+                Some(a.sha256.clone()),
+                a.size,
+                a.binary_sha256.clone(),
+                &a.patches,
+            ),
+            (None, Some(url)) => (
+                url.clone(),
+                doc.sha256.clone(),
+                doc.size,
+                doc.binary_sha256.clone(),
+                &doc.patches,
+            ),
             (None, None) => {
                 return Err(match &doc.targets {
                     Some(t) => Error::NoTarget {
@@ -294,12 +353,38 @@ impl Manifest {
         if url.trim().is_empty() {
             return Err(field("url", "empty".into()));
         }
-        let sha256 = sha256
-            .map(|hex| {
-                crate::config::parse_sha256(&hex)
-                    .ok_or_else(|| field("sha256", format!("{hex:?} is not 64 hex digits")))
+        let digest = |name: &'static str, hex: &str| {
+            crate::config::parse_sha256(hex)
+                .ok_or_else(|| field(name, format!("{hex:?} is not 64 hex digits")))
+        };
+        let sha256 = sha256.map(|hex| digest("sha256", &hex)).transpose()?;
+        let binary_sha256 = match binary_sha256 {
+            Some(hex) => Some(digest("binary_sha256", &hex)?),
+            None => sha256,
+        };
+        let patches = patches
+            .iter()
+            .map(|p| {
+                if p.url.trim().is_empty() {
+                    return Err(field("patches", "a patch has an empty url".into()));
+                }
+                if p.size == 0 {
+                    return Err(field("patches", format!("patch {} has size 0", p.url)));
+                }
+                Ok(Patch {
+                    from: digest("patches", &p.from)?,
+                    url: p.url.clone(),
+                    sha256: digest("patches", &p.sha256)?,
+                    size: p.size,
+                })
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        if !patches.is_empty() && binary_sha256.is_none() {
+            return Err(field(
+                "patches",
+                "patches need binary_sha256 (or sha256) to check what they produce".into(),
+            ));
+        }
         if signed {
             if doc.version.is_none() {
                 return Err(Error::Missing { field: "version" });
@@ -319,6 +404,8 @@ impl Manifest {
             expires,
             rollout,
             channel: doc.channel,
+            binary_sha256,
+            patches,
         })
     }
 
@@ -349,6 +436,8 @@ fn refuse_unsigned_fields(doc: &Document) -> Result<(), Error> {
         ("targets", doc.targets.is_some()),
         ("channel", doc.channel.is_some()),
         ("size", doc.size.is_some()),
+        ("binary_sha256", doc.binary_sha256.is_some()),
+        ("patches", !doc.patches.is_empty()),
     ];
     match only_signed.iter().find(|(_, set)| *set) {
         Some((field, _)) => Err(Error::Unsigned { field }),

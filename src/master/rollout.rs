@@ -288,6 +288,8 @@ mod tests {
             size: 1,
             source: "test".to_owned(),
             installed_at: 0,
+            binary_sha256: None,
+            patch: None,
         }
     }
 

@@ -19,6 +19,7 @@ const META: &str = "release.json";
 const FAILED: &str = ".failed";
 const TRIAL: &str = ".trial";
 const HELD: &str = ".held";
+const FAILED_PATCHES: &str = ".failed-patches";
 const LOCK: &str = ".lock";
 
 /// The durable record of a release on trial (`releases/.trial`).
@@ -53,6 +54,26 @@ pub struct Meta {
     pub source: String,
     /// Seconds since the epoch.
     pub installed_at: u64,
+    /// sha256 of the installed executable, hex: what a delta patch's
+    /// `from` must name. Absent for releases installed by baton 0.x
+    /// before delta upgrades (the binary is hashed when needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
+    /// The delta patch the binary was made from, when it was, and the
+    /// bytes that patch moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<AppliedPatch>,
+}
+
+/// A delta patch that produced a release's binary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppliedPatch {
+    /// The patch's URL or key, relative to the manifest.
+    pub url: String,
+    /// The bytes downloaded: the patch's size.
+    pub size: u64,
+    /// The release it was applied to.
+    pub from: String,
 }
 
 /// Serializes changes to the failed and held digest lists in this process.
@@ -204,6 +225,8 @@ impl Store {
             size,
             source: format!("{} as found at first start", target.display()),
             installed_at: now(),
+            binary_sha256: Some(hex::encode(sha256)),
+            patch: None,
         };
         self.put(staging, &meta)?;
         self.point("current", &meta.id)
@@ -537,6 +560,20 @@ impl Store {
             self.read_digests(FAILED)?.contains(sha256)
                 || self.read_digests(HELD)?.contains(sha256),
         )
+    }
+
+    /// Whether applying the patch with digest `patch` to the binary with
+    /// digest `from` failed before: such a pair is never tried again. A
+    /// list that cannot be read counts as failed (the full artifact is
+    /// fetched instead).
+    pub fn patch_failed(&self, from: &str, patch: &str) -> bool {
+        self.read_digests(FAILED_PATCHES)
+            .map_or(true, |all| all.contains(&format!("{from}-{patch}")))
+    }
+
+    /// Records that a patch failed against a binary.
+    pub fn mark_patch_failed(&self, from: &str, patch: &str) -> Result<(), Error> {
+        self.add_digest(FAILED_PATCHES, &format!("{from}-{patch}"))
     }
 
     /// Every complete release directory, newest install first.

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cohort;
 pub mod install;
+mod patch;
 pub mod probe;
 pub mod stage;
 pub mod verify;
@@ -16,7 +17,7 @@ use crate::config::Verify;
 use crate::fetchers::{Candidate, Info};
 use crate::protocol::ChildEnv;
 pub use cohort::{Decision, Verdict};
-pub use install::{Lock, Meta, Store, TrialRecord};
+pub use install::{AppliedPatch, Lock, Meta, Store, TrialRecord};
 
 /// Why a candidate was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -264,7 +265,7 @@ impl Pipeline {
         install: bool,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Outcome, Error> {
-        let Candidate { body, info } = candidate;
+        let Candidate { body, info, opener } = candidate;
         let v = &self.verify;
         let current = self.store.current();
         // When the source states the digest, known bytes cost no download.
@@ -292,24 +293,61 @@ impl Pipeline {
             }
         }
         let from = describe(&info);
-        let staged = stage::stage(
-            body,
-            self.work_dir(),
-            &from,
-            v.max_size,
-            v.download_timeout,
-            info.size,
-            progress,
-        )
-        .await?;
-        let sha_hex = hex::encode(staged.sha256);
+        // A patch against the running binary, when the manifest offers
+        // one; any failure falls back to the full artifact below.
+        let patched = match (&opener, &current) {
+            (Some(opener), Some(cur)) => {
+                let cx = patch::Context {
+                    store: &self.store,
+                    verify: v,
+                    work_dir: self.work_dir(),
+                    current: cur,
+                };
+                patch::fetch(&cx, &info, opener, progress).await
+            }
+            _ => None,
+        };
+        let (staged, applied) = match patched {
+            Some(p) => {
+                let applied = AppliedPatch {
+                    url: p.patch.url,
+                    size: p.patch.size,
+                    from: current.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
+                };
+                (p.staged, Some(applied))
+            }
+            None => {
+                let staged = stage::stage(
+                    body,
+                    self.work_dir(),
+                    &from,
+                    v.max_size,
+                    v.download_timeout,
+                    info.size,
+                    progress,
+                )
+                .await?;
+                (staged, None)
+            }
+        };
+        // A patched binary stands for the artifact the manifest states
+        // (checked above); a download is what it hashed to.
+        let sha_hex = match (&applied, info.sha256) {
+            (Some(_), Some(artifact)) => hex::encode(artifact),
+            _ => hex::encode(staged.sha256),
+        };
         if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
             return Ok(Outcome::Unchanged(cur.clone()));
         }
         if self.store.skipped(&sha_hex)? {
             return Ok(Outcome::KnownBad { sha256: sha_hex });
         }
-        verify::checksum(info.sha256, v.sha256, staged.sha256)?;
+        match &applied {
+            // The patched binary's digest was checked against the
+            // manifest's binary_sha256 as it was written.
+            Some(_) => verify::checksum(None, v.sha256, staged.sha256)?,
+            None => verify::checksum(info.sha256, v.sha256, staged.sha256)?,
+        }
         let staging = match &self.scratch {
             Some(dir) => tempfile::Builder::new()
                 .prefix(".staging-")
@@ -322,6 +360,7 @@ impl Pipeline {
             None => self.store.staging()?,
         };
         let binary = self.store.binary_in(staging.path());
+        let binary_sha256;
         {
             // A verified manifest's signature binds the digest checked
             // above: the binary itself then needs none.
@@ -348,14 +387,19 @@ impl Pipeline {
                 source,
             })?;
             let staged_path = staged.file.into_temp_path();
-            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let (patched, staged_sha256) = (applied.is_some(), staged.sha256);
+            binary_sha256 = tokio::task::spawn_blocking(move || -> Result<[u8; 32], Error> {
                 verify::signature(&keys, signature.as_deref(), &path)?;
                 let mut file = file;
-                let kind = archive::kind(&name, &mut file).map_err(|source| Error::Io {
-                    what: "read",
-                    path: path.clone(),
-                    source,
-                })?;
+                let kind = if patched {
+                    archive::Kind::Plain
+                } else {
+                    archive::kind(&name, &mut file).map_err(|source| Error::Io {
+                        what: "read",
+                        path: path.clone(),
+                        source,
+                    })?
+                };
                 if kind == archive::Kind::Plain {
                     drop(file);
                     let target = dest.join(&bin_name);
@@ -370,9 +414,11 @@ impl Pipeline {
                             what: "chmod",
                             path: target.clone(),
                             source,
-                        })
+                        })?;
+                    Ok(staged_sha256)
                 } else {
-                    archive::unpack(file, kind, &bin_name, &dest)
+                    archive::unpack(file, kind, &bin_name, &dest)?;
+                    patch::hash_file(&dest.join(&bin_name))
                 }
             })
             .await
@@ -402,6 +448,8 @@ impl Pipeline {
             size: staged.size,
             source: describe(&info),
             installed_at: install::now(),
+            binary_sha256: Some(hex::encode(binary_sha256)),
+            patch: applied,
         };
         if !install {
             return Ok(Outcome::Verified(meta));
