@@ -231,8 +231,7 @@ pub struct Manifest {
     /// The channel, informational.
     pub channel: Option<String>,
     /// The sha256 of the executable the release installs, when the
-    /// manifest states it (or states `sha256` of what must then be a plain
-    /// binary).
+    /// manifest states it apart from `sha256` (see [`Manifest::binary`]).
     pub binary_sha256: Option<[u8; 32]>,
     /// Delta patches against earlier binaries, for this host's target.
     pub patches: Vec<Patch>,
@@ -358,10 +357,9 @@ impl Manifest {
                 .ok_or_else(|| field(name, format!("{hex:?} is not 64 hex digits")))
         };
         let sha256 = sha256.map(|hex| digest("sha256", &hex)).transpose()?;
-        let binary_sha256 = match binary_sha256 {
-            Some(hex) => Some(digest("binary_sha256", &hex)?),
-            None => sha256,
-        };
+        let binary_sha256 = binary_sha256
+            .map(|hex| digest("binary_sha256", &hex))
+            .transpose()?;
         let patches = patches
             .iter()
             .map(|p| {
@@ -379,7 +377,7 @@ impl Manifest {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !patches.is_empty() && binary_sha256.is_none() {
+        if !patches.is_empty() && binary_sha256.or(sha256).is_none() {
             return Err(field(
                 "patches",
                 "patches need binary_sha256 (or sha256) to check what they produce".into(),
@@ -418,6 +416,12 @@ impl Manifest {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The sha256 the installed executable must have: `binary_sha256`, or
+    /// `sha256` when the artifact is the binary itself.
+    pub fn binary(&self) -> Option<[u8; 32]> {
+        self.binary_sha256.or(self.sha256)
     }
 
     /// The percentage in force at `now`.

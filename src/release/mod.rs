@@ -332,10 +332,11 @@ impl Pipeline {
         };
         // A patched binary stands for the artifact the manifest states
         // (checked above); a download is what it hashed to.
-        let sha_hex = match (&applied, info.sha256) {
-            (Some(_), Some(artifact)) => hex::encode(artifact),
-            _ => hex::encode(staged.sha256),
+        let artifact_sha256 = match (&applied, info.sha256) {
+            (Some(_), Some(artifact)) => artifact,
+            _ => staged.sha256,
         };
+        let sha_hex = hex::encode(artifact_sha256);
         if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
             return Ok(Outcome::Unchanged(cur.clone()));
         }
@@ -424,6 +425,18 @@ impl Pipeline {
             .await
             .expect("the verify task does not panic")?;
         }
+        // A binary_sha256 the manifest states (signed, when it is) binds
+        // the executable too, however it arrived,
+        // before it is ever run.
+        if let Some(stated) = info.manifest.as_ref().and_then(|m| m.binary_sha256) {
+            if stated != binary_sha256 {
+                return Err(Error::Checksum {
+                    from: "the manifest's binary_sha256",
+                    expected: hex::encode(stated),
+                    actual: hex::encode(binary_sha256),
+                });
+            }
+        }
         let reported = probe::run(&binary, &v.probe, v.probe_timeout, &self.child_env).await?;
         let running_version = match &current {
             Some(c) if c.version.is_none() && !v.allow_downgrade => self.probe_running(c).await,
@@ -442,7 +455,7 @@ impl Pipeline {
         )?
         .map(|v| v.to_string());
         let meta = Meta {
-            id: Store::id_for(version.as_deref(), &staged.sha256),
+            id: Store::id_for(version.as_deref(), &artifact_sha256),
             version,
             sha256: sha_hex,
             size: staged.size,

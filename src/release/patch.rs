@@ -49,7 +49,7 @@ pub(super) async fn fetch(
     if manifest.patches.is_empty() {
         return None;
     }
-    let (Some(artifact), Some(binary)) = (manifest.sha256, manifest.binary_sha256) else {
+    let (Some(artifact), Some(binary)) = (manifest.sha256, manifest.binary()) else {
         return None;
     };
     if !manifest.signed && !cx.verify.minisign_keys.is_empty() {

@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod credentials;
 mod cycle;
+mod delta;
 mod failure;
 mod fleet;
 mod github;
