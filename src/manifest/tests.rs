@@ -248,3 +248,80 @@ proptest! {
         let _ = crate::fetchers::parse_checksum_file(&text);
     }
 }
+
+#[test]
+fn patches_are_read_for_this_target_and_checked() {
+    let mut d = doc();
+    d["binary_sha256"] = "cd".repeat(32).into();
+    d["patches"] = serde_json::json!([
+        {"from": "01".repeat(32), "url": "a.zst", "sha256": "02".repeat(32), "size": 10}
+    ]);
+    let m = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap();
+    assert_eq!(m.binary(), Some([0xcd; 32]));
+    assert_eq!(
+        m.patches,
+        vec![Patch {
+            from: [1; 32],
+            url: "a.zst".into(),
+            sha256: [2; 32],
+            size: 10
+        }]
+    );
+    // Without binary_sha256 the artifact is the binary.
+    let plain = Manifest::parse(&serde_json::to_vec(&doc()).unwrap(), true).unwrap();
+    assert_eq!(plain.binary(), Some([0xab; 32]));
+    assert!(plain.patches.is_empty());
+    // Per target: the chosen artifact's patches.
+    let mut t = doc();
+    t.as_object_mut().unwrap().remove("url");
+    t["targets"] = serde_json::json!({ TARGET: {
+        "url": "x", "sha256": "ab".repeat(32), "binary_sha256": "ef".repeat(32),
+        "patches": [{"from": "03".repeat(32), "url": "x.zst", "sha256": "04".repeat(32), "size": 5}]
+    }});
+    let m = Manifest::parse(&serde_json::to_vec(&t).unwrap(), true).unwrap();
+    assert_eq!(m.binary(), Some([0xef; 32]));
+    assert_eq!(m.patches[0].from, [3; 32]);
+    // Bad fields are named.
+    for (patch, field) in [
+        (
+            serde_json::json!({"from": "zz", "url": "a", "sha256": "02".repeat(32), "size": 1}),
+            "patches",
+        ),
+        (
+            serde_json::json!({"from": "01".repeat(32), "url": "", "sha256": "02".repeat(32), "size": 1}),
+            "patches",
+        ),
+        (
+            serde_json::json!({"from": "01".repeat(32), "url": "a", "sha256": "02".repeat(32), "size": 0}),
+            "patches",
+        ),
+    ] {
+        let mut d = doc();
+        d["patches"] = serde_json::json!([patch]);
+        let err = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let mut d = doc();
+    d["patches"] =
+        serde_json::json!([{"from": "01".repeat(32), "url": "a", "sha256": "02".repeat(32)}]);
+    assert!(
+        Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).is_err(),
+        "size is required"
+    );
+}
+
+#[test]
+fn an_unsigned_manifest_with_patches_is_refused_when_a_key_is_set() {
+    let mut d = serde_json::json!({"version": "2.0.0", "url": "u", "sha256": "ab".repeat(32)});
+    d["patches"] = serde_json::json!([
+        {"from": "01".repeat(32), "url": "a.zst", "sha256": "02".repeat(32), "size": 10}
+    ]);
+    let err = load(
+        &serde_json::to_vec(&d).unwrap(),
+        None,
+        &[keypair().pk.to_base64()],
+        at("2026-11-24T00:00:00Z"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Unsigned { field: "patches" }), "{err}");
+}
