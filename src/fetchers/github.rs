@@ -434,10 +434,9 @@ impl GithubFetcher {
             let path = format!("/repos/{repo}/releases/assets/{id}");
             let (client, api_url) = (client.clone(), api_url.clone());
             Box::pin(super::Lazy::new(async move {
-                let response =
-                    get_with(&client, &api_url, &path, "application/octet-stream", None)
-                        .await
-                        .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                let response = get_with(&client, &api_url, &path, "application/octet-stream", None)
+                    .await
+                    .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
                 if !response.status().is_success() {
                     return Err(std::io::Error::other(format!(
                         "GET {api_url}{path} answered {}",

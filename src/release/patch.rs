@@ -60,7 +60,11 @@ pub(super) async fn fetch(
         );
         return None;
     }
-    if cx.verify.sha256.is_some_and(|pin| pin != artifact || artifact != binary) {
+    if cx
+        .verify
+        .sha256
+        .is_some_and(|pin| pin != artifact || artifact != binary)
+    {
         tracing::info!(
             "delta: not applying a patch, verify.sha256 pins the artifact and a patch makes \
              the binary; downloading the full artifact"

@@ -163,7 +163,12 @@ fn each_delta_failure_falls_back_to_the_full_artifact_and_is_not_retried() {
     let wrong_result = make_patch(&other_build);
     // (what, what the manifest states, what the server holds, the cause logged)
     let cases: [(&str, serde_json::Value, Option<Vec<u8>>, &str); 4] = [
-        ("missing", entry(sha256(&one), PATCH, &patch), None, "answered 404"),
+        (
+            "missing",
+            entry(sha256(&one), PATCH, &patch),
+            None,
+            "answered 404",
+        ),
         (
             "wrong digest",
             entry(sha256(&one), PATCH, &patch),
@@ -194,7 +199,10 @@ fn each_delta_failure_falls_back_to_the_full_artifact_and_is_not_retried() {
         seed_release(dir.path(), "1.0.0");
         std::fs::write(dir.path().join("baton.toml"), http_config(&server)).unwrap();
         let (stdout, stderr) = check(dir.path(), true);
-        assert!(stdout.contains("installed 2.0.0-"), "{what}: {stdout}{stderr}");
+        assert!(
+            stdout.contains("installed 2.0.0-"),
+            "{what}: {stdout}{stderr}"
+        );
         assert!(
             stderr.contains(cause) && stderr.contains("downloading the full artifact"),
             "{what}: the log does not name the cause {cause:?}:\n{stderr}"
@@ -296,7 +304,7 @@ fn s3_missing_patch_falls_back_to_the_full_artifact() {
     support::wait_version(baton.addr(), "2.0.0");
     let m = meta(baton.dir.path(), &id);
     assert!(m["patch"].is_null(), "{m}");
-    let failed =
-        std::fs::read_to_string(baton.dir.path().join("releases/.failed-patches")).unwrap_or_default();
+    let failed = std::fs::read_to_string(baton.dir.path().join("releases/.failed-patches"))
+        .unwrap_or_default();
     assert_eq!(failed.lines().count(), 1, "{failed}");
 }
