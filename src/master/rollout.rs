@@ -75,9 +75,9 @@ impl Rollout {
 
     /// Puts `release` on trial. Refuses (returning it) while another trial
     /// runs: one release at a time.
-    pub(crate) fn begin(&mut self, release: Meta) -> Result<(), Meta> {
+    pub(crate) fn begin(&mut self, release: Meta) -> Result<(), Box<Meta>> {
         if self.trial.is_some() {
-            return Err(release);
+            return Err(Box::new(release));
         }
         self.trial = Some(Trial {
             release,
@@ -448,7 +448,7 @@ mod tests {
     fn one_trial_at_a_time() {
         let mut r = Rollout::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
-        assert_eq!(r.begin(meta("c")), Err(meta("c")));
+        assert_eq!(r.begin(meta("c")), Err(Box::new(meta("c"))));
         assert!(r.fail("stopping").is_some());
         assert!(r.begin(meta("c")).is_ok());
     }
