@@ -195,12 +195,15 @@ pub fn render(request: &Request, reply: &serde_json::Value) -> String {
         }
         Request::Releases => {
             for r in reply["releases"].as_array().into_iter().flatten() {
-                let marks: Vec<String> = r["marks"]
+                let mut marks: Vec<String> = r["marks"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(str_of)
                     .collect();
+                if let Some(size) = r["release"]["patch"]["size"].as_u64() {
+                    marks.push(format!("from a {size}-byte patch"));
+                }
                 let _ = writeln!(out, "{:<40} {}", release(&r["release"]), marks.join(", "));
             }
         }
