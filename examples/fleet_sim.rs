@@ -247,7 +247,7 @@ async fn main() {
         .map(|i| (i * 7 + i / 251) as u8)
         .collect();
     std::fs::write(&artifact, &bytes).unwrap();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = baton::fetchers::s3::config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .load()
         .await;

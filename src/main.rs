@@ -85,6 +85,16 @@ enum Command {
         /// The minisign secret key to sign the manifest with.
         #[arg(long)]
         sign: Option<PathBuf>,
+        /// Make delta patches from the binaries of the last N releases
+        /// published to the same target (recorded in its releases.json);
+        /// a patch not at least 2× smaller than the compressed artifact is
+        /// skipped. 0: none.
+        #[arg(long, value_name = "N", default_value_t = baton::publish::DEFAULT_PATCHES)]
+        patches: usize,
+        /// The executable's file name inside archive artifacts (default:
+        /// the archive's only executable file).
+        #[arg(long, value_name = "NAME")]
+        binary: Option<String>,
         /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
         artifacts: Vec<String>,
     },
@@ -319,6 +329,8 @@ fn publish(command: Command) -> anyhow::Result<()> {
         expires,
         channel,
         sign,
+        patches,
+        binary,
         artifacts,
     } = command
     else {
@@ -347,8 +359,11 @@ fn publish(command: Command) -> anyhow::Result<()> {
         channel,
         sign,
         now: None,
+        patches,
+        binary,
     };
-    let doc = baton::publish::publish(&p)?;
+    let report = baton::publish::publish_report(&p)?;
+    let doc = &report.document;
     println!(
         "published {} to {} ({}{})",
         doc.version.as_deref().unwrap_or("?"),
@@ -365,6 +380,34 @@ fn publish(command: Command) -> anyhow::Result<()> {
             ", unsigned"
         }
     );
+    if !p.artifacts.is_empty() && p.patches > 0 {
+        let not_made = report.skipped.len() + report.warnings.len();
+        println!(
+            "{} patch{}{}",
+            report.patches.len(),
+            if report.patches.len() == 1 { "" } else { "es" },
+            if not_made > 0 {
+                format!(" ({not_made} not made or skipped: see the log above)")
+            } else {
+                String::new()
+            }
+        );
+        for patch in &report.patches {
+            println!(
+                "  {} from {}{}: {} bytes ({:.1}× smaller than the {}-byte compressed artifact)",
+                patch.name,
+                patch.from_version,
+                patch
+                    .target
+                    .as_deref()
+                    .map(|t| format!(" for {t}"))
+                    .unwrap_or_default(),
+                patch.size,
+                patch.compressed as f64 / patch.size.max(1) as f64,
+                patch.compressed
+            );
+        }
+    }
     Ok(())
 }
 

@@ -13,6 +13,30 @@
 //! with a new rollout (`--rollout 0` halts). On GitHub an asset cannot be
 //! replaced in place: the old one is deleted just before the new one is
 //! uploaded, so a host polling in that moment finds no manifest once.
+//!
+//! # Delta patches and the release history
+//!
+//! Every publish with artifacts records what it published in
+//! [`HISTORY`] (`releases.json`) at the target, newest first, at most
+//! [`HISTORY_KEEP`] releases: each one's version and, per artifact, its
+//! target triple (absent for a top-level artifact), `url`, `sha256`, `size`
+//! and `binary_sha256` (the executable's digest, unpacked from an archive).
+//! Only publishers read it; hosts never do.
+//!
+//! With [`Publish::patches`] = N > 0, each new artifact gets a zstd patch
+//! ([`crate::delta::make`]) from the binaries of the last N other releases
+//! in the history with an artifact for the same target: the old artifact is
+//! downloaded from the target, checked against the history's `sha256`, its
+//! binary extracted and checked against its `binary_sha256`. A patch that
+//! is not at least twice smaller than the compressed artifact (an archive's
+//! own size; a plain binary's size compressed with zstd at level 3) is
+//! skipped. A patch that cannot be made (the old artifact gone or replaced,
+//! a digest mismatch) is a warning naming why, never a failed publish; a
+//! patch that cannot be uploaded fails the publish like an artifact. Patches
+//! are uploaded after the artifacts and before the history, the signature
+//! and the manifest, which lists them with the artifact's `binary_sha256`.
+//! Without patches for an artifact, the manifest carries neither field, as
+//! before.
 
 pub mod target;
 
@@ -20,9 +44,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{self, Artifact, Document, Rollout};
+use crate::manifest::{self, Artifact, Document, PatchDocument, Rollout};
+use crate::release::archive;
 
 /// The manifest's file name in a publish directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -31,6 +57,19 @@ pub const SIGNATURE: &str = "manifest.json.minisig";
 /// The environment variable holding a secret key's password (empty or
 /// unset: the key is not encrypted).
 pub const PASSWORD_ENV: &str = "BATON_KEY_PASSWORD";
+/// The publisher's release history beside the manifest (see the module
+/// docs); hosts never read it.
+pub const HISTORY: &str = "releases.json";
+/// How many releases [`HISTORY`] keeps, newest first.
+pub const HISTORY_KEEP: usize = 10;
+/// How many earlier releases `baton publish` makes patches from when not
+/// told (`--patches`).
+pub const DEFAULT_PATCHES: usize = 3;
+/// A patch must be at most this fraction (1/N) of the compressed artifact's
+/// size, else it is not worth a host's trouble and is skipped.
+pub const PATCH_MIN_RATIO: u64 = 2;
+/// The zstd level a plain binary is compressed at to compare a patch with.
+const COMPARE_LEVEL: i32 = 3;
 
 /// Why a publish or keygen failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +146,82 @@ pub struct Publish {
     pub sign: Option<PathBuf>,
     /// Now, for `published_at` and `expires`.
     pub now: Option<SystemTime>,
+    /// Make delta patches from the binaries of the last this many releases
+    /// published to the same target (0: none). `baton publish` defaults to
+    /// [`DEFAULT_PATCHES`]; `Publish::default()` makes none.
+    pub patches: usize,
+    /// The executable's file name inside archive artifacts; absent, the
+    /// only file with an executable mode bit in the archive.
+    pub binary: Option<String>,
+}
+
+/// What a publish did, for `baton publish` to print.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The manifest written.
+    pub document: Document,
+    /// The patches made and uploaded, in manifest order.
+    pub patches: Vec<MadePatch>,
+    /// Patches made and then not kept (not small enough, or the same binary
+    /// as the new one), each saying why; also logged at info.
+    pub skipped: Vec<String>,
+    /// Patches that could not be made, and other problems that did not
+    /// fail the publish, each naming its cause; also logged as warnings.
+    pub warnings: Vec<String>,
+}
+
+/// A patch uploaded with a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadePatch {
+    /// Its file name at the target.
+    pub name: String,
+    /// The artifact's target triple; `None` for a top-level artifact.
+    pub target: Option<String>,
+    /// The release whose binary it applies to.
+    pub from_version: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The compressed size it was compared with: the archive's own, or the
+    /// plain binary's compressed with zstd at level 3.
+    pub compressed: u64,
+}
+
+/// The publisher's release history, [`HISTORY`] at the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Published releases, newest first, at most [`HISTORY_KEEP`].
+    pub releases: Vec<Published>,
+}
+
+/// One release in [`History`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Its version.
+    pub version: String,
+    /// When it was published, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    /// Its artifacts.
+    pub artifacts: Vec<PublishedArtifact>,
+}
+
+/// One artifact of a [`Published`] release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedArtifact {
+    /// Its target triple; absent for a manifest's top-level artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Its name at the target (the manifest's `url`).
+    pub url: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The sha256 of the executable it installs, hex (the artifact's own
+    /// for a plain binary); absent when it could not be extracted, and then
+    /// no patch is made from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
 }
 
 /// Writes a new key pair: `<path>` (secret, mode 0600, encrypted with
@@ -179,17 +294,27 @@ fn load_key(path: &Path) -> Result<(minisign::SecretKey, minisign::PublicKey), E
 /// Publishes to `p.to`; returns the manifest written. Starts its own
 /// async runtime: call it outside one (or use [`publish_async`]).
 pub fn publish(p: &Publish) -> Result<Document, Error> {
+    publish_report(p).map(|r| r.document)
+}
+
+/// [`publish`], returning what it did.
+pub fn publish_report(p: &Publish) -> Result<Report, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the async runtime: {e}")))?
-        .block_on(publish_async(p))
+        .block_on(publish_report_async(p))
 }
 
 /// Publishes to `p.to`, whatever the target: the manifest is built and
-/// checked before anything is uploaded; artifacts go first, the signature
-/// next, the manifest last.
+/// checked before anything is uploaded; artifacts go first, then patches,
+/// the history, the signature, and the manifest last.
 pub async fn publish_async(p: &Publish) -> Result<Document, Error> {
+    publish_report_async(p).await.map(|r| r.document)
+}
+
+/// [`publish_async`], returning what it did.
+pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     let now = p.now.unwrap_or_else(SystemTime::now);
     let key = p.sign.as_deref().map(load_key).transpose()?;
     let mut target = target::open(&p.to).await?;
@@ -200,7 +325,13 @@ pub async fn publish_async(p: &Publish) -> Result<Document, Error> {
             p.to.show(SIGNATURE)
         )));
     }
-    let (mut doc, uploads) = if p.artifacts.is_empty() {
+    let mut report = Report::default();
+    // Patches are made here, and live here until they are uploaded.
+    let work = tempfile::Builder::new()
+        .prefix("baton-publish-")
+        .tempdir()
+        .map_err(io("create", &std::env::temp_dir()))?;
+    let (mut doc, mut uploads) = if p.artifacts.is_empty() {
         let old = target.read(MANIFEST).await?;
         let doc = resign(
             p,
@@ -222,9 +353,36 @@ pub async fn publish_async(p: &Publish) -> Result<Document, Error> {
     if let Some(c) = &p.channel {
         doc.channel = Some(c.clone());
     }
-    // Check what hosts will check, before anything is replaced.
-    manifest::Manifest::from_document(doc.clone(), key.is_some())
-        .map_err(|e| Error::Invalid(format!("the manifest would be refused: {e}")))?;
+    // Check what hosts will check, before anything is replaced (and before
+    // patches take their time; again with them).
+    let check = |doc: &Document| {
+        manifest::Manifest::from_document(doc.clone(), key.is_some())
+            .map(drop)
+            .map_err(|e| Error::Invalid(format!("the manifest would be refused: {e}")))
+    };
+    check(&doc)?;
+    let history = if p.artifacts.is_empty() {
+        None
+    } else {
+        let history = read_history(&p.to, &mut *target, &mut report).await;
+        let binaries = make_patches(
+            p,
+            &mut *target,
+            &mut doc,
+            &mut uploads,
+            history.as_ref(),
+            work.path(),
+            &mut report,
+        )
+        .await;
+        check(&doc)?;
+        history.map(|mut h| {
+            record(&mut h, &doc, &uploads, &binaries);
+            let mut bytes = serde_json::to_vec_pretty(&h).expect("a history serializes");
+            bytes.push(b'\n');
+            bytes
+        })
+    };
     let mut bytes = serde_json::to_vec_pretty(&doc).expect("a manifest serializes");
     bytes.push(b'\n');
     let signature = match &key {
@@ -249,24 +407,33 @@ pub async fn publish_async(p: &Publish) -> Result<Document, Error> {
         }
         None => None,
     };
+    // Artifacts, then patches (in that order in `uploads`).
     for upload in &uploads {
         target
             .put_file(&upload.name, &upload.path, upload.sha256, upload.size)
             .await?;
     }
+    if let Some(history) = history {
+        target.put_bytes(HISTORY, history).await?;
+    }
     if let Some(sig) = signature {
         target.put_bytes(SIGNATURE, sig).await?;
     }
     target.put_bytes(MANIFEST, bytes).await?;
-    Ok(doc)
+    report.document = doc;
+    Ok(report)
 }
 
-/// An artifact to upload, hashed before.
+/// An artifact or a patch to upload, hashed before.
 struct Upload {
     name: String,
     path: PathBuf,
     sha256: [u8; 32],
     size: u64,
+    /// The artifact's target triple (a patch's: its artifact's).
+    target: Option<String>,
+    /// Whether it is a patch.
+    patch: bool,
 }
 
 /// A new manifest for `p.artifacts`, and the uploads it needs.
@@ -292,7 +459,7 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error>
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| Error::Invalid(format!("{} names no file", path.display())))?;
-        if matches!(name.as_str(), MANIFEST | SIGNATURE) {
+        if matches!(name.as_str(), MANIFEST | SIGNATURE | HISTORY) {
             return Err(Error::Invalid(format!(
                 "an artifact may not be named {name}"
             )));
@@ -313,6 +480,8 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error>
             path: path.clone(),
             sha256,
             size,
+            target: target.clone(),
+            patch: false,
         });
         match target {
             Some(triple) => {
@@ -334,6 +503,488 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error>
         }
     }
     Ok((doc, uploads))
+}
+
+/// Logs `text` as a warning and keeps it in the report.
+fn warn(report: &mut Report, text: String) {
+    tracing::warn!("{text}");
+    report.warnings.push(text);
+}
+
+/// Logs `text` and keeps it in the report's skipped patches.
+fn skip(report: &mut Report, text: String) {
+    tracing::info!("{text}");
+    report.skipped.push(text);
+}
+
+/// The history at the target: empty when there is none, or when it is not
+/// one (said in a warning; it is then replaced). `None` when it cannot be
+/// read: then no patch is made and the history is left alone.
+async fn read_history(
+    to: &target::Destination,
+    target: &mut dyn target::Target,
+    report: &mut Report,
+) -> Option<History> {
+    match target.read(HISTORY).await {
+        Ok(None) => Some(History::default()),
+        Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(history) => Some(history),
+            Err(e) => {
+                warn(
+                    report,
+                    format!(
+                        "{} is not a release history ({e}): no patches this time, and a new history replaces it",
+                        to.show(HISTORY)
+                    ),
+                );
+                Some(History::default())
+            }
+        },
+        Err(e) => {
+            warn(
+                report,
+                format!(
+                    "no patches, and the history is not updated: {}",
+                    crate::display_chain(&e)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Adds the release being published to the front of `history`, replacing
+/// an entry of the same version; older entries lose the artifacts whose
+/// names this publish replaces, and only [`HISTORY_KEEP`] are kept.
+fn record(
+    history: &mut History,
+    doc: &Document,
+    uploads: &[Upload],
+    binaries: &[Option<[u8; 32]>],
+) {
+    let version = doc.version.clone().unwrap_or_default();
+    let artifacts: Vec<PublishedArtifact> = uploads
+        .iter()
+        .filter(|u| !u.patch)
+        .zip(binaries)
+        .map(|(u, binary)| PublishedArtifact {
+            target: u.target.clone(),
+            url: u.name.clone(),
+            sha256: hex::encode(u.sha256),
+            size: u.size,
+            binary_sha256: binary.map(hex::encode),
+        })
+        .collect();
+    history.releases.retain_mut(|r| {
+        r.artifacts
+            .retain(|a| !uploads.iter().any(|u| u.name == a.url));
+        r.version != version && !r.artifacts.is_empty()
+    });
+    history.releases.insert(
+        0,
+        Published {
+            version,
+            published_at: doc.published_at.clone(),
+            artifacts,
+        },
+    );
+    history.releases.truncate(HISTORY_KEEP);
+}
+
+/// An artifact's executable, as hosts install it.
+struct Binary {
+    /// The executable: the artifact itself, or unpacked from it.
+    path: PathBuf,
+    /// Its sha256.
+    sha256: [u8; 32],
+    /// Whether the artifact is an archive.
+    archive: bool,
+    /// The executable's name in the archive.
+    name: Option<String>,
+}
+
+/// Runs blocking work (hashing, unpacking, compressing) off the runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a publish task does not panic")
+}
+
+/// The executable of the artifact at `path` (named `name`), unpacked into
+/// the new directory `dest` when it is an archive; `binary` names it in
+/// the archive, else it is the archive's only executable file.
+fn extract(path: &Path, name: &str, binary: Option<&str>, dest: &Path) -> Result<Binary, String> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let kind = archive::kind(name, &mut file)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if kind == archive::Kind::Plain {
+        let (sha256, _) = hash_file(path).map_err(|e| crate::display_chain(&e))?;
+        return Ok(Binary {
+            path: path.to_owned(),
+            sha256,
+            archive: false,
+            name: None,
+        });
+    }
+    let binary = match binary {
+        Some(b) => b.to_owned(),
+        None => only_executable(path, kind)?,
+    };
+    std::fs::create_dir_all(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    archive::unpack(file, kind, &binary, dest).map_err(|e| crate::display_chain(&e))?;
+    let unpacked = dest.join(&binary);
+    let (sha256, _) = hash_file(&unpacked).map_err(|e| crate::display_chain(&e))?;
+    Ok(Binary {
+        path: unpacked,
+        sha256,
+        archive: true,
+        name: Some(binary),
+    })
+}
+
+/// The file name of the only regular file with an executable mode bit in
+/// an archive.
+fn only_executable(path: &Path, kind: archive::Kind) -> Result<String, String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |entry: &str| {
+        if let Some(n) = Path::new(entry).file_name() {
+            let n = n.to_string_lossy().into_owned();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    };
+    match kind {
+        archive::Kind::TarGz => {
+            let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+            for entry in tar.entries().map_err(|e| unreadable(&e))? {
+                let entry = entry.map_err(|e| unreadable(&e))?;
+                let header = entry.header();
+                if header.entry_type().is_file()
+                    && header.mode().map_err(|e| unreadable(&e))? & 0o111 != 0
+                {
+                    add(&entry.path().map_err(|e| unreadable(&e))?.to_string_lossy());
+                }
+            }
+        }
+        archive::Kind::Zip => {
+            let mut zip = zip::ZipArchive::new(file).map_err(|e| unreadable(&e))?;
+            for i in 0..zip.len() {
+                let entry = zip.by_index_raw(i).map_err(|e| unreadable(&e))?;
+                if entry.is_file() && entry.unix_mode().is_some_and(|m| m & 0o111 != 0) {
+                    add(entry.name());
+                }
+            }
+        }
+        archive::Kind::Plain => unreachable!("only archives hold executables"),
+    }
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "{} holds no executable file; name the binary with --binary NAME",
+            path.display()
+        )),
+        several => Err(format!(
+            "{} holds several executable files ({}); name the binary with --binary NAME",
+            path.display(),
+            several.join(", ")
+        )),
+    }
+}
+
+/// `path`'s size compressed with zstd at [`COMPARE_LEVEL`].
+fn compressed_size(path: &Path) -> Result<u64, String> {
+    struct Count(u64);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut count = Count(0);
+    zstd::stream::copy_encode(file, &mut count, COMPARE_LEVEL)
+        .map_err(|e| format!("cannot compress {}: {e}", path.display()))?;
+    Ok(count.0)
+}
+
+/// A patch's file name: `<artifact>.from-<version>.zst`, with characters
+/// some stores rename (GitHub) replaced by `_`.
+fn patch_name(artifact: &str, from_version: &str) -> String {
+    format!("{artifact}.from-{from_version}.zst")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The manifest slots of the artifact for `target`: its `binary_sha256`
+/// and `patches`.
+fn slots<'d>(
+    doc: &'d mut Document,
+    target: &Option<String>,
+) -> (&'d mut Option<String>, &'d mut Vec<PatchDocument>) {
+    match target {
+        Some(triple) => {
+            let a = doc
+                .targets
+                .as_mut()
+                .and_then(|t| t.get_mut(triple))
+                .expect("fresh listed every artifact's target");
+            (&mut a.binary_sha256, &mut a.patches)
+        }
+        None => (&mut doc.binary_sha256, &mut doc.patches),
+    }
+}
+
+/// Makes the patches `p.patches` asks for, appends them to `uploads` and
+/// lists them in `doc`; returns each artifact's binary digest (for the
+/// history), in `uploads`' order. Nothing here fails the publish: every
+/// patch not made is a warning in `report`.
+async fn make_patches(
+    p: &Publish,
+    target: &mut dyn target::Target,
+    doc: &mut Document,
+    uploads: &mut Vec<Upload>,
+    history: Option<&History>,
+    work: &Path,
+    report: &mut Report,
+) -> Vec<Option<[u8; 32]>> {
+    let version = doc.version.clone().unwrap_or_default();
+    let mut binaries = Vec::new();
+    let artifacts = uploads.len();
+    for i in 0..artifacts {
+        let (name, path, size, triple) = {
+            let u = &uploads[i];
+            (u.name.clone(), u.path.clone(), u.size, u.target.clone())
+        };
+        let new = {
+            let (path, name, binary, dest) = (
+                path.clone(),
+                name.clone(),
+                p.binary.clone(),
+                work.join(format!("new-{i}")),
+            );
+            blocking(move || extract(&path, &name, binary.as_deref(), &dest)).await
+        };
+        let new = match new {
+            Ok(new) => new,
+            Err(reason) => {
+                let text = format!("cannot extract the binary of {name}: {reason}");
+                if p.patches > 0 {
+                    warn(report, format!("no patches for {name}: {text}"));
+                } else {
+                    tracing::debug!("{text}");
+                }
+                binaries.push(None);
+                continue;
+            }
+        };
+        binaries.push(Some(new.sha256));
+        let Some(history) = history.filter(|_| p.patches > 0) else {
+            continue;
+        };
+        let bases = history
+            .releases
+            .iter()
+            .filter(|r| r.version != version)
+            .filter_map(|r| {
+                r.artifacts
+                    .iter()
+                    .find(|a| a.target == triple)
+                    .map(|a| (r.version.clone(), a.clone()))
+            })
+            .take(p.patches)
+            .collect::<Vec<_>>();
+        let mut compressed = new.archive.then_some(size);
+        let mut done = vec![hex::encode(new.sha256)];
+        let mut made = Vec::new();
+        for (j, (from_version, old)) in bases.into_iter().enumerate() {
+            let what = format!("patch for {name} from {from_version}");
+            let Some(old_binary) = old.binary_sha256.clone() else {
+                warn(
+                    report,
+                    format!(
+                        "{what} not made: the history records no binary digest for {}",
+                        old.url
+                    ),
+                );
+                continue;
+            };
+            if done.contains(&old_binary.to_ascii_lowercase()) {
+                skip(
+                    report,
+                    format!("{what} not made: its binary is the same as this release's or a newer one's"),
+                );
+                continue;
+            }
+            done.push(old_binary.to_ascii_lowercase());
+            let dir = work.join(format!("old-{i}-{j}"));
+            let binary = p.binary.clone().or_else(|| new.name.clone());
+            let patch = match make_one(target, &old, &old_binary, &new, binary, &dir).await {
+                Ok(patch) => patch,
+                Err(reason) => {
+                    warn(report, format!("{what} not made: {reason}"));
+                    continue;
+                }
+            };
+            let compressed = match compressed {
+                Some(c) => c,
+                None => {
+                    let from = new.path.clone();
+                    match blocking(move || compressed_size(&from)).await {
+                        Ok(c) => *compressed.insert(c),
+                        Err(reason) => {
+                            warn(report, format!("no patches for {name}: {reason}"));
+                            break;
+                        }
+                    }
+                }
+            };
+            if patch.size.saturating_mul(PATCH_MIN_RATIO) > compressed {
+                skip(
+                    report,
+                    format!(
+                        "{what} skipped: it is {} bytes, not {PATCH_MIN_RATIO}× smaller than the {compressed}-byte compressed artifact",
+                        patch.size
+                    ),
+                );
+                continue;
+            }
+            let patch_file = patch_name(&name, &from_version);
+            if [MANIFEST, SIGNATURE, HISTORY].contains(&patch_file.as_str())
+                || uploads.iter().any(|u| u.name == patch_file)
+            {
+                warn(
+                    report,
+                    format!("{what} not made: its name {patch_file} is taken by another file of this publish"),
+                );
+                continue;
+            }
+            tracing::info!(
+                "{what}: {patch_file}, {} bytes ({compressed} compressed)",
+                patch.size
+            );
+            made.push(PatchDocument {
+                from: old_binary.to_ascii_lowercase(),
+                url: patch_file.clone(),
+                sha256: hex::encode(patch.sha256),
+                size: patch.size,
+            });
+            report.patches.push(MadePatch {
+                name: patch_file.clone(),
+                target: triple.clone(),
+                from_version,
+                size: patch.size,
+                compressed,
+            });
+            uploads.push(Upload {
+                name: patch_file,
+                path: patch.path,
+                sha256: patch.sha256,
+                size: patch.size,
+                target: triple.clone(),
+                patch: true,
+            });
+        }
+        if !made.is_empty() {
+            let (binary_sha256, patches) = slots(doc, &triple);
+            *binary_sha256 = Some(hex::encode(new.sha256));
+            *patches = made;
+        }
+    }
+    binaries
+}
+
+/// A patch from `old` (an artifact in the history, whose binary is
+/// `old_binary`, hex) to `new`, made in the new directory `dir`. The error
+/// says why it could not be made.
+async fn make_one(
+    target: &mut dyn target::Target,
+    old: &PublishedArtifact,
+    old_binary: &str,
+    new: &Binary,
+    binary: Option<String>,
+    dir: &Path,
+) -> Result<PatchFile, String> {
+    let digest = |hex: &str, what: &str| {
+        crate::config::parse_sha256(hex)
+            .ok_or_else(|| format!("the history's {what} for {} is not 64 hex digits", old.url))
+    };
+    let want = digest(&old.sha256, "sha256")?;
+    let want_binary = digest(old_binary, "binary_sha256")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let artifact = dir.join("artifact");
+    let got = target
+        .get_file(&old.url, &artifact, old.size)
+        .await
+        .map_err(|e| format!("cannot download {}: {}", old.url, crate::display_chain(&e)))?;
+    let Some((sha256, _)) = got else {
+        return Err(format!(
+            "its artifact {} is no longer at the target",
+            old.url
+        ));
+    };
+    if sha256 != want {
+        return Err(format!(
+            "its artifact {} has sha256 {}, not the {} the history records (replaced since?)",
+            old.url,
+            hex::encode(sha256),
+            old.sha256
+        ));
+    }
+    let (name, unpack) = (old.url.clone(), dir.join("unpacked"));
+    let old_bin = blocking(move || extract(&artifact, &name, binary.as_deref(), &unpack))
+        .await
+        .map_err(|reason| format!("cannot extract the binary of {}: {reason}", old.url))?;
+    if old_bin.sha256 != want_binary {
+        return Err(format!(
+            "the binary in {} has sha256 {}, not the {} the history records",
+            old.url,
+            hex::encode(old_bin.sha256),
+            old_binary
+        ));
+    }
+    let patch = dir.join("patch.zst");
+    let (from, to, out) = (old_bin.path, new.path.clone(), patch.clone());
+    blocking(move || -> Result<(), String> {
+        let file = std::fs::File::create(&out)
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let mut writer = std::io::BufWriter::new(file);
+        crate::delta::make(&from, &to, crate::delta::DEFAULT_LEVEL, &mut writer)
+            .map_err(|e| crate::display_chain(&e))?;
+        writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", out.display()))
+    })
+    .await?;
+    let (sha256, size) = hash_file(&patch).map_err(|e| crate::display_chain(&e))?;
+    Ok(PatchFile {
+        path: patch,
+        size,
+        sha256,
+    })
+}
+
+/// A patch made, before it is uploaded.
+struct PatchFile {
+    path: PathBuf,
+    size: u64,
+    sha256: [u8; 32],
 }
 
 /// The current manifest (`bytes`, read from `shown`), to be re-signed; its
@@ -534,6 +1185,317 @@ mod tests {
         // No unsigned publish over a signed one.
         p.sign = None;
         assert!(publish(&p).is_err());
+    }
+
+    /// `len` bytes of deterministic noise (incompressible).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A build of `v1` with a few bytes changed and some added.
+    fn rebuild(v1: &[u8], seed: u64) -> Vec<u8> {
+        let mut v2 = v1.to_vec();
+        v2[1000..1010].copy_from_slice(b"version2.0");
+        v2[200_000..200_016].copy_from_slice(&noise(seed, 16));
+        v2.extend(noise(seed, 2000));
+        v2
+    }
+
+    fn release(out: &Path, version: &str, artifact: &Path, patches: usize) -> Publish {
+        Publish {
+            to: target::Destination::Dir(out.to_owned()),
+            version: Some(version.into()),
+            artifacts: vec![(None, artifact.to_owned())],
+            patches,
+            ..Publish::default()
+        }
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Applies the patch at `patch` to `old`; the result must be `new`.
+    fn check_patch(old: &Path, patch: &Path, new: &[u8]) {
+        let mut out = Vec::new();
+        let spec = crate::delta::Spec {
+            reference: old,
+            from: Some(Sha256::digest(std::fs::read(old).unwrap()).into()),
+            sha256: Sha256::digest(new).into(),
+            max_size: 1 << 30,
+        };
+        crate::delta::apply(&spec, std::fs::File::open(patch).unwrap(), &mut out).unwrap();
+        assert!(out == new, "the patch gives the new binary");
+    }
+
+    fn history(out: &Path) -> History {
+        serde_json::from_slice(&std::fs::read(out.join(HISTORY)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn patches_from_earlier_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let v1 = noise(1, 300_000);
+        let v2 = rebuild(&v1, 2);
+        let (a1, a2) = (
+            dir.path().join("hello-1.0.0"),
+            dir.path().join("hello-2.0.0"),
+        );
+        std::fs::write(&a1, &v1).unwrap();
+        std::fs::write(&a2, &v2).unwrap();
+
+        let r1 = publish_report(&release(&out, "1.0.0", &a1, 3)).unwrap();
+        assert!(r1.patches.is_empty() && r1.warnings.is_empty(), "{r1:?}");
+        assert!(r1.document.patches.is_empty() && r1.document.binary_sha256.is_none());
+        let h = history(&out);
+        assert_eq!(h.releases.len(), 1);
+        assert_eq!(h.releases[0].version, "1.0.0");
+        assert_eq!(h.releases[0].artifacts[0].url, "hello-1.0.0");
+        assert_eq!(h.releases[0].artifacts[0].binary_sha256, Some(sha(&v1)));
+
+        let r2 = publish_report(&release(&out, "2.0.0", &a2, 3)).unwrap();
+        assert!(r2.warnings.is_empty() && r2.skipped.is_empty(), "{r2:?}");
+        let doc = &r2.document;
+        assert_eq!(doc.binary_sha256, Some(sha(&v2)));
+        assert_eq!(doc.patches.len(), 1);
+        let patch = &doc.patches[0];
+        assert_eq!(patch.from, sha(&v1));
+        assert_eq!(patch.url, "hello-2.0.0.from-1.0.0.zst");
+        let bytes = std::fs::read(out.join(&patch.url)).unwrap();
+        assert_eq!(
+            (sha(&bytes), bytes.len() as u64),
+            (patch.sha256.clone(), patch.size)
+        );
+        assert!(
+            patch.size < 10_000,
+            "a small change makes a small patch: {}",
+            patch.size
+        );
+        assert_eq!(r2.patches.len(), 1);
+        assert_eq!(r2.patches[0].from_version, "1.0.0");
+        check_patch(&out.join("hello-1.0.0"), &out.join(&patch.url), &v2);
+        // What hosts check.
+        let written: Document =
+            serde_json::from_slice(&std::fs::read(out.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(&written, doc);
+        let m = manifest::Manifest::from_document(written, false).unwrap();
+        assert_eq!(m.binary(), Some(Sha256::digest(&v2).into()));
+        assert_eq!(m.patches.len(), 1);
+        let h = history(&out);
+        let versions: Vec<&str> = h.releases.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["2.0.0", "1.0.0"]);
+
+        // Publishing 2.0.0 again replaces its entry, and still patches.
+        let again = publish_report(&release(&out, "2.0.0", &a2, 3)).unwrap();
+        assert_eq!(again.document.patches.len(), 1);
+        assert_eq!(history(&out).releases.len(), 2);
+
+        // --patches 0: none, and the manifest is as before patches existed.
+        let v3 = rebuild(&v2, 3);
+        let a3 = dir.path().join("hello-3.0.0");
+        std::fs::write(&a3, &v3).unwrap();
+        let r3 = publish_report(&release(&out, "3.0.0", &a3, 0)).unwrap();
+        assert!(r3.patches.is_empty() && r3.skipped.is_empty() && r3.warnings.is_empty());
+        assert!(r3.document.patches.is_empty() && r3.document.binary_sha256.is_none());
+        assert!(!out.join("hello-3.0.0.from-2.0.0.zst").exists());
+        assert_eq!(history(&out).releases.len(), 3, "recorded all the same");
+
+        // --patches 2: from 3.0.0 and 2.0.0, not 1.0.0.
+        let v4 = rebuild(&v3, 4);
+        let a4 = dir.path().join("hello-4.0.0");
+        std::fs::write(&a4, &v4).unwrap();
+        let r4 = publish_report(&release(&out, "4.0.0", &a4, 2)).unwrap();
+        let froms: Vec<&str> = r4.patches.iter().map(|p| p.from_version.as_str()).collect();
+        assert_eq!(froms, ["3.0.0", "2.0.0"]);
+        for (p, old) in r4
+            .document
+            .patches
+            .iter()
+            .zip(["hello-3.0.0", "hello-2.0.0"])
+        {
+            check_patch(&out.join(old), &out.join(&p.url), &v4);
+        }
+    }
+
+    #[test]
+    fn patches_not_small_enough_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (a1, a2) = (
+            dir.path().join("hello-1.0.0"),
+            dir.path().join("hello-2.0.0"),
+        );
+        std::fs::write(&a1, noise(1, 300_000)).unwrap();
+        std::fs::write(&a2, noise(2, 300_000)).unwrap();
+        publish_report(&release(&out, "1.0.0", &a1, 3)).unwrap();
+        let r = publish_report(&release(&out, "2.0.0", &a2, 3)).unwrap();
+        assert!(r.patches.is_empty() && r.warnings.is_empty(), "{r:?}");
+        assert_eq!(r.skipped.len(), 1);
+        assert!(r.skipped[0].contains("not 2× smaller"), "{}", r.skipped[0]);
+        assert!(r.document.patches.is_empty() && r.document.binary_sha256.is_none());
+        assert!(!out.join("hello-2.0.0.from-1.0.0.zst").exists());
+    }
+
+    #[test]
+    fn missing_or_changed_old_artifacts_warn() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let v1 = noise(1, 300_000);
+        let (a1, a2) = (
+            dir.path().join("hello-1.0.0"),
+            dir.path().join("hello-2.0.0"),
+        );
+        std::fs::write(&a1, &v1).unwrap();
+        std::fs::write(&a2, rebuild(&v1, 2)).unwrap();
+        publish_report(&release(&out, "1.0.0", &a1, 3)).unwrap();
+
+        std::fs::write(out.join("hello-1.0.0"), noise(9, 300_000)).unwrap();
+        let r = publish_report(&release(&out, "2.0.0", &a2, 3)).unwrap();
+        assert!(r.patches.is_empty() && r.document.patches.is_empty());
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert!(
+            r.warnings[0].contains("replaced since"),
+            "{}",
+            r.warnings[0]
+        );
+
+        std::fs::remove_file(out.join("hello-1.0.0")).unwrap();
+        let r = publish_report(&release(&out, "2.0.0", &a2, 3)).unwrap();
+        assert!(r.patches.is_empty() && r.document.patches.is_empty());
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert!(
+            r.warnings[0].contains("hello-1.0.0 is no longer at the target"),
+            "{}",
+            r.warnings[0]
+        );
+        assert!(out.join(MANIFEST).exists());
+    }
+
+    /// A .tar.gz holding `hello` (mode 0755) and a README.
+    fn tarball(path: &Path, binary: &[u8]) {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(path).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for (name, bytes, mode) in [
+            ("hello-x/README", &b"read me"[..], 0o644),
+            ("hello-x/hello", binary, 0o755),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(mode);
+            header.set_cksum();
+            tar.append_data(&mut header, name, bytes).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn patches_for_archives_and_resign_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let key = dir.path().join("k.sec");
+        let public = keygen(&key).unwrap();
+        let v1 = noise(1, 300_000);
+        let v2 = rebuild(&v1, 2);
+        let (a1, a2) = (
+            dir.path().join("hello-1.0.0.tar.gz"),
+            dir.path().join("hello-2.0.0.tar.gz"),
+        );
+        tarball(&a1, &v1);
+        tarball(&a2, &v2);
+        let triple = manifest::TARGET.to_owned();
+        let mut p = Publish {
+            to: target::Destination::Dir(out.clone()),
+            version: Some("1.0.0".into()),
+            artifacts: vec![(Some(triple.clone()), a1)],
+            sign: Some(key),
+            patches: 3,
+            ..Publish::default()
+        };
+        publish_report(&p).unwrap();
+        assert_eq!(
+            history(&out).releases[0].artifacts[0].binary_sha256,
+            Some(sha(&v1))
+        );
+        p.version = Some("2.0.0".into());
+        p.artifacts = vec![(Some(triple.clone()), a2)];
+        let r = publish_report(&p).unwrap();
+        assert!(r.warnings.is_empty() && r.skipped.is_empty(), "{r:?}");
+        let artifact = &r.document.targets.as_ref().unwrap()[&triple];
+        assert_eq!(artifact.binary_sha256, Some(sha(&v2)));
+        assert_eq!(artifact.patches.len(), 1);
+        assert_eq!(artifact.patches[0].from, sha(&v1));
+        assert_eq!(artifact.patches[0].url, "hello-2.0.0.tar.gz.from-1.0.0.zst");
+        let old = dir.path().join("old-hello");
+        std::fs::write(&old, &v1).unwrap();
+        check_patch(&old, &out.join(&artifact.patches[0].url), &v2);
+
+        let load = || {
+            let bytes = std::fs::read(out.join(MANIFEST)).unwrap();
+            let sig = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
+            manifest::load(
+                &bytes,
+                Some(&sig),
+                std::slice::from_ref(&public),
+                SystemTime::now(),
+            )
+            .unwrap()
+        };
+        let before = load();
+        assert_eq!(before.patches.len(), 1);
+        assert_eq!(before.binary_sha256, Some(Sha256::digest(&v2).into()));
+        // Re-signing with a new rollout keeps the patches, and the history.
+        let history_before = history(&out);
+        p.artifacts.clear();
+        p.version = None;
+        p.rollout = Some(Rollout::Percent(50));
+        let r = publish_report(&p).unwrap();
+        assert!(r.patches.is_empty() && r.warnings.is_empty());
+        let after = load();
+        assert_eq!(after.rollout, Rollout::Percent(50));
+        assert_eq!(after.patches, before.patches);
+        assert_eq!(after.binary_sha256, before.binary_sha256);
+        assert_eq!(history(&out), history_before);
+    }
+
+    #[test]
+    fn archives_name_their_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.tar.gz");
+        tarball(&a, b"\x7fELF");
+        assert_eq!(only_executable(&a, archive::Kind::TarGz).unwrap(), "hello");
+        let z = dir.path().join("a.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&z).unwrap());
+        for (name, mode) in [
+            ("x/README", 0o644),
+            ("x/bin/hello", 0o755),
+            ("x/run", 0o755),
+        ] {
+            let options = zip::write::SimpleFileOptions::default().unix_permissions(mode);
+            zip.start_file(name, options).unwrap();
+            zip.write_all(b"bytes").unwrap();
+        }
+        zip.finish().unwrap();
+        let err = only_executable(&z, archive::Kind::Zip).unwrap_err();
+        assert!(
+            err.contains("several executable files (hello, run)"),
+            "{err}"
+        );
+        assert_eq!(
+            patch_name("a.tar.gz", "2.0.0+b/1"),
+            "a.tar.gz.from-2.0.0_b_1.zst"
+        );
     }
 
     #[test]

@@ -129,8 +129,7 @@ impl S3Fetcher {
         if let Some(client) = &self.client {
             return client.clone();
         }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
+        let mut loader = config_loader().timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(self.timeout)
                     .read_timeout(self.timeout)
@@ -401,6 +400,22 @@ impl S3Fetcher {
             opener: Some(opener),
         })
     }
+}
+
+/// The AWS SDK's config loader with baton's HTTPS client (see
+/// [`http_client`]); credentials and region come from the usual chain.
+pub fn config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client())
+}
+
+/// The HTTPS client every S3 request goes through: rustls with ring, the
+/// TLS stack reqwest and octocrab already use, so a build compiles one
+/// crypto library and needs no C toolchain for a second (aws-lc).
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// The first `x.y.z` (with an optional pre-release) in a key's name:

@@ -157,6 +157,70 @@ pub(crate) trait Target: Send {
         name: &'a str,
         bytes: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Downloads a large file (an earlier release's artifact) into `dest`,
+    /// created or truncated, streamed and hashed on the way; refuses more
+    /// than `limit` bytes. Returns its sha256 and size, `None` when absent.
+    fn get_file<'a>(
+        &'a mut self,
+        name: &'a str,
+        dest: &'a Path,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, Error>>;
+}
+
+/// A downloaded file's sha256 and size.
+pub(crate) type Fetched = ([u8; 32], u64);
+
+/// A download in progress: written to a file and hashed, up to a limit.
+pub(crate) struct Download {
+    file: std::fs::File,
+    path: PathBuf,
+    shown: String,
+    hasher: sha2::Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl Download {
+    /// Creates (or truncates) `path` for the file shown as `shown`.
+    pub(crate) fn create(path: &Path, shown: String, limit: u64) -> Result<Download, Error> {
+        let file = std::fs::File::create(path).map_err(super::io("create", path))?;
+        Ok(Download {
+            file,
+            path: path.to_owned(),
+            shown,
+            hasher: sha2::Sha256::default(),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Appends `chunk`.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        use sha2::Digest;
+        use std::io::Write;
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(Error::Invalid(format!(
+                "{} is larger than the {} bytes expected",
+                self.shown, self.limit
+            )));
+        }
+        self.hasher.update(chunk);
+        self.file
+            .write_all(chunk)
+            .map_err(super::io("write", &self.path))
+    }
+
+    /// The file's sha256 and size.
+    pub(crate) fn finish(self) -> Result<Fetched, Error> {
+        use sha2::Digest;
+        self.file
+            .sync_all()
+            .map_err(super::io("write", &self.path))?;
+        Ok((self.hasher.finalize().into(), self.size))
+    }
 }
 
 /// Opens the target `dest` names.
@@ -225,6 +289,33 @@ impl Target for DirTarget {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move { super::write_atomic(&self.dir.join(name), &bytes) })
     }
+
+    fn get_file<'a>(
+        &'a mut self,
+        name: &'a str,
+        dest: &'a Path,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, Error>> {
+        Box::pin(async move {
+            use std::io::Read;
+            let path = self.dir.join(name);
+            let mut src = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(super::io("read", &path)(e)),
+            };
+            let mut out = Download::create(dest, path.display().to_string(), limit)?;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = src.read(&mut buf).map_err(super::io("read", &path))?;
+                if n == 0 {
+                    break;
+                }
+                out.write(&buf[..n])?;
+            }
+            out.finish().map(Some)
+        })
+    }
 }
 
 /// Standard base64 with padding (S3's `ChecksumSHA256`).
@@ -255,7 +346,7 @@ mod s3 {
     use aws_sdk_s3::error::DisplayErrorContext;
     use aws_sdk_s3::primitives::ByteStream;
 
-    use super::{Destination, Error, Target};
+    use super::{Destination, Error, Fetched, Target};
     use crate::fetchers::BoxFuture;
 
     /// Objects under a prefix of a bucket.
@@ -277,7 +368,7 @@ mod s3 {
             else {
                 unreachable!("S3Target::open takes an s3 destination");
             };
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            let mut loader = crate::fetchers::s3::config_loader();
             if let Some(region) = region {
                 loader = loader.region(aws_config::Region::new(region.clone()));
             }
@@ -396,6 +487,40 @@ mod s3 {
                 self.put(name, ByteStream::from(bytes), sha256, size).await
             })
         }
+
+        fn get_file<'a>(
+            &'a mut self,
+            name: &'a str,
+            dest: &'a Path,
+            limit: u64,
+        ) -> BoxFuture<'a, Result<Option<Fetched>, Error>> {
+            Box::pin(async move {
+                let got = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(format!("{}{name}", self.prefix))
+                    .send()
+                    .await;
+                let mut out = match got {
+                    Ok(out) => out,
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(self.fail("download", name, DisplayErrorContext(&e))),
+                };
+                let mut file = super::Download::create(dest, self.dest.show(name), limit)?;
+                while let Some(chunk) = out
+                    .body
+                    .try_next()
+                    .await
+                    .map_err(|e| self.fail("download", name, DisplayErrorContext(&e)))?
+                {
+                    file.write(&chunk)?;
+                }
+                file.finish().map(Some)
+            })
+        }
     }
 }
 
@@ -406,7 +531,7 @@ mod github {
     use http::header::{HeaderMap, HeaderValue, ACCEPT};
     use http_body_util::BodyExt;
 
-    use super::{Destination, Error, Target, GITHUB_API};
+    use super::{Destination, Error, Fetched, Target, GITHUB_API};
     use crate::fetchers::BoxFuture;
 
     /// The environment variable holding the token.
@@ -605,6 +730,43 @@ mod github {
                     .map_err(|e| self.fail("upload", name, crate::display_chain(&e)))?;
                 self.assets.push((name.to_owned(), asset.id.into_inner()));
                 Ok(())
+            })
+        }
+
+        fn get_file<'a>(
+            &'a mut self,
+            name: &'a str,
+            dest: &'a Path,
+            limit: u64,
+        ) -> BoxFuture<'a, Result<Option<Fetched>, Error>> {
+            Box::pin(async move {
+                let Some(id) = self.asset(name) else {
+                    return Ok(None);
+                };
+                let path = format!("/repos/{}/{}/releases/assets/{id}", self.owner, self.repo);
+                let mut headers = HeaderMap::new();
+                headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
+                let response = self
+                    .client
+                    ._get_with_headers(path.as_str(), Some(headers))
+                    .await
+                    .map_err(|e| self.fail("download", name, crate::display_chain(&e)))?;
+                if !response.status().is_success() {
+                    return Err(self.fail(
+                        "download",
+                        name,
+                        format!("the API answered {}", response.status()),
+                    ));
+                }
+                let mut body = response.into_body();
+                let mut file = super::Download::create(dest, self.dest.show(name), limit)?;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| self.fail("download", name, e))?;
+                    if let Ok(data) = frame.into_data() {
+                        file.write(&data)?;
+                    }
+                }
+                file.finish().map(Some)
             })
         }
     }

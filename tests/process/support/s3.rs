@@ -88,6 +88,7 @@ impl S3Server {
     fn client_for(endpoint: &str) -> aws_sdk_s3::Client {
         let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
         let config = aws_sdk_s3::config::Builder::new()
+            .http_client(baton::fetchers::s3::http_client())
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
             .credentials_provider(creds)
