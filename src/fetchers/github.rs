@@ -503,7 +503,7 @@ impl GithubFetcher {
         let matching: Vec<&Asset> = release
             .assets
             .iter()
-            .filter(|a| glob(&wanted, &a.name))
+            .filter(|a| glob(&wanted, &a.name) && !super::is_beside_file(&a.name))
             .collect();
         let asset = match matching.as_slice() {
             [one] => (*one).clone(),

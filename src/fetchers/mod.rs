@@ -89,6 +89,17 @@ pub struct Info {
     pub host_id: Option<String>,
 }
 
+/// Whether a file name is one a publisher puts beside artifacts and never
+/// an artifact itself: a signature, a checksum file, a delta patch
+/// (`.zst`), a manifest or `baton publish`'s `releases.json`. A source that
+/// picks an artifact by name or version skips these.
+#[cfg(any(feature = "s3", feature = "github"))]
+pub(crate) fn is_beside_file(name: &str) -> bool {
+    [".minisig", ".sha256", ".zst", ".json"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 /// The largest manifest, checksum file or signature read, in bytes.
 pub const SMALL_FILE_LIMIT: usize = 1 << 20;
 
@@ -472,6 +483,23 @@ mod tests {
             err.to_string(),
             format!("invalid manifest at s3://b/k: larger than {SMALL_FILE_LIMIT} bytes")
         );
+    }
+
+    #[cfg(any(feature = "s3", feature = "github"))]
+    #[test]
+    fn files_beside_artifacts_are_never_artifacts() {
+        for name in [
+            "hello-2.0.0.from-1.0.0.zst",
+            "releases.json",
+            "manifest.json",
+            "hello-2.0.0.minisig",
+            "hello-2.0.0.sha256",
+        ] {
+            assert!(is_beside_file(name), "{name}");
+        }
+        for name in ["hello-2.0.0", "hello-2.0.0.tar.gz", "hello-2.0.0.zip"] {
+            assert!(!is_beside_file(name), "{name}");
+        }
     }
 
     #[test]

@@ -130,11 +130,11 @@ impl S3Fetcher {
             return client.clone();
         }
         let mut loader = config_loader().timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(self.timeout)
-                    .read_timeout(self.timeout)
-                    .build(),
-            );
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(self.timeout)
+                .read_timeout(self.timeout)
+                .build(),
+        );
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -177,7 +177,7 @@ impl S3Fetcher {
             let page = page.map_err(|e| self.error(prefix, e))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
-                if key.ends_with(".minisig") || key.ends_with(".sha256") {
+                if super::is_beside_file(key) {
                     continue;
                 }
                 let Some(version) = version_in(&key[prefix.len().min(key.len())..]) else {
