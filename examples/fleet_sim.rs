@@ -8,12 +8,20 @@
 //! (signature, expiry) and each host applies the cohort rule
 //! ([`baton::manifest::rollout`]) to its own id; a host in the rollout reads
 //! the artifact through the fetcher's body and checks its sha256. Nothing is
-//! installed or probed. Every request passes through a counting proxy on
+//! installed or probed.
+//!
+//! Every host runs release 1.0.0, published first; 2.0.0 differs from it
+//! in a few bytes, and the publisher makes a delta patch
+//! (`Publish::patches`). A host in the rollout takes the patch the
+//! manifest lists for its binary, as a master does: it reads it through the
+//! candidate's opener and applies it with [`baton::delta::apply`] against its
+//! 1.0.0 binary, checking the result's digest; with `--full` it downloads
+//! the full artifact instead. The report has the bytes each path moved. Every request passes through a counting proxy on
 //! 127.0.0.1, which records the time of each request and the bytes answered.
 //!
 //! ```sh
 //! fleet_sim --endpoint http://127.0.0.1:PORT [--hosts 1000] [--interval 5]
-//!           [--jitter 5] [--artifact-size 1048576]
+//!           [--jitter 5] [--artifact-size 1048576] [--full]
 //! ```
 //!
 //! Prints one JSON object on stdout. Needs AWS credentials in the
@@ -36,6 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUCKET: &str = "fleet";
 const KEY: &str = "hello/manifest.json";
+const OLD_VERSION: &str = "1.0.0";
 const VERSION: &str = "2.0.0";
 const STEPS: [u8; 4] = [0, 10, 50, 100];
 
@@ -45,6 +54,8 @@ struct Args {
     interval: Duration,
     jitter: Duration,
     artifact_size: usize,
+    /// Download full artifacts even when a patch applies.
+    full: bool,
 }
 
 fn args() -> Args {
@@ -54,9 +65,14 @@ fn args() -> Args {
         interval: Duration::from_secs(5),
         jitter: Duration::from_secs(5),
         artifact_size: 1 << 20,
+        full: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--full" {
+            a.full = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--endpoint" => a.endpoint = value,
@@ -144,6 +160,16 @@ struct Host {
     upgraded: AtomicBool,
     /// Artifact bytes it downloaded.
     bytes: AtomicU64,
+    /// Patch bytes it downloaded.
+    patch_bytes: AtomicU64,
+}
+
+/// The release every host runs before the rollout: its binary, for patches.
+struct Installed {
+    path: std::path::PathBuf,
+    sha256: [u8; 32],
+    /// Never take the delta path (`--full`).
+    full: bool,
 }
 
 /// Fleet-wide poll counters.
@@ -157,6 +183,7 @@ struct Polls {
 
 async fn run_host(
     host: Arc<Host>,
+    installed: Arc<Installed>,
     mut fetcher: S3Fetcher,
     polls: Arc<Polls>,
     interval: Duration,
@@ -182,29 +209,32 @@ async fn run_host(
                 let bucket = rollout::bucket(&host.id, &version);
                 let admitted = !manifest.rollout.is_halt() && rollout::admits(bucket, percent);
                 if admitted && !host.upgraded.load(Ordering::Relaxed) {
-                    let mut hasher = Sha256::new();
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut n = 0u64;
-                    let ok = loop {
-                        match candidate.body.read(&mut buf).await {
-                            Ok(0) => break true,
-                            Ok(k) => {
-                                hasher.update(&buf[..k]);
-                                n += k as u64;
-                            }
-                            Err(e) => {
-                                *polls.last_error.lock().unwrap() = e.to_string();
-                                break false;
-                            }
+                    let patch = manifest
+                        .patches
+                        .iter()
+                        .find(|p| p.from == installed.sha256 && !installed.full);
+                    let result = match (patch, &candidate.opener, manifest.binary()) {
+                        (Some(patch), Some(opener), Some(binary)) => {
+                            let body = opener(&patch.url);
+                            apply_patch(body, patch.size, &installed, binary)
+                                .await
+                                .map(|n| {
+                                    host.patch_bytes.fetch_add(n, Ordering::Relaxed);
+                                })
                         }
+                        _ => download(&mut candidate.body, manifest.sha256)
+                            .await
+                            .map(|n| {
+                                host.bytes.fetch_add(n, Ordering::Relaxed);
+                            }),
                     };
-                    let digest: [u8; 32] = hasher.finalize().into();
-                    host.bytes.fetch_add(n, Ordering::Relaxed);
-                    if ok && Some(digest) == manifest.sha256 {
-                        host.upgraded.store(true, Ordering::Relaxed);
-                    } else {
-                        polls.errors.fetch_add(1, Ordering::Relaxed);
-                        fetcher.retry();
+                    match result {
+                        Ok(()) => host.upgraded.store(true, Ordering::Relaxed),
+                        Err(e) => {
+                            *polls.last_error.lock().unwrap() = e;
+                            polls.errors.fetch_add(1, Ordering::Relaxed);
+                            fetcher.retry();
+                        }
                     }
                 }
                 host.seen.store(percent, Ordering::Relaxed);
@@ -218,6 +248,63 @@ async fn run_host(
         polls.total.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(interval + spread(jitter)).await;
     }
+}
+
+/// Reads a full artifact, checking its sha256; returns the bytes read.
+async fn download(
+    body: &mut baton::fetchers::Body,
+    sha256: Option<[u8; 32]>,
+) -> Result<u64, String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        match body.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(k) => {
+                hasher.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    if Some(digest) != sha256 {
+        return Err("artifact sha256 mismatch".into());
+    }
+    Ok(n)
+}
+
+/// Reads a patch (at most `size` bytes) and applies it to the installed
+/// binary, checking the result against `binary`; returns the patch's size.
+async fn apply_patch(
+    mut body: baton::fetchers::Body,
+    size: u64,
+    installed: &Installed,
+    binary: [u8; 32],
+) -> Result<u64, String> {
+    let mut patch = Vec::new();
+    (&mut body)
+        .take(size + 1)
+        .read_to_end(&mut patch)
+        .await
+        .map_err(|e| e.to_string())?;
+    if patch.len() as u64 != size {
+        return Err(format!("patch is {} bytes, not {size}", patch.len()));
+    }
+    let (path, from) = (installed.path.clone(), installed.sha256);
+    tokio::task::spawn_blocking(move || {
+        let spec = baton::delta::Spec {
+            reference: &path,
+            from: Some(from),
+            sha256: binary,
+            max_size: 1 << 30,
+        };
+        baton::delta::apply(&spec, &patch[..], std::io::sink()).map_err(|e| baton::display_chain(&e))
+    })
+    .await
+    .expect("apply does not panic")?;
+    Ok(size)
 }
 
 /// The largest number of requests in any window of one second.
@@ -242,11 +329,32 @@ async fn main() {
     let key = work.path().join("release.key");
     std::env::remove_var("BATON_KEY_PASSWORD");
     let public = baton::publish::keygen(&key).expect("keygen");
-    let artifact = work.path().join(format!("hello-{VERSION}"));
-    let bytes: Vec<u8> = (0..a.artifact_size)
-        .map(|i| (i * 7 + i / 251) as u8)
+    // Incompressible, as a compressed binary is (xorshift64).
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let old_bytes: Vec<u8> = (0..a.artifact_size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
         .collect();
+    let old = work.path().join(format!("hello-{OLD_VERSION}"));
+    std::fs::write(&old, &old_bytes).unwrap();
+    // The new build: the old one with a few bytes changed, as between two
+    // builds that differ in their version string.
+    let mut bytes = old_bytes.clone();
+    for i in 0..8 {
+        let at = (i * bytes.len() / 8 + 17).min(bytes.len() - 1);
+        bytes[at] ^= 0x5a;
+    }
+    let artifact = work.path().join(format!("hello-{VERSION}"));
     std::fs::write(&artifact, &bytes).unwrap();
+    let installed = Arc::new(Installed {
+        path: old.clone(),
+        sha256: Sha256::digest(&old_bytes).into(),
+        full: a.full,
+    });
     let shared = baton::fetchers::s3::config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .load()
@@ -275,11 +383,28 @@ async fn main() {
         rollout: Some(Rollout::Percent(rollout)),
         expires: Some(Duration::from_secs(86_400)),
         sign: Some(key.clone()),
+        patches: 1,
         ..Publish::default()
     };
-    publish_async(&publish(STEPS[0], true))
+    // 1.0.0 first, so the publisher's history knows the binary every host
+    // runs; then 2.0.0 with a patch from it, at 0 %.
+    publish_async(&Publish {
+        version: Some(OLD_VERSION.to_owned()),
+        artifacts: vec![(None, old.clone())],
+        rollout: Some(Rollout::Percent(100)),
+        ..publish(0, true)
+    })
+    .await
+    .expect("publish 1.0.0");
+    let made = baton::publish::publish_report_async(&publish(STEPS[0], true))
         .await
         .expect("publish");
+    let patch_size: u64 = made.patches.iter().map(|p| p.size).sum();
+    assert!(
+        !made.patches.is_empty(),
+        "no patch was made: {:?}",
+        made.warnings
+    );
 
     let counts = Arc::new(Counts::default());
     let upstream: SocketAddr = a
@@ -300,6 +425,7 @@ async fn main() {
                 seen: AtomicU8::new(255),
                 upgraded: AtomicBool::new(false),
                 bytes: AtomicU64::new(0),
+                patch_bytes: AtomicU64::new(0),
             })
         })
         .collect();
@@ -321,6 +447,7 @@ async fn main() {
         let fetcher = S3Fetcher::new(&fetch, &verify);
         tokio::spawn(run_host(
             host.clone(),
+            installed.clone(),
             fetcher,
             polls.clone(),
             a.interval,
@@ -394,6 +521,10 @@ async fn main() {
         .filter(|h| h.upgraded.load(Ordering::Relaxed))
         .collect();
     let artifact_bytes: u64 = hosts.iter().map(|h| h.bytes.load(Ordering::Relaxed)).sum();
+    let patch_bytes: u64 = hosts
+        .iter()
+        .map(|h| h.patch_bytes.load(Ordering::Relaxed))
+        .sum();
     let report = serde_json::json!({
         "hosts": a.hosts,
         "interval_s": a.interval.as_secs_f64(),
@@ -411,6 +542,9 @@ async fn main() {
         "peak_requests_in_one_second": peak_per_second(&mut times),
         "mean_requests_per_second": times.len() as f64 / start.elapsed().as_secs_f64(),
         "artifact_bytes_per_upgraded_host": artifact_bytes as f64 / upgraded.len().max(1) as f64,
+        "patch_bytes": patch_size,
+        "patch_bytes_per_upgraded_host": patch_bytes as f64 / upgraded.len().max(1) as f64,
+        "delta": !a.full,
         "bytes_from_s3_per_host": counts.bytes_down.load(Ordering::Relaxed) as f64 / a.hosts as f64,
         "polls": polls.total.load(Ordering::Relaxed),
         "errors": polls.errors.load(Ordering::Relaxed),
