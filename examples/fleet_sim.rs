@@ -300,7 +300,8 @@ async fn apply_patch(
             sha256: binary,
             max_size: 1 << 30,
         };
-        baton::delta::apply(&spec, &patch[..], std::io::sink()).map_err(|e| baton::display_chain(&e))
+        baton::delta::apply(&spec, &patch[..], std::io::sink())
+            .map_err(|e| baton::display_chain(&e))
     })
     .await
     .expect("apply does not panic")?;
