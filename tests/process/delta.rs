@@ -308,3 +308,44 @@ fn s3_missing_patch_falls_back_to_the_full_artifact() {
         .unwrap_or_default();
     assert_eq!(failed.lines().count(), 1, "{failed}");
 }
+
+#[test]
+fn a_published_patch_upgrades_a_signed_fleet_host_under_load() {
+    let p = crate::fleet::Publisher::new();
+    let key = p.keygen("release");
+    let sign = p.key("release");
+    p.publish(&["--version", "1.0.0", "--sign", &sign, &p.artifact("1.0.0")]);
+    let server = HttpServer::start(true);
+    crate::fleet::serve(&server, &p.out());
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    let baton = Baton::start(
+        dir,
+        &format!(
+            "{}[verify]\nminisign_key = \"{key}\"\n",
+            http_config(&server)
+        ),
+    );
+    baton.wait_ready();
+    // The publisher makes the patch from 1.0.0, the release it published
+    // last to the same directory.
+    p.publish(&["--version", "2.0.0", "--sign", &sign, &p.artifact("2.0.0")]);
+    let published: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.out().join("manifest.json")).unwrap()).unwrap();
+    let patch = published["patches"][0]["url"].as_str().unwrap().to_owned();
+    let load = Load::start(baton.addr(), 16, LoadMode::KeepAlive);
+    load.wait_more(100);
+    crate::fleet::serve(&server, &p.out());
+    let id = baton.wait_current("2.0.0-");
+    support::wait_version(baton.addr(), "2.0.0");
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(server.seen(&format!("/{patch}")), vec![200]);
+    assert!(
+        server.seen("/hello-2.0.0").is_empty(),
+        "the full artifact was requested"
+    );
+    let m = meta(baton.dir.path(), &id);
+    assert_eq!(m["patch"]["url"], patch.as_str(), "{m}");
+}

@@ -89,7 +89,7 @@ impl Publisher {
 
 /// Serves every file of `dir` at `/<name>` (again after each publish:
 /// changed files get new validators).
-fn serve(server: &HttpServer, dir: &Path) {
+pub(crate) fn serve(server: &HttpServer, dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         server.body(&format!("/{name}"), std::fs::read(entry.path()).unwrap());
