@@ -27,14 +27,17 @@
 //! ([`crate::delta::make`]) from the binaries of the last N other releases
 //! in the history with an artifact for the same target: the old artifact is
 //! downloaded from the target, checked against the history's `sha256`, its
-//! binary extracted and checked against its `binary_sha256`. A patch that
+//! binary extracted and checked against its `binary_sha256`. Archives get
+//! no patches: a host applying one installs the binary alone, where one
+//! downloading the archive installs all its files. A patch that
 //! is not at least twice smaller than the compressed artifact (an archive's
 //! own size; a plain binary's size compressed with zstd at level 3) is
 //! skipped. A patch that cannot be made (the old artifact gone or replaced,
 //! a digest mismatch) is a warning naming why, never a failed publish; a
 //! patch that cannot be uploaded fails the publish like an artifact. Patches
-//! are uploaded after the artifacts and before the history, the signature
-//! and the manifest, which lists them with the artifact's `binary_sha256`.
+//! are uploaded after the artifacts and before the signature and the
+//! manifest, which lists them with the artifact's `binary_sha256`; the
+//! history is written after the manifest.
 //! Without patches for an artifact, the manifest carries neither field, as
 //! before.
 
@@ -413,13 +416,24 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
             .put_file(&upload.name, &upload.path, upload.sha256, upload.size)
             .await?;
     }
-    if let Some(history) = history {
-        target.put_bytes(HISTORY, history).await?;
-    }
     if let Some(sig) = signature {
         target.put_bytes(SIGNATURE, sig).await?;
     }
     target.put_bytes(MANIFEST, bytes).await?;
+    // The history only after the manifest: a publish that failed before it
+    // must not list a release hosts never saw (a later publish would spend
+    // a patch on it). Hosts never read it, so losing it costs only patches.
+    if let Some(history) = history {
+        if let Err(e) = target.put_bytes(HISTORY, history).await {
+            let warning = format!(
+                "cannot record this release in {}: {}; the next publish makes no patch from it",
+                p.to.show(HISTORY),
+                crate::display_chain(&e)
+            );
+            tracing::warn!("{warning}");
+            report.warnings.push(warning);
+        }
+    }
     report.document = doc;
     Ok(report)
 }
@@ -796,6 +810,20 @@ async fn make_patches(
         let Some(history) = history.filter(|_| p.patches > 0) else {
             continue;
         };
+        if new.archive {
+            // A host applying a patch installs the binary alone, one
+            // downloading the archive installs all its files: the two must
+            // not differ, so archives get no patches.
+            skip(
+                report,
+                format!(
+                    "no patches for {name}: it is an archive, and a host taking a patch would \
+                     install its binary without the archive's other files; publish the plain \
+                     binary to get patches"
+                ),
+            );
+            continue;
+        }
         let bases = history
             .releases
             .iter()
@@ -1401,11 +1429,9 @@ mod tests {
     }
 
     #[test]
-    fn patches_for_archives_and_resign_keeps_them() {
+    fn archives_get_no_patches() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let key = dir.path().join("k.sec");
-        let public = keygen(&key).unwrap();
         let v1 = noise(1, 300_000);
         let v2 = rebuild(&v1, 2);
         let (a1, a2) = (
@@ -1414,12 +1440,10 @@ mod tests {
         );
         tarball(&a1, &v1);
         tarball(&a2, &v2);
-        let triple = manifest::TARGET.to_owned();
         let mut p = Publish {
             to: target::Destination::Dir(out.clone()),
             version: Some("1.0.0".into()),
-            artifacts: vec![(Some(triple.clone()), a1)],
-            sign: Some(key),
+            artifacts: vec![(None, a1)],
             patches: 3,
             ..Publish::default()
         };
@@ -1429,6 +1453,38 @@ mod tests {
             Some(sha(&v1))
         );
         p.version = Some("2.0.0".into());
+        p.artifacts = vec![(None, a2)];
+        let r = publish_report(&p).unwrap();
+        assert!(r.patches.is_empty(), "{r:?}");
+        assert!(r.skipped[0].contains("it is an archive"), "{r:?}");
+        assert!(r.document.patches.is_empty() && r.document.binary_sha256.is_none());
+    }
+
+    #[test]
+    fn patches_per_target_and_resign_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let key = dir.path().join("k.sec");
+        let public = keygen(&key).unwrap();
+        let v1 = noise(1, 300_000);
+        let v2 = rebuild(&v1, 2);
+        let (a1, a2) = (
+            dir.path().join("hello-1.0.0"),
+            dir.path().join("hello-2.0.0"),
+        );
+        std::fs::write(&a1, &v1).unwrap();
+        std::fs::write(&a2, &v2).unwrap();
+        let triple = manifest::TARGET.to_owned();
+        let mut p = Publish {
+            to: target::Destination::Dir(out.clone()),
+            version: Some("1.0.0".into()),
+            artifacts: vec![(Some(triple.clone()), a1.clone())],
+            sign: Some(key),
+            patches: 3,
+            ..Publish::default()
+        };
+        publish_report(&p).unwrap();
+        p.version = Some("2.0.0".into());
         p.artifacts = vec![(Some(triple.clone()), a2)];
         let r = publish_report(&p).unwrap();
         assert!(r.warnings.is_empty() && r.skipped.is_empty(), "{r:?}");
@@ -1436,10 +1492,8 @@ mod tests {
         assert_eq!(artifact.binary_sha256, Some(sha(&v2)));
         assert_eq!(artifact.patches.len(), 1);
         assert_eq!(artifact.patches[0].from, sha(&v1));
-        assert_eq!(artifact.patches[0].url, "hello-2.0.0.tar.gz.from-1.0.0.zst");
-        let old = dir.path().join("old-hello");
-        std::fs::write(&old, &v1).unwrap();
-        check_patch(&old, &out.join(&artifact.patches[0].url), &v2);
+        assert_eq!(artifact.patches[0].url, "hello-2.0.0.from-1.0.0.zst");
+        check_patch(&a1, &out.join(&artifact.patches[0].url), &v2);
 
         let load = || {
             let bytes = std::fs::read(out.join(MANIFEST)).unwrap();

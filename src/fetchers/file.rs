@@ -138,9 +138,13 @@ impl FileFetcher {
         }
         let dir = dir.to_owned();
         let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
-            if relative.contains("://") {
+            // A patch stays in the manifest's directory tree.
+            if relative.contains("://")
+                || relative.starts_with('/')
+                || relative.split('/').any(|s| s == "..")
+            {
                 return super::failing(format!(
-                    "url {relative:?} must be a path relative to the manifest"
+                    "url {relative:?} must be a path below the manifest's directory"
                 ));
             }
             let path = dir.join(relative);

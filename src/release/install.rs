@@ -564,11 +564,12 @@ impl Store {
 
     /// Whether applying the patch with digest `patch` to the binary with
     /// digest `from` failed before: such a pair is never tried again. A
-    /// list that cannot be read counts as failed (the full artifact is
-    /// fetched instead).
-    pub fn patch_failed(&self, from: &str, patch: &str) -> bool {
-        self.read_digests(FAILED_PATCHES)
-            .map_or(true, |all| all.contains(&format!("{from}-{patch}")))
+    /// list that cannot be read is an error (the caller then fetches the
+    /// full artifact).
+    pub fn patch_failed(&self, from: &str, patch: &str) -> Result<bool, Error> {
+        Ok(self
+            .read_digests(FAILED_PATCHES)?
+            .contains(&format!("{from}-{patch}")))
     }
 
     /// Records that a patch failed against a binary.

@@ -302,6 +302,7 @@ impl Pipeline {
                     verify: v,
                     work_dir: self.work_dir(),
                     current: cur,
+                    install,
                 };
                 patch::fetch(&cx, &info, opener, progress).await
             }
@@ -419,7 +420,7 @@ impl Pipeline {
                     Ok(staged_sha256)
                 } else {
                     archive::unpack(file, kind, &bin_name, &dest)?;
-                    patch::hash_file(&dest.join(&bin_name))
+                    hash_file(&dest.join(&bin_name))
                 }
             })
             .await
@@ -496,6 +497,20 @@ impl Pipeline {
         .ok()?;
         verify::probe_version(&line).map(|v| v.to_string())
     }
+}
+
+/// A file's sha256.
+pub(crate) fn hash_file(path: &std::path::Path) -> Result<[u8; 32], Error> {
+    use sha2::Digest;
+    let io = |source| Error::Io {
+        what: "read",
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io)?;
+    Ok(hasher.finalize().into())
 }
 
 fn describe(info: &Info) -> String {

@@ -11,8 +11,6 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::stage::{self, Staged};
 use super::{Error, Meta, Store};
 use crate::config::Verify;
@@ -34,6 +32,8 @@ pub(super) struct Context<'a> {
     pub verify: &'a Verify,
     pub work_dir: &'a Path,
     pub current: &'a Meta,
+    /// Whether the check installs (only then is a failed pair recorded).
+    pub install: bool,
 }
 
 /// The patched binary for `info`, or `None` (after logging why) when no
@@ -52,6 +52,15 @@ pub(super) async fn fetch(
     let (Some(artifact), Some(binary)) = (manifest.sha256, manifest.binary()) else {
         return None;
     };
+    if binary != artifact {
+        // The artifact is an archive: a patch would install its binary
+        // alone, without the archive's other files.
+        tracing::info!(
+            "delta: the artifact is an archive (binary_sha256 differs from sha256); \
+             downloading the full artifact"
+        );
+        return None;
+    }
     if !manifest.signed && !cx.verify.minisign_keys.is_empty() {
         // The binary's own signature covers the full artifact only.
         tracing::info!(
@@ -93,13 +102,23 @@ pub(super) async fn fetch(
         return None;
     };
     let patch_hex = hex::encode(patch.sha256);
-    if cx.store.patch_failed(&from_hex, &patch_hex) {
-        tracing::info!(
-            "delta: patch {} failed against {} before; downloading the full artifact",
-            patch.url,
-            cx.current.id
-        );
-        return None;
+    match cx.store.patch_failed(&from_hex, &patch_hex) {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::info!(
+                "delta: patch {} failed against {} before; downloading the full artifact",
+                patch.url,
+                cx.current.id
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "delta: {}; downloading the full artifact",
+                crate::display_chain(&e)
+            );
+            return None;
+        }
     }
     match apply(cx, &reference, patch, binary, opener, progress).await {
         Ok(staged) => {
@@ -123,6 +142,11 @@ pub(super) async fn fetch(
                 cx.current.id,
                 crate::display_chain(&e)
             );
+            // A dry run (`baton check` without `--install`) leaves the
+            // releases directory as it found it.
+            if !cx.install {
+                return None;
+            }
             if let Err(e) = cx.store.mark_patch_failed(&from_hex, &patch_hex) {
                 tracing::warn!(
                     "delta: cannot record the failed patch: {}",
@@ -144,25 +168,13 @@ async fn running_digest(current: &Meta, reference: &Path) -> Result<[u8; 32], Er
         return Ok(d);
     }
     let path = reference.to_owned();
-    tokio::task::spawn_blocking(move || hash_file(&path))
+    tokio::task::spawn_blocking(move || super::hash_file(&path))
         .await
-        .expect("the hash task does not panic")
-}
-
-/// A file's sha256.
-pub(super) fn hash_file(path: &Path) -> Result<[u8; 32], Error> {
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        what: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|source| Error::Io {
-        what: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(hasher.finalize().into())
+        .map_err(|e| Error::Io {
+            what: "hash",
+            path: reference.to_owned(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// Why the delta path failed, for the log.
@@ -176,6 +188,10 @@ enum Failure {
     Apply(#[from] crate::delta::Error),
     #[error("cannot write the patched binary")]
     Write(#[source] std::io::Error),
+    #[error("cannot create a temp file in {}", .0.display())]
+    Create(std::path::PathBuf, #[source] std::io::Error),
+    #[error("applying it stopped: {0}")]
+    Task(String),
 }
 
 async fn apply(
@@ -208,7 +224,7 @@ async fn apply(
     let out = tempfile::Builder::new()
         .prefix(".download-")
         .tempfile_in(cx.work_dir)
-        .map_err(Failure::Write)?;
+        .map_err(|e| Failure::Create(cx.work_dir.to_owned(), e))?;
     let (reference, from, max_size) = (reference.to_owned(), patch.from, v.max_size);
     let input = downloaded.file.reopen().map_err(Failure::Write)?;
     let target = out.as_file().try_clone().map_err(Failure::Write)?;
@@ -228,7 +244,7 @@ async fn apply(
         Ok(applied)
     })
     .await
-    .expect("the patch task does not panic")?;
+    .map_err(|e| Failure::Task(e.to_string()))??;
     Ok(Staged {
         file: out,
         sha256: binary,
