@@ -349,3 +349,41 @@ fn a_published_patch_upgrades_a_signed_fleet_host_under_load() {
     let m = meta(baton.dir.path(), &id);
     assert_eq!(m["patch"]["url"], patch.as_str(), "{m}");
 }
+
+#[test]
+fn github_delta_upgrade_downloads_the_patch_asset_only() {
+    use crate::support::github::FakeGithub;
+    let (one, two) = (hello_bytes("1.0.0"), hello_bytes("2.0.0"));
+    let patch = make_patch(&two);
+    let gh = FakeGithub::start(Some(crate::github::TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    let baton = Baton::start(
+        dir,
+        &crate::github::config(&gh, "acme/hello", crate::github::TOKEN, ""),
+    );
+    baton.wait_ready();
+    gh.release(
+        "v2.0.0",
+        false,
+        false,
+        &[
+            ("hello-2.0.0", two.clone(), false),
+            (PATCH, patch.clone(), false),
+            ("other.zst", b"never asked for".to_vec(), false),
+            (
+                "manifest.json",
+                manifest(serde_json::json!([
+                    entry(ELSEWHERE, "other.zst", b"never asked for"),
+                    entry(sha256(&one), PATCH, &patch),
+                ])),
+                false,
+            ),
+        ],
+    );
+    let id = baton.wait_current("2.0.0-");
+    support::wait_version(baton.addr(), "2.0.0");
+    // The manifest and the patch: nothing else was downloaded.
+    assert_eq!(gh.downloads(), 2);
+    assert_patched(&meta(baton.dir.path(), &id), &patch);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::github::{FakeGithub, Fault};
 use crate::support::{self, Baton, Load, LoadMode};
 
-const TOKEN: &str = "ghp_testtoken0123456789";
+pub(crate) const TOKEN: &str = "ghp_testtoken0123456789";
 const PATTERN: &str = "hello-{version}-{os}-{arch}";
 
 fn asset_name(version: &str) -> String {
@@ -31,7 +31,7 @@ fn publish(gh: &FakeGithub, version: &str) {
     );
 }
 
-fn config(gh: &FakeGithub, repo: &str, token: &str, extra: &str) -> String {
+pub(crate) fn config(gh: &FakeGithub, repo: &str, token: &str, extra: &str) -> String {
     format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n\
          [releases]\nbinary = \"hello\"\nsettle = \"500ms\"\n[fetch]\nsource = \"github\"\nrepo = \"{repo}\"\nasset = \"{PATTERN}\"\napi_url = \"{}\"\n\
@@ -474,7 +474,7 @@ fn publish_to_a_github_release_then_a_host_upgrades() {
     assert_eq!(gh.leaked_auth(), 0, "the token went to the storage host");
     assert_eq!(
         gh.seen("/uploads/").iter().filter(|&&s| s == 201).count(),
-        5,
-        "artifact, signature and manifest, then signature and manifest again"
+        6,
+        "artifact, signature, manifest and the publisher's history, then signature and manifest again"
     );
 }
