@@ -346,7 +346,8 @@ impl Pipeline {
         }
         match &applied {
             // The patched binary's digest was checked against the
-            // manifest's binary_sha256 as it was written.
+            // manifest's binary_sha256 (which equals its sha256: patches
+            // are only taken for plain binaries) as it was written.
             Some(_) => verify::checksum(None, v.sha256, staged.sha256)?,
             None => verify::checksum(info.sha256, v.sha256, staged.sha256)?,
         }

@@ -69,17 +69,6 @@ pub(super) async fn fetch(
         );
         return None;
     }
-    if cx
-        .verify
-        .sha256
-        .is_some_and(|pin| pin != artifact || artifact != binary)
-    {
-        tracing::info!(
-            "delta: not applying a patch, verify.sha256 pins the artifact and a patch makes \
-             the binary; downloading the full artifact"
-        );
-        return None;
-    }
     let reference = cx.store.binary_in(&cx.store.dir().join(&cx.current.id));
     let from = match running_digest(cx.current, &reference).await {
         Ok(from) => from,
