@@ -1184,17 +1184,7 @@ mod tests {
             ..Publish::default()
         };
         publish(&p).unwrap();
-        let load = || {
-            let bytes = std::fs::read(out.join(MANIFEST)).unwrap();
-            let sig = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
-            manifest::load(
-                &bytes,
-                Some(&sig),
-                std::slice::from_ref(&public),
-                SystemTime::now(),
-            )
-            .unwrap()
-        };
+        let load = || load_signed(&out, &public);
         let m = load();
         assert_eq!(m.rollout, Rollout::Percent(10));
         assert_eq!(m.sha256, Some(Sha256::digest(b"binary").into()));
@@ -1252,6 +1242,13 @@ mod tests {
     }
 
     /// Applies the patch at `patch` to `old`; the result must be `new`.
+    /// The manifest published in `out`, checked with `public`.
+    fn load_signed(out: &Path, public: &str) -> manifest::Manifest {
+        let bytes = std::fs::read(out.join(MANIFEST)).unwrap();
+        let sig = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
+        manifest::load(&bytes, Some(&sig), &[public.to_owned()], SystemTime::now()).unwrap()
+    }
+
     fn check_patch(old: &Path, patch: &Path, new: &[u8]) {
         let mut out = Vec::new();
         let spec = crate::delta::Spec {
@@ -1495,17 +1492,7 @@ mod tests {
         assert_eq!(artifact.patches[0].url, "hello-2.0.0.from-1.0.0.zst");
         check_patch(&a1, &out.join(&artifact.patches[0].url), &v2);
 
-        let load = || {
-            let bytes = std::fs::read(out.join(MANIFEST)).unwrap();
-            let sig = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
-            manifest::load(
-                &bytes,
-                Some(&sig),
-                std::slice::from_ref(&public),
-                SystemTime::now(),
-            )
-            .unwrap()
-        };
+        let load = || load_signed(&out, &public);
         let before = load();
         assert_eq!(before.patches.len(), 1);
         assert_eq!(before.binary_sha256, Some(Sha256::digest(&v2).into()));

@@ -534,6 +534,10 @@ mod github {
     use super::{Destination, Error, Fetched, Target, GITHUB_API};
     use crate::fetchers::BoxFuture;
 
+    /// An asset download as the API client answers it.
+    type AssetResponse =
+        http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
+
     /// The environment variable holding the token.
     const TOKEN_ENV: &str = "GITHUB_TOKEN";
 
@@ -641,6 +645,30 @@ mod github {
             }
         }
 
+        /// The response to downloading asset `name`, `None` when the
+        /// release has no such asset; an error status is an error.
+        async fn download(&self, name: &str) -> Result<Option<AssetResponse>, Error> {
+            let Some(id) = self.asset(name) else {
+                return Ok(None);
+            };
+            let path = format!("/repos/{}/{}/releases/assets/{id}", self.owner, self.repo);
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
+            let response = self
+                .client
+                ._get_with_headers(path.as_str(), Some(headers))
+                .await
+                .map_err(|e| self.fail("download", name, crate::display_chain(&e)))?;
+            if !response.status().is_success() {
+                return Err(self.fail(
+                    "download",
+                    name,
+                    format!("the API answered {}", response.status()),
+                ));
+            }
+            Ok(Some(response))
+        }
+
         fn asset(&self, name: &str) -> Option<u64> {
             self.assets
                 .iter()
@@ -652,24 +680,9 @@ mod github {
     impl Target for GithubTarget {
         fn read<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
             Box::pin(async move {
-                let Some(id) = self.asset(name) else {
+                let Some(response) = self.download(name).await? else {
                     return Ok(None);
                 };
-                let path = format!("/repos/{}/{}/releases/assets/{id}", self.owner, self.repo);
-                let mut headers = HeaderMap::new();
-                headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
-                let response = self
-                    .client
-                    ._get_with_headers(path.as_str(), Some(headers))
-                    .await
-                    .map_err(|e| self.fail("download", name, crate::display_chain(&e)))?;
-                if !response.status().is_success() {
-                    return Err(self.fail(
-                        "download",
-                        name,
-                        format!("the API answered {}", response.status()),
-                    ));
-                }
                 let limited = http_body_util::Limited::new(
                     response.into_body(),
                     crate::fetchers::SMALL_FILE_LIMIT,
@@ -740,24 +753,9 @@ mod github {
             limit: u64,
         ) -> BoxFuture<'a, Result<Option<Fetched>, Error>> {
             Box::pin(async move {
-                let Some(id) = self.asset(name) else {
+                let Some(response) = self.download(name).await? else {
                     return Ok(None);
                 };
-                let path = format!("/repos/{}/{}/releases/assets/{id}", self.owner, self.repo);
-                let mut headers = HeaderMap::new();
-                headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
-                let response = self
-                    .client
-                    ._get_with_headers(path.as_str(), Some(headers))
-                    .await
-                    .map_err(|e| self.fail("download", name, crate::display_chain(&e)))?;
-                if !response.status().is_success() {
-                    return Err(self.fail(
-                        "download",
-                        name,
-                        format!("the API answered {}", response.status()),
-                    ));
-                }
                 let mut body = response.into_body();
                 let mut file = super::Download::create(dest, self.dest.show(name), limit)?;
                 while let Some(frame) = body.frame().await {

@@ -331,26 +331,17 @@ impl Pipeline {
                 (staged, None)
             }
         };
-        // A patched binary stands for the artifact the manifest states
-        // (checked above); a download is what it hashed to.
-        let artifact_sha256 = match (&applied, info.sha256) {
-            (Some(_), Some(artifact)) => artifact,
-            _ => staged.sha256,
-        };
-        let sha_hex = hex::encode(artifact_sha256);
+        // A patch is only taken for an artifact that is the binary itself,
+        // so a patched binary is byte for byte the artifact: from here on
+        // both paths are one.
+        let sha_hex = hex::encode(staged.sha256);
         if let Some(cur) = current.as_ref().filter(|c| c.sha256 == sha_hex) {
             return Ok(Outcome::Unchanged(cur.clone()));
         }
         if self.store.skipped(&sha_hex)? {
             return Ok(Outcome::KnownBad { sha256: sha_hex });
         }
-        match &applied {
-            // The patched binary's digest was checked against the
-            // manifest's binary_sha256 (which equals its sha256: patches
-            // are only taken for plain binaries) as it was written.
-            Some(_) => verify::checksum(None, v.sha256, staged.sha256)?,
-            None => verify::checksum(info.sha256, v.sha256, staged.sha256)?,
-        }
+        verify::checksum(info.sha256, v.sha256, staged.sha256)?;
         let staging = match &self.scratch {
             Some(dir) => tempfile::Builder::new()
                 .prefix(".staging-")
@@ -390,19 +381,15 @@ impl Pipeline {
                 source,
             })?;
             let staged_path = staged.file.into_temp_path();
-            let (patched, staged_sha256) = (applied.is_some(), staged.sha256);
+            let staged_sha256 = staged.sha256;
             binary_sha256 = tokio::task::spawn_blocking(move || -> Result<[u8; 32], Error> {
                 verify::signature(&keys, signature.as_deref(), &path)?;
                 let mut file = file;
-                let kind = if patched {
-                    archive::Kind::Plain
-                } else {
-                    archive::kind(&name, &mut file).map_err(|source| Error::Io {
-                        what: "read",
-                        path: path.clone(),
-                        source,
-                    })?
-                };
+                let kind = archive::kind(&name, &mut file).map_err(|source| Error::Io {
+                    what: "read",
+                    path: path.clone(),
+                    source,
+                })?;
                 if kind == archive::Kind::Plain {
                     drop(file);
                     let target = dest.join(&bin_name);
@@ -428,8 +415,7 @@ impl Pipeline {
             .expect("the verify task does not panic")?;
         }
         // A binary_sha256 the manifest states (signed, when it is) binds
-        // the executable too, however it arrived,
-        // before it is ever run.
+        // the executable too, before it is ever run.
         if let Some(stated) = info.manifest.as_ref().and_then(|m| m.binary_sha256) {
             if stated != binary_sha256 {
                 return Err(Error::Checksum {
@@ -457,7 +443,7 @@ impl Pipeline {
         )?
         .map(|v| v.to_string());
         let meta = Meta {
-            id: Store::id_for(version.as_deref(), &artifact_sha256),
+            id: Store::id_for(version.as_deref(), &staged.sha256),
             version,
             sha256: sha_hex,
             size: staged.size,

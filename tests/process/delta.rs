@@ -89,6 +89,23 @@ fn assert_patched(meta: &serde_json::Value, patch: &[u8]) {
     assert_eq!(meta["sha256"], hex::encode(sha256(&two)), "{meta}");
 }
 
+/// Waits for 2.0.0 to be current and served, then checks that the load
+/// saw no failure and that the server gave out the patch once and never
+/// the full artifact; returns the release id.
+fn upgraded_by_patch(baton: &Baton, load: Load, server: &HttpServer, patch: &str) -> String {
+    let id = baton.wait_current("2.0.0-");
+    support::wait_version(baton.addr(), "2.0.0");
+    load.wait_more(100);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(server.seen(&format!("/{patch}")), vec![200]);
+    assert!(
+        server.seen("/hello-2.0.0").is_empty(),
+        "the full artifact was requested"
+    );
+    id
+}
+
 #[test]
 fn http_delta_upgrade_under_load_fetches_only_the_patch() {
     let server = HttpServer::start(true);
@@ -114,16 +131,7 @@ fn http_delta_upgrade_under_load_fetches_only_the_patch() {
             entry(sha256(&one), PATCH, &patch),
         ])),
     );
-    let id = baton.wait_current("2.0.0-");
-    support::wait_version(baton.addr(), "2.0.0");
-    load.wait_more(100);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert_eq!(server.seen(&format!("/{PATCH}")), vec![200]);
-    assert!(
-        server.seen("/hello-2.0.0").is_empty(),
-        "the full artifact was requested"
-    );
+    let id = upgraded_by_patch(&baton, load, &server, PATCH);
     assert!(
         server.seen("/other.zst").is_empty(),
         "a patch for another binary was requested"
@@ -336,16 +344,7 @@ fn a_published_patch_upgrades_a_signed_fleet_host_under_load() {
     let load = Load::start(baton.addr(), 16, LoadMode::KeepAlive);
     load.wait_more(100);
     crate::fleet::serve(&server, &p.out());
-    let id = baton.wait_current("2.0.0-");
-    support::wait_version(baton.addr(), "2.0.0");
-    load.wait_more(100);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert_eq!(server.seen(&format!("/{patch}")), vec![200]);
-    assert!(
-        server.seen("/hello-2.0.0").is_empty(),
-        "the full artifact was requested"
-    );
+    let id = upgraded_by_patch(&baton, load, &server, &patch);
     let m = meta(baton.dir.path(), &id);
     assert_eq!(m["patch"]["url"], patch.as_str(), "{m}");
 }
