@@ -124,6 +124,9 @@ pub struct Control {
     pub metrics: Option<SocketAddr>,
 }
 
+/// `[releases] trial_attempts` when unset.
+pub const TRIAL_ATTEMPTS_DEFAULT: u32 = 3;
+
 /// The releases directory: `<id>/` per release and the `current` symlink.
 #[derive(Debug, Clone)]
 pub struct Releases {
@@ -138,6 +141,11 @@ pub struct Releases {
     pub settle: Duration,
     /// A health check the worker of a release on trial must pass.
     pub health: Option<Health>,
+    /// How many times the trial of a release may be begun when the
+    /// master's own death keeps interrupting it and there is no `current`
+    /// to go back to (a fresh host's first release); after the last one
+    /// the release is quarantined (default 3).
+    pub trial_attempts: u32,
 }
 
 /// A release's health check: `[releases] health` and its `health_*` keys.
@@ -353,9 +361,20 @@ pub struct Verify {
     pub version: Option<semver::VersionReq>,
     /// The largest download accepted, in bytes.
     pub max_size: u64,
+    /// The most an archive may unpack to, in bytes (`verify.max_unpacked`,
+    /// default 4 × `max_size`): a small archive is no licence to fill the
+    /// disk.
+    pub max_unpacked: u64,
+    /// The most entries an archive may hold (`verify.max_entries`).
+    pub max_entries: u64,
     /// How long a whole download may take.
     pub download_timeout: Duration,
 }
+
+/// `verify.max_unpacked` is this many times `verify.max_size` when unset.
+pub const MAX_UNPACKED_FACTOR: u64 = 4;
+/// `verify.max_entries` when unset.
+pub const MAX_ENTRIES_DEFAULT: u64 = 100_000;
 
 impl Default for Verify {
     fn default() -> Verify {
@@ -367,6 +386,8 @@ impl Default for Verify {
             allow_downgrade: false,
             version: None,
             max_size: 512 << 20,
+            max_unpacked: (512 << 20) * MAX_UNPACKED_FACTOR,
+            max_entries: MAX_ENTRIES_DEFAULT,
             download_timeout: Duration::from_secs(600),
         }
     }
@@ -621,6 +642,7 @@ struct RawReleases {
     health_timeout: Option<String>,
     health_failures: Option<u32>,
     health_after: Option<bool>,
+    trial_attempts: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -672,6 +694,8 @@ struct RawVerify {
     allow_downgrade: Option<bool>,
     version: Option<String>,
     max_size: Option<String>,
+    max_unpacked: Option<String>,
+    max_entries: Option<u64>,
     download_timeout: Option<String>,
 }
 
@@ -995,6 +1019,14 @@ fn parse_releases(r: RawReleases, base: &Path, program: &Program) -> Result<Rele
             .map_err(|reason| Error::invalid("releases.settle", text, reason))?,
         None => Duration::from_secs(10),
     };
+    let trial_attempts = r.trial_attempts.unwrap_or(TRIAL_ATTEMPTS_DEFAULT);
+    if trial_attempts == 0 {
+        return Err(Error::invalid(
+            "releases.trial_attempts",
+            trial_attempts,
+            "a trial needs at least 1 attempt",
+        ));
+    }
     let health = parse_health(&r, base, program)?;
     if let Some(h) = &health {
         let needed = h.interval * h.failures;
@@ -1018,6 +1050,7 @@ fn parse_releases(r: RawReleases, base: &Path, program: &Program) -> Result<Rele
         keep,
         settle,
         health,
+        trial_attempts,
     })
 }
 
@@ -1321,6 +1354,26 @@ fn parse_verify(v: RawVerify) -> Result<Verify, Error> {
             )
         })?;
     }
+    verify.max_unpacked = match &v.max_unpacked {
+        Some(size) => parse_size(size).ok_or_else(|| {
+            Error::invalid(
+                "verify.max_unpacked",
+                size,
+                "expected a size such as 2GiB, 20MB or 1048576",
+            )
+        })?,
+        None => verify.max_size.saturating_mul(MAX_UNPACKED_FACTOR),
+    };
+    if let Some(n) = v.max_entries {
+        if n == 0 {
+            return Err(Error::invalid(
+                "verify.max_entries",
+                n,
+                "an archive needs at least 1 entry",
+            ));
+        }
+        verify.max_entries = n;
+    }
     Ok(verify)
 }
 
@@ -1414,6 +1467,8 @@ allow_downgrade = true
         assert_eq!(f.jitter, Duration::from_millis(500));
         assert!(matches!(f.source, Source::Http { .. }));
         assert_eq!(c.verify.max_size, 64 << 20);
+        assert_eq!(c.verify.max_unpacked, 256 << 20, "4 x max_size");
+        assert_eq!(c.verify.max_entries, MAX_ENTRIES_DEFAULT);
         assert!(c.verify.allow_downgrade);
         assert!(c
             .verify
@@ -1522,6 +1577,17 @@ allow_downgrade = true
             .unwrap_err()
             .to_string();
         assert!(err.contains("releases.settle"), "{err}");
+        let config = parse(&text("releases/current/y", "")).unwrap();
+        assert_eq!(
+            config.releases.unwrap().trial_attempts,
+            TRIAL_ATTEMPTS_DEFAULT
+        );
+        let config = parse(&text("releases/current/y", "trial_attempts = 5")).unwrap();
+        assert_eq!(config.releases.unwrap().trial_attempts, 5);
+        let err = parse(&text("releases/current/y", "trial_attempts = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("releases.trial_attempts"), "{err}");
     }
 
     #[test]

@@ -178,7 +178,14 @@ pub fn render(request: &Request, reply: &serde_json::Value) -> String {
                 }
                 None => out.push_str("last check none yet\n"),
             }
-            for (key, label) in [("failed", "failed"), ("held", "held")] {
+            if let Some(why) = reply["stranded"].as_str() {
+                let _ = writeln!(out, "STRANDED   {why}");
+            }
+            for (key, label) in [
+                ("failed", "failed"),
+                ("held", "held"),
+                ("quarantined", "quarantine"),
+            ] {
                 for sha in reply[key].as_array().into_iter().flatten() {
                     let _ = writeln!(out, "{label:<10} sha256 {}", str_of(sha));
                 }

@@ -131,7 +131,8 @@ enum Command {
     Upgrade {
         #[command(flatten)]
         to: Master,
-        /// Forget releases held by a rollback first.
+        /// Forget releases held by a rollback, or quarantined after
+        /// interrupted trials, first.
         #[arg(long)]
         force: bool,
     },

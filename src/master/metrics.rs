@@ -158,6 +158,13 @@ pub(crate) fn render(status: &Value) -> String {
                 .inc_by(n.as_u64().unwrap_or(0));
         }
     }
+    let stranded = Gauge::<i64>::default();
+    stranded.set(i64::from(status["stranded"].is_string()));
+    registry.register(
+        "baton_stranded",
+        "1 when no worker can serve: the only release is quarantined (see baton status)",
+        stranded,
+    );
     let last_check = Gauge::<i64>::default();
     last_check.set(status["last_check"]["at"].as_i64().unwrap_or(0));
     registry.register(

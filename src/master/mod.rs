@@ -30,7 +30,7 @@ use crate::config::{Config, HealthCheck, Program, Ready};
 use crate::protocol::{describe_exit, ChildEnv};
 use crate::release::{Meta, Store};
 use notify::{NotifyServer, Supervisor};
-use rollout::{Rollout, Verdict};
+use rollout::{Interrupted, Rollout, Verdict};
 use store_io::{Done, Job, StoreIo};
 use worker::{Exit, State, Worker};
 
@@ -258,7 +258,7 @@ async fn run_inner(
         )?),
     };
     let (store_io, mut store_done) = match &store {
-        Some((store, _)) => {
+        Some((store, _, _)) => {
             let (io, done) = StoreIo::start(store.clone()).map_err(Error::StoreThread)?;
             (Some(io), Some(done))
         }
@@ -318,8 +318,11 @@ async fn run_inner(
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let (reexec_tx, mut reexec_rx) = mpsc::unbounded_channel();
     let waiting_for_release =
-        first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _)| s.current().is_none());
-    let (store, _lock) = store.unzip();
+        first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _, _)| s.current().is_none());
+    let (store, _lock, found) = match store {
+        Some((store, lock, found)) => (Some(store), Some(lock), found),
+        None => (None, None, Found::default()),
+    };
     let mut m = Master {
         program,
         releases,
@@ -373,6 +376,8 @@ async fn run_inner(
         promote_retry_at: None,
         queued_install: None,
         waiting_for_release,
+        trial_retry_at: None,
+        stranded: found.stranded,
     };
     let resumed = match inherited {
         Some(reexec::Inherited::Full(doc)) => {
@@ -385,6 +390,14 @@ async fn run_inner(
         }
         None => false,
     };
+    if let Some((release, attempt, after)) = found.retry {
+        // Begun again once its record counts the attempt, after the wait;
+        // its worker is the first to start.
+        if m.rollout.begin_attempt(release, attempt).is_ok() {
+            m.waiting_for_release = true;
+            m.trial_retry_at = Some(Instant::now() + after);
+        }
+    }
     if let Some(fetcher) = first_fetcher {
         // A resumed trial holds the update loop back until it ends.
         let gate = m.rollout.on_trial().is_some().then(|| {
@@ -396,6 +409,10 @@ async fn run_inner(
     }
     if resumed && !m.workers.is_empty() {
         // The adopted workers serve on.
+    } else if m.trial_retry_at.is_some() {
+        // The interrupted first trial starts the first worker.
+    } else if m.stranded.is_some() {
+        // Said loudly at start-up; `baton status` and metrics say it too.
     } else if waiting_for_release {
         tracing::info!("no release is installed yet; waiting for the first one");
     } else {
@@ -483,14 +500,25 @@ fn checker(
     })
 }
 
+/// What start-up found in the releases directory besides the store.
+#[derive(Default)]
+struct Found {
+    /// A first release whose trial the previous master's death
+    /// interrupted: begun again as attempt `.1` after `.2`.
+    retry: Option<(Meta, u32, Duration)>,
+    /// Why nothing can serve: the only release was quarantined.
+    stranded: Option<String>,
+}
+
 /// Opens the releases directory (or the in-place state directory), takes
 /// its lock for the master's lifetime, removes what an interrupted install
-/// left, and settles a trial that a dead master never finished.
+/// left, and settles a trial that a dead master never finished (the trial
+/// state machine decides: [`rollout::interrupted`]).
 fn open_store(
     releases: Option<&crate::config::Releases>,
     program: &Program,
     resuming_trial: Option<&str>,
-) -> Result<(Store, crate::release::Lock), Error> {
+) -> Result<(Store, crate::release::Lock, Found), Error> {
     let store = match releases {
         Some(r) => Store::open(r),
         None => Store::in_place(&program.command),
@@ -506,32 +534,76 @@ fn open_store(
     for left in store.sweep().map_err(Error::Releases)? {
         tracing::info!("removed {} left by an interrupted install", left.display());
     }
+    let mut found = Found::default();
+    let limit = releases.map_or(crate::config::TRIAL_ATTEMPTS_DEFAULT, |r| r.trial_attempts);
     if let Some(trial) = store.trial() {
         if resuming_trial == Some(trial.id.as_str()) {
             tracing::info!("release {} stays on trial across the re-exec", trial.id);
-            return Ok((store, lock));
+            return Ok((store, lock, found));
         }
-        if store.current().is_some_and(|c| c.id == trial.id) {
-            tracing::info!(
+        let current = store.current();
+        let promoted = current.as_ref().is_some_and(|c| c.id == trial.id);
+        match rollout::interrupted(trial.attempts, promoted, current.is_some(), limit) {
+            Interrupted::Promoted => tracing::info!(
                 "release {} had been promoted when the master stopped",
                 trial.id
-            );
-        } else {
-            tracing::error!(
-                "release {} was on trial when the master stopped; counting its trial as \
-                 failed: sha256 {} will not be installed again",
-                trial.id,
-                trial.sha256
-            );
-            if let Err(e) = store.mark_failed(&trial.sha256) {
-                // Serve `current` anyway; the record stays and is settled at
-                // the next start.
+            ),
+            Interrupted::Fail => {
                 tracing::error!(
-                    "cannot record release {} as failed: {}",
+                    "release {} was on trial when the master stopped; counting its trial as \
+                     failed: sha256 {} will not be installed again",
                     trial.id,
-                    crate::display_chain(&e)
+                    trial.sha256
                 );
-                return Ok((store, lock));
+                if let Err(e) = store.mark_failed(&trial.sha256) {
+                    // Serve `current` anyway; the record stays and is settled at
+                    // the next start.
+                    tracing::error!(
+                        "cannot record release {} as failed: {}",
+                        trial.id,
+                        crate::display_chain(&e)
+                    );
+                    return Ok((store, lock, found));
+                }
+            }
+            Interrupted::Retry { attempt, after } => match store.release(&trial.id) {
+                Some(meta) => {
+                    tracing::warn!(
+                        event = "trial_interrupted",
+                        release = %trial.id,
+                        "release {} was on trial when the master stopped (attempt {} of {limit}) \
+                         and no other release is installed: trying it again in {}",
+                        trial.id,
+                        trial.attempts,
+                        humantime::format_duration(after)
+                    );
+                    // The record stays: a master killed before the retry
+                    // begins finds the same count.
+                    found.retry = Some((meta, attempt, after));
+                    return Ok((store, lock, found));
+                }
+                None => tracing::warn!(
+                    "release {} was on trial when the master stopped, and its directory is \
+                     gone; waiting for the source to offer it again",
+                    trial.id
+                ),
+            },
+            Interrupted::Quarantine { why } => {
+                let text = format!(
+                    "release {} is quarantined: {why}; nothing else is installed, so no worker \
+                     serves; `baton upgrade --force` tries it again",
+                    trial.id
+                );
+                tracing::error!(event = "release_quarantined", release = %trial.id, "{text}");
+                if let Err(e) = store.quarantine(&trial.sha256) {
+                    tracing::error!(
+                        "cannot record release {} as quarantined: {}",
+                        trial.id,
+                        crate::display_chain(&e)
+                    );
+                    return Ok((store, lock, found));
+                }
+                found.stranded = Some(text);
             }
         }
         if let Err(e) = store.end_trial() {
@@ -542,7 +614,20 @@ fn open_store(
             );
         }
     }
-    Ok((store, lock))
+    if found.stranded.is_none() && store.current().is_none() {
+        let mut quarantined: Vec<String> = store.quarantined().into_iter().collect();
+        quarantined.sort();
+        if !quarantined.is_empty() {
+            let text = format!(
+                "sha256 {} is quarantined after interrupted trials; nothing else is installed, \
+                 so no worker serves; `baton upgrade --force` tries it again",
+                quarantined.join(", ")
+            );
+            tracing::error!(event = "release_quarantined", "{text}");
+            found.stranded = Some(text);
+        }
+    }
+    Ok((store, lock, found))
 }
 
 /// Receives from an optional channel; pending for ever without one.
@@ -663,6 +748,11 @@ struct Master {
     health_failed: u32,
     /// No release is installed yet: the first worker waits for one.
     waiting_for_release: bool,
+    /// When to record the next attempt at an interrupted first trial (the
+    /// rollout holds the release meanwhile).
+    trial_retry_at: Option<Instant>,
+    /// Why no worker can serve, when the only release is quarantined.
+    stranded: Option<String>,
 }
 
 impl Master {
@@ -680,6 +770,7 @@ impl Master {
             .chain([self.restart_at])
             .chain([self.rollout.deadline()])
             .chain([self.promote_retry_at])
+            .chain([self.trial_retry_at])
             .chain([self.reexec.as_ref().and_then(|p| p.deadline())])
             .flatten()
             .min()
@@ -1228,6 +1319,7 @@ impl Master {
                     return;
                 }
                 let why = format!("release {} on trial", release.id);
+                self.stranded = None;
                 if self.waiting_for_release {
                     self.waiting_for_release = false;
                     self.restart_at = None;
@@ -1338,7 +1430,7 @@ impl Master {
             Ok(()) => {
                 tracing::info!(event = "trial_started", release = %new.release.id, "release {} installed; recording its trial", new.release.id);
                 self.trial_done = Some(new.done);
-                self.store_job(Job::BeginTrial(new.release));
+                self.store_job(Job::BeginTrial(new.release, 1));
             }
             Err(release) => {
                 tracing::info!(
@@ -1376,6 +1468,19 @@ impl Master {
         }
         if let Some(v) = self.rollout.tick(now) {
             self.verdict(v);
+        }
+        if self.trial_retry_at.is_some_and(|t| t <= now) {
+            self.trial_retry_at = None;
+            if let Some(release) = self.rollout.on_trial().cloned() {
+                let attempt = self.rollout.attempt();
+                tracing::info!(
+                    event = "trial_started",
+                    release = %release.id,
+                    "release {}: recording attempt {attempt} at its trial",
+                    release.id
+                );
+                self.store_job(Job::BeginTrial(release, attempt));
+            }
         }
         if self.promote_retry_at.is_some_and(|t| t <= now) {
             self.promote_retry_at = None;

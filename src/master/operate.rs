@@ -222,11 +222,11 @@ impl Master {
         }
     }
 
-    /// `upgrade --force` forgot the held digests.
+    /// `upgrade --force` forgot the held and quarantined digests.
     pub(super) fn held_cleared(&mut self, result: Result<(), crate::release::Error>) {
         match result {
             Ok(()) => {
-                tracing::info!("held releases forgotten");
+                tracing::info!("held and quarantined releases forgotten");
                 self.check_now.notify_one();
             }
             Err(e) => {
@@ -306,6 +306,8 @@ impl Master {
             "last_check": last_check,
             "failed": store.map(|s| sorted(s.failed())).unwrap_or_default(),
             "held": store.map(|s| sorted(s.held())).unwrap_or_default(),
+            "quarantined": store.map(|s| sorted(s.quarantined())).unwrap_or_default(),
+            "stranded": self.stranded,
             "last_failure": self.status.last_failure,
             "checks": self.status.checks,
             "counters": {
@@ -326,7 +328,7 @@ impl Master {
         let current = store.current().map(|c| c.id);
         let previous = store.previous().map(|c| c.id);
         let trial = self.rollout.on_trial().map(|t| t.id.clone());
-        let (failed, held) = (store.failed(), store.held());
+        let (failed, held, quarantined) = (store.failed(), store.held(), store.quarantined());
         let releases: Vec<Value> = store
             .releases()
             .into_iter()
@@ -346,6 +348,9 @@ impl Master {
                 }
                 if failed.contains(&m.sha256) {
                     marks.push("failed");
+                }
+                if quarantined.contains(&m.sha256) {
+                    marks.push("quarantined");
                 }
                 json!({ "release": m, "marks": marks })
             })

@@ -39,6 +39,9 @@ struct Trial {
     /// Whether the trial record is on disk: no worker runs the release
     /// before.
     recorded: bool,
+    /// Which attempt at this trial this is (1 unless the master's death
+    /// interrupted earlier ones).
+    attempt: u32,
 }
 
 /// The rollout policy's state: at most one trial at a time.
@@ -76,6 +79,13 @@ impl Rollout {
     /// Puts `release` on trial. Refuses (returning it) while another trial
     /// runs: one release at a time.
     pub(crate) fn begin(&mut self, release: Meta) -> Result<(), Box<Meta>> {
+        self.begin_attempt(release, 1)
+    }
+
+    /// As [`Rollout::begin`], for the `attempt`-th attempt at a trial whose
+    /// earlier attempts the master's death interrupted (see
+    /// [`interrupted`]).
+    pub(crate) fn begin_attempt(&mut self, release: Meta, attempt: u32) -> Result<(), Box<Meta>> {
         if self.trial.is_some() {
             return Err(Box::new(release));
         }
@@ -86,6 +96,7 @@ impl Rollout {
             failed_checks: 0,
             healthy: false,
             recorded: false,
+            attempt,
         });
         Ok(())
     }
@@ -93,6 +104,11 @@ impl Rollout {
     /// The release on trial.
     pub(crate) fn on_trial(&self) -> Option<&Meta> {
         self.trial.as_ref().map(|t| &t.release)
+    }
+
+    /// Which attempt the running trial is (what its record on disk says).
+    pub(crate) fn attempt(&self) -> u32 {
+        self.trial.as_ref().map_or(1, |t| t.attempt)
     }
 
     /// The trial record is on disk.
@@ -235,6 +251,12 @@ pub(crate) struct Carried {
     failed_checks: u32,
     healthy: bool,
     recorded: bool,
+    #[serde(default = "first_attempt")]
+    attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl Carried {
@@ -257,6 +279,7 @@ impl Rollout {
             failed_checks: t.failed_checks,
             healthy: t.healthy,
             recorded: t.recorded,
+            attempt: t.attempt,
         })
     }
 
@@ -272,7 +295,74 @@ impl Rollout {
             failed_checks: carried.failed_checks,
             healthy: carried.healthy,
             recorded: carried.recorded,
+            attempt: carried.attempt,
         });
+    }
+}
+
+/// The wait before the first retry of an interrupted trial; it doubles
+/// with each attempt, up to [`INTERRUPTED_BACKOFF_MAX`].
+pub(crate) const INTERRUPTED_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait before retrying an interrupted trial.
+pub(crate) const INTERRUPTED_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What a starting master does with a trial its predecessor never
+/// finished: the record on disk says it was on trial, and the master died
+/// (SIGKILL, power loss, the OOM killer) before a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    /// `current` names the release: the promotion's rename happened, only
+    /// the record was left. Nothing to decide.
+    Promoted,
+    /// There is a `current` to go back to: fail closed, as a crash would
+    /// (the digest is recorded as failed and never tried again).
+    Fail,
+    /// Nothing else to run: begin the trial again, as attempt `attempt`,
+    /// after waiting `after` (so a release that takes the machine down at
+    /// each start does not crash-loop it).
+    Retry {
+        /// The attempt about to begin (2 for the first retry).
+        attempt: u32,
+        /// How long to wait before it.
+        after: Duration,
+    },
+    /// Nothing else to run, and every attempt was interrupted:
+    /// quarantine the digest until an operator forces it.
+    Quarantine {
+        /// Why, for the log and `baton status`.
+        why: String,
+    },
+}
+
+/// Decides on an interrupted trial: `attempts` were begun (the record's
+/// count), `promoted` says whether `current` names the release, `fallback`
+/// whether another release is there to serve, and `limit` is `[releases]
+/// trial_attempts`. Interrupted trials are counted, as A/B boot counting
+/// does, not judged at once: only a host with something else to serve
+/// fails one immediately.
+pub(crate) fn interrupted(attempts: u32, promoted: bool, fallback: bool, limit: u32) -> Interrupted {
+    if promoted {
+        return Interrupted::Promoted;
+    }
+    if fallback {
+        return Interrupted::Fail;
+    }
+    if attempts >= limit {
+        return Interrupted::Quarantine {
+            why: format!(
+                "its trial was interrupted by the master's death {attempts} time{} with no \
+                 other release to serve",
+                if attempts == 1 { "" } else { "s" }
+            ),
+        };
+    }
+    let doublings = attempts.saturating_sub(1).min(16);
+    let after = INTERRUPTED_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(INTERRUPTED_BACKOFF_MAX);
+    Interrupted::Retry {
+        attempt: attempts.max(1) + 1,
+        after,
     }
 }
 
@@ -442,6 +532,99 @@ mod tests {
             r.health(1, Ok(()), t0 + SETTLE),
             Some(Verdict::Promote(meta("b")))
         );
+    }
+
+    #[test]
+    fn an_interrupted_trial_with_a_current_fails_closed() {
+        assert_eq!(interrupted(1, false, true, 3), Interrupted::Fail);
+        // However many attempts are left.
+        assert_eq!(interrupted(1, false, true, 100), Interrupted::Fail);
+    }
+
+    #[test]
+    fn a_promoted_release_left_only_its_record() {
+        assert_eq!(interrupted(1, true, true, 3), Interrupted::Promoted);
+        assert_eq!(interrupted(3, true, false, 3), Interrupted::Promoted);
+    }
+
+    #[test]
+    fn an_interrupted_first_trial_is_retried_with_back_off() {
+        assert_eq!(
+            interrupted(1, false, false, 3),
+            Interrupted::Retry {
+                attempt: 2,
+                after: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            interrupted(2, false, false, 3),
+            Interrupted::Retry {
+                attempt: 3,
+                after: Duration::from_secs(2)
+            }
+        );
+        // The wait is capped, whatever the limit.
+        assert_eq!(
+            interrupted(40, false, false, u32::MAX),
+            Interrupted::Retry {
+                attempt: 41,
+                after: INTERRUPTED_BACKOFF_MAX
+            }
+        );
+        // A record from before attempts were counted reads as 1; a
+        // corrupt 0 is no better.
+        assert_eq!(
+            interrupted(0, false, false, 3),
+            Interrupted::Retry {
+                attempt: 2,
+                after: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn the_last_interrupted_attempt_quarantines() {
+        match interrupted(3, false, false, 3) {
+            Interrupted::Quarantine { why } => assert_eq!(
+                why,
+                "its trial was interrupted by the master's death 3 times with no other \
+                 release to serve"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            interrupted(1, false, false, 1),
+            Interrupted::Quarantine { .. }
+        ));
+    }
+
+    #[test]
+    fn a_real_failure_of_a_retried_first_release_stays_a_failure() {
+        // The retry is an ordinary trial: its crash is a verdict, not
+        // another interruption.
+        let Interrupted::Retry { attempt, .. } = interrupted(1, false, false, 3) else {
+            panic!("a first trial is retried");
+        };
+        let mut r = Rollout::new(SETTLE, None);
+        r.begin_attempt(meta("b"), attempt).unwrap();
+        assert_eq!(r.attempt(), 2);
+        r.recorded();
+        r.started(1);
+        assert_eq!(
+            r.exited(1, "exit code 3"),
+            Some(Verdict::Fail {
+                release: meta("b"),
+                why: "exit code 3".to_owned()
+            })
+        );
+        // And one interrupted again after settle would have been promoted:
+        // a retried trial promotes like any other.
+        let t0 = Instant::now();
+        let mut r = Rollout::new(SETTLE, None);
+        r.begin_attempt(meta("b"), 3).unwrap();
+        r.started(1);
+        r.ready(1, t0);
+        assert_eq!(r.tick(t0 + SETTLE), Some(Verdict::Promote(meta("b"))));
     }
 
     #[test]

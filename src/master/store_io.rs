@@ -10,8 +10,9 @@ use crate::release::{Error, Meta, Store};
 /// A write to the releases directory.
 #[derive(Debug)]
 pub(crate) enum Job {
-    /// Record durably that a release is on trial.
-    BeginTrial(Meta),
+    /// Record durably that a release is on trial, as the trial's n-th
+    /// attempt.
+    BeginTrial(Meta, u32),
     /// Swap `current` to the release, then clear the trial record.
     Promote(Meta),
     /// Record the release's digest as failed, then clear the trial record.
@@ -93,8 +94,8 @@ impl StoreIo {
 
 fn run(store: &Store, job: Job) -> Done {
     match job {
-        Job::BeginTrial(meta) => {
-            let r = store.begin_trial(&meta);
+        Job::BeginTrial(meta, attempt) => {
+            let r = store.begin_trial(&meta, attempt);
             Done::TrialBegun(meta, r)
         }
         Job::Promote(meta) => {

@@ -209,8 +209,12 @@ pub(crate) async fn run(
             }
             Ok(Some(Outcome::KnownBad { sha256 })) => {
                 failures = 0;
-                let why = if pipeline.store().held().contains(&sha256) {
+                let store = pipeline.store();
+                let why = if store.held().contains(&sha256) {
                     "which a rollback holds (`baton upgrade --force` takes it again)"
+                } else if store.quarantined().contains(&sha256) {
+                    "which is quarantined after interrupted trials (`baton upgrade --force` \
+                     takes it again)"
                 } else {
                     "which failed before"
                 };

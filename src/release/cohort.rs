@@ -192,6 +192,7 @@ mod tests {
             keep: 3,
             settle: std::time::Duration::ZERO,
             health: None,
+            trial_attempts: crate::config::TRIAL_ATTEMPTS_DEFAULT,
         };
         let store = Store::open(&releases).unwrap();
         (dir, store)

@@ -19,6 +19,7 @@ const META: &str = "release.json";
 const FAILED: &str = ".failed";
 const TRIAL: &str = ".trial";
 const HELD: &str = ".held";
+const QUARANTINED: &str = ".quarantined";
 const FAILED_PATCHES: &str = ".failed-patches";
 const LOCK: &str = ".lock";
 
@@ -31,6 +32,16 @@ pub struct TrialRecord {
     pub sha256: String,
     /// Seconds since the epoch.
     pub started_at: u64,
+    /// How many times the trial was begun: a trial the master's own death
+    /// interrupted is begun again when there is no `current` to go back
+    /// to, up to `[releases] trial_attempts` (records written before
+    /// attempts were counted read as 1).
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The releases directory's lock, held while this value lives.
@@ -387,13 +398,15 @@ impl Store {
     }
 
     /// Records that release `meta.id` is on trial, durably, before its worker
-    /// starts: a master that dies during the trial finds the record at its
-    /// next start and counts the trial as failed.
-    pub fn begin_trial(&self, meta: &Meta) -> Result<(), Error> {
+    /// starts, as the trial's `attempts`-th attempt: a master that dies
+    /// during the trial finds the record at its next start and decides
+    /// from it (see `master::rollout::interrupted`).
+    pub fn begin_trial(&self, meta: &Meta, attempts: u32) -> Result<(), Error> {
         let record = TrialRecord {
             id: meta.id.clone(),
             sha256: meta.sha256.clone(),
             started_at: now(),
+            attempts,
         };
         self.write_atomic(
             TRIAL,
@@ -541,25 +554,40 @@ impl Store {
         self.add_digest(HELD, sha256)
     }
 
-    /// Forgets every held digest.
-    pub fn clear_held(&self) -> Result<(), Error> {
-        let _one = DIGEST_LISTS.lock().unwrap_or_else(|e| e.into_inner());
-        let path = self.dir.join(HELD);
-        match std::fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&self.dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &path)(e)),
-        }
+    /// Digests quarantined because their trial was interrupted by the
+    /// master's death `[releases] trial_attempts` times with no `current`
+    /// to go back to: skipped until [`Store::clear_held`] (`baton upgrade
+    /// --force`), as held ones are. Nothing proved them bad.
+    pub fn quarantined(&self) -> HashSet<String> {
+        self.digests(QUARANTINED)
     }
 
-    /// Whether the pipeline skips these bytes: failed or held. A list that
-    /// cannot be read is an error, never an empty list (that would retry
-    /// known-bad bytes).
+    /// Quarantines a digest whose interrupted trials used up their attempts.
+    pub fn quarantine(&self, sha256: &str) -> Result<(), Error> {
+        self.add_digest(QUARANTINED, sha256)
+    }
+
+    /// Forgets every held and quarantined digest (`baton upgrade --force`).
+    pub fn clear_held(&self) -> Result<(), Error> {
+        let _one = DIGEST_LISTS.lock().unwrap_or_else(|e| e.into_inner());
+        for name in [HELD, QUARANTINED] {
+            let path = self.dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => fsync_dir(&self.dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the pipeline skips these bytes: failed, held or quarantined.
+    /// A list that cannot be read is an error, never an empty list (that
+    /// would retry known-bad bytes).
     pub fn skipped(&self, sha256: &str) -> Result<bool, Error> {
-        Ok(
-            self.read_digests(FAILED)?.contains(sha256)
-                || self.read_digests(HELD)?.contains(sha256),
-        )
+        Ok(self.read_digests(FAILED)?.contains(sha256)
+            || self.read_digests(HELD)?.contains(sha256)
+            || self.read_digests(QUARANTINED)?.contains(sha256))
     }
 
     /// Whether applying the patch with digest `patch` to the binary with

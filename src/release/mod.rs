@@ -369,6 +369,7 @@ impl Pipeline {
                 staged.file.path().to_owned(),
             );
             let name = info.name.clone();
+            let limits = archive::Limits::of(v);
             let dest = staging.path().to_owned();
             let bin_name = binary
                 .file_name()
@@ -407,7 +408,7 @@ impl Pipeline {
                         })?;
                     Ok(staged_sha256)
                 } else {
-                    archive::unpack(file, kind, &bin_name, &dest)?;
+                    archive::unpack(file, kind, &bin_name, &dest, limits)?;
                     hash_file(&dest.join(&bin_name))
                 }
             })

@@ -11,7 +11,7 @@ use crate::support::http::HttpServer;
 use crate::support::{self, Baton, Load, LoadMode};
 use crate::trial::seed_release;
 
-fn cli(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(support::baton_bin())
         .args(args)
         .arg("--config")
@@ -22,7 +22,7 @@ fn cli(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a control command that must succeed; its stdout.
-fn ok(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(dir: &Path, args: &[&str]) -> String {
     let out = cli(dir, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -212,17 +212,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
     let baton = Baton::start(dir, &config);
     baton.wait_ready();
     ok(baton.dir.path(), &["upgrade"]);
-    let addr: std::net::SocketAddr =
-        support::wait_for("the metrics address", Duration::from_secs(10), || {
-            baton.log().lines().find_map(|l| {
-                l.split("serving metrics on ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        });
+    let addr = baton.metrics_addr();
     let (code, body) = support::get(addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     let script = "import sys\n\

@@ -9,6 +9,7 @@ mod credentials;
 mod cycle;
 mod delta;
 mod failure;
+mod first_trial;
 mod fleet;
 mod github;
 mod go;

@@ -245,6 +245,28 @@ impl Baton {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Waits for the master to exit by itself (a worker that kills it, as
+    /// a crash would) and hands back its directory, as `kill9` does.
+    pub fn died(mut self, timeout: Duration) -> tempfile::TempDir {
+        self.wait_exit(timeout);
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// The address `[control] metrics` listens on (configs use port 0).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        wait_for("the metrics address", Duration::from_secs(10), || {
+            self.log().lines().find_map(|l| {
+                l.split("serving metrics on ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+    }
+
     /// Where `current` points, as a directory name.
     pub fn current(&self) -> Option<String> {
         std::fs::read_link(self.dir.path().join("releases/current"))
