@@ -29,12 +29,12 @@ fn fresh_host(bytes: &[u8]) -> tempfile::TempDir {
     dir
 }
 
-fn config(settle: &str) -> String {
+fn config(settle: &str, interval: &str) -> String {
     format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\n\
          ready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n\
          [releases]\nbinary = \"hello\"\nsettle = \"{settle}\"\n\
-         [fetch]\nsource = \"file\"\npath = \"dist/hello\"\ninterval = \"200ms\"\n\
+         [fetch]\nsource = \"file\"\npath = \"dist/hello\"\ninterval = \"{interval}\"\n\
          [control]\nmetrics = \"127.0.0.1:0\"\n"
     )
 }
@@ -56,14 +56,14 @@ fn digest_list(dir: &Path, name: &str) -> Vec<String> {
 fn a_first_trial_interrupted_once_is_tried_again_and_promoted() {
     let hello = std::fs::read(support::hello("1.0.0")).unwrap();
     // A settle far longer than the test: the kill lands inside it.
-    let baton = Baton::start(fresh_host(&hello), &config("10m"));
+    let baton = Baton::start(fresh_host(&hello), &config("10m", "200ms"));
     baton.wait_ready();
     assert_eq!(support::version(baton.addr()), "1.0.0");
     assert_eq!(baton.current(), None, "still on trial");
     assert_eq!(recorded_attempts(baton.dir.path()), Some(1));
     let dir = baton.kill9();
     // The restarted master (as systemd would start it) settles quickly.
-    std::fs::write(dir.path().join("baton.toml"), config("1s")).unwrap();
+    std::fs::write(dir.path().join("baton.toml"), config("1s", "200ms")).unwrap();
     let baton = Baton::restart(dir);
     support::wait_version(baton.addr(), "1.0.0");
     let one = baton.wait_current("1.0.0-");
@@ -86,7 +86,7 @@ fn a_first_release_that_kills_its_master_at_each_start_is_quarantined() {
     let script = b"#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 1.0.0; exit 0; fi\n\
                    kill -9 $PPID\nexec sleep 300\n";
     let sha = hex::encode(sha256(script));
-    let mut baton = Baton::start(fresh_host(script), &config("10m"));
+    let mut baton = Baton::start(fresh_host(script), &config("10m", "200ms"));
     for attempt in 1..=3 {
         let dir = baton.died(Duration::from_secs(60));
         assert_eq!(
@@ -128,16 +128,10 @@ fn a_first_release_that_kills_its_master_at_each_start_is_quarantined() {
         "{metrics}"
     );
     // The source offers the same bytes again: skipped, no worker starts.
-    let check = support::wait_for("a skipped check", Duration::from_secs(20), || {
+    support::wait_for("a skipped check", Duration::from_secs(20), || {
         let out = cli(&dir, &["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (status["last_check"]["outcome"] == "skipped").then_some(status["last_check"].clone())
+        (status["checks"]["skipped"].as_u64() >= Some(1)).then_some(())
     });
-    assert!(
-        check["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("quarantined")),
-        "{check:#}"
-    );
     assert!(baton.children().is_empty(), "{:?}", baton.children());
 }
