@@ -596,9 +596,22 @@ impl FromStr for Signal {
 
 /// Parses a duration such as `30s`, `500ms` or `2m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("not a duration such as 30s, 500ms or 2m ({e})"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("not a duration such as 30s, 500ms or 2m ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{:?} is longer than the {} days any duration may be",
+            s.trim(),
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration baton reads, from its config or a manifest: ten
+/// years. Anything longer is a mistake or an attack, and would overflow a
+/// clock when added to it.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -167,6 +167,26 @@ fn body_of(response: Response) -> super::Body {
     Box::pin(tokio_util::io::StreamReader::new(stream))
 }
 
+
+/// The longest pause a rate-limit reply can impose: GitHub's windows are an
+/// hour, and a server naming more (or a number that overflows a clock) is
+/// not believed.
+const MAX_RATE_LIMIT_PAUSE: u64 = 3600;
+
+/// Seconds to pause polls after a rate-limit reply: its `Retry-After`, else
+/// until its `X-RateLimit-Reset` (epoch seconds), else a minute; at least
+/// one second and at most [`MAX_RATE_LIMIT_PAUSE`].
+fn rate_limit_wait(retry_after: Option<&str>, reset: Option<&str>, now: u64) -> u64 {
+    retry_after
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .or_else(|| {
+            let reset = reset?.trim().parse::<u64>().ok()?;
+            Some(reset.saturating_sub(now))
+        })
+        .unwrap_or(60)
+        .clamp(1, MAX_RATE_LIMIT_PAUSE)
+}
+
 impl GithubFetcher {
     async fn text(&self, response: Response, path: &str) -> Result<String, Error> {
         let bytes = response
@@ -213,15 +233,12 @@ impl GithubFetcher {
                 && (header("x-ratelimit-remaining").as_deref() == Some("0")
                     || header("retry-after").is_some()));
         if limited {
-            let wait = header("retry-after")
-                .and_then(|s| s.parse::<u64>().ok())
-                .or_else(|| {
-                    let reset = header("x-ratelimit-reset")?.parse::<u64>().ok()?;
-                    Some(reset.saturating_sub(crate::release::install::now()))
-                })
-                .unwrap_or(60)
-                .max(1);
-            self.paused_until = Some(Instant::now() + Duration::from_secs(wait));
+            let wait = rate_limit_wait(
+                header("retry-after").as_deref(),
+                header("x-ratelimit-reset").as_deref(),
+                crate::release::install::now(),
+            );
+            self.paused_until = Instant::now().checked_add(Duration::from_secs(wait));
             return Error::Other(format!(
                 "GitHub rate limit reached ({} on {}); pausing polls for {wait} s until the reset",
                 status.as_u16(),
@@ -692,6 +709,19 @@ impl Fetcher for GithubFetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_waits_are_bounded() {
+        let huge = "18446744073709551615";
+        assert_eq!(rate_limit_wait(Some(huge), None, 0), MAX_RATE_LIMIT_PAUSE);
+        assert_eq!(rate_limit_wait(None, Some(huge), 5), MAX_RATE_LIMIT_PAUSE);
+        assert_eq!(rate_limit_wait(Some("0"), None, 0), 1);
+        assert_eq!(rate_limit_wait(Some(" 30 "), None, 0), 30);
+        assert_eq!(rate_limit_wait(None, Some("1000"), 900), 100);
+        assert_eq!(rate_limit_wait(None, Some("10"), 900), 1, "a reset in the past");
+        assert_eq!(rate_limit_wait(Some("soon"), None, 0), 60);
+        assert_eq!(rate_limit_wait(None, None, 0), 60);
+    }
 
     #[test]
     fn patterns_expand_and_match() {

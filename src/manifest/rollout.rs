@@ -125,7 +125,7 @@ impl Rollout {
         };
         offsets
             .into_iter()
-            .map(|after| start + after)
+            .filter_map(|after| start.checked_add(after))
             .find(|at| *at > now)
     }
 
@@ -225,6 +225,18 @@ mod tests {
         assert!(schedule(&[("soon", 10)]).validate().is_err());
         assert!(Rollout::Percent(101).validate().is_err());
         assert!(schedule(&[("0s", 5), ("24h", 100)]).validate().is_ok());
+        let absurd = schedule(&[("500000000000y", 10)]).validate().unwrap_err();
+        assert!(absurd.contains("longer than the 3650 days"), "{absurd}");
+    }
+
+    #[test]
+    fn far_published_times_never_overflow() {
+        let s = schedule(&[("0s", 5), ("3650d", 100)]);
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2);
+        // Whatever the clock and the publisher say, no panic.
+        assert_eq!(s.next_change(Some(far), SystemTime::UNIX_EPOCH), Some(far));
+        assert_eq!(s.percent_at(Some(far), SystemTime::UNIX_EPOCH), 0);
+        assert_eq!(s.percent_at(Some(SystemTime::UNIX_EPOCH), far), 100);
     }
 
     proptest! {
@@ -257,12 +269,17 @@ mod tests {
             prop_assert!((inside - n * p).abs() <= 4.5 * sd + 1.0, "{inside} of {n} at {percent} %");
         }
 
-        /// A valid schedule never falls as time passes.
+        /// A valid schedule never falls as time passes; any offsets, up
+        /// to ones no clock can add, give an answer or an error, never a
+        /// panic.
         #[test]
         fn schedules_are_monotone(
-            mut steps in proptest::collection::vec((0u64..1_000_000, 0u8..=100), 1..6),
-            t1 in 0u64..2_000_000,
-            dt in 0u64..2_000_000,
+            mut steps in proptest::collection::vec(
+                (prop_oneof![4 => 0u64..1_000_000, 1 => 0u64..u64::MAX / 2], 0u8..=100),
+                1..6,
+            ),
+            t1 in prop_oneof![0u64..2_000_000, 0u64..u64::MAX / 8],
+            dt in prop_oneof![0u64..2_000_000, 0u64..u64::MAX / 8],
         ) {
             steps.sort();
             steps.dedup_by_key(|s| s.0);
@@ -275,11 +292,13 @@ mod tests {
                 })
                 .collect();
             let s = Rollout::Schedule(steps);
-            prop_assert!(s.validate().is_ok());
+            let within = s.validate().is_ok();
             let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
             let a = s.percent_at(Some(start), start + Duration::from_secs(t1));
             let b = s.percent_at(Some(start), start + Duration::from_secs(t1 + dt));
+            let _ = s.next_change(Some(start), start + Duration::from_secs(t1));
             prop_assert!(a <= b);
+            prop_assert!(within || (a, b) == (0, 0), "an invalid schedule admits nobody");
         }
     }
 }

@@ -131,6 +131,15 @@ pub(crate) async fn supervise(
             "the update task died: {cause}; restarting it in {}",
             humantime::format_duration(backoff)
         );
+        // Whoever waits on a check (`baton upgrade`) hears of it now.
+        report(
+            &reports,
+            "error",
+            format!(
+                "the update task died: {cause}; it restarts in {}",
+                humantime::format_duration(backoff)
+            ),
+        );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RESTART_MAX);
     }
