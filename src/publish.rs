@@ -646,7 +646,8 @@ fn extract(path: &Path, name: &str, binary: Option<&str>, dest: &Path) -> Result
         None => only_executable(path, kind)?,
     };
     std::fs::create_dir_all(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-    archive::unpack(file, kind, &binary, dest, archive::Limits::default()).map_err(|e| crate::display_chain(&e))?;
+    archive::unpack(file, kind, &binary, dest, archive::Limits::default())
+        .map_err(|e| crate::display_chain(&e))?;
     let unpacked = dest.join(&binary);
     let (sha256, _) = hash_file(&unpacked).map_err(|e| crate::display_chain(&e))?;
     Ok(Binary {

@@ -105,14 +105,14 @@ impl FileFetcher {
             super::read_small(&self.sidecar_path(".minisig"), "signature").await?
         };
         let manifest = super::load_manifest(&bytes, minisig.as_deref(), &self.verify, &shown)?;
-        if manifest.url.contains("://") {
+        // The artifact stays in the manifest's directory tree, as patches
+        // do: a manifest cannot make baton read (and report the digest of)
+        // any other file on the host.
+        if let Err(reason) = below_dir(&manifest.url) {
             return Err(Error::Invalid {
                 what: "manifest",
                 url: shown,
-                reason: format!(
-                    "url {:?} must be a path relative to the manifest",
-                    manifest.url
-                ),
+                reason,
             });
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -138,14 +138,8 @@ impl FileFetcher {
         }
         let dir = dir.to_owned();
         let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
-            // A patch stays in the manifest's directory tree.
-            if relative.contains("://")
-                || relative.starts_with('/')
-                || relative.split('/').any(|s| s == "..")
-            {
-                return super::failing(format!(
-                    "url {relative:?} must be a path below the manifest's directory"
-                ));
+            if let Err(reason) = below_dir(relative) {
+                return super::failing(reason);
             }
             let path = dir.join(relative);
             Box::pin(super::Lazy::new(async move {
@@ -176,6 +170,21 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::R
     })?;
     watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Refuses a manifest `url` that could leave the manifest's directory: a
+/// URL, an absolute path, a `..` segment, or nothing at all.
+fn below_dir(relative: &str) -> Result<(), String> {
+    if relative.contains("://")
+        || relative.starts_with('/')
+        || relative.split('/').any(|s| s == "..")
+        || relative.split('/').all(|s| s.is_empty() || s == ".")
+    {
+        return Err(format!(
+            "url {relative:?} must be a path below the manifest's directory"
+        ));
+    }
+    Ok(())
 }
 
 impl Fetcher for FileFetcher {
@@ -265,5 +274,29 @@ impl Fetcher for FileFetcher {
 
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::below_dir;
+
+    #[test]
+    fn a_manifest_names_only_files_below_it() {
+        for ok in ["hello", "./hello", "v1/hello.tar.gz", "a//b"] {
+            assert_eq!(below_dir(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "../x",
+            "v1/../../x",
+            "/etc/shadow",
+            "file:///etc/shadow",
+            "",
+            ".",
+            "./",
+        ] {
+            let e = below_dir(bad).unwrap_err();
+            assert!(e.contains("below the manifest's directory"), "{bad}: {e}");
+        }
     }
 }

@@ -167,7 +167,6 @@ fn body_of(response: Response) -> super::Body {
     Box::pin(tokio_util::io::StreamReader::new(stream))
 }
 
-
 /// The longest pause a rate-limit reply can impose: GitHub's windows are an
 /// hour, and a server naming more (or a number that overflows a clock) is
 /// not believed.
@@ -718,7 +717,11 @@ mod tests {
         assert_eq!(rate_limit_wait(Some("0"), None, 0), 1);
         assert_eq!(rate_limit_wait(Some(" 30 "), None, 0), 30);
         assert_eq!(rate_limit_wait(None, Some("1000"), 900), 100);
-        assert_eq!(rate_limit_wait(None, Some("10"), 900), 1, "a reset in the past");
+        assert_eq!(
+            rate_limit_wait(None, Some("10"), 900),
+            1,
+            "a reset in the past"
+        );
         assert_eq!(rate_limit_wait(Some("soon"), None, 0), 60);
         assert_eq!(rate_limit_wait(None, None, 0), 60);
     }

@@ -317,8 +317,10 @@ async fn run_inner(
     };
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let (reexec_tx, mut reexec_rx) = mpsc::unbounded_channel();
-    let waiting_for_release =
-        first_fetcher.is_some() && store.as_ref().is_some_and(|(s, _, _)| s.current().is_none());
+    let waiting_for_release = first_fetcher.is_some()
+        && store
+            .as_ref()
+            .is_some_and(|(s, _, _)| s.current().is_none());
     let (store, _lock, found) = match store {
         Some((store, lock, found)) => (Some(store), Some(lock), found),
         None => (None, None, Found::default()),

@@ -340,7 +340,12 @@ pub(crate) enum Interrupted {
 /// trial_attempts`. Interrupted trials are counted, as A/B boot counting
 /// does, not judged at once: only a host with something else to serve
 /// fails one immediately.
-pub(crate) fn interrupted(attempts: u32, promoted: bool, fallback: bool, limit: u32) -> Interrupted {
+pub(crate) fn interrupted(
+    attempts: u32,
+    promoted: bool,
+    fallback: bool,
+    limit: u32,
+) -> Interrupted {
     if promoted {
         return Interrupted::Promoted;
     }

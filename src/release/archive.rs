@@ -273,7 +273,11 @@ impl Tree {
     /// Makes room for a new leaf: an earlier file or link of that name
     /// goes (unlinked, never followed); a directory refuses the entry.
     fn clear(&self, dir: &OwnedFd, leaf: &OsString, entry: &Path) -> Result<(), Error> {
-        match fstatat(dir, leaf.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match fstatat(
+            dir,
+            leaf.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(io_error("inspect", &self.dest.join(entry), e)),
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
@@ -307,8 +311,8 @@ impl Tree {
         .map_err(|e| io_error("create", &self.dest.join(entry), e))?;
         let mut out = File::from(fd);
         let room = self.limits.bytes.saturating_sub(self.bytes);
-        let written = std::io::copy(&mut data.take(room.saturating_add(1)), &mut out)
-            .map_err(corrupt)?;
+        let written =
+            std::io::copy(&mut data.take(room.saturating_add(1)), &mut out).map_err(corrupt)?;
         if written > room {
             return Err(refuse(
                 entry,
@@ -350,17 +354,27 @@ impl Tree {
         let from = names(target).map_err(|_| {
             refuse(
                 entry,
-                format!("links to {}, outside the release directory", target.display()),
+                format!(
+                    "links to {}, outside the release directory",
+                    target.display()
+                ),
             )
         })?;
         let from_dir = self.parent(&from, entry, false)?;
         let from_leaf = from.last().expect("not empty");
-        match fstatat(&from_dir, from_leaf.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match fstatat(
+            &from_dir,
+            from_leaf.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {}
             Ok(_) => {
                 return Err(refuse(
                     entry,
-                    format!("is a hard link to {}, which is not a file", target.display()),
+                    format!(
+                        "is a hard link to {}, which is not a file",
+                        target.display()
+                    ),
                 ))
             }
             Err(_) => {
@@ -707,10 +721,8 @@ mod tests {
     }
 
     fn tgz_of(path: &Path, items: &[Item]) {
-        let gz = flate2::write::GzEncoder::new(
-            File::create(path).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let gz =
+            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
         let mut t = tar::Builder::new(gz);
         for item in items {
             let mut h = tar::Header::new_gnu();
@@ -807,10 +819,7 @@ mod tests {
     /// stays is refused against the real tree.
     #[test]
     fn a_link_chain_never_leads_a_write_outside() {
-        let chain = [
-            Item::Link("d/l", ".."),
-            Item::Link("d/m", "l/../../secret"),
-        ];
+        let chain = [Item::Link("d/l", ".."), Item::Link("d/m", "l/../../secret")];
         refused(&chain, LIMITS, "resolves outside the release directory");
         let mut overwrite: Vec<Item> = chain.into_iter().collect();
         overwrite.push(Item::File("d/./m", 0o777, b"owned"));
@@ -1015,8 +1024,14 @@ mod tests {
         let tgz = dir.path().join("archive");
         let fresh = dir.path().join("fresh");
         std::fs::create_dir(&fresh).unwrap();
-        let err =
-            unpack(File::open(&tgz).unwrap(), Kind::TarGz, "other", &fresh, LIMITS).unwrap_err();
+        let err = unpack(
+            File::open(&tgz).unwrap(),
+            Kind::TarGz,
+            "other",
+            &fresh,
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no file named \"other\""), "{err}");
     }
 }

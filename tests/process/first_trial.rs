@@ -116,7 +116,10 @@ fn a_first_release_that_kills_its_master_at_each_start_is_quarantined() {
     assert_eq!(status["quarantined"][0], sha.as_str(), "{status:#}");
     assert!(status["workers"].as_array().unwrap().is_empty());
     assert_eq!(digest_list(&dir, ".quarantined"), vec![sha.clone()]);
-    assert!(digest_list(&dir, ".failed").is_empty(), "nothing proved it bad");
+    assert!(
+        digest_list(&dir, ".failed").is_empty(),
+        "nothing proved it bad"
+    );
     assert!(!baton.trial_recorded());
     assert_eq!(baton.current(), None);
     let human = ok(&dir, &["status"]);

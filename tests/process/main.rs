@@ -15,6 +15,7 @@ mod github;
 mod go;
 mod health;
 mod hooks;
+mod hostile;
 mod hygiene;
 mod in_place;
 mod lifecycle;

@@ -1,0 +1,156 @@
+//! Hostile input, through the real CLI: what a build server, a mirror or a
+//! manifest controls never reaches outside the release directory, never
+//! names files it may not read, and is refused with the limit it broke.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::support;
+
+fn check(dir: &Path) -> Output {
+    Command::new(support::baton_bin())
+        .args(["check", "--config"])
+        .arg(dir.join("baton.toml"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A host whose file source is `dist/<artifact>`, with a secret beside it
+/// in `outside/secret`.
+fn host(artifact: &str, extra_verify: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dist")).unwrap();
+    std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+    std::fs::write(dir.path().join("outside/secret"), "the secret\n").unwrap();
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        format!(
+            "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\n\
+             [releases]\nbinary = \"hello\"\n\
+             [fetch]\nsource = \"file\"\npath = \"dist/{artifact}\"\n\
+             [verify]\n{extra_verify}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn secret_intact(dir: &Path) {
+    let path = dir.join("outside/secret");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "the secret\n");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644, "its mode is untouched");
+}
+
+#[test]
+fn a_file_manifest_naming_a_file_outside_its_directory_is_refused() {
+    for url in [
+        "../outside/secret",
+        "/etc/passwd",
+        "v1/../../outside/secret",
+    ] {
+        let dir = host("manifest.json", "");
+        std::fs::write(
+            dir.path().join("dist/manifest.json"),
+            serde_json::json!({ "version": "1.0.0", "url": url }).to_string(),
+        )
+        .unwrap();
+        let out = check(dir.path());
+        let text = said(&out);
+        assert!(!out.status.success(), "{url}: {text}");
+        assert!(
+            text.contains("below the manifest's directory") && text.contains(url),
+            "{url}: {text}"
+        );
+        // Nothing was read: no digest of the refused file is printed.
+        let secret = hex::encode(crate::release::sha256(b"the secret\n"));
+        assert!(!text.contains(&secret), "{text}");
+        assert!(!text.contains("sha256"), "{url}: {text}");
+    }
+}
+
+/// A zip whose link chain leaves the release directory: `deep/l -> ..`
+/// (the release root), `deep/m -> l/../../outside/secret`; with
+/// `overwrite`, a later file entry `deep/./m` tries to write through it.
+fn chain_zip(path: &Path, overwrite: bool) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.add_directory("deep/", opts).unwrap();
+    zip.add_symlink("deep/l", "..", opts).unwrap();
+    zip.add_symlink("deep/m", "l/../../outside/secret", opts)
+        .unwrap();
+    if overwrite {
+        zip.start_file("deep/./m", opts.unix_permissions(0o777))
+            .unwrap();
+        zip.write_all(b"owned\n").unwrap();
+    }
+    zip.start_file("hello", opts).unwrap();
+    zip.write_all(b"#!/bin/sh\necho 1.0.0\n").unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn an_escaping_link_chain_is_refused_and_nothing_outside_changes() {
+    let dir = host("hello.zip", "");
+    chain_zip(&dir.path().join("dist/hello.zip"), false);
+    let out = check(dir.path());
+    let text = said(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("deep/m") && text.contains("outside the release"),
+        "{text}"
+    );
+    secret_intact(dir.path());
+
+    let dir = host("hello.zip", "");
+    chain_zip(&dir.path().join("dist/hello.zip"), true);
+    let out = check(dir.path());
+    let text = said(&out);
+    // Whatever the verdict, the write never went through the link.
+    secret_intact(dir.path());
+    assert!(!text.contains("owned"), "{text}");
+}
+
+#[test]
+fn an_archive_bomb_is_refused_by_the_unpacked_limit() {
+    let dir = host("hello.tar.gz", "max_size = \"1MiB\"\n");
+    let file = std::fs::File::create(dir.path().join("dist/hello.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    // 64 MiB of zeros: a few hundred KiB compressed, 16 × the 4 MiB allowed.
+    let mut header = tar::Header::new_gnu();
+    header.set_size(64 << 20);
+    header.set_mode(0o755);
+    header.set_cksum();
+    let reader = std::io::Read::take(std::io::repeat(0), 64 << 20);
+    tar.append_data(&mut header, "filler", reader).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let size = std::fs::metadata(dir.path().join("dist/hello.tar.gz"))
+        .unwrap()
+        .len();
+    assert!(size < 1 << 20, "the bomb itself fits max_size: {size}");
+    let out = check(dir.path());
+    let text = said(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("verify.max_unpacked"), "{text}");
+    // Nothing half-unpacked is left behind.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("releases"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| n.to_string_lossy().starts_with(".host-id") || n.to_string_lossy() == ".lock"),
+        "{left:?}"
+    );
+}
