@@ -200,6 +200,7 @@ impl ExecPlan {
     /// Only async-signal-safe calls (dup2, prctl, getppid, getpid, execve)
     /// and no allocation: errors are raw OS errors.
     pub(crate) fn exec_in_child(&mut self) -> io::Error {
+        restore_nofile_in_child();
         for (i, &fd) in self.fds.iter().enumerate() {
             let target = LISTEN_FDS_START + i as RawFd;
             // SAFETY: dup2 onto the protocol's slot; the new descriptor is not
@@ -478,6 +479,59 @@ pub(crate) fn map_readonly(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
     // SAFETY: the mapping is read-only and private; see above for what a
     // concurrent writer can do, which the callers rule out or detect.
     unsafe { memmap2::Mmap::map(file) }
+}
+
+/// The soft `RLIMIT_NOFILE` baton started with, once [`raise_nofile`]
+/// raised it (0: never raised). Children get it back.
+static CHILD_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that the sockets,
+/// pipes and files a busy master holds do not meet a low default (often
+/// 1024, or less under a container runtime). Children started afterwards
+/// get the original soft limit back, as systemd advises: a program using
+/// `select()` breaks on descriptors above 1024. Returns (before, now).
+pub(crate) fn raise_nofile() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        CHILD_NOFILE.store(before, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok((before, limit.rlim_max))
+}
+
+/// In a forked child before exec: the soft descriptor limit baton started
+/// with. Async-signal-safe (one atomic load, getrlimit, setrlimit).
+fn restore_nofile_in_child() {
+    let soft = CHILD_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    if soft == 0 {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls take structs we own; no allocation.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = soft.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 #[cfg(test)]

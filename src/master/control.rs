@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{Request, MAX_LINE};
+use crate::control::Request;
 
 /// How long a client may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +107,12 @@ pub(crate) fn serve(
     Ok(start(listener, path.to_owned(), to_loop))
 }
 
+/// Control connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// The longest request line read: requests are a few dozen bytes, so 64
+/// connections buffer at most 4 MiB.
+const MAX_REQUEST: usize = 64 << 10;
+
 fn start(
     listener: UnixListener,
     path: PathBuf,
@@ -115,11 +121,14 @@ fn start(
     use std::os::fd::AsRawFd;
     let fd = listener.as_raw_fd();
     let task = tokio::spawn(async move {
+        let mut gate = super::accept::Gate::new("control", MAX_CONNECTIONS);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(handle(stream, to_loop.clone()));
+            let ((stream, _), permit) = gate.admit(|| listener.accept()).await;
+            let to_loop = to_loop.clone();
+            tokio::spawn(async move {
+                handle(stream, to_loop).await;
+                drop(permit);
+            });
         }
     });
     Server { path, fd, task }
@@ -185,7 +194,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
         Err(e) => return Err(format!("refused: cannot read the peer's credentials: {e}")),
     }
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream).take(MAX_LINE as u64);
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
     match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
         Err(_) => return Err("no request line within 10s".to_owned()),
         Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),

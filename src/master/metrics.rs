@@ -18,64 +18,105 @@ use crate::control::Request;
 
 type Labels = Vec<(String, String)>;
 
-/// Serves scrapes on `listener`.
+/// Scrapers served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// The whole exchange of one scrape: request in, reply out.
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest request head read; a longer one is answered 431.
+const MAX_HEAD: usize = 8192;
+
+/// Serves scrapes on `listener`, at most [`MAX_CONNECTIONS`] at once, each
+/// within [`EXCHANGE_TIMEOUT`].
 pub(crate) fn serve(
     listener: TcpListener,
     to_loop: mpsc::UnboundedSender<Incoming>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut gate = super::accept::Gate::new("metrics", MAX_CONNECTIONS);
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let ((stream, _), permit) = gate.admit(|| listener.accept()).await;
             let to_loop = to_loop.clone();
             tokio::spawn(async move {
-                let mut head = vec![0u8; 8192];
-                let mut len = 0;
-                // The request line and headers; the body (none) is ignored.
-                while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut head[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
-                    }
-                }
-                let line = String::from_utf8_lossy(&head[..len]);
-                let path = line.split_whitespace().nth(1).unwrap_or("");
-                let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                    let (tx, rx) = oneshot::channel();
-                    let _ = to_loop.send(Incoming {
-                        request: Request::Status,
-                        reply: tx,
-                        conn: None,
-                    });
-                    match rx.await {
-                        Ok(status) => (
-                            "200 OK",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            render(&status),
-                        ),
-                        Err(_) => (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "stopping\n".to_owned(),
-                        ),
-                    }
-                } else {
-                    (
-                        "404 Not Found",
-                        "text/plain",
-                        "only /metrics is served here\n".to_owned(),
-                    )
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, scrape(stream, to_loop)).await;
+                drop(permit);
             });
         }
     })
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    Metrics,
+    Other,
+    /// No complete head within [`MAX_HEAD`] bytes.
+    TooLarge,
+}
+
+/// Reads the request line of a head (the body, if any, is ignored).
+fn parse_head(head: &[u8]) -> Asked {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Asked::TooLarge;
+    };
+    let line = String::from_utf8_lossy(&head[..end]);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next(), words.next().unwrap_or(""));
+    if matches!(method, Some("GET" | "HEAD"))
+        && (path == "/metrics" || path.starts_with("/metrics?"))
+    {
+        Asked::Metrics
+    } else {
+        Asked::Other
+    }
+}
+
+async fn scrape(mut stream: tokio::net::TcpStream, to_loop: mpsc::UnboundedSender<Incoming>) {
+    let mut head = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut head[len..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    let (status, ctype, body) = match parse_head(&head[..len]) {
+        Asked::Metrics => {
+            let (tx, rx) = oneshot::channel();
+            let _ = to_loop.send(Incoming {
+                request: Request::Status,
+                reply: tx,
+                conn: None,
+            });
+            match rx.await {
+                Ok(status) => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    render(&status),
+                ),
+                Err(_) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "stopping\n".to_owned(),
+                ),
+            }
+        }
+        Asked::Other => (
+            "404 Not Found",
+            "text/plain",
+            "only GET /metrics is served here\n".to_owned(),
+        ),
+        Asked::TooLarge => (
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            format!("a request head is at most {MAX_HEAD} bytes\n"),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The metrics for a status snapshot (see `Master::status_json`).
@@ -217,4 +258,26 @@ fn own_usage() -> (i64, i64) {
         .map_or(0, |kib| kib * 1024);
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
     (rss, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_head, Asked, MAX_HEAD};
+
+    #[test]
+    fn heads_are_read_by_their_request_line_only() {
+        let head = |t: &str| parse_head(t.as_bytes());
+        assert_eq!(
+            head("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Asked::Metrics
+        );
+        assert_eq!(head("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Asked::Metrics);
+        assert_eq!(head("POST /metrics HTTP/1.1\r\n\r\n"), Asked::Other);
+        assert_eq!(head("GET /metricsfoo HTTP/1.1\r\n\r\n"), Asked::Other);
+        assert_eq!(head("\r\n\r\n"), Asked::Other);
+        assert_eq!(head("\u{fffd}\u{0}\r\n\r\n"), Asked::Other);
+        // A head that never ends within the cap.
+        assert_eq!(parse_head(&vec![b'a'; MAX_HEAD]), Asked::TooLarge);
+        assert_eq!(head("GET /metrics HTTP/1.1\r\n"), Asked::TooLarge);
+    }
 }

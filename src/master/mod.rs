@@ -3,6 +3,7 @@
 //! through a channel, signals through tokio's buffered signal streams (a
 //! signal is never lost; repeats of one signal while it is pending coalesce).
 
+mod accept;
 mod control;
 mod health;
 mod metrics;
@@ -205,6 +206,13 @@ async fn run_inner(
         control,
         hooks,
     } = config;
+    match crate::sys::raise_nofile() {
+        Ok((before, now)) if before < now => {
+            tracing::info!("open-file limit raised from {before} to {now} (workers keep {before})")
+        }
+        Ok((_, now)) => tracing::info!("open-file limit {now}"),
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
     // Signal streams first: from here on no signal is lost. A master
     // started by its predecessor's `execve` had them blocked across it.
     let mut sig = Signals::install().map_err(Error::Signals)?;

@@ -3,10 +3,12 @@
 //! names files it may not read, and is refused with the limit it broke.
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use crate::support;
+use crate::support::{self, Baton};
 
 fn check(dir: &Path) -> Output {
     Command::new(support::baton_bin())
@@ -153,4 +155,52 @@ fn an_archive_bomb_is_refused_by_the_unpacked_limit() {
             .all(|n| n.to_string_lossy().starts_with(".host-id") || n.to_string_lossy() == ".lock"),
         "{left:?}"
     );
+}
+
+#[test]
+fn a_flood_of_idle_metrics_connections_under_a_low_fd_limit_starves_nothing() {
+    // The master under a hard limit of 128 descriptors, which it cannot
+    // raise, and 200 idle connections to its metrics listener.
+    let dir = Baton::dir_with_hello();
+    let wrapper = dir.path().join("baton-low-fds");
+    support::script(
+        &wrapper,
+        &format!(
+            "ulimit -n 128\nexec {} \"$@\"",
+            support::baton_bin().display()
+        ),
+    );
+    let config = Baton::hello_config("[control]\nmetrics = \"127.0.0.1:0\"\n");
+    let baton = Baton::start_from(dir, &config, &wrapper, &[]);
+    baton.wait_ready();
+    let baseline = baton.fd_count();
+    let flood: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(baton.metrics_addr()).ok())
+        .collect();
+    assert!(flood.len() > 128, "the flood outnumbers the descriptors");
+    // The master still answers, and still starts workers.
+    let d = baton.dir.path().to_owned();
+    let status: serde_json::Value =
+        support::wait_for("baton status", Duration::from_secs(20), || {
+            let out = crate::control::cli(&d, &["status", "--json"]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice(&out.stdout).unwrap())
+        });
+    assert_eq!(status["workers"].as_array().unwrap().len(), 1, "{status:#}");
+    baton.cycle();
+    support::wait_version(baton.addr(), "1.0.0");
+    assert!(
+        baton.fd_count() <= baseline + 40,
+        "{} descriptors, {baseline} before the flood",
+        baton.fd_count()
+    );
+    drop(flood);
+    support::wait_for(
+        "descriptors back to baseline",
+        Duration::from_secs(30),
+        || (baton.fd_count() <= baseline + 2).then_some(()),
+    );
+    let (code, _) = support::get(baton.metrics_addr(), "/metrics").unwrap();
+    assert_eq!(code, 200);
 }
