@@ -119,6 +119,17 @@ fn refuse(entry: &Path, why: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The refusal of a link whose target leaves the release directory.
+fn links_outside(entry: &Path, target: &Path) -> Error {
+    refuse(
+        entry,
+        format!(
+            "links to {}, outside the release directory",
+            target.display()
+        ),
+    )
+}
+
 fn escapes(entry: &Path) -> Error {
     refuse(entry, "would escape the release directory")
 }
@@ -333,13 +344,7 @@ impl Tree {
         self.count(entry)?;
         let names = names(entry)?;
         if target.as_os_str().is_empty() || !lexically_inside(&names, target) {
-            return Err(refuse(
-                entry,
-                format!(
-                    "links to {}, outside the release directory",
-                    target.display()
-                ),
-            ));
+            return Err(links_outside(entry, target));
         }
         let parent = self.parent(&names, entry, true)?;
         let leaf = names.last().expect("not empty");
@@ -351,15 +356,7 @@ impl Tree {
     fn hard_link(&mut self, entry: &Path, target: &Path) -> Result<(), Error> {
         self.count(entry)?;
         let to = names(entry)?;
-        let from = names(target).map_err(|_| {
-            refuse(
-                entry,
-                format!(
-                    "links to {}, outside the release directory",
-                    target.display()
-                ),
-            )
-        })?;
+        let from = names(target).map_err(|_| links_outside(entry, target))?;
         let from_dir = self.parent(&from, entry, false)?;
         let from_leaf = from.last().expect("not empty");
         match fstatat(

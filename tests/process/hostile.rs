@@ -5,26 +5,13 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::support::{self, Baton};
 
 fn check(dir: &Path) -> Output {
-    Command::new(support::baton_bin())
-        .args(["check", "--config"])
-        .arg(dir.join("baton.toml"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    crate::operate::baton(Some(dir), &["check"])
 }
 
 /// A host whose file source is `dist/<artifact>`, with a secret beside it
@@ -69,7 +56,7 @@ fn a_file_manifest_naming_a_file_outside_its_directory_is_refused() {
         )
         .unwrap();
         let out = check(dir.path());
-        let text = said(&out);
+        let text = crate::operate::text(&out);
         assert!(!out.status.success(), "{url}: {text}");
         assert!(
             text.contains("below the manifest's directory") && text.contains(url),
@@ -107,7 +94,7 @@ fn an_escaping_link_chain_is_refused_and_nothing_outside_changes() {
     let dir = host("hello.zip", "");
     chain_zip(&dir.path().join("dist/hello.zip"), false);
     let out = check(dir.path());
-    let text = said(&out);
+    let text = crate::operate::text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("deep/m") && text.contains("outside the release"),
@@ -118,7 +105,7 @@ fn an_escaping_link_chain_is_refused_and_nothing_outside_changes() {
     let dir = host("hello.zip", "");
     chain_zip(&dir.path().join("dist/hello.zip"), true);
     let out = check(dir.path());
-    let text = said(&out);
+    let text = crate::operate::text(&out);
     // Whatever the verdict, the write never went through the link.
     secret_intact(dir.path());
     assert!(!text.contains("owned"), "{text}");
@@ -143,7 +130,7 @@ fn an_archive_bomb_is_refused_by_the_unpacked_limit() {
         .len();
     assert!(size < 1 << 20, "the bomb itself fits max_size: {size}");
     let out = check(dir.path());
-    let text = said(&out);
+    let text = crate::operate::text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("verify.max_unpacked"), "{text}");
     // Nothing half-unpacked is left behind.

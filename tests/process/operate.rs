@@ -9,7 +9,7 @@ use crate::support::http::HttpServer;
 use crate::support::{self, Baton};
 use crate::trial::seed_release;
 
-fn baton(dir: Option<&Path>, args: &[&str]) -> Output {
+pub(crate) fn baton(dir: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(support::baton_bin());
     cmd.args(args);
     if let Some(dir) = dir {
@@ -18,7 +18,7 @@ fn baton(dir: Option<&Path>, args: &[&str]) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
