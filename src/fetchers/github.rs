@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH};
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
@@ -43,6 +42,8 @@ pub struct GithubFetcher {
     etag: Option<HeaderValue>,
     last_token: Option<String>,
     paused_until: Option<Instant>,
+    /// `fetch.timeout`: the deadline for each whole small body and reply.
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +115,7 @@ impl GithubFetcher {
             etag: None,
             last_token: None,
             paused_until: None,
+            timeout: fetch.timeout,
         })
     }
 
@@ -167,6 +169,11 @@ fn body_of(response: Response) -> super::Body {
     Box::pin(tokio_util::io::StreamReader::new(stream))
 }
 
+/// The largest API reply read (a page of releases with their assets is
+/// tens of KiB; GitHub's largest pages stay well under a MiB): a server
+/// sending more is refused, not buffered.
+const API_BODY_LIMIT: usize = 16 << 20;
+
 /// The longest pause a rate-limit reply can impose: GitHub's windows are an
 /// hour, and a server naming more (or a number that overflows a clock) is
 /// not believed.
@@ -188,17 +195,13 @@ fn rate_limit_wait(retry_after: Option<&str>, reset: Option<&str>, now: u64) -> 
 
 impl GithubFetcher {
     async fn text(&self, response: Response, path: &str) -> Result<String, Error> {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Request {
-                url: self.url(path),
-                source: Box::new(std::io::Error::other(crate::display_chain(&e))),
-            })?;
-        String::from_utf8(bytes.to_bytes().to_vec()).map_err(|_| Error::Invalid {
+        let url = self.url(path);
+        let bytes =
+            super::read_bounded(body_of(response), API_BODY_LIMIT, self.timeout, "reply", &url)
+                .await?;
+        String::from_utf8(bytes).map_err(|_| Error::Invalid {
             what: "reply",
-            url: self.url(path),
+            url,
             reason: "not UTF-8".into(),
         })
     }
@@ -366,7 +369,14 @@ impl GithubFetcher {
                 status: response.status().as_u16(),
             });
         }
-        super::read_bounded(body_of(response), what, &self.url(&path)).await
+        super::read_bounded(
+            body_of(response),
+            super::SMALL_FILE_LIMIT,
+            self.timeout,
+            what,
+            &self.url(&path),
+        )
+        .await
     }
 
     /// A small asset as text.

@@ -40,6 +40,8 @@ struct Conn {
     headers: HeaderMap,
     allow_http: bool,
     max_redirects: usize,
+    /// `fetch.timeout`: the deadline for each whole small body.
+    timeout: std::time::Duration,
 }
 
 /// Validators for a conditional request.
@@ -113,6 +115,7 @@ impl HttpFetcher {
                 headers: header_map(headers)?,
                 allow_http: allow,
                 max_redirects: *max_redirects,
+                timeout: fetch.timeout,
             }),
             checksum_url: *checksum_url,
             verify: verify.clone(),
@@ -213,20 +216,13 @@ impl Conn {
             .content_length()
             .is_some_and(|n| n > SMALL_FILE_LIMIT as u64)
         {
-            return Err(super::too_large(what, &redact(url)));
+            return Err(super::too_large(what, &redact(url), SMALL_FILE_LIMIT));
         }
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| Error::Request {
-            url: redact(url),
-            source: Box::new(e.without_url()),
-        })? {
-            body.extend_from_slice(&chunk);
-            if body.len() > SMALL_FILE_LIMIT {
-                return Err(super::too_large(what, &redact(url)));
-            }
-        }
-        Ok(body)
+        let stream = response
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(crate::display_chain(&e.without_url())));
+        let body = tokio_util::io::StreamReader::new(stream);
+        super::read_bounded(body, SMALL_FILE_LIMIT, self.timeout, what, &redact(url)).await
     }
 
     /// `<url><suffix>` beside `url`.

@@ -137,31 +137,46 @@ pub(crate) async fn read_small(
             source,
         })?;
     if bytes.len() > SMALL_FILE_LIMIT {
-        return Err(too_large(what, &path.display().to_string()));
+        return Err(too_large(what, &path.display().to_string(), SMALL_FILE_LIMIT));
     }
     Ok(Some(bytes))
 }
 
-/// Reads a small remote object (a manifest, checksum file or signature)
-/// from `reader` under [`SMALL_FILE_LIMIT`]: the one bounded reader every
-/// source uses, with one error naming `what` and `url` when it is larger.
-#[cfg(any(feature = "s3", feature = "github"))]
+/// Reads a small remote body (a manifest, checksum file, signature or API
+/// reply) from `reader`: at most `limit` bytes, all of it within `deadline`
+/// (a server dripping a byte at a time outlives every per-read timeout, not
+/// this). The one bounded reader every source uses; its errors name `what`
+/// and `url`, and say which bound was hit.
 pub(crate) async fn read_bounded(
     reader: impl AsyncRead + Send,
+    limit: usize,
+    deadline: std::time::Duration,
     what: &'static str,
     url: &str,
 ) -> Result<Vec<u8>, Error> {
     use tokio::io::AsyncReadExt;
     let mut bytes = Vec::new();
-    std::pin::pin!(reader.take(SMALL_FILE_LIMIT as u64 + 1))
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| Error::Request {
-            url: url.to_owned(),
-            source: Box::new(e),
-        })?;
-    if bytes.len() > SMALL_FILE_LIMIT {
-        return Err(too_large(what, url));
+    let mut reader = std::pin::pin!(reader.take(limit as u64 + 1));
+    let read = reader.read_to_end(&mut bytes);
+    let failed = |source: std::io::Error| Error::Request {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the {what} was not read whole within {} (fetch.timeout bounds each small body)",
+                    humantime::format_duration(deadline)
+                ),
+            )))
+        }
+    }
+    if bytes.len() > limit {
+        return Err(too_large(what, url, limit));
     }
     Ok(bytes)
 }
@@ -197,12 +212,12 @@ pub(crate) fn resolve_relative(manifest: &str, url: &str) -> Result<String, Stri
     Ok(parts.join("/"))
 }
 
-/// The one error for a small file over [`SMALL_FILE_LIMIT`].
-pub(crate) fn too_large(what: &'static str, url: &str) -> Error {
+/// The one error for a small body over its `limit` in bytes.
+pub(crate) fn too_large(what: &'static str, url: &str, limit: usize) -> Error {
     Error::Invalid {
         what,
         url: url.to_owned(),
-        reason: format!("larger than {SMALL_FILE_LIMIT} bytes"),
+        reason: format!("larger than {limit} bytes"),
     }
 }
 
@@ -467,21 +482,40 @@ mod tests {
         assert!(r("a/manifest.json", "..").is_err());
     }
 
-    #[cfg(any(feature = "s3", feature = "github"))]
     #[tokio::test]
-    async fn small_reads_are_bounded() {
+    async fn small_reads_are_bounded_in_size() {
+        let long = std::time::Duration::from_secs(60);
         let ok = vec![b'x'; SMALL_FILE_LIMIT];
-        assert_eq!(
-            read_bounded(&ok[..], "manifest", "u").await.unwrap().len(),
-            SMALL_FILE_LIMIT
-        );
+        let read = read_bounded(&ok[..], SMALL_FILE_LIMIT, long, "manifest", "u").await;
+        assert_eq!(read.unwrap().len(), SMALL_FILE_LIMIT);
         let big = vec![b'x'; SMALL_FILE_LIMIT + 1];
-        let err = read_bounded(&big[..], "manifest", "s3://b/k")
+        let err = read_bounded(&big[..], SMALL_FILE_LIMIT, long, "manifest", "s3://b/k")
             .await
             .unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("invalid manifest at s3://b/k: larger than {SMALL_FILE_LIMIT} bytes")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dripped_body_fails_at_its_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let (mut server, client) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            // One byte a second, forever: every single read is quick.
+            while server.write_all(b"{").await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        let deadline = std::time::Duration::from_secs(5);
+        let err = read_bounded(client, 1024, deadline, "manifest", "http://h/m")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            crate::display_chain(&err),
+            "GET http://h/m failed: the manifest was not read whole within 5s \
+             (fetch.timeout bounds each small body)"
         );
     }
 

@@ -225,11 +225,21 @@ impl S3Fetcher {
                     .content_length()
                     .is_some_and(|n| n > super::SMALL_FILE_LIMIT as i64)
                 {
-                    return Err(super::too_large(what, &self.location(key)));
+                    return Err(super::too_large(
+                        what,
+                        &self.location(key),
+                        super::SMALL_FILE_LIMIT,
+                    ));
                 }
-                super::read_bounded(out.body.into_async_read(), what, &self.location(key))
-                    .await
-                    .map(Some)
+                super::read_bounded(
+                    out.body.into_async_read(),
+                    super::SMALL_FILE_LIMIT,
+                    self.timeout,
+                    what,
+                    &self.location(key),
+                )
+                .await
+                .map(Some)
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(self.error(key, e)),
