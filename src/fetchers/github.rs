@@ -196,9 +196,14 @@ fn rate_limit_wait(retry_after: Option<&str>, reset: Option<&str>, now: u64) -> 
 impl GithubFetcher {
     async fn text(&self, response: Response, path: &str) -> Result<String, Error> {
         let url = self.url(path);
-        let bytes =
-            super::read_bounded(body_of(response), API_BODY_LIMIT, self.timeout, "reply", &url)
-                .await?;
+        let bytes = super::read_bounded(
+            body_of(response),
+            API_BODY_LIMIT,
+            self.timeout,
+            "reply",
+            &url,
+        )
+        .await?;
         String::from_utf8(bytes).map_err(|_| Error::Invalid {
             what: "reply",
             url,

@@ -399,3 +399,69 @@ async fn pre_install(hooks: &Hooks, pipeline: &Pipeline, release: &Meta) -> Resu
 fn current_id(store: &crate::release::Store) -> Option<String> {
     store.current().map(|c| c.id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetchers::{BoxFuture, Candidate, Error};
+
+    /// A source whose check panics: a bug the loop must survive.
+    struct Panics;
+
+    impl Fetcher for Panics {
+        fn check(&mut self) -> BoxFuture<'_, Result<Option<Candidate>, Error>> {
+            Box::pin(async { panic!("a bug in the source") })
+        }
+
+        fn describe(&self) -> String {
+            "a panicking source".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_upgrade_hears_when_the_update_task_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::parse(
+            "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\n\
+             [releases]\nbinary = \"hello\"\n[fetch]\nsource = \"file\"\npath = \"dist/hello\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let store = crate::release::Store::open(config.releases.as_ref().unwrap()).unwrap();
+        let child_env = crate::ChildEnv::new(&config.program, None);
+        let pipeline = Arc::new(Pipeline::new(store, config.verify.clone(), child_env));
+        let hooks = Arc::new(Hooks {
+            config: config.hooks.clone(),
+            env: Vec::new(),
+            workdir: dir.path().to_owned(),
+        });
+        let (installed, _keep) = mpsc::unbounded_channel();
+        let (reports, mut heard) = mpsc::unbounded_channel();
+        let _loop = AbortOnDrop(
+            tokio::spawn(supervise(
+                config.fetch.clone().unwrap(),
+                config.verify.clone(),
+                Box::new(Panics),
+                pipeline,
+                installed,
+                Arc::new(Notify::new()),
+                None,
+                reports,
+                hooks,
+            ))
+            .abort_handle(),
+        );
+        let report = tokio::time::timeout(Duration::from_secs(30), heard.recv())
+            .await
+            .expect("a report within 30 s")
+            .unwrap();
+        assert_eq!(report.outcome, "error");
+        assert!(
+            report
+                .detail
+                .starts_with("the update task died: panicked: a bug in the source; it restarts in"),
+            "{}",
+            report.detail
+        );
+    }
+}

@@ -293,6 +293,15 @@ fn rate_limit_429_honours_retry_after() {
     assert!(baton.log().contains("GitHub rate limit reached (429"));
 }
 
+#[test]
+fn rate_limit_429_with_an_overflowing_retry_after_pauses_an_hour_at_most() {
+    // u64::MAX seconds once overflowed `Instant + Duration` and panicked.
+    let baton = keeps_serving("pausing polls for 3600 s", |gh| {
+        gh.fault(Some(Fault::RateLimit429(u64::MAX)))
+    });
+    assert!(!baton.log().contains("panicked"), "{}", baton.log());
+}
+
 /// The files of a publish directory as release assets.
 fn assets_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>, bool)> {
     std::fs::read_dir(dir)

@@ -373,6 +373,49 @@ fn stalled_download_times_out() {
 }
 
 #[test]
+fn a_dripped_manifest_fails_at_the_overall_timeout() {
+    // A byte every 300 ms: no single read waits the 2 s `fetch.timeout`,
+    // but the whole manifest would take minutes.
+    refused(
+        true,
+        "timeout = \"2s\"",
+        "",
+        &["/manifest.json failed: the manifest was not read whole within 2s"],
+        |s| {
+            let body = manifest("2.0.0", "hello-2.0.0", None, None);
+            s.set(
+                "/manifest.json",
+                Reply::Drip(Arc::new(body), Duration::from_millis(300)),
+            );
+        },
+    );
+}
+
+#[test]
+fn an_absurd_rollout_schedule_is_refused_without_a_panic() {
+    // 500 000 000 000 years once overflowed the clock and panicked.
+    refused(
+        true,
+        "host_id = \"web-1\"",
+        "",
+        &["longer than the 3650 days"],
+        |s| {
+            let two = hello_bytes("2.0.0");
+            let sha = sha256(&two);
+            s.body("/hello-2.0.0", two);
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&manifest("2.0.0", "hello-2.0.0", Some(sha), None)).unwrap();
+            m["published_at"] = "2026-01-01T00:00:00Z".into();
+            m["rollout"] = serde_json::json!([
+                {"after": "0s", "percent": 0},
+                {"after": "500000000000y", "percent": 100}
+            ]);
+            s.body("/manifest.json", serde_json::to_vec(&m).unwrap());
+        },
+    );
+}
+
+#[test]
 fn redirect_loop_is_refused() {
     refused(true, "", "", &["too many redirects"], |s| {
         s.set("/loop", Reply::Redirect("/loop".into()));

@@ -23,6 +23,9 @@ pub enum Reply {
     Stall(Arc<Vec<u8>>, usize),
     /// 302 to this location.
     Redirect(String),
+    /// The whole body, one byte per interval (each read is quick; the
+    /// body never ends in time).
+    Drip(Arc<Vec<u8>>, Duration),
 }
 
 /// One request as the server saw it: (path, status answered).
@@ -186,6 +189,16 @@ fn handle(stream: TcpStream, state: &Mutex<State>, validators: bool) -> std::io:
             out.write_all(&bytes[..send])?;
             out.flush()?;
             std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        }
+        Reply::Drip(bytes, every) => {
+            record(200);
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len())?;
+            for byte in bytes.iter() {
+                out.write_all(&[*byte])?;
+                out.flush()?;
+                std::thread::sleep(every);
+            }
             Ok(())
         }
         Reply::Redirect(location) => {
