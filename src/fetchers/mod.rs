@@ -169,13 +169,15 @@ pub(crate) async fn read_bounded(
     match tokio::time::timeout(deadline, read).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(failed(e)),
-        Err(_) => return Err(failed(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
+        Err(_) => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
                 "the {what} was not read whole within {} (fetch.timeout bounds each small body)",
                 humantime::format_duration(deadline)
             ),
-        ))),
+            )))
+        }
     }
     if bytes.len() > limit {
         return Err(too_large(what, url, limit));

@@ -3,13 +3,19 @@
 //! loop for its status, so the figures are the ones `baton status` shows.
 //! Labels carry release ids, versions and digests: nothing secret.
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,7 +28,8 @@ type Labels = Vec<(String, String)>;
 const MAX_CONNECTIONS: usize = 32;
 /// The whole exchange of one scrape: request in, reply out.
 const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The longest request head read; a longer one is answered 431.
+/// The most bytes of a request buffered (hyper's smallest buffer); a longer
+/// head is answered 431.
 const MAX_HEAD: usize = 8192;
 
 /// Serves scrapes on `listener`, at most [`MAX_CONNECTIONS`] at once, each
@@ -37,86 +44,88 @@ pub(crate) fn serve(
             let ((stream, _), permit) = gate.admit(|| listener.accept()).await;
             let to_loop = to_loop.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, scrape(stream, to_loop)).await;
+                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, connection(stream, to_loop)).await;
                 drop(permit);
             });
         }
     })
 }
 
-/// What a request head asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Asked {
-    Metrics,
-    Other,
-    /// No complete head within [`MAX_HEAD`] bytes.
-    TooLarge,
-}
-
-/// Reads the request line of a head (the body, if any, is ignored).
-fn parse_head(head: &[u8]) -> Asked {
-    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Asked::TooLarge;
-    };
-    let line = String::from_utf8_lossy(&head[..end]);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next(), words.next().unwrap_or(""));
-    if matches!(method, Some("GET" | "HEAD"))
-        && (path == "/metrics" || path.starts_with("/metrics?"))
-    {
-        Asked::Metrics
-    } else {
-        Asked::Other
-    }
-}
-
-async fn scrape(mut stream: tokio::net::TcpStream, to_loop: mpsc::UnboundedSender<Incoming>) {
-    let mut head = vec![0u8; MAX_HEAD];
-    let mut len = 0;
-    while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut head[len..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
+/// Serves one scraper's connection with hyper: one request (no
+/// keep-alive), its head read within [`EXCHANGE_TIMEOUT`] and under
+/// [`MAX_HEAD`] bytes. Any byte stream will do, which is how the fuzz
+/// target drives it.
+pub(crate) async fn connection(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    to_loop: mpsc::UnboundedSender<Incoming>,
+) {
+    let service = hyper::service::service_fn(move |request: http::Request<_>| {
+        let to_loop = to_loop.clone();
+        async move {
+            Ok::<_, Infallible>(answer(request.method(), request.uri().path(), &to_loop).await)
         }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(EXCHANGE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// The reply to `method path`: the metrics for `GET` or `HEAD /metrics`
+/// (hyper drops the body of a `HEAD`), 405 for another method there, 404
+/// elsewhere.
+async fn answer(
+    method: &Method,
+    path: &str,
+    to_loop: &mpsc::UnboundedSender<Incoming>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain"),
+        );
+        response
+    };
+    if path != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "only GET /metrics is served here\n".into(),
+        );
     }
-    let (status, ctype, body) = match parse_head(&head[..len]) {
-        Asked::Metrics => {
-            let (tx, rx) = oneshot::channel();
-            let _ = to_loop.send(Incoming {
-                request: Request::Status,
-                reply: tx,
-                conn: None,
-            });
-            match rx.await {
-                Ok(status) => (
-                    "200 OK",
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/metrics answers GET and HEAD\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = to_loop.send(Incoming {
+        request: Request::Status,
+        reply: tx,
+        conn: None,
+    });
+    match rx.await {
+        Ok(status) => {
+            let mut response = reply(StatusCode::OK, render(&status));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    render(&status),
                 ),
-                Err(_) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "stopping\n".to_owned(),
-                ),
-            }
+            );
+            response
         }
-        Asked::Other => (
-            "404 Not Found",
-            "text/plain",
-            "only GET /metrics is served here\n".to_owned(),
-        ),
-        Asked::TooLarge => (
-            "431 Request Header Fields Too Large",
-            "text/plain",
-            format!("a request head is at most {MAX_HEAD} bytes\n"),
-        ),
-    };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(reply.as_bytes()).await;
-    let _ = stream.shutdown().await;
+        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into()),
+    }
 }
 
 /// The metrics for a status snapshot (see `Master::status_json`).
@@ -262,22 +271,57 @@ fn own_usage() -> (i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_head, Asked, MAX_HEAD};
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn heads_are_read_by_their_request_line_only() {
-        let head = |t: &str| parse_head(t.as_bytes());
-        assert_eq!(
-            head("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Asked::Metrics
+    /// The reply `connection` writes for `request`, with an event loop
+    /// answering status requests with an empty status.
+    async fn exchange(request: &[u8]) -> String {
+        let (to_loop, mut incoming) = mpsc::unbounded_channel::<Incoming>();
+        tokio::spawn(async move {
+            while let Some(asked) = incoming.recv().await {
+                let _ = asked.reply.send(serde_json::json!({}));
+            }
+        });
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(connection(server, to_loop));
+        client.write_all(request).await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        served.await.unwrap();
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_by_method_and_path() {
+        let status = |r: String| r.lines().next().unwrap_or_default().to_owned();
+        let get = exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status(get.clone()), "HTTP/1.1 200 OK");
+        assert!(get.ends_with("# EOF\n"), "{get}");
+        assert!(
+            get.to_ascii_lowercase().contains("connection: close"),
+            "{get}"
         );
-        assert_eq!(head("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Asked::Metrics);
-        assert_eq!(head("POST /metrics HTTP/1.1\r\n\r\n"), Asked::Other);
-        assert_eq!(head("GET /metricsfoo HTTP/1.1\r\n\r\n"), Asked::Other);
-        assert_eq!(head("\r\n\r\n"), Asked::Other);
-        assert_eq!(head("\u{fffd}\u{0}\r\n\r\n"), Asked::Other);
-        // A head that never ends within the cap.
-        assert_eq!(parse_head(&vec![b'a'; MAX_HEAD]), Asked::TooLarge);
-        assert_eq!(head("GET /metrics HTTP/1.1\r\n"), Asked::TooLarge);
+        let q = exchange(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+        assert_eq!(status(q), "HTTP/1.0 200 OK");
+        let head = exchange(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(!head.contains("# EOF"), "a HEAD has no body: {head}");
+        let post = exchange(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status(post), "HTTP/1.1 405 Method Not Allowed");
+        let other = exchange(b"GET /metricsfoo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status(other), "HTTP/1.1 404 Not Found");
+        let garbage = exchange(b"\xff\x00\r\n\r\n").await;
+        assert_eq!(status(garbage), "HTTP/1.1 400 Bad Request");
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_cap_is_refused() {
+        let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD * 4, b'a');
+        let reply = exchange(&long).await;
+        assert_eq!(
+            reply.lines().next().unwrap_or_default(),
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
     }
 }
