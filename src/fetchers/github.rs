@@ -17,8 +17,10 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH};
 use http::StatusCode;
-use serde::Deserialize;
 
+use super::github_api::{
+    choose, expand, glob, is_rate_limited, next_link, rate_limit_wait, Asset, Release,
+};
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
 use crate::config::{Fetch, Source, Verify};
 
@@ -44,27 +46,6 @@ pub struct GithubFetcher {
     paused_until: Option<Instant>,
     /// `fetch.timeout`: the deadline for each whole small body and reply.
     timeout: std::time::Duration,
-}
-
-#[derive(Debug, Deserialize)]
-struct Release {
-    id: u64,
-    tag_name: String,
-    #[serde(default)]
-    draft: bool,
-    #[serde(default)]
-    prerelease: bool,
-    #[serde(default)]
-    assets: Vec<Asset>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-struct Asset {
-    id: u64,
-    name: String,
-    size: Option<u64>,
-    digest: Option<String>,
-    updated_at: Option<String>,
 }
 
 impl GithubFetcher {
@@ -174,25 +155,6 @@ fn body_of(response: Response) -> super::Body {
 /// sending more is refused, not buffered.
 const API_BODY_LIMIT: usize = 16 << 20;
 
-/// The longest pause a rate-limit reply can impose: GitHub's windows are an
-/// hour, and a server naming more (or a number that overflows a clock) is
-/// not believed.
-const MAX_RATE_LIMIT_PAUSE: u64 = 3600;
-
-/// Seconds to pause polls after a rate-limit reply: its `Retry-After`, else
-/// until its `X-RateLimit-Reset` (epoch seconds), else a minute; at least
-/// one second and at most [`MAX_RATE_LIMIT_PAUSE`].
-fn rate_limit_wait(retry_after: Option<&str>, reset: Option<&str>, now: u64) -> u64 {
-    retry_after
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .or_else(|| {
-            let reset = reset?.trim().parse::<u64>().ok()?;
-            Some(reset.saturating_sub(now))
-        })
-        .unwrap_or(60)
-        .clamp(1, MAX_RATE_LIMIT_PAUSE)
-}
-
 impl GithubFetcher {
     async fn text(&self, response: Response, path: &str) -> Result<String, Error> {
         let url = self.url(path);
@@ -235,10 +197,11 @@ impl GithubFetcher {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let limited = status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN
-                && (header("x-ratelimit-remaining").as_deref() == Some("0")
-                    || header("retry-after").is_some()));
+        let limited = is_rate_limited(
+            status.as_u16(),
+            header("x-ratelimit-remaining").as_deref(),
+            header("retry-after").as_deref(),
+        );
         if limited {
             let wait = rate_limit_wait(
                 header("retry-after").as_deref(),
@@ -333,25 +296,12 @@ impl GithubFetcher {
                 None => break,
             }
         }
-        let eligible = releases
-            .into_iter()
-            .filter(|r| !r.draft && (self.prerelease || !r.prerelease));
-        let chosen = if self.semver {
-            eligible
-                .filter_map(|r| crate::release::verify::parse_version(&r.tag_name).map(|v| (v, r)))
-                .filter(|(v, _)| self.prerelease || v.pre.is_empty())
-                .filter(|(v, _)| {
-                    self.verify
-                        .version
-                        .as_ref()
-                        .is_none_or(|req| req.matches(v))
-                })
-                .max_by(|a, b| a.0.cmp(&b.0))
-                .map(|(_, r)| r)
-        } else {
-            // The list is newest first.
-            eligible.into_iter().next()
-        };
+        let chosen = choose(
+            releases,
+            self.prerelease,
+            self.semver,
+            self.verify.version.as_ref(),
+        );
         chosen.map(Some).ok_or_else(|| {
             Error::Other(format!(
                 "repository {}/{} has no matching release",
@@ -656,55 +606,6 @@ impl GithubFetcher {
     }
 }
 
-/// Replaces `{version}`, `{os}`, `{arch}` and `{target}` in a pattern.
-fn expand(pattern: &str, version: &str) -> String {
-    pattern
-        .replace("{version}", version)
-        .replace("{os}", std::env::consts::OS)
-        .replace("{arch}", std::env::consts::ARCH)
-        .replace("{target}", env!("BATON_TARGET"))
-}
-
-/// Matches `name` against a pattern where `*` stands for any run of characters.
-fn glob(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first)
-        || !name[first.len()..].ends_with(last)
-        || name.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-/// The `rel="next"` URL of a `Link` header, as a path and query (so the
-/// client keeps sending the token to the API host only).
-fn next_link(link: &str) -> Option<String> {
-    link.split(',').find_map(|part| {
-        let (url, rel) = part.split_once(';')?;
-        if !rel.contains("rel=\"next\"") {
-            return None;
-        }
-        let url = url.trim().trim_start_matches('<').trim_end_matches('>');
-        let parsed = url::Url::parse(url).ok()?;
-        Some(match parsed.query() {
-            Some(q) => format!("{}?{q}", parsed.path()),
-            None => parsed.path().to_owned(),
-        })
-    })
-}
-
 impl Fetcher for GithubFetcher {
     fn check(&mut self) -> BoxFuture<'_, Result<Option<Candidate>, Error>> {
         Box::pin(self.check_inner())
@@ -717,53 +618,5 @@ impl Fetcher for GithubFetcher {
 
     fn describe(&self) -> String {
         format!("github {}/{}", self.owner, self.repo)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_waits_are_bounded() {
-        let huge = "18446744073709551615";
-        assert_eq!(rate_limit_wait(Some(huge), None, 0), MAX_RATE_LIMIT_PAUSE);
-        assert_eq!(rate_limit_wait(None, Some(huge), 5), MAX_RATE_LIMIT_PAUSE);
-        assert_eq!(rate_limit_wait(Some("0"), None, 0), 1);
-        assert_eq!(rate_limit_wait(Some(" 30 "), None, 0), 30);
-        assert_eq!(rate_limit_wait(None, Some("1000"), 900), 100);
-        assert_eq!(
-            rate_limit_wait(None, Some("10"), 900),
-            1,
-            "a reset in the past"
-        );
-        assert_eq!(rate_limit_wait(Some("soon"), None, 0), 60);
-        assert_eq!(rate_limit_wait(None, None, 0), 60);
-    }
-
-    #[test]
-    fn patterns_expand_and_match() {
-        let p = expand("hello-{version}-{os}-*.tar.gz", "1.2.3");
-        assert_eq!(p, format!("hello-1.2.3-{}-*.tar.gz", std::env::consts::OS));
-        assert!(glob(
-            "hello-*.tar.gz",
-            "hello-x86_64-unknown-linux-gnu.tar.gz"
-        ));
-        assert!(!glob("hello-*.tar.gz", "hello-x86_64.zip"));
-        assert!(glob("hello", "hello"));
-        assert!(!glob("hello", "hello2"));
-        assert!(glob("*a*b*", "xaxbx"));
-        assert!(!glob("ab*ba", "aba"));
-        assert!(expand("{target}", "").contains('-'));
-    }
-
-    #[test]
-    fn next_links_become_paths() {
-        let link = r#"<https://api.github.com/repositories/1/releases?per_page=100&page=2>; rel="next", <https://api.github.com/repositories/1/releases?per_page=100&page=5>; rel="last""#;
-        assert_eq!(
-            next_link(link).as_deref(),
-            Some("/repositories/1/releases?per_page=100&page=2")
-        );
-        assert_eq!(next_link(r#"<https://x/y?page=1>; rel="prev""#), None);
     }
 }

@@ -4,6 +4,7 @@
 pub mod file;
 #[cfg(feature = "github")]
 pub mod github;
+pub mod github_api;
 pub mod http;
 #[cfg(feature = "s3")]
 pub mod s3;
