@@ -359,7 +359,7 @@ fn ceil_log2(x: u64) -> u32 {
 
 /// What a zstd frame header says (RFC 8878, section 3.1.1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
+pub(crate) struct Header {
     /// The history the decoder must keep, bytes: the content size for a
     /// single-segment frame.
     window_size: u64,
@@ -371,7 +371,7 @@ struct Header {
 
 /// Parses the frame header at the start of `bytes`: `Ok(None)` when more
 /// bytes are needed.
-fn parse_header(bytes: &[u8]) -> Result<Option<Header>, String> {
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<Option<Header>, String> {
     let [a, b, c, d, rest @ ..] = bytes else {
         return Ok(None);
     };

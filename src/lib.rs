@@ -69,6 +69,8 @@ pub mod config;
 pub mod control;
 pub mod delta;
 pub mod fetchers;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hooks;
 pub mod logging;
 pub mod manifest;

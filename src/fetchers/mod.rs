@@ -191,7 +191,6 @@ pub(crate) async fn read_bounded(
 /// `hello/hello-2.0.0.tar.gz`). `.` and `..` segments are applied; a URL
 /// with a scheme, an absolute path or one climbing above the root is
 /// refused with the reason.
-#[cfg(any(feature = "s3", feature = "github"))]
 pub(crate) fn resolve_relative(manifest: &str, url: &str) -> Result<String, String> {
     if url.contains("://") || url.starts_with('/') {
         return Err(format!(

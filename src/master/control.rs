@@ -193,6 +193,14 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
         }
         Err(e) => return Err(format!("refused: cannot read the peer's credentials: {e}")),
     }
+    read_line(stream).await
+}
+
+/// Reads one request line, at most [`MAX_REQUEST`] bytes, within
+/// [`READ_TIMEOUT`], and parses it.
+pub(crate) async fn read_line(
+    stream: impl tokio::io::AsyncRead + Unpin,
+) -> Result<Request, String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
     match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {

@@ -4,9 +4,9 @@
 //! signal is never lost; repeats of one signal while it is pending coalesce).
 
 mod accept;
-mod control;
+pub(crate) mod control;
 mod health;
-mod metrics;
+pub(crate) mod metrics;
 mod notify;
 mod operate;
 mod ready;

@@ -1,0 +1,8 @@
+//! Raw bytes as a tar.gz (first byte even) or a zip (odd).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Some((which, bytes)) = data.split_first() {
+        baton::fuzzing::archive(bytes, which % 2 == 1);
+    }
+});
