@@ -121,6 +121,6 @@ fn zip(entries: &[Entry]) -> Vec<u8> {
 
 libfuzzer_sys::fuzz_target!(|entries: Vec<Entry>| {
     let entries = &entries[..entries.len().min(32)];
-    baton::fuzzing::archive(&tar_gz(entries), false);
-    baton::fuzzing::archive(&zip(entries), true);
+    let _ = baton::fuzzing::archive(&tar_gz(entries), false);
+    let _ = baton::fuzzing::archive(&zip(entries), true);
 });

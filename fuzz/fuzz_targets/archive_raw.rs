@@ -3,6 +3,6 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Some((which, bytes)) = data.split_first() {
-        baton::fuzzing::archive(bytes, which % 2 == 1);
+        let _ = baton::fuzzing::archive(bytes, which % 2 == 1);
     }
 });
