@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{self, Artifact, Document, PatchDocument, Rollout};
+use crate::manifest::{self, rfc3339, Artifact, Document, PatchDocument, Rollout};
 use crate::release::archive;
 
 /// The manifest's file name in a publish directory.
@@ -351,7 +351,10 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         doc.rollout = Some(rollout.clone());
     }
     if let Some(d) = p.expires {
-        doc.expires = Some(rfc3339(now + d));
+        let expires = now
+            .checked_add(d)
+            .ok_or_else(|| Error::Invalid(format!("--expires {d:?} is past any date")))?;
+        doc.expires = Some(rfc3339(expires));
     }
     if let Some(c) = &p.channel {
         doc.channel = Some(c.clone());
@@ -1127,10 +1130,6 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync", dir))
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Parses `--rollout`: a percentage, or a schedule `0s=5,24h=50,48h=100`.

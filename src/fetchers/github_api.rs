@@ -132,6 +132,10 @@ pub fn next_link(link: &str) -> Option<String> {
         }
         let url = url.trim().trim_start_matches('<').trim_end_matches('>');
         let parsed = url::Url::parse(url).ok()?;
+        // Only a web URL has a path to ask the API for (`ps:w…` has none).
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return None;
+        }
         Some(match parsed.query() {
             Some(q) => format!("{}?{q}", parsed.path()),
             None => parsed.path().to_owned(),
@@ -142,6 +146,20 @@ pub fn next_link(link: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `github` fuzz target: a `Link` URL without a web scheme
+    /// gave a "path" that is not one.
+    #[test]
+    fn fuzz_github_a_link_without_a_web_scheme_is_no_next_page() {
+        assert_eq!(
+            next_link("<ps:w\0thub.com/repos/o/r/releases?page=2>; rel=\"next\""),
+            None
+        );
+        assert_eq!(
+            next_link("<https://api.example/repos/o/r/releases?page=2>; rel=\"next\""),
+            Some("/repos/o/r/releases?page=2".into())
+        );
+    }
 
     #[test]
     fn rate_limit_waits_are_bounded() {

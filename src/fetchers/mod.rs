@@ -197,8 +197,21 @@ pub(crate) fn resolve_relative(manifest: &str, url: &str) -> Result<String, Stri
             "url {url:?} must be a path relative to the manifest"
         ));
     }
-    let mut parts: Vec<&str> = manifest.split('/').collect();
-    parts.pop();
+    // The manifest's own key is read the same way, so that no dot segment
+    // of it survives into the result either.
+    let mut parts: Vec<&str> = Vec::new();
+    let directory = manifest.rsplit_once('/').map(|(dir, _)| dir);
+    for segment in directory.into_iter().flat_map(|dir| dir.split('/')) {
+        match segment {
+            "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("manifest {manifest:?} climbs above the root"));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
     for segment in url.split('/') {
         match segment {
             "" | "." => {}
@@ -467,7 +480,6 @@ fn source(fetch: &Fetch, verify: &Verify) -> Result<Box<dyn Fetcher>, Error> {
 mod tests {
     use super::*;
 
-    #[cfg(any(feature = "s3", feature = "github"))]
     #[test]
     fn manifest_urls_resolve_against_the_manifest_key() {
         let r = |m, u| resolve_relative(m, u);
@@ -484,6 +496,19 @@ mod tests {
         assert!(r("a/manifest.json", "https://x/y").is_err());
         assert!(r("a/manifest.json", "/etc/passwd").is_err());
         assert!(r("a/manifest.json", "..").is_err());
+    }
+
+    /// Found by the `paths` fuzz target: the manifest key's own dot
+    /// segments survived into the object key.
+    #[test]
+    fn fuzz_paths_a_manifest_key_with_dot_segments_resolves_clean() {
+        let r = |m, u| resolve_relative(m, u);
+        assert_eq!(r(".json$.././%a/x", "y").unwrap(), ".json$../%a/y");
+        assert_eq!(r("a/./b/manifest.json", "c").unwrap(), "a/b/c");
+        assert!(r("../manifest.json", "c")
+            .unwrap_err()
+            .contains("climbs above"));
+        assert_eq!(r("/manifest.json", "c").unwrap(), "/c");
     }
 
     #[tokio::test]

@@ -35,6 +35,20 @@ use serde::{Deserialize, Serialize};
 
 pub use rollout::{Rollout, Step};
 
+/// `t` in RFC 3339, to the second; a time past the year 9999, which RFC
+/// 3339 cannot write, as seconds since the epoch.
+pub fn rfc3339(t: SystemTime) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => text,
+        Err(_) => {
+            let seconds = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            format!("{} s after the epoch", seconds.as_secs())
+        }
+    }
+}
+
 /// The target triple this baton was built for, which picks an entry of
 /// `targets`.
 pub const TARGET: &str = env!("BATON_TARGET");
@@ -411,8 +425,8 @@ impl Manifest {
     pub fn check_expiry(&self, now: SystemTime) -> Result<(), Error> {
         match self.expires {
             Some(expires) if expires <= now => Err(Error::Expired {
-                expires: humantime::format_rfc3339_seconds(expires).to_string(),
-                now: humantime::format_rfc3339_seconds(now).to_string(),
+                expires: rfc3339(expires),
+                now: rfc3339(now),
             }),
             _ => Ok(()),
         }
