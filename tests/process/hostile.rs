@@ -191,3 +191,71 @@ fn a_flood_of_idle_metrics_connections_under_a_low_fd_limit_starves_nothing() {
     let (code, _) = support::get(baton.metrics_addr(), "/metrics").unwrap();
     assert_eq!(code, 200);
 }
+
+/// The master's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_endless_control_requests_keeps_memory_bounded() {
+    // 300 peers, each offering 1 MiB with no newline: the master buffers at
+    // most 64 KiB for each of at most 64 at once, and answers again after.
+    let dir = Baton::dir_with_hello();
+    let baton = Baton::start_from(dir, &Baton::hello_config(""), &support::baton_bin(), &[]);
+    baton.wait_ready();
+    let socket = baton.dir.path().join(".baton.sock");
+    let baseline = rss_kib(baton.pid());
+    let total = 1 << 20;
+    let chunk = vec![b'x'; 64 << 10];
+    let mut flood: Vec<(std::os::unix::net::UnixStream, usize)> = (0..300)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .map(|s| {
+            s.set_nonblocking(true).unwrap();
+            (s, 0)
+        })
+        .collect();
+    // Each peer writes on until its 1 MiB is sent or the master closed it,
+    // as blocking writers would, within a bounded time; the master's memory
+    // is sampled all along.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut peak = baseline;
+    loop {
+        let mut pending = false;
+        for (stream, sent) in flood.iter_mut().filter(|(_, sent)| *sent < total) {
+            match stream.write(&chunk[..chunk.len().min(total - *sent)]) {
+                Ok(n) if n > 0 => *sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => *sent = total,
+            }
+            pending |= *sent < total;
+        }
+        peak = peak.max(rss_kib(baton.pid()));
+        if !pending || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        peak < baseline + 48 * 1024,
+        "{peak} KiB resident under the flood, {baseline} KiB before"
+    );
+    drop(flood);
+    let d = baton.dir.path().to_owned();
+    support::wait_for("baton status after the flood", Duration::from_secs(30), || {
+        crate::control::cli(&d, &["status", "--json"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let after = rss_kib(baton.pid());
+    assert!(
+        after < baseline + 48 * 1024,
+        "{after} KiB resident after the flood, {baseline} KiB before"
+    );
+}
