@@ -247,12 +247,16 @@ fn a_flood_of_endless_control_requests_keeps_memory_bounded() {
     );
     drop(flood);
     let d = baton.dir.path().to_owned();
-    support::wait_for("baton status after the flood", Duration::from_secs(30), || {
-        crate::control::cli(&d, &["status", "--json"])
-            .status
-            .success()
-            .then_some(())
-    });
+    support::wait_for(
+        "baton status after the flood",
+        Duration::from_secs(30),
+        || {
+            crate::control::cli(&d, &["status", "--json"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
     let after = rss_kib(baton.pid());
     assert!(
         after < baseline + 48 * 1024,
