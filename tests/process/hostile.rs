@@ -263,3 +263,80 @@ fn a_flood_of_endless_control_requests_keeps_memory_bounded() {
         "{after} KiB resident after the flood, {baseline} KiB before"
     );
 }
+
+/// A zip holding `binary` as `hello` with `mode`, and the escaping link
+/// chain when `chain`.
+fn release_zip(path: &Path, binary: &[u8], mode: u32, chain: bool) {
+    let tmp = path.with_extension("tmp");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&tmp).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    if chain {
+        zip.add_directory("deep/", opts).unwrap();
+        zip.add_symlink("deep/l", "..", opts).unwrap();
+        zip.add_symlink("deep/m", "l/../../outside/secret", opts)
+            .unwrap();
+    }
+    zip.start_file("hello", opts.unix_permissions(mode))
+        .unwrap();
+    zip.write_all(binary).unwrap();
+    zip.finish().unwrap();
+    // Renamed into place, as a deploy would, so no poll sees half of it.
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_running_master_cleans_modes_and_refuses_an_escaping_candidate() {
+    let dir = host("hello.zip", "");
+    let config = dir.path().join("baton.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[releases]\nbinary = \"hello\"\n",
+        "[releases]\nbinary = \"hello\"\nsettle = \"1s\"\n",
+    );
+    let text = text.replace(
+        "path = \"dist/hello.zip\"\n",
+        "path = \"dist/hello.zip\"\ninterval = \"200ms\"\n",
+    );
+    let one = std::fs::read(support::hello("1.0.0")).unwrap();
+    // The first release asks for setuid, setgid and world-writable bits.
+    release_zip(&dir.path().join("dist/hello.zip"), &one, 0o6777, false);
+    let baton = Baton::start(
+        dir,
+        &text.replace("listen", "ready_timeout = \"10s\"\nlisten"),
+    );
+    baton.wait_ready();
+    support::wait_for("1.0.0 promoted", Duration::from_secs(30), || {
+        baton.current()
+    });
+    let installed = baton.dir.path().join("releases/current/hello");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&installed).unwrap().permissions(),
+    );
+    assert_eq!(
+        mode & 0o7002,
+        0,
+        "{mode:o}: no setuid, setgid, world-writable"
+    );
+    assert_eq!(mode & 0o100, 0o100, "{mode:o}: still executable");
+
+    // The candidate carries the escaping chain.
+    let two = std::fs::read(support::hello("2.0.0")).unwrap();
+    release_zip(&baton.dir.path().join("dist/hello.zip"), &two, 0o755, true);
+    let d = baton.dir.path().to_owned();
+    // The refusal is counted; asked again (forgetting that it failed
+    // before), the check says why.
+    support::wait_for("the candidate refused", Duration::from_secs(30), || {
+        let out = crate::control::cli(&d, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status["checks"]["error"].as_u64() >= Some(1)).then_some(())
+    });
+    let out = crate::control::cli(&d, &["upgrade", "--force"]);
+    let detail = crate::operate::text(&out);
+    assert!(!out.status.success(), "{detail}");
+    assert!(detail.contains("outside the release"), "{detail}");
+    secret_intact(baton.dir.path());
+    assert_eq!(
+        support::version(baton.addr()),
+        "1.0.0",
+        "the old release serves on"
+    );
+}
