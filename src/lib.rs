@@ -30,6 +30,21 @@
 //! }
 //! ```
 //!
+//! The example service, `examples/hello.rs`, is this pattern grown up: it
+//! takes `--listen`, `--standalone` (no master) and `--fetch-file PATH` (it
+//! upgrades itself in place from that file, through [`Options::fetch`]),
+//! answers `GET /` with its version and serves a `/healthz` for
+//! health-gated trials. `demo/run` runs it under the daemon instead; the
+//! same binary serves either way.
+//!
+//! The pieces, from the bottom up: [`Worker`] hands a worker its inherited
+//! sockets, readiness and the stop signal; [`serve::http`] is the
+//! keep-alive-safe server loop; [`Options`] and [`run`] make one binary
+//! master, worker and probe. [`config`], [`fetchers`], [`manifest`],
+//! [`release`] and [`master`] are the daemon's engine, public so that the
+//! CLI is a thin layer over them. The reference is the repository's
+//! `docs/` folder, one page per concept.
+//!
 //! # The worker protocol
 //!
 //! - Sockets arrive as fds 3, 4, … with `LISTEN_FDS`, `LISTEN_PID` (the
