@@ -594,24 +594,7 @@ impl FromStr for Signal {
     }
 }
 
-/// Parses a duration such as `30s`, `500ms` or `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("not a duration such as 30s, 500ms or 2m ({e})"))?;
-    if d > MAX_DURATION {
-        return Err(format!(
-            "{:?} is longer than the {} days any duration may be",
-            s.trim(),
-            MAX_DURATION.as_secs() / 86_400
-        ));
-    }
-    Ok(d)
-}
-
-/// The longest duration baton reads, from its config or a manifest: ten
-/// years. Anything longer is a mistake or an attack, and would overflow a
-/// clock when added to it.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+pub use crate::time::{parse_duration, MAX_DURATION};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1113,7 +1096,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 .url
                 .ok_or_else(|| Error::invalid("fetch.url", "", "source = \"http\" needs a url"))?;
             let allow_http = f.allow_http.unwrap_or(false);
-            crate::fetchers::http::check_url(&url, allow_http)
+            crate::url::check_url(&url, allow_http)
                 .map_err(|reason| Error::invalid("fetch.url", &url, reason))?;
             for (name, value) in &f.headers {
                 if http::HeaderName::try_from(name.as_str()).is_err() {
@@ -1182,7 +1165,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 .api_url
                 .clone()
                 .unwrap_or_else(|| "https://api.github.com".to_owned());
-            crate::fetchers::http::check_url(&api_url, false)
+            crate::url::check_url(&api_url, false)
                 .map_err(|reason| Error::invalid("fetch.api_url", &api_url, reason))?;
             Source::Github {
                 repo,
@@ -1227,7 +1210,7 @@ fn parse_fetch(f: RawFetch, base: &Path) -> Result<Fetch, Error> {
                 _ => {}
             }
             if let Some(url) = &f.endpoint_url {
-                crate::fetchers::http::check_url(url, false)
+                crate::url::check_url(url, false)
                     .map_err(|reason| Error::invalid("fetch.endpoint_url", url, reason))?;
             }
             Source::S3 {
@@ -1390,12 +1373,7 @@ fn parse_verify(v: RawVerify) -> Result<Verify, Error> {
     Ok(verify)
 }
 
-/// Parses 64 hex digits.
-pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out).ok()?;
-    Some(out)
-}
+pub use crate::fsutil::parse_sha256;
 
 /// Parses `512MiB`, `20MB`, `64KiB`, `1GiB` or a plain byte count.
 pub fn parse_size(text: &str) -> Option<u64> {

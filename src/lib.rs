@@ -79,11 +79,14 @@
 //! - The library's server helper speaks HTTP/1.1.
 #![deny(missing_docs)]
 
+mod child_env;
 mod command;
 pub mod config;
 pub mod control;
 pub mod delta;
+mod errors;
 pub mod fetchers;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hooks;
@@ -97,12 +100,19 @@ pub mod release;
 pub mod serve;
 mod sockets;
 mod sys;
+mod time;
+mod url;
+mod version;
 mod worker;
 
 use std::future::Future;
 
+#[cfg(test)]
+mod layering;
+
+pub use child_env::ChildEnv;
 pub use config::{Config, Program, Secret};
-pub use protocol::ChildEnv;
+pub use errors::display_chain;
 pub use worker::Worker;
 
 /// An error from [`run`].
@@ -126,18 +136,6 @@ pub enum Error {
     /// The master was stopped hard (a second SIGTERM/SIGINT).
     #[error("stopped hard: workers were killed")]
     StoppedHard,
-}
-
-/// An error and its sources on one line: `a: b: c`.
-pub fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Which part this process plays.

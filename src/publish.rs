@@ -50,6 +50,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::fsutil::{hash_file, IoError};
 use crate::manifest::{self, rfc3339, Artifact, Document, PatchDocument, Rollout};
 use crate::release::archive;
 
@@ -78,16 +79,8 @@ const COMPARE_LEVEL: i32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file operation failed.
-    #[error("cannot {what} {path}")]
-    Io {
-        /// The operation.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A key could not be made, read or used.
     #[error("key {path}: {reason}")]
     Key {
@@ -117,15 +110,17 @@ pub enum Error {
     },
 }
 
+/// [`crate::fsutil::io`], into this module's error.
 pub(crate) fn io<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| IoError::new(what, path, source).into()
+}
+
+/// [`crate::fsutil::fsync_dir`], into this module's error.
+fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    Ok(crate::fsutil::fsync_dir(dir)?)
 }
 
 /// One `baton publish`.
@@ -431,7 +426,7 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
             let warning = format!(
                 "cannot record this release in {}: {}; the next publish makes no patch from it",
                 p.to.show(HISTORY),
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             );
             tracing::warn!("{warning}");
             report.warnings.push(warning);
@@ -459,7 +454,7 @@ fn fresh(p: &Publish, now: SystemTime) -> Result<(Document, Vec<Upload>), Error>
         .version
         .clone()
         .ok_or_else(|| Error::Invalid("publishing artifacts needs --version".into()))?;
-    if crate::release::verify::parse_version(&version).is_none() {
+    if crate::version::parse_version(&version).is_none() {
         return Err(Error::Invalid(format!(
             "--version {version:?} is not semver"
         )));
@@ -562,7 +557,7 @@ async fn read_history(
                 report,
                 format!(
                     "no patches, and the history is not updated: {}",
-                    crate::display_chain(&e)
+                    crate::errors::display_chain(&e)
                 ),
             );
             None
@@ -636,7 +631,7 @@ fn extract(path: &Path, name: &str, binary: Option<&str>, dest: &Path) -> Result
     let kind = archive::kind(name, &mut file)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if kind == archive::Kind::Plain {
-        let (sha256, _) = hash_file(path).map_err(|e| crate::display_chain(&e))?;
+        let (sha256, _) = hash_file(path).map_err(|e| crate::errors::display_chain(&e))?;
         return Ok(Binary {
             path: path.to_owned(),
             sha256,
@@ -650,9 +645,9 @@ fn extract(path: &Path, name: &str, binary: Option<&str>, dest: &Path) -> Result
     };
     std::fs::create_dir_all(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     archive::unpack(file, kind, &binary, dest, archive::Limits::default())
-        .map_err(|e| crate::display_chain(&e))?;
+        .map_err(|e| crate::errors::display_chain(&e))?;
     let unpacked = dest.join(&binary);
-    let (sha256, _) = hash_file(&unpacked).map_err(|e| crate::display_chain(&e))?;
+    let (sha256, _) = hash_file(&unpacked).map_err(|e| crate::errors::display_chain(&e))?;
     Ok(Binary {
         path: unpacked,
         sha256,
@@ -962,7 +957,13 @@ async fn make_one(
     let got = target
         .get_file(&old.url, &artifact, old.size)
         .await
-        .map_err(|e| format!("cannot download {}: {}", old.url, crate::display_chain(&e)))?;
+        .map_err(|e| {
+            format!(
+                "cannot download {}: {}",
+                old.url,
+                crate::errors::display_chain(&e)
+            )
+        })?;
     let Some((sha256, _)) = got else {
         return Err(format!(
             "its artifact {} is no longer at the target",
@@ -996,7 +997,7 @@ async fn make_one(
             .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let mut writer = std::io::BufWriter::new(file);
         crate::delta::make(&from, &to, crate::delta::DEFAULT_LEVEL, &mut writer)
-            .map_err(|e| crate::display_chain(&e))?;
+            .map_err(|e| crate::errors::display_chain(&e))?;
         writer
             .into_inner()
             .map_err(|e| e.into_error())
@@ -1004,7 +1005,7 @@ async fn make_one(
             .map_err(|e| format!("cannot write {}: {e}", out.display()))
     })
     .await?;
-    let (sha256, size) = hash_file(&patch).map_err(|e| crate::display_chain(&e))?;
+    let (sha256, size) = hash_file(&patch).map_err(|e| crate::errors::display_chain(&e))?;
     Ok(PatchFile {
         path: patch,
         size,
@@ -1062,14 +1063,6 @@ fn resign(
     Ok(doc)
 }
 
-/// A file's sha256 and size.
-fn hash_file(path: &Path) -> Result<([u8; 32], u64), Error> {
-    let mut src = std::fs::File::open(path).map_err(io("read", path))?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut src, &mut hasher).map_err(io("read", path))?;
-    Ok((hasher.finalize().into(), size))
-}
-
 /// Copies `from` to `to` through a temp file beside it; returns its sha256
 /// and size.
 pub(crate) fn copy_in(from: &Path, to: &Path) -> Result<([u8; 32], u64), Error> {
@@ -1096,40 +1089,25 @@ pub(crate) fn copy_in(from: &Path, to: &Path) -> Result<([u8; 32], u64), Error> 
         .set_permissions(mode)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(io("write", to))?;
-    tmp.persist(to).map_err(|e| Error::Io {
-        what: "rename into",
-        path: to.to_owned(),
-        source: e.error,
+    tmp.persist(to).map_err(|e| {
+        Error::Io(IoError {
+            what: "rename into",
+            path: to.to_owned(),
+            source: e.error,
+        })
     })?;
     fsync_dir(dir)?;
     Ok((hasher.finalize().into(), size))
 }
 
+/// Writes a published file: readable by all (0644), atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".publish-")
-        .tempfile_in(dir)
-        .map_err(io("write", path))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io("write", path))?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(io("write", path))?;
-    tmp.persist(path).map_err(|e| Error::Io {
-        what: "rename into",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    fsync_dir(dir)
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))
+    Ok(crate::fsutil::write_atomic(
+        path,
+        bytes,
+        ".publish-",
+        Some(0o644),
+    )?)
 }
 
 /// Parses `--rollout`: a percentage, or a schedule `0s=5,24h=50,48h=100`.

@@ -13,7 +13,12 @@ use std::os::unix::ffi::OsStrExt;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::protocol;
+/// Number of inherited sockets (fds 3, 4, …), as `sd_listen_fds(3)` reads it.
+pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The PID the sockets are meant for: the worker's own.
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+/// The sockets' names, `:`-separated, in fd order.
+pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
 /// The first descriptor number of the systemd socket-activation protocol.
 pub(crate) const LISTEN_FDS_START: RawFd = 3;
@@ -23,17 +28,17 @@ pub(crate) const LISTEN_FDS_START: RawFd = 3;
 /// close-on-exec from here on. `Ok(None)` when the variables are absent or name
 /// another process (they were meant for our parent).
 pub(crate) fn inherited_listen_fds() -> io::Result<Option<Vec<(OwnedFd, String)>>> {
-    let Some(pid) = std::env::var_os(protocol::LISTEN_PID) else {
+    let Some(pid) = std::env::var_os(LISTEN_PID) else {
         return Ok(None);
     };
     if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
         return Ok(None);
     }
-    let count = std::env::var(protocol::LISTEN_FDS)
+    let count = std::env::var(LISTEN_FDS)
         .ok()
         .and_then(|n| n.parse::<RawFd>().ok())
         .ok_or_else(|| io::Error::other("LISTEN_FDS is missing or not a number"))?;
-    let names: Vec<String> = std::env::var(protocol::LISTEN_FDNAMES)
+    let names: Vec<String> = std::env::var(LISTEN_FDNAMES)
         .map(|n| n.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let mut fds = Vec::with_capacity(count as usize);

@@ -139,14 +139,14 @@ async fn get_with(
         .await
         .map_err(|e| Error::Request {
             url: format!("{api_url}{path}"),
-            source: Box::new(std::io::Error::other(crate::display_chain(&e))),
+            source: Box::new(std::io::Error::other(crate::errors::display_chain(&e))),
         })
 }
 
 /// A response's body as a byte stream.
 fn body_of(response: Response) -> super::Body {
     let stream = http_body_util::BodyDataStream::new(response.into_body())
-        .map_err(|e| std::io::Error::other(crate::display_chain(&e)));
+        .map_err(|e| std::io::Error::other(crate::errors::display_chain(&e)));
     Box::pin(tokio_util::io::StreamReader::new(stream))
 }
 
@@ -206,7 +206,7 @@ impl GithubFetcher {
             let wait = rate_limit_wait(
                 header("retry-after").as_deref(),
                 header("x-ratelimit-reset").as_deref(),
-                crate::release::install::now(),
+                crate::time::unix_now(),
             );
             self.paused_until = Instant::now().checked_add(Duration::from_secs(wait));
             return Error::Other(format!(
@@ -417,7 +417,7 @@ impl GithubFetcher {
             Box::pin(super::Lazy::new(async move {
                 let response = get_with(&client, &api_url, &path, "application/octet-stream", None)
                     .await
-                    .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                    .map_err(|e| std::io::Error::other(crate::errors::display_chain(&e)))?;
                 if !response.status().is_success() {
                     return Err(std::io::Error::other(format!(
                         "GET {api_url}{path} answered {}",
@@ -552,7 +552,7 @@ impl GithubFetcher {
             return Err(self.status_error(response, &path).await);
         }
         let stream = http_body_util::BodyDataStream::new(response.into_body())
-            .map_err(|e| std::io::Error::other(crate::display_chain(&e)));
+            .map_err(|e| std::io::Error::other(crate::errors::display_chain(&e)));
         self.last_token = Some(token.clone());
         Ok(Some(Candidate {
             body: Box::pin(tokio_util::io::StreamReader::new(stream)),

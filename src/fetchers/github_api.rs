@@ -54,7 +54,7 @@ pub fn choose(
         .filter(|r| !r.draft && (prerelease || !r.prerelease));
     if semver {
         eligible
-            .filter_map(|r| crate::release::verify::parse_version(&r.tag_name).map(|v| (v, r)))
+            .filter_map(|r| crate::version::parse_version(&r.tag_name).map(|v| (v, r)))
             .filter(|(v, _)| prerelease || v.pre.is_empty())
             .filter(|(v, _)| version.is_none_or(|req| req.matches(v)))
             .max_by(|a, b| a.0.cmp(&b.0))

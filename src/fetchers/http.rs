@@ -8,7 +8,6 @@
 //! marked sensitive and never logged.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
@@ -20,6 +19,7 @@ use reqwest::{StatusCode, Url};
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info, SMALL_FILE_LIMIT};
 use crate::config::{Fetch, Secret, Source, Verify};
+use crate::url::{allowed, redact};
 
 /// Polls one URL.
 pub struct HttpFetcher {
@@ -46,43 +46,6 @@ struct Conn {
 
 /// Validators for a conditional request.
 type Validators<'a> = (&'a Option<HeaderValue>, &'a Option<HeaderValue>);
-
-/// Checks that `url` may be fetched: https, or http to a loopback host, or
-/// http anywhere with `allow_http`.
-pub fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
-    let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
-    allowed(&parsed, allow_http)
-}
-
-fn allowed(url: &Url, allow_http: bool) -> Result<(), String> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_http || is_loopback(url) => Ok(()),
-        "http" => Err(
-            "plain http is refused except to loopback; use https or set fetch.allow_http = true"
-                .into(),
-        ),
-        other => Err(format!("the scheme {other:?} is not supported; use https")),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
-/// The URL without query string or credentials, for messages.
-pub(crate) fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    shown.set_query(None);
-    let _ = shown.set_password(None);
-    let _ = shown.set_username("");
-    shown.to_string()
-}
 
 impl HttpFetcher {
     /// A fetcher for the `http` source of `fetch`.
@@ -220,7 +183,7 @@ impl Conn {
         }
         let stream = response
             .bytes_stream()
-            .map_err(|e| std::io::Error::other(crate::display_chain(&e.without_url())));
+            .map_err(|e| std::io::Error::other(crate::errors::display_chain(&e.without_url())));
         let body = tokio_util::io::StreamReader::new(stream);
         super::read_bounded(body, SMALL_FILE_LIMIT, self.timeout, what, &redact(url)).await
     }
@@ -313,7 +276,7 @@ impl HttpFetcher {
                     let response = conn
                         .get(&target, None)
                         .await
-                        .map_err(|e| std::io::Error::other(crate::display_chain(&e)))?;
+                        .map_err(|e| std::io::Error::other(crate::errors::display_chain(&e)))?;
                     Ok(body_of(response))
                 }))
             });
@@ -418,38 +381,5 @@ impl Fetcher for HttpFetcher {
 
     fn describe(&self) -> String {
         format!("http {}", redact(&self.conn.url))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_http_only_to_loopback() {
-        assert!(check_url("https://example.com/x", false).is_ok());
-        assert!(check_url("http://127.0.0.1:8000/x", false).is_ok());
-        assert!(check_url("http://[::1]:8000/x", false).is_ok());
-        assert!(check_url("http://localhost/x", false).is_ok());
-        assert!(check_url("http://example.com/x", false).is_err());
-        assert!(check_url("http://example.com/x", true).is_ok());
-        assert!(check_url("ftp://example.com/x", true).is_err());
-    }
-
-    #[test]
-    fn redaction_drops_query_and_credentials() {
-        let url = Url::parse("https://user:pw@example.com/a/b?X-Amz-Signature=secret").unwrap();
-        assert_eq!(redact(&url), "https://example.com/a/b");
-    }
-
-    #[test]
-    fn checksum_files_parse() {
-        use crate::fetchers::parse_checksum_file;
-        let hex = "ab".repeat(32);
-        assert_eq!(
-            parse_checksum_file(&format!("{hex}  hello\n")),
-            Some([0xab; 32])
-        );
-        assert_eq!(parse_checksum_file("nope"), None);
     }
 }

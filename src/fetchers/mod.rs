@@ -542,7 +542,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(
-            crate::display_chain(&err),
+            crate::errors::display_chain(&err),
             "GET http://h/m failed: the manifest was not read whole within 5s \
              (fetch.timeout bounds each small body)"
         );
@@ -569,5 +569,23 @@ mod tests {
     fn refusals_are_not_transient() {
         assert!(!Error::Refused("no such key".into()).is_transient());
         assert!(Error::Other("cannot reach".into()).is_transient());
+    }
+
+    #[test]
+    fn checksum_files_parse() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            parse_checksum_file(&format!("{hex}  hello\n")),
+            Some([0xab; 32])
+        );
+        assert_eq!(parse_checksum_file("nope"), None);
+    }
+
+    proptest::proptest! {
+        /// The checksum-file parser never panics, whatever a server sends.
+        #[test]
+        fn checksum_parser_never_panics(text in ".{0,200}") {
+            let _ = parse_checksum_file(&text);
+        }
     }
 }

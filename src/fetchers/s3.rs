@@ -400,7 +400,9 @@ impl S3Fetcher {
                     .key(&key)
                     .send()
                     .await
-                    .map_err(|e| std::io::Error::other(crate::display_chain(&at.error(&key, e))))?;
+                    .map_err(|e| {
+                        std::io::Error::other(crate::errors::display_chain(&at.error(&key, e)))
+                    })?;
                 Ok(Box::pin(object.body.into_async_read()) as super::Body)
             }))
         });
@@ -470,21 +472,13 @@ fn version_in(name: &str) -> Option<semver::Version> {
         })
 }
 
+/// S3's `ChecksumSHA256`: a sha256 in standard base64.
 fn decode_base64_sha256(text: &str) -> Option<[u8; 32]> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut nbits = 0;
-    let mut out = Vec::with_capacity(32);
-    for c in text.trim().bytes().take_while(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-        bits = (bits << 6) | v;
-        nbits += 6;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((bits >> nbits) as u8);
-        }
-    }
-    out.try_into().ok()
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    bytes.try_into().ok()
 }
 
 impl Fetcher for S3Fetcher {

@@ -35,19 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use rollout::{Rollout, Step};
 
-/// `t` in RFC 3339, to the second; a time past the year 9999, which RFC
-/// 3339 cannot write, as seconds since the epoch.
-pub fn rfc3339(t: SystemTime) -> String {
-    use std::fmt::Write;
-    let mut text = String::new();
-    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
-        Ok(()) => text,
-        Err(_) => {
-            let seconds = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            format!("{} s after the epoch", seconds.as_secs())
-        }
-    }
-}
+pub use crate::time::rfc3339;
 
 /// The target triple this baton was built for, which picks an entry of
 /// `targets`.
@@ -367,7 +355,7 @@ impl Manifest {
             return Err(field("url", "empty".into()));
         }
         let digest = |name: &'static str, hex: &str| {
-            crate::config::parse_sha256(hex)
+            crate::fsutil::parse_sha256(hex)
                 .ok_or_else(|| field(name, format!("{hex:?} is not 64 hex digits")))
         };
         let sha256 = sha256.map(|hex| digest("sha256", &hex)).transpose()?;

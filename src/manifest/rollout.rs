@@ -55,7 +55,7 @@ impl Rollout {
                 let mut offsets = Vec::with_capacity(steps.len());
                 let mut last: Option<(Duration, u8)> = None;
                 for step in steps {
-                    let after = crate::config::parse_duration(&step.after)
+                    let after = crate::time::parse_duration(&step.after)
                         .or_else(|e| {
                             if step.after.trim() == "0" {
                                 Ok(Duration::ZERO)

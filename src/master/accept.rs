@@ -32,7 +32,8 @@ pub(crate) struct Gate {
     name: &'static str,
     slots: Arc<Semaphore>,
     max: usize,
-    backoff: Duration,
+    /// Accept failures in a row, for the back-off.
+    failures: u32,
     /// Whether the current burst of refusals was logged.
     logged_full: bool,
     logged_exhausted: bool,
@@ -45,7 +46,7 @@ impl Gate {
             name,
             slots: Arc::new(Semaphore::new(max)),
             max,
-            backoff: BACKOFF_MIN,
+            failures: 0,
             logged_full: false,
             logged_exhausted: false,
         }
@@ -63,7 +64,7 @@ impl Gate {
         loop {
             match accept().await {
                 Ok(stream) => {
-                    self.backoff = BACKOFF_MIN;
+                    self.failures = 0;
                     self.logged_exhausted = false;
                     match self.slots.clone().try_acquire_owned() {
                         Ok(permit) => {
@@ -96,8 +97,9 @@ impl Gate {
                             self.name
                         );
                     }
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    let wait = crate::time::backoff(BACKOFF_MIN, self.failures, BACKOFF_MAX);
+                    self.failures = self.failures.saturating_add(1);
+                    tokio::time::sleep(wait).await;
                 }
                 // A connection reset before it was accepted, and the like.
                 Err(e) => tracing::debug!("{} listener: accept failed: {e}", self.name),

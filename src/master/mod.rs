@@ -27,8 +27,9 @@ use tokio::time::sleep_until;
 
 use std::sync::Arc;
 
+use crate::child_env::ChildEnv;
 use crate::config::{Config, HealthCheck, Program, Ready};
-use crate::protocol::{describe_exit, ChildEnv};
+use crate::protocol::describe_exit;
 use crate::release::{Meta, Store};
 use notify::{NotifyServer, Supervisor};
 use rollout::{Interrupted, Rollout, Verdict};
@@ -362,7 +363,7 @@ async fn run_inner(
         starting: None,
         cycle_pending: false,
         reload_pending: false,
-        backoff: RESTART_BACKOFF_MIN,
+        restarts_in_a_row: 0,
         restart_at: None,
         stopping: None,
         status: Status::default(),
@@ -571,7 +572,7 @@ fn open_store(
                     tracing::error!(
                         "cannot record release {} as failed: {}",
                         trial.id,
-                        crate::display_chain(&e)
+                        crate::errors::display_chain(&e)
                     );
                     return Ok((store, lock, found));
                 }
@@ -609,7 +610,7 @@ fn open_store(
                     tracing::error!(
                         "cannot record release {} as quarantined: {}",
                         trial.id,
-                        crate::display_chain(&e)
+                        crate::errors::display_chain(&e)
                     );
                     return Ok((store, lock, found));
                 }
@@ -620,7 +621,7 @@ fn open_store(
             tracing::error!(
                 "cannot remove the trial record of release {}: {}",
                 trial.id,
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             );
         }
     }
@@ -719,7 +720,8 @@ struct Master {
     cycle_pending: bool,
     /// That cycle re-reads the config first.
     reload_pending: bool,
-    backoff: Duration,
+    /// Crash restarts in a row, for the restart back-off.
+    restarts_in_a_row: u32,
     restart_at: Option<Instant>,
     stopping: Option<Stopped>,
     status: Status,
@@ -1039,7 +1041,7 @@ impl Master {
             tracing::error!(event = "worker_died", worker = id, error = %failure, "{failure}");
             self.status.last_failure = Some(failure.clone());
             if served >= RESTART_BACKOFF_RESET {
-                self.backoff = RESTART_BACKOFF_MIN;
+                self.restarts_in_a_row = 0;
             }
             self.status.crash_restarts += 1;
             // A worker of the release on trial that dies fails the trial,
@@ -1343,7 +1345,7 @@ impl Master {
                 tracing::error!(
                     "cannot record the trial of release {}: {}; not starting it",
                     release.id,
-                    crate::display_chain(&e)
+                    crate::errors::display_chain(&e)
                 );
                 self.rollout.fail("its trial could not be recorded");
                 self.trial_over();
@@ -1377,10 +1379,10 @@ impl Master {
                 tracing::error!(
                     event = "promote_failed",
                     release = %release.id,
-                    error = %crate::display_chain(&e),
+                    error = %crate::errors::display_chain(&e),
                     "cannot promote release {}: {}; it keeps serving; trying again in {}",
                     release.id,
-                    crate::display_chain(&e),
+                    crate::errors::display_chain(&e),
                     humantime::format_duration(PROMOTE_RETRY)
                 );
                 self.promote_retry_at = Some(Instant::now() + PROMOTE_RETRY);
@@ -1397,7 +1399,7 @@ impl Master {
                     Err(e) => tracing::error!(
                         "cannot record release {} as failed: {}",
                         release.id,
-                        crate::display_chain(&e)
+                        crate::errors::display_chain(&e)
                     ),
                 }
                 self.trial_over();
@@ -1409,7 +1411,7 @@ impl Master {
                     tracing::error!(
                         "cannot clear the trial record of release {}: {}",
                         release.id,
-                        crate::display_chain(&e)
+                        crate::errors::display_chain(&e)
                     );
                 }
                 self.trial_over();
@@ -1458,8 +1460,12 @@ impl Master {
     }
 
     fn schedule_restart(&mut self) {
-        let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.program.restart_backoff_max);
+        let delay = crate::time::backoff(
+            RESTART_BACKOFF_MIN,
+            self.restarts_in_a_row,
+            self.program.restart_backoff_max,
+        );
+        self.restarts_in_a_row = self.restarts_in_a_row.saturating_add(1);
         tracing::info!(
             event = "restart_scheduled",
             "restarting the worker in {}",

@@ -209,7 +209,7 @@ impl Master {
                 ok(json!({ "current": to.id, "held": from }))
             }
             Err(e) => {
-                let e = crate::display_chain(&e);
+                let e = crate::errors::display_chain(&e);
                 tracing::error!(event = "rollback_failed", release = %to.id, error = %e, "cannot record the rollback to {}: {e}", to.id);
                 refuse(format!(
                     "release {} serves, but current could not be swapped: {e}",
@@ -230,7 +230,7 @@ impl Master {
                 self.check_now.notify_one();
             }
             Err(e) => {
-                let e = crate::display_chain(&e);
+                let e = crate::errors::display_chain(&e);
                 tracing::error!("cannot forget the held releases: {e}");
                 for w in self.waiters.upgrade.drain(..) {
                     let _ = w.send(refuse(format!("cannot forget the held releases: {e}")));

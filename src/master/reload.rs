@@ -16,9 +16,9 @@
 use std::sync::Arc;
 
 use super::{checker, update, warn_http_ready, Master};
+use crate::child_env::ChildEnv;
 use crate::config::Config;
 use crate::fetchers::Fetcher;
-use crate::protocol::ChildEnv;
 use crate::release::Pipeline;
 
 impl Master {
@@ -112,13 +112,16 @@ impl Master {
     }
 
     fn apply(&mut self, path: &std::path::Path) -> Result<String, String> {
-        let new = Config::load(path).map_err(|e| crate::display_chain(&e))?;
+        let new = Config::load(path).map_err(|e| crate::errors::display_chain(&e))?;
         self.restart_needed(&new)?;
         // Everything that can fail happens before anything is applied.
         let fetcher = match (&self.store, &new.fetch) {
             (Some(_), Some(fetch)) => Some(
                 crate::fetchers::from_config(fetch, &new.verify).map_err(|e| {
-                    format!("cannot set up the fetcher: {}", crate::display_chain(&e))
+                    format!(
+                        "cannot set up the fetcher: {}",
+                        crate::errors::display_chain(&e)
+                    )
                 })?,
             ),
             _ => None,
@@ -134,7 +137,7 @@ impl Master {
             Some(
                 self.sockets
                     .reconcile(&new.program.listen)
-                    .map_err(|e| crate::display_chain(&super::Error::from(e)))?,
+                    .map_err(|e| crate::errors::display_chain(&super::Error::from(e)))?,
             )
         };
         let mut summary = Vec::new();

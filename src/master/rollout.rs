@@ -362,9 +362,7 @@ pub(crate) fn interrupted(
         };
     }
     let doublings = attempts.saturating_sub(1).min(16);
-    let after = INTERRUPTED_BACKOFF_MIN
-        .saturating_mul(1 << doublings)
-        .min(INTERRUPTED_BACKOFF_MAX);
+    let after = crate::time::backoff(INTERRUPTED_BACKOFF_MIN, doublings, INTERRUPTED_BACKOFF_MAX);
     Interrupted::Retry {
         attempt: attempts.max(1) + 1,
         after,

@@ -38,7 +38,7 @@ pub(crate) struct CheckReport {
 
 fn report(reports: &mpsc::UnboundedSender<CheckReport>, outcome: &'static str, detail: String) {
     let _ = reports.send(CheckReport {
-        at: crate::release::install::now(),
+        at: crate::time::unix_now(),
         outcome,
         detail,
     });
@@ -82,8 +82,10 @@ pub(crate) async fn supervise(
     hooks: Arc<Hooks>,
 ) {
     let mut fetcher = Some(first);
-    let mut backoff = RESTART_MIN;
+    // Deaths (and failed set-ups) in a row, for the back-off.
+    let mut deaths = 0u32;
     loop {
+        let backoff = crate::time::backoff(RESTART_MIN, deaths, RESTART_MAX);
         let f = match fetcher.take() {
             Some(f) => f,
             None => match crate::fetchers::from_config(&fetch, &verify) {
@@ -91,13 +93,13 @@ pub(crate) async fn supervise(
                 Err(e) => {
                     tracing::error!(
                         event = "fetcher_failed",
-                        error = %crate::display_chain(&e),
+                        error = %crate::errors::display_chain(&e),
                         "cannot set up the fetcher again: {}; retrying in {}",
-                        crate::display_chain(&e),
+                        crate::errors::display_chain(&e),
                         humantime::format_duration(backoff)
                     );
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RESTART_MAX);
+                    deaths = deaths.saturating_add(1);
                     continue;
                 }
             },
@@ -123,8 +125,9 @@ pub(crate) async fn supervise(
             return;
         }
         if started.elapsed() > RESTART_MAX {
-            backoff = RESTART_MIN;
+            deaths = 0;
         }
+        let backoff = crate::time::backoff(RESTART_MIN, deaths, RESTART_MAX);
         tracing::error!(
             event = "update_task_died",
             error = %cause,
@@ -141,7 +144,7 @@ pub(crate) async fn supervise(
             ),
         );
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RESTART_MAX);
+        deaths = deaths.saturating_add(1);
     }
 }
 
@@ -248,9 +251,9 @@ pub(crate) async fn run(
                 report(&reports, "nothing_new", source.clone());
             }
             Err(e) => {
-                let error = crate::display_chain(&e);
+                let error = crate::errors::display_chain(&e);
                 tracing::error!(event = "check_failed", error = %error, "update from {source} failed: {error}");
-                report(&reports, "error", crate::display_chain(&e));
+                report(&reports, "error", crate::errors::display_chain(&e));
                 if e.is_transient() {
                     fetcher.retry();
                     failures += 1;
@@ -260,7 +263,7 @@ pub(crate) async fn run(
         let base = if failures == 0 {
             fetch.interval
         } else {
-            (fetch.interval * 2u32.pow(failures.min(10))).min(BACKOFF_MAX.max(fetch.interval))
+            crate::time::backoff(fetch.interval, failures, BACKOFF_MAX.max(fetch.interval))
         };
         tokio::select! {
             _ = tokio::time::sleep(base + jitter(&fetch)) => {}
@@ -318,9 +321,9 @@ async fn wait_for_trial(
             }
             Ok(None) => report(reports, "nothing_new", source.to_owned()),
             Err(e) => {
-                let error = crate::display_chain(&e);
+                let error = crate::errors::display_chain(&e);
                 tracing::error!(event = "check_failed", error = %error, "update from {source} failed: {error}");
-                report(reports, "error", crate::display_chain(&e));
+                report(reports, "error", crate::errors::display_chain(&e));
                 let e = crate::release::Error::from(e);
                 if e.is_transient() {
                     fetcher.retry();
@@ -380,7 +383,7 @@ async fn pre_install(hooks: &Hooks, pipeline: &Pipeline, release: &Meta) -> Resu
             Ok(Ok(())) => format!("sha256 {} will not be installed again", release.sha256),
             Ok(Err(e)) => format!(
                 "and it could not be recorded as failed: {}",
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             ),
             Err(e) => format!("and it could not be recorded as failed: {e}"),
         }

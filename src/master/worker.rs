@@ -21,8 +21,9 @@ use tokio::net::unix::pipe;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::child_env::ChildEnv;
 use crate::config::Program;
-use crate::protocol::{self, ChildEnv};
+use crate::protocol;
 use crate::reaper;
 use crate::sockets::Sockets;
 use crate::sys::{self, ExecPlan};

@@ -70,7 +70,7 @@ impl Destination {
                 prefix.push('/');
             }
             if let Some(url) = &endpoint_url {
-                crate::fetchers::http::check_url(url, false).map_err(|reason| {
+                crate::url::check_url(url, false).map_err(|reason| {
                     Error::Invalid(format!("invalid --endpoint-url: {reason}"))
                 })?;
             }
@@ -92,7 +92,7 @@ impl Destination {
                 return Err(invalid("the release's tag is missing after @".into()));
             }
             let api_url = api_url.clone().unwrap_or_else(|| GITHUB_API.to_owned());
-            crate::fetchers::http::check_url(&api_url, false)
+            crate::url::check_url(&api_url, false)
                 .map_err(|reason| Error::Invalid(format!("invalid --api-url: {reason}")))?;
             Destination::Github {
                 owner: owner.to_owned(),
@@ -318,33 +318,13 @@ impl Target for DirTarget {
     }
 }
 
-/// Standard base64 with padding (S3's `ChecksumSHA256`).
-#[cfg_attr(not(feature = "s3"), allow(dead_code))]
-pub(crate) fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(feature = "s3")]
 mod s3 {
     use std::path::Path;
 
     use aws_sdk_s3::error::DisplayErrorContext;
     use aws_sdk_s3::primitives::ByteStream;
+    use base64::Engine as _;
 
     use super::{Destination, Error, Fetched, Target};
     use crate::fetchers::BoxFuture;
@@ -415,7 +395,7 @@ mod s3 {
                 // S3 checks the bytes against it and keeps it, so hosts
                 // read it back from HeadObject.
                 .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
-                .checksum_sha256(super::base64(&sha256))
+                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256))
                 .body(body)
                 .send()
                 .await
@@ -609,11 +589,15 @@ mod github {
                         .send()
                         .await
                         .map_err(|e| {
-                            target.fail("create the release", "", crate::display_chain(&e))
+                            target.fail("create the release", "", crate::errors::display_chain(&e))
                         })?
                 }
                 Err(e) => {
-                    return Err(target.fail("read the release", "", crate::display_chain(&e)))
+                    return Err(target.fail(
+                        "read the release",
+                        "",
+                        crate::errors::display_chain(&e),
+                    ))
                 }
             };
             target.release_id = release.id.into_inner();
@@ -658,7 +642,7 @@ mod github {
                 .client
                 ._get_with_headers(path.as_str(), Some(headers))
                 .await
-                .map_err(|e| self.fail("download", name, crate::display_chain(&e)))?;
+                .map_err(|e| self.fail("download", name, crate::errors::display_chain(&e)))?;
             if !response.status().is_success() {
                 return Err(self.fail(
                     "download",
@@ -730,7 +714,9 @@ mod github {
                         .release_assets()
                         .delete(id)
                         .await
-                        .map_err(|e| self.fail("delete the old", name, crate::display_chain(&e)))?;
+                        .map_err(|e| {
+                            self.fail("delete the old", name, crate::errors::display_chain(&e))
+                        })?;
                     self.assets.retain(|(n, _)| n != name);
                 }
                 let asset = self
@@ -740,7 +726,7 @@ mod github {
                     .upload_asset(self.release_id, name, bytes::Bytes::from(bytes))
                     .send()
                     .await
-                    .map_err(|e| self.fail("upload", name, crate::display_chain(&e)))?;
+                    .map_err(|e| self.fail("upload", name, crate::errors::display_chain(&e)))?;
                 self.assets.push((name.to_owned(), asset.id.into_inner()));
                 Ok(())
             })
@@ -806,14 +792,5 @@ mod tests {
             Destination::parse("out", None, None, None).unwrap(),
             Destination::Dir("out".into())
         );
-    }
-
-    #[test]
-    fn base64_encodes() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }

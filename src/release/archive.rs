@@ -23,6 +23,7 @@ use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 
 use super::Error;
+use crate::fsutil::IoError;
 
 /// What an archive may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,11 +174,11 @@ fn lexically_inside(at: &[OsString], target: &Path) -> bool {
 }
 
 fn io_error(what: &'static str, path: &Path, e: Errno) -> Error {
-    Error::Io {
+    Error::Io(IoError {
         what,
         path: path.to_owned(),
         source: std::io::Error::from(e),
-    }
+    })
 }
 
 /// The release directory being filled, through its descriptor.
@@ -487,21 +488,27 @@ fn links_stay_inside(dest: &Path) -> Result<(), Error> {
     let mut stack: Vec<Vec<OsString>> = vec![Vec::new()];
     while let Some(dir) = stack.pop() {
         let path = join(dest, &dir);
-        let entries = std::fs::read_dir(&path).map_err(|source| Error::Io {
-            what: "read",
-            path: path.clone(),
-            source,
-        })?;
-        for e in entries {
-            let e = e.map_err(|source| Error::Io {
+        let entries = std::fs::read_dir(&path).map_err(|source| {
+            Error::Io(IoError {
                 what: "read",
                 path: path.clone(),
                 source,
+            })
+        })?;
+        for e in entries {
+            let e = e.map_err(|source| {
+                Error::Io(IoError {
+                    what: "read",
+                    path: path.clone(),
+                    source,
+                })
             })?;
-            let ft = e.file_type().map_err(|source| Error::Io {
-                what: "read",
-                path: e.path(),
-                source,
+            let ft = e.file_type().map_err(|source| {
+                Error::Io(IoError {
+                    what: "read",
+                    path: e.path(),
+                    source,
+                })
             })?;
             let mut at = dir.clone();
             at.push(e.file_name());
@@ -535,10 +542,12 @@ fn resolve_inside(dest: &Path, link: &[OsString]) -> Result<(), Error> {
             ),
         )
     };
-    let first = std::fs::read_link(join(dest, link)).map_err(|source| Error::Io {
-        what: "read link",
-        path: join(dest, link),
-        source,
+    let first = std::fs::read_link(join(dest, link)).map_err(|source| {
+        Error::Io(IoError {
+            what: "read link",
+            path: join(dest, link),
+            source,
+        })
     })?;
     // Resolved directories, none of them a link.
     let mut at: Vec<OsString> = link[..link.len() - 1].to_vec();
@@ -576,10 +585,12 @@ fn resolve_inside(dest: &Path, link: &[OsString]) -> Result<(), Error> {
                         format!("passes more than {MAX_LINK_HOPS} links; refused"),
                     ));
                 }
-                let next = std::fs::read_link(&here).map_err(|source| Error::Io {
-                    what: "read link",
-                    path: here.clone(),
-                    source,
+                let next = std::fs::read_link(&here).map_err(|source| {
+                    Error::Io(IoError {
+                        what: "read link",
+                        path: here.clone(),
+                        source,
+                    })
                 })?;
                 push(&mut todo, &next)?;
             }
@@ -595,16 +606,20 @@ fn pick_binary(dest: &Path, binary: &str) -> Result<(), Error> {
     let mut names = Vec::new();
     let mut stack = vec![dest.to_owned()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
-            what: "read",
-            path: dir.clone(),
-            source,
+        let entries = std::fs::read_dir(&dir).map_err(|source| {
+            Error::Io(IoError {
+                what: "read",
+                path: dir.clone(),
+                source,
+            })
         })?;
         for e in entries.flatten() {
-            let ft = e.file_type().map_err(|source| Error::Io {
-                what: "read",
-                path: e.path(),
-                source,
+            let ft = e.file_type().map_err(|source| {
+                Error::Io(IoError {
+                    what: "read",
+                    path: e.path(),
+                    source,
+                })
             })?;
             let rel = e.path().strip_prefix(dest).unwrap_or(&e.path()).to_owned();
             if ft.is_dir() {
@@ -628,18 +643,22 @@ fn pick_binary(dest: &Path, binary: &str) -> Result<(), Error> {
         }),
         [one] => {
             if *one != root {
-                std::fs::rename(one, &root).map_err(|source| Error::Io {
-                    what: "move",
-                    path: one.clone(),
-                    source,
+                std::fs::rename(one, &root).map_err(|source| {
+                    Error::Io(IoError {
+                        what: "move",
+                        path: one.clone(),
+                        source,
+                    })
                 })?;
             }
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).map_err(
-                |source| Error::Io {
-                    what: "chmod",
-                    path: root.clone(),
-                    source,
+                |source| {
+                    Error::Io(IoError {
+                        what: "chmod",
+                        path: root.clone(),
+                        source,
+                    })
                 },
             )
         }

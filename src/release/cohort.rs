@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use super::{Error, Store};
 use crate::fetchers::Info;
+use crate::fsutil::IoError;
 use crate::manifest::rollout;
 
 /// The file holding the generated host id.
@@ -98,10 +99,12 @@ pub fn host_id(store: &Store, configured: Option<&str>) -> Result<String, Error>
         return Ok(id.to_owned());
     }
     let path = store.dir().join(HOST_ID);
-    let io = |what, source| Error::Io {
-        what,
-        path: path.clone(),
-        source,
+    let io = |what, source| {
+        Error::Io(IoError {
+            what,
+            path: path.clone(),
+            source,
+        })
     };
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 use crate::config::Releases;
+use crate::fsutil::IoError;
 
 const META: &str = "release.json";
 const FAILED: &str = ".failed";
@@ -100,18 +101,14 @@ pub struct Store {
     in_place: Option<PathBuf>,
 }
 
+/// [`crate::fsutil::io`], into this module's error.
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| IoError::new(what, path, source).into()
 }
 
+/// [`crate::fsutil::fsync_dir`], into this module's error.
 fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))
+    Ok(crate::fsutil::fsync_dir(dir)?)
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
@@ -162,14 +159,6 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), Error> {
         .map_err(io("fsync", to))
 }
 
-/// Seconds since the epoch.
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Opens (creating) the releases directory.
     pub fn open(releases: &Releases) -> Result<Store, Error> {
@@ -192,10 +181,15 @@ impl Store {
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::Io {
-                what: "replace",
-                path: target.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+            .ok_or_else(|| {
+                Error::Io(IoError {
+                    what: "replace",
+                    path: target.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a file path",
+                    ),
+                })
             })?;
         let parent = target.parent().unwrap_or(Path::new("."));
         let dir = parent.join(format!(".{name}.baton"));
@@ -222,11 +216,7 @@ impl Store {
 
     /// Records the binary found at `target` as the current release.
     fn adopt(&self, target: &Path) -> Result<(), Error> {
-        use sha2::Digest;
-        let mut hasher = sha2::Sha256::new();
-        let mut file = std::fs::File::open(target).map_err(io("read", target))?;
-        let size = std::io::copy(&mut file, &mut hasher).map_err(io("read", target))?;
-        let sha256: [u8; 32] = hasher.finalize().into();
+        let (sha256, size) = crate::fsutil::hash_file(target)?;
         let staging = self.staging()?;
         link_or_copy(target, &self.binary_in(staging.path()))?;
         let meta = Meta {
@@ -235,7 +225,7 @@ impl Store {
             sha256: hex::encode(sha256),
             size,
             source: format!("{} as found at first start", target.display()),
-            installed_at: now(),
+            installed_at: crate::time::unix_now(),
             binary_sha256: Some(hex::encode(sha256)),
             patch: None,
         };
@@ -361,14 +351,14 @@ impl Store {
     /// pointed at before. Only the master calls this, at the end of a trial.
     pub fn promote(&self, id: &str) -> Result<Option<String>, Error> {
         if self.meta(id).is_none() {
-            return Err(Error::Io {
+            return Err(Error::Io(IoError {
                 what: "promote",
                 path: self.dir.join(id),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "the release directory is gone or incomplete",
                 ),
-            });
+            }));
         }
         let before = self.link("current");
         if let Some(old) = before.as_deref().filter(|old| *old != id) {
@@ -405,7 +395,7 @@ impl Store {
         let record = TrialRecord {
             id: meta.id.clone(),
             sha256: meta.sha256.clone(),
-            started_at: now(),
+            started_at: crate::time::unix_now(),
             attempts,
         };
         self.write_atomic(
@@ -467,19 +457,12 @@ impl Store {
     /// Writes `name` in the releases directory by an fsynced temp file
     /// renamed over it.
     pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
-        let path = self.dir.join(name);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempfile_in(&self.dir)
-            .map_err(io("write", &path))?;
-        tmp.write_all(bytes).map_err(io("write", &path))?;
-        tmp.as_file().sync_all().map_err(io("write", &path))?;
-        tmp.persist(&path).map_err(|e| Error::Io {
-            what: "write",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        fsync_dir(&self.dir)
+        Ok(crate::fsutil::write_atomic(
+            &self.dir.join(name),
+            bytes,
+            ".staging-",
+            None,
+        )?)
     }
 
     /// Renames a complete staging directory into place as `meta.id`.

@@ -13,9 +13,10 @@ pub mod verify;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::child_env::ChildEnv;
 use crate::config::Verify;
 use crate::fetchers::{Candidate, Info};
-use crate::protocol::ChildEnv;
+use crate::fsutil::IoError;
 pub use cohort::{Decision, Verdict};
 pub use install::{AppliedPatch, Lock, Meta, Store, TrialRecord};
 
@@ -162,16 +163,8 @@ pub enum Error {
         pid: Option<u32>,
     },
     /// A file operation failed.
-    #[error("cannot {what} {path}")]
-    Io {
-        /// The operation.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl Error {
@@ -187,7 +180,7 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::Longer { .. }
                 | Error::DownloadTimeout { .. }
-                | Error::Io { .. }
+                | Error::Io(..)
         )
     }
 }
@@ -346,10 +339,12 @@ impl Pipeline {
             Some(dir) => tempfile::Builder::new()
                 .prefix(".staging-")
                 .tempdir_in(dir)
-                .map_err(|source| Error::Io {
-                    what: "create a staging dir in",
-                    path: dir.clone(),
-                    source,
+                .map_err(|source| {
+                    Error::Io(IoError {
+                        what: "create a staging dir in",
+                        path: dir.clone(),
+                        source,
+                    })
                 })?,
             None => self.store.staging()?,
         };
@@ -376,40 +371,48 @@ impl Pipeline {
                 .expect("a file name")
                 .to_string_lossy()
                 .into_owned();
-            let file = staged.file.reopen().map_err(|source| Error::Io {
-                what: "read",
-                path: path.clone(),
-                source,
+            let file = staged.file.reopen().map_err(|source| {
+                Error::Io(IoError {
+                    what: "read",
+                    path: path.clone(),
+                    source,
+                })
             })?;
             let staged_path = staged.file.into_temp_path();
             let staged_sha256 = staged.sha256;
             binary_sha256 = tokio::task::spawn_blocking(move || -> Result<[u8; 32], Error> {
                 verify::signature(&keys, signature.as_deref(), &path)?;
                 let mut file = file;
-                let kind = archive::kind(&name, &mut file).map_err(|source| Error::Io {
-                    what: "read",
-                    path: path.clone(),
-                    source,
+                let kind = archive::kind(&name, &mut file).map_err(|source| {
+                    Error::Io(IoError {
+                        what: "read",
+                        path: path.clone(),
+                        source,
+                    })
                 })?;
                 if kind == archive::Kind::Plain {
                     drop(file);
                     let target = dest.join(&bin_name);
-                    staged_path.persist(&target).map_err(|e| Error::Io {
-                        what: "move",
-                        path: target.clone(),
-                        source: e.error,
+                    staged_path.persist(&target).map_err(|e| {
+                        Error::Io(IoError {
+                            what: "move",
+                            path: target.clone(),
+                            source: e.error,
+                        })
                     })?;
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-                        .map_err(|source| Error::Io {
-                            what: "chmod",
-                            path: target.clone(),
-                            source,
+                        .map_err(|source| {
+                            Error::Io(IoError {
+                                what: "chmod",
+                                path: target.clone(),
+                                source,
+                            })
                         })?;
                     Ok(staged_sha256)
                 } else {
                     archive::unpack(file, kind, &bin_name, &dest, limits)?;
-                    hash_file(&dest.join(&bin_name))
+                    Ok(crate::fsutil::hash_file(&dest.join(&bin_name))?.0)
                 }
             })
             .await
@@ -449,7 +452,7 @@ impl Pipeline {
             sha256: sha_hex,
             size: staged.size,
             source: describe(&info),
-            installed_at: install::now(),
+            installed_at: crate::time::unix_now(),
             binary_sha256: Some(hex::encode(binary_sha256)),
             patch: applied,
         };
@@ -479,26 +482,12 @@ impl Pipeline {
             tracing::warn!(
                 "cannot probe the running release {} for its version: {}",
                 current.id,
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             )
         })
         .ok()?;
         verify::probe_version(&line).map(|v| v.to_string())
     }
-}
-
-/// A file's sha256.
-pub(crate) fn hash_file(path: &std::path::Path) -> Result<[u8; 32], Error> {
-    use sha2::Digest;
-    let io = |source| Error::Io {
-        what: "read",
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(io)?;
-    Ok(hasher.finalize().into())
 }
 
 fn describe(info: &Info) -> String {

@@ -15,6 +15,7 @@ use super::stage::{self, Staged};
 use super::{Error, Meta, Store};
 use crate::config::Verify;
 use crate::fetchers::{Info, Opener};
+use crate::fsutil::IoError;
 use crate::manifest::Patch;
 
 /// A binary made from a patch.
@@ -75,7 +76,7 @@ pub(super) async fn fetch(
         Err(e) => {
             tracing::warn!(
                 "delta: {}; downloading the full artifact",
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             );
             return None;
         }
@@ -104,7 +105,7 @@ pub(super) async fn fetch(
         Err(e) => {
             tracing::warn!(
                 "delta: {}; downloading the full artifact",
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             );
             return None;
         }
@@ -129,7 +130,7 @@ pub(super) async fn fetch(
                 "delta: patch {} failed against {}: {}; downloading the full artifact",
                 patch.url,
                 cx.current.id,
-                crate::display_chain(&e)
+                crate::errors::display_chain(&e)
             );
             // A dry run (`baton check` without `--install`) leaves the
             // releases directory as it found it.
@@ -139,7 +140,7 @@ pub(super) async fn fetch(
             if let Err(e) = cx.store.mark_patch_failed(&from_hex, &patch_hex) {
                 tracing::warn!(
                     "delta: cannot record the failed patch: {}",
-                    crate::display_chain(&e)
+                    crate::errors::display_chain(&e)
                 );
             }
             None
@@ -157,13 +158,16 @@ async fn running_digest(current: &Meta, reference: &Path) -> Result<[u8; 32], Er
         return Ok(d);
     }
     let path = reference.to_owned();
-    tokio::task::spawn_blocking(move || super::hash_file(&path))
+    tokio::task::spawn_blocking(move || crate::fsutil::hash_file(&path).map(|(d, _)| d))
         .await
-        .map_err(|e| Error::Io {
-            what: "hash",
-            path: reference.to_owned(),
-            source: std::io::Error::other(e),
+        .map_err(|e| {
+            Error::Io(IoError {
+                what: "hash",
+                path: reference.to_owned(),
+                source: std::io::Error::other(e),
+            })
         })?
+        .map_err(Error::from)
 }
 
 /// Why the delta path failed, for the log.

@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Error;
+use crate::child_env::ChildEnv;
 use crate::command::{self, Failure};
-use crate::protocol::{self, ChildEnv};
+use crate::fsutil::IoError;
+use crate::protocol;
 
 /// Runs the probe; returns the last non-empty line of its output (which
 /// names its version: see [`super::verify::probe_version`]).
@@ -27,11 +29,11 @@ pub async fn run(
                 path: binary.to_owned(),
                 source,
             },
-            Failure::Wait(source) => Error::Io {
+            Failure::Wait(source) => Error::Io(IoError {
                 what: "wait for",
                 path: binary.to_owned(),
                 source,
-            },
+            }),
             Failure::Timeout => Error::ProbeTimeout { limit: timeout },
         })?;
     if !out.status.success() {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Error;
 use crate::fetchers::Body;
+use crate::fsutil::IoError;
 
 const CHUNK: usize = 64 << 10;
 
@@ -42,16 +43,20 @@ pub async fn stage(
     let temp = tempfile::Builder::new()
         .prefix(".download-")
         .tempfile_in(dir)
-        .map_err(|source| Error::Io {
-            what: "create a temp file in",
-            path: dir.to_owned(),
-            source,
+        .map_err(|source| {
+            Error::Io(IoError {
+                what: "create a temp file in",
+                path: dir.to_owned(),
+                source,
+            })
         })?;
     let path = temp.path().to_owned();
-    let io_err = |source| Error::Io {
-        what: "write",
-        path: path.clone(),
-        source,
+    let io_err = |source| {
+        Error::Io(IoError {
+            what: "write",
+            path: path.clone(),
+            source,
+        })
     };
     let mut out = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(io_err)?);
     let copy = async {
@@ -61,7 +66,7 @@ pub async fn stage(
         loop {
             let n = body.read(&mut buf).await.map_err(|e| Error::Download {
                 from: from.to_owned(),
-                reason: crate::display_chain(&e),
+                reason: crate::errors::display_chain(&e),
             })?;
             if n == 0 {
                 break;

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::Error;
+use crate::fsutil::IoError;
 
 /// The sha256 must match what the source states and the configured pin.
 pub fn checksum(
@@ -45,17 +46,21 @@ pub fn signature(keys: &[String], signature: Option<&str>, file: &Path) -> Resul
         .iter()
         .find_map(|k| k.verify_stream(&signature).ok())
         .ok_or_else(|| bad("signed by a key that verify.minisign_key does not trust".into()))?;
-    let mut f = std::fs::File::open(file).map_err(|source| Error::Io {
-        what: "read",
-        path: file.to_owned(),
-        source,
-    })?;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = f.read(&mut buf).map_err(|source| Error::Io {
+    let mut f = std::fs::File::open(file).map_err(|source| {
+        Error::Io(IoError {
             what: "read",
             path: file.to_owned(),
             source,
+        })
+    })?;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| {
+            Error::Io(IoError {
+                what: "read",
+                path: file.to_owned(),
+                source,
+            })
         })?;
         if n == 0 {
             break;
@@ -81,18 +86,7 @@ pub fn not_lower(stated: &str, running: Option<&str>, allow_downgrade: bool) -> 
     }
 }
 
-/// Parses a version, allowing a leading `v`.
-pub fn parse_version(text: &str) -> Option<semver::Version> {
-    let text = text.trim();
-    semver::Version::parse(text.strip_prefix('v').unwrap_or(text)).ok()
-}
-
-/// The version a probe names: the last semver token (`1.2.3`, `v1.2.3`) of
-/// its last non-empty output line, so `1.2.3`, `v1.2.3` and `myapp 1.2.3`
-/// all name 1.2.3.
-pub fn probe_version(line: &str) -> Option<semver::Version> {
-    line.split_whitespace().rev().find_map(parse_version)
-}
+pub use crate::version::{parse_version, probe_version};
 
 /// The release that serves now, for the order check.
 #[derive(Debug, Clone, Copy)]

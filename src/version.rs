@@ -1,0 +1,15 @@
+//! How baton reads a version: semver, with a leading `v` allowed, and the
+//! version a probe's output names. A leaf.
+
+/// Parses a version, allowing a leading `v`.
+pub fn parse_version(text: &str) -> Option<semver::Version> {
+    let text = text.trim();
+    semver::Version::parse(text.strip_prefix('v').unwrap_or(text)).ok()
+}
+
+/// The version a probe names: the last semver token (`1.2.3`, `v1.2.3`) of
+/// its last non-empty output line, so `1.2.3`, `v1.2.3` and `myapp 1.2.3`
+/// all name 1.2.3.
+pub fn probe_version(line: &str) -> Option<semver::Version> {
+    line.split_whitespace().rev().find_map(parse_version)
+}
