@@ -509,7 +509,7 @@ fn check_inner(
                 "host_id": d.host_id,
                 "bucket": baton::manifest::rollout::bucket_percent(d.bucket),
                 "percent": d.percent,
-                "verdict": format!("{:?}", d.verdict),
+                "verdict": format!("{:?}", d.admission),
             });
         }
         let outcome = pipeline

@@ -90,7 +90,7 @@ impl FileFetcher {
     }
 
     fn is_manifest(&self) -> bool {
-        self.path.extension().is_some_and(|e| e == "json")
+        super::is_manifest(&self.path.to_string_lossy(), None)
     }
 
     /// The candidate a manifest names; the artifact is opened, not read.

@@ -143,6 +143,19 @@ async fn get_with(
         })
 }
 
+/// The change token of one asset of a release: a re-uploaded asset (same
+/// name, new id or update time) is a new candidate.
+fn asset_token(kind: &str, release: &Release, asset: &Asset) -> String {
+    super::change_token(
+        kind,
+        &[
+            &release.id,
+            &asset.id,
+            &asset.updated_at.as_deref().unwrap_or(""),
+        ],
+    )
+}
+
 /// A response's body as a byte stream.
 fn body_of(response: Response) -> super::Body {
     let stream = http_body_util::BodyDataStream::new(response.into_body())
@@ -349,12 +362,7 @@ impl GithubFetcher {
         release: &Release,
         manifest_asset: &Asset,
     ) -> Result<Option<Candidate>, Error> {
-        let token = format!(
-            "github-manifest:{}:{}:{}",
-            release.id,
-            manifest_asset.id,
-            manifest_asset.updated_at.as_deref().unwrap_or("")
-        );
+        let token = asset_token("github-manifest", release, manifest_asset);
         if self.last_token.as_ref() == Some(&token) {
             return Ok(None);
         }
@@ -507,12 +515,7 @@ impl GithubFetcher {
                 )))
             }
         };
-        let token = format!(
-            "github:{}:{}:{}",
-            release.id,
-            asset.id,
-            asset.updated_at.as_deref().unwrap_or("")
-        );
+        let token = asset_token("github", &release, &asset);
         if self.last_token.as_ref() == Some(&token) {
             return Ok(None);
         }

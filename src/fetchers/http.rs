@@ -233,12 +233,13 @@ impl HttpFetcher {
             return Ok(None);
         }
         self.remember_validators(&response);
-        let is_manifest = url.path().ends_with(".json")
-            || response
+        let is_manifest = super::is_manifest(
+            url.path(),
+            response
                 .headers()
                 .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
+                .and_then(|v| v.to_str().ok()),
+        );
         if is_manifest {
             let bytes = conn.small_body(response, &url, "manifest").await?;
             let token = super::manifest_token(&bytes);

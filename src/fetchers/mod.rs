@@ -101,6 +101,25 @@ pub(crate) fn is_beside_file(name: &str) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
+/// Whether a source's object is a signed manifest rather than an artifact,
+/// by the rule every source shares: its name ends in `.json`, or it is
+/// served as `application/json` (`content_type`, where the source has one).
+pub(crate) fn is_manifest(name: &str, content_type: Option<&str>) -> bool {
+    name.ends_with(".json") || content_type.is_some_and(|t| t.starts_with("application/json"))
+}
+
+/// The token by which a source knows an object it offered before: `kind`
+/// and the object's identifying parts, `:`-separated. Equal tokens mean
+/// the same object, so a poll that finds it again offers nothing.
+pub(crate) fn change_token(kind: &str, parts: &[&dyn std::fmt::Display]) -> String {
+    let mut token = kind.to_owned();
+    for part in parts {
+        token.push(':');
+        token.push_str(&part.to_string());
+    }
+    token
+}
+
 /// The largest manifest, checksum file or signature read, in bytes.
 pub const SMALL_FILE_LIMIT: usize = 1 << 20;
 
@@ -569,6 +588,26 @@ mod tests {
     fn refusals_are_not_transient() {
         assert!(!Error::Refused("no such key".into()).is_transient());
         assert!(Error::Other("cannot reach".into()).is_transient());
+    }
+
+    #[test]
+    fn every_source_knows_a_manifest_by_one_rule() {
+        assert!(is_manifest("hello/manifest.json", None));
+        assert!(is_manifest(
+            "hello/latest",
+            Some("application/json; charset=utf-8")
+        ));
+        assert!(!is_manifest("hello-2.0.0.tar.gz", Some("application/gzip")));
+        assert!(!is_manifest("manifest.json.minisig", None));
+    }
+
+    #[test]
+    fn change_tokens_join_their_parts() {
+        assert_eq!(change_token("s3", &[&"k", &"\"e\"", &""]), "s3:k:\"e\":");
+        assert_ne!(
+            change_token("github", &[&1, &2]),
+            change_token("github", &[&1, &3])
+        );
     }
 
     #[test]

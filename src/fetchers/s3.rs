@@ -282,19 +282,18 @@ impl S3Fetcher {
             }
             Err(e) => return Err(self.error(&key, e)),
         };
-        let token = format!(
-            "s3:{key}:{}:{}",
-            head.e_tag().unwrap_or(""),
-            head.version_id().unwrap_or("")
+        let token = super::change_token(
+            "s3",
+            &[
+                &key,
+                &head.e_tag().unwrap_or(""),
+                &head.version_id().unwrap_or(""),
+            ],
         );
         if self.last_token.as_ref() == Some(&token) {
             return Ok(None);
         }
-        let is_manifest = self.prefix.is_none()
-            && (key.ends_with(".json")
-                || head
-                    .content_type()
-                    .is_some_and(|t| t.starts_with("application/json")));
+        let is_manifest = self.prefix.is_none() && super::is_manifest(&key, head.content_type());
         if is_manifest {
             let candidate = self.named_by_manifest(&client, &key, head.e_tag()).await?;
             self.last_token = Some(token);

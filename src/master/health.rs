@@ -1,7 +1,7 @@
 //! The health check of a release's worker (`[releases] health`): `GET` on
 //! one of the master's TCP sockets answering 2xx, or a command exiting 0.
 //! One task per checked worker sends each result to the master, which
-//! feeds it to the rollout policy (during a trial) or only reports it
+//! feeds it to the trial (during one) or only reports it
 //! (after promotion, with `health_after`).
 
 use std::ffi::OsString;

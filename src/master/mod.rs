@@ -12,8 +12,8 @@ mod operate;
 mod ready;
 mod reexec;
 mod reload;
-mod rollout;
 mod store_io;
+mod trial;
 mod update;
 mod worker;
 
@@ -32,8 +32,8 @@ use crate::config::{Config, HealthCheck, Program, Ready};
 use crate::protocol::describe_exit;
 use crate::release::{Meta, Store};
 use notify::{NotifyServer, Supervisor};
-use rollout::{Interrupted, Rollout, Verdict};
 use store_io::{Done, Job, StoreIo};
+use trial::{Interrupted, Trials, Verdict};
 use worker::{Exit, State, Worker};
 
 use crate::sockets::Sockets;
@@ -377,7 +377,7 @@ async fn run_inner(
         last_check: None,
         waiters: operate::Waiters::default(),
         rolling_back: None,
-        rollout: Rollout::new(settle, checker.as_ref().map(|c| c.health.failures)),
+        trials: Trials::new(settle, checker.as_ref().map(|c| c.health.failures)),
         checker,
         health_tx,
         health_task: None,
@@ -404,14 +404,14 @@ async fn run_inner(
     if let Some((release, attempt, after)) = found.retry {
         // Begun again once its record counts the attempt, after the wait;
         // its worker is the first to start.
-        if m.rollout.begin_attempt(release, attempt).is_ok() {
+        if m.trials.begin_attempt(release, attempt).is_ok() {
             m.waiting_for_release = true;
             m.trial_retry_at = Some(Instant::now() + after);
         }
     }
     if let Some(fetcher) = first_fetcher {
         // A resumed trial holds the update loop back until it ends.
-        let gate = m.rollout.on_trial().is_some().then(|| {
+        let gate = m.trials.on_trial().is_some().then(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             m.trial_done = Some(tx);
             rx
@@ -524,7 +524,7 @@ struct Found {
 /// Opens the releases directory (or the in-place state directory), takes
 /// its lock for the master's lifetime, removes what an interrupted install
 /// left, and settles a trial that a dead master never finished (the trial
-/// state machine decides: [`rollout::interrupted`]).
+/// state machine decides: [`trial::interrupted`]).
 fn open_store(
     releases: Option<&crate::config::Releases>,
     program: &Program,
@@ -554,7 +554,7 @@ fn open_store(
         }
         let current = store.current();
         let promoted = current.as_ref().is_some_and(|c| c.id == trial.id);
-        match rollout::interrupted(trial.attempts, promoted, current.is_some(), limit) {
+        match trial::interrupted(trial.attempts, promoted, current.is_some(), limit) {
             Interrupted::Promoted => tracing::info!(
                 "release {} had been promoted when the master stopped",
                 trial.id
@@ -742,7 +742,7 @@ struct Master {
     /// `previous`, being cycled onto by a rollback.
     rolling_back: Option<Meta>,
     /// The trial of a new release: the policy.
-    rollout: Rollout,
+    trials: Trials,
     /// Dropped when the trial ends: the update loop waits for it.
     trial_done: Option<tokio::sync::oneshot::Sender<()>>,
     /// A release that passed its trial, until `current` names it.
@@ -780,7 +780,7 @@ impl Master {
         starting
             .chain(draining)
             .chain([self.restart_at])
-            .chain([self.rollout.deadline()])
+            .chain([self.trials.deadline()])
             .chain([self.promote_retry_at])
             .chain([self.trial_retry_at])
             .chain([self.reexec.as_ref().and_then(|p| p.deadline())])
@@ -822,7 +822,7 @@ impl Master {
         if reason == Reason::Cycle {
             self.supervisor.reloading(&format!("starting worker {id}"));
         }
-        let trial = self.rollout.runnable().cloned();
+        let trial = self.trials.runnable().cloned();
         // A release being promoted is run from its own directory until
         // `current` names it.
         let own_dir = trial
@@ -863,7 +863,7 @@ impl Master {
             Ok(w) => w,
             Err(e) => {
                 let failure = format!("worker {id} failed to start: {e}");
-                if let Some(v) = trial.and_then(|_| self.rollout.fail(&failure)) {
+                if let Some(v) = trial.and_then(|_| self.trials.fail(&failure)) {
                     self.verdict(v);
                 }
                 self.start_failed(reason, failure);
@@ -872,7 +872,7 @@ impl Master {
         };
         match &trial {
             Some(t) => {
-                self.rollout.started(id);
+                self.trials.started(id);
                 tracing::info!(
                     event = "worker_started",
                     worker = id,
@@ -973,15 +973,15 @@ impl Master {
         let status = format!("serving with worker {id} (pid {pid})");
         self.supervisor.ready(&status);
         self.worker_ready(id, &status);
-        if let Some(release) = self.rollout.on_trial().filter(|_| self.rollout.watches(id)) {
+        if let Some(release) = self.trials.on_trial().filter(|_| self.trials.watches(id)) {
             tracing::info!(
                 worker = id,
                 "release {} serves on trial; promoted if it stays up for {}",
                 release.id,
-                humantime::format_duration(self.rollout.settle())
+                humantime::format_duration(self.trials.settle())
             );
         }
-        if let Some(v) = self.rollout.ready(id, now) {
+        if let Some(v) = self.trials.ready(id, now) {
             self.verdict(v);
         }
         if self.cycle_pending {
@@ -1024,7 +1024,7 @@ impl Master {
                 ),
                 &worker,
             );
-            if let Some(v) = self.rollout.exited(id, &failure) {
+            if let Some(v) = self.trials.exited(id, &failure) {
                 self.verdict(v);
             }
             self.start_failed(starting.reason, failure);
@@ -1046,11 +1046,11 @@ impl Master {
             self.status.crash_restarts += 1;
             // A worker of the release on trial that dies fails the trial,
             // also one a restart during the trial was replacing.
-            let verdict = self.rollout.exited(id, &failure).or_else(|| {
+            let verdict = self.trials.exited(id, &failure).or_else(|| {
                 let ran_trial =
-                    release.is_some() && self.rollout.on_trial().map(|t| &t.id) == release.as_ref();
+                    release.is_some() && self.trials.on_trial().map(|t| &t.id) == release.as_ref();
                 if ran_trial {
-                    self.rollout.fail(&failure)
+                    self.trials.fail(&failure)
                 } else {
                     None
                 }
@@ -1063,7 +1063,7 @@ impl Master {
             }
         } else {
             if let Some(v) = self
-                .rollout
+                .trials
                 .exited(id, &format!("worker {id} exited: {how}"))
             {
                 self.verdict(v);
@@ -1104,7 +1104,7 @@ impl Master {
                 }
             }
             _ if self.waiting_for_release => {}
-            _ if self.rollout.on_trial().is_none()
+            _ if self.trials.on_trial().is_none()
                 && self.store.as_ref().is_some_and(|s| s.current().is_none()) =>
             {
                 // The first release failed its trial: nothing to go back to.
@@ -1127,7 +1127,7 @@ impl Master {
         let Some(release) = self.releases_of.get(&id) else {
             return false;
         };
-        let on_trial = self.rollout.on_trial().is_some_and(|t| t.id == *release)
+        let on_trial = self.trials.on_trial().is_some_and(|t| t.id == *release)
             || self.promoting.as_ref().is_some_and(|p| p.id == *release);
         let current = self
             .store
@@ -1147,7 +1147,7 @@ impl Master {
                     release = %release.id,
                     "release {} stayed ready for {}: promoting it",
                     release.id,
-                    humantime::format_duration(self.rollout.settle())
+                    humantime::format_duration(self.trials.settle())
                 );
                 self.promoting = Some(release.clone());
                 self.status.promotions += 1;
@@ -1227,8 +1227,8 @@ impl Master {
                     .workers
                     .get(id)
                     .is_some_and(|w| matches!(w.state, State::Serving { .. }));
-            let wanted = self.rollout.watches(*id)
-                || (checker.health.after && self.rollout.on_trial().is_none());
+            let wanted = self.trials.watches(*id)
+                || (checker.health.after && self.trials.on_trial().is_none());
             alone && wanted && self.stopping.is_none()
         });
         if self.health_task.as_ref().map(|(w, _)| *w) == target {
@@ -1255,7 +1255,7 @@ impl Master {
             release,
         };
         self.health_failed = 0;
-        self.rollout.checking(id, Instant::now());
+        self.trials.checking(id, Instant::now());
         let task = health::spawn(checker.clone(), target, self.health_tx.clone());
         self.health_task = Some((id, task));
     }
@@ -1263,11 +1263,11 @@ impl Master {
     /// A health check ended: during a trial the policy decides; after
     /// promotion it is only reported.
     fn on_health(&mut self, (worker, result): health::Report) {
-        if self.rollout.watches(worker) {
+        if self.trials.watches(worker) {
             if let Err(why) = &result {
                 tracing::warn!(event = "health_failed", worker, error = %why, "health check of the release on trial failed: {why}");
             }
-            if let Some(v) = self.rollout.health(worker, result, Instant::now()) {
+            if let Some(v) = self.trials.health(worker, result, Instant::now()) {
                 self.verdict(v);
             }
             return;
@@ -1324,9 +1324,9 @@ impl Master {
         self.store_pending = self.store_pending.saturating_sub(1);
         match done {
             Done::TrialBegun(release, Ok(())) => {
-                self.rollout.recorded();
+                self.trials.recorded();
                 if self.stopping.is_some() {
-                    self.rollout.fail("the master is stopping");
+                    self.trials.fail("the master is stopping");
                     self.store_job(Job::Abandon(release));
                     return;
                 }
@@ -1347,7 +1347,7 @@ impl Master {
                     release.id,
                     crate::errors::display_chain(&e)
                 );
-                self.rollout.fail("its trial could not be recorded");
+                self.trials.fail("its trial could not be recorded");
                 self.trial_over();
             }
             Done::Promoted(release, Ok(before)) => {
@@ -1438,7 +1438,7 @@ impl Master {
             );
             return;
         }
-        match self.rollout.begin(new.release.clone()) {
+        match self.trials.begin(new.release.clone()) {
             Ok(()) => {
                 tracing::info!(event = "trial_started", release = %new.release.id, "release {} installed; recording its trial", new.release.id);
                 self.trial_done = Some(new.done);
@@ -1482,13 +1482,13 @@ impl Master {
                 self.start_worker(Reason::Start);
             }
         }
-        if let Some(v) = self.rollout.tick(now) {
+        if let Some(v) = self.trials.tick(now) {
             self.verdict(v);
         }
         if self.trial_retry_at.is_some_and(|t| t <= now) {
             self.trial_retry_at = None;
-            if let Some(release) = self.rollout.on_trial().cloned() {
-                let attempt = self.rollout.attempt();
+            if let Some(release) = self.trials.on_trial().cloned() {
+                let attempt = self.trials.attempt();
                 tracing::info!(
                     event = "trial_started",
                     release = %release.id,
@@ -1524,7 +1524,7 @@ impl Master {
                     }
                     None => format!("new worker {id} was not ready within {timeout}"),
                 };
-                if let Some(v) = self.rollout.exited(id, &failure) {
+                if let Some(v) = self.trials.exited(id, &failure) {
                     self.verdict(v);
                 }
                 self.start_failed(starting.reason, failure);
@@ -1557,10 +1557,10 @@ impl Master {
         }
         tracing::info!(event = "stopping", "{why}: stopping all workers gracefully");
         self.stopping = Some(Stopped::Graceful);
-        if let Some(release) = self.rollout.on_trial().cloned() {
+        if let Some(release) = self.trials.on_trial().cloned() {
             // No verdict: the release is tried again at the next start.
             tracing::info!("the trial of release {} ends unfinished", release.id);
-            self.rollout.fail("the master is stopping");
+            self.trials.fail("the master is stopping");
             self.store_job(Job::Abandon(release));
         }
         self.supervisor.stopping();

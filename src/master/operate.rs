@@ -106,7 +106,7 @@ impl Master {
             let _ = reply.send(refused("there is no releases directory".to_owned()));
             return;
         };
-        if let Some(t) = self.rollout.on_trial() {
+        if let Some(t) = self.trials.on_trial() {
             let _ = reply.send(refused(format!(
                 "release {} is on trial; wait for it to end",
                 t.id
@@ -269,14 +269,14 @@ impl Master {
             .map(|w| {
                 let (state, since) = match w.state {
                     State::Starting => ("starting", None),
-                    State::Serving { since } if self.rollout.watches(w.id) => {
+                    State::Serving { since } if self.trials.watches(w.id) => {
                         ("on trial", Some(since))
                     }
                     State::Serving { since } => ("ready", Some(since)),
                     State::Draining { .. } => ("draining", None),
                     State::Killed => ("killed", None),
                 };
-                let state = if state == "starting" && self.rollout.watches(w.id) {
+                let state = if state == "starting" && self.trials.watches(w.id) {
                     "starting (on trial)"
                 } else {
                     state
@@ -302,7 +302,7 @@ impl Master {
             "workers": workers,
             "current": store.and_then(Store::current),
             "previous": store.and_then(Store::previous),
-            "on_trial": self.rollout.on_trial(),
+            "on_trial": self.trials.on_trial(),
             "last_check": last_check,
             "failed": store.map(|s| sorted(s.failed())).unwrap_or_default(),
             "held": store.map(|s| sorted(s.held())).unwrap_or_default(),
@@ -327,7 +327,7 @@ impl Master {
         };
         let current = store.current().map(|c| c.id);
         let previous = store.previous().map(|c| c.id);
-        let trial = self.rollout.on_trial().map(|t| t.id.clone());
+        let trial = self.trials.on_trial().map(|t| t.id.clone());
         let (failed, held, quarantined) = (store.failed(), store.held(), store.quarantined());
         let releases: Vec<Value> = store
             .releases()

@@ -35,7 +35,7 @@ use serde_json::json;
 
 use super::control::{answer, refuse};
 use super::worker::State;
-use super::{rollout, Master, Status};
+use super::{trial, Master, Status};
 use crate::sockets;
 use crate::sys;
 
@@ -116,7 +116,7 @@ pub(crate) struct Document {
     next_id: u64,
     active: Option<u64>,
     status: Status,
-    trial: Option<rollout::Carried>,
+    trial: Option<trial::Carried>,
     health_failed: u32,
 }
 
@@ -478,7 +478,7 @@ impl Master {
             next_id: self.next_id,
             active: self.active,
             status: self.status.clone(),
-            trial: self.rollout.carry(now),
+            trial: self.trials.carry(now),
             health_failed: self.health_failed,
         }
     }
@@ -605,7 +605,7 @@ impl Master {
             .unwrap_or(now);
         self.health_failed = doc.health_failed;
         if let Some(trial) = doc.trial {
-            self.rollout.resume(trial, now);
+            self.trials.resume(trial, now);
         }
         let took = now_ms(SystemTime::now()).saturating_sub(doc.asked_at_ms);
         tracing::info!(
@@ -759,7 +759,7 @@ fn busy_with(m: &Master) -> Option<String> {
     if !m.waiters.is_empty() {
         return Some("control requests wait for their outcome".to_owned());
     }
-    if m.rollout.on_trial().is_some() && m.rollout.runnable().is_none() {
+    if m.trials.on_trial().is_some() && m.trials.runnable().is_none() {
         return Some("a trial is being recorded".to_owned());
     }
     None

@@ -177,7 +177,7 @@ impl Master {
             &self.child_env,
             &self.program,
         );
-        self.rollout.configure(
+        self.trials.configure(
             releases
                 .as_ref()
                 .map_or(super::SETTLE_DEFAULT, |r| r.settle),

@@ -25,7 +25,7 @@ const ENTERED_KEEP: usize = 32;
 
 /// Why a host takes a release or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Admission {
     /// Nothing is installed: a new host joins at the newest release.
     FirstInstall,
     /// The host's bucket is under the percentage in force.
@@ -38,23 +38,23 @@ pub enum Verdict {
     Halted,
 }
 
-impl Verdict {
+impl Admission {
     /// Whether the host takes the release.
     pub fn admits(self) -> bool {
         matches!(
             self,
-            Verdict::FirstInstall | Verdict::InRollout | Verdict::Entered
+            Admission::FirstInstall | Admission::InRollout | Admission::Entered
         )
     }
 
     /// For logs.
     pub fn describe(self) -> &'static str {
         match self {
-            Verdict::FirstInstall => "nothing is installed, so this host takes it at once",
-            Verdict::InRollout => "this host is in the rollout",
-            Verdict::Entered => "this host entered the rollout before and stays in",
-            Verdict::NotInRollout => "not this host's turn yet",
-            Verdict::Halted => "the rollout is halted (rollout 0)",
+            Admission::FirstInstall => "nothing is installed, so this host takes it at once",
+            Admission::InRollout => "this host is in the rollout",
+            Admission::Entered => "this host entered the rollout before and stays in",
+            Admission::NotInRollout => "not this host's turn yet",
+            Admission::Halted => "the rollout is halted (rollout 0)",
         }
     }
 }
@@ -71,8 +71,8 @@ pub struct Decision {
     pub bucket: u64,
     /// The percentage in force now.
     pub percent: u8,
-    /// The verdict.
-    pub verdict: Verdict,
+    /// Whether the host takes it, and why.
+    pub admission: Admission,
     /// When a schedule next changes the percentage, if it will.
     pub next_change: Option<SystemTime>,
 }
@@ -83,7 +83,7 @@ impl std::fmt::Display for Decision {
             f,
             "version {}: {} (host {}, bucket {:.3} %, {} % in force)",
             self.version.as_deref().unwrap_or("unknown"),
-            self.verdict.describe(),
+            self.admission.describe(),
             self.host_id,
             rollout::bucket_percent(self.bucket),
             self.percent
@@ -162,23 +162,23 @@ pub fn decide(store: &Store, info: &Info, now: SystemTime) -> Result<Decision, E
         ),
         None => (100, false, None),
     };
-    let verdict = if store.current().is_none() {
-        Verdict::FirstInstall
+    let admission = if store.current().is_none() {
+        Admission::FirstInstall
     } else if halted {
-        Verdict::Halted
+        Admission::Halted
     } else if rollout::admits(bucket, percent) {
-        Verdict::InRollout
+        Admission::InRollout
     } else if version.as_ref().is_some_and(|v| entered(store).contains(v)) {
-        Verdict::Entered
+        Admission::Entered
     } else {
-        Verdict::NotInRollout
+        Admission::NotInRollout
     };
     Ok(Decision {
         version,
         host_id,
         bucket,
         percent,
-        verdict,
+        admission,
         next_change,
     })
 }
@@ -236,7 +236,7 @@ mod tests {
             ..Info::default()
         };
         let d = decide(&store, &info, SystemTime::now()).unwrap();
-        assert_eq!(d.verdict, Verdict::FirstInstall);
+        assert_eq!(d.admission, Admission::FirstInstall);
         assert_eq!(d.percent, 0);
         assert_eq!(d.bucket, rollout::bucket("h", "2.0.0"));
     }

@@ -17,7 +17,7 @@ use crate::child_env::ChildEnv;
 use crate::config::Verify;
 use crate::fetchers::{Candidate, Info};
 use crate::fsutil::IoError;
-pub use cohort::{Decision, Verdict};
+pub use cohort::{Admission, Decision};
 pub use install::{AppliedPatch, Lock, Meta, Store, TrialRecord};
 
 /// Why a candidate was not installed.
@@ -277,10 +277,10 @@ impl Pipeline {
         }
         let decision = self.rollout(&info)?;
         tracing::info!("rollout from {}: {decision}", info.source);
-        if !decision.verdict.admits() {
+        if !decision.admission.admits() {
             return Ok(Outcome::NotInRollout(decision));
         }
-        if install && decision.verdict == Verdict::InRollout {
+        if install && decision.admission == Admission::InRollout {
             if let Some(version) = &decision.version {
                 cohort::enter(&self.store, version)?;
             }

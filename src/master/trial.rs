@@ -1,4 +1,4 @@
-//! The rollout policy, apart from process supervision: a release on trial
+//! The trial, apart from process supervision: a release on trial
 //! is promoted once its worker has been ready for `settle` with no
 //! unexpected exit; any exit before that, a failed start or a missed ready
 //! deadline fails it. With a health check, `failures` failed checks in a
@@ -44,20 +44,20 @@ struct Trial {
     attempt: u32,
 }
 
-/// The rollout policy's state: at most one trial at a time.
+/// The trials' state: at most one trial at a time.
 #[derive(Debug)]
-pub(crate) struct Rollout {
+pub(crate) struct Trials {
     settle: Duration,
     /// With a health check: how many failures in a row fail a trial.
     health_failures: Option<u32>,
     trial: Option<Trial>,
 }
 
-impl Rollout {
+impl Trials {
     /// No trial; trials settle for `settle`, and with `health_failures`
     /// are gated on a health check.
-    pub(crate) fn new(settle: Duration, health_failures: Option<u32>) -> Rollout {
-        Rollout {
+    pub(crate) fn new(settle: Duration, health_failures: Option<u32>) -> Trials {
+        Trials {
             settle,
             health_failures,
             trial: None,
@@ -82,7 +82,7 @@ impl Rollout {
         self.begin_attempt(release, 1)
     }
 
-    /// As [`Rollout::begin`], for the `attempt`-th attempt at a trial whose
+    /// As [`Trials::begin`], for the `attempt`-th attempt at a trial whose
     /// earlier attempts the master's death interrupted (see
     /// [`interrupted`]).
     pub(crate) fn begin_attempt(&mut self, release: Meta, attempt: u32) -> Result<(), Box<Meta>> {
@@ -266,7 +266,7 @@ impl Carried {
     }
 }
 
-impl Rollout {
+impl Trials {
     /// The running trial, for the next master.
     pub(crate) fn carry(&self, now: Instant) -> Option<Carried> {
         let t = self.trial.as_ref()?;
@@ -391,13 +391,13 @@ mod tests {
     #[test]
     fn a_carried_trial_keeps_its_clock() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         r.recorded();
         r.started(7);
         r.ready(7, t0);
         let carried = r.carry(t0 + Duration::from_secs(4)).unwrap();
-        let mut next = Rollout::new(SETTLE, None);
+        let mut next = Trials::new(SETTLE, None);
         let later = t0 + Duration::from_secs(100);
         next.resume(carried, later);
         assert!(next.watches(7));
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn promoted_after_settle_not_before() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         r.started(7);
         assert_eq!(r.deadline(), None, "no clock before ready");
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn zero_settle_promotes_at_ready() {
-        let mut r = Rollout::new(Duration::ZERO, None);
+        let mut r = Trials::new(Duration::ZERO, None);
         r.begin(meta("b")).unwrap();
         r.started(1);
         assert_eq!(
@@ -436,7 +436,7 @@ mod tests {
     fn any_exit_of_the_watched_worker_fails_the_trial() {
         let t0 = Instant::now();
         for ready in [false, true] {
-            let mut r = Rollout::new(SETTLE, None);
+            let mut r = Trials::new(SETTLE, None);
             r.begin(meta("b")).unwrap();
             r.started(3);
             if ready {
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn a_restart_during_the_trial_restarts_the_clock() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         r.started(1);
         r.ready(1, t0);
@@ -474,7 +474,7 @@ mod tests {
     #[test]
     fn health_gates_promotion_and_failures_in_a_row_fail() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, Some(3));
+        let mut r = Trials::new(SETTLE, Some(3));
         r.begin(meta("b")).unwrap();
         r.started(1);
         r.ready(1, t0);
@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn with_health_settle_counts_from_the_first_check() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, Some(3));
+        let mut r = Trials::new(SETTLE, Some(3));
         r.begin(meta("b")).unwrap();
         assert_eq!(r.runnable(), None, "not before the record is on disk");
         r.recorded();
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn a_pass_after_settle_promotes() {
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, Some(3));
+        let mut r = Trials::new(SETTLE, Some(3));
         r.begin(meta("b")).unwrap();
         r.started(1);
         r.ready(1, t0);
@@ -608,7 +608,7 @@ mod tests {
         let Interrupted::Retry { attempt, .. } = interrupted(1, false, false, 3) else {
             panic!("a first trial is retried");
         };
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin_attempt(meta("b"), attempt).unwrap();
         assert_eq!(r.attempt(), 2);
         r.recorded();
@@ -623,7 +623,7 @@ mod tests {
         // And one interrupted again after settle would have been promoted:
         // a retried trial promotes like any other.
         let t0 = Instant::now();
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin_attempt(meta("b"), 3).unwrap();
         r.started(1);
         r.ready(1, t0);
@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn one_trial_at_a_time() {
-        let mut r = Rollout::new(SETTLE, None);
+        let mut r = Trials::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         assert_eq!(r.begin(meta("c")), Err(Box::new(meta("c"))));
         assert!(r.fail("stopping").is_some());
