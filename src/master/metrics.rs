@@ -14,13 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::control::Incoming;
-use crate::control::Request;
+use crate::control::{reply, Request};
 
 type Labels = Vec<(String, String)>;
 
@@ -113,8 +112,8 @@ async fn answer(
         reply: tx,
         conn: None,
     });
-    match rx.await {
-        Ok(status) => {
+    match rx.await.map(serde_json::from_value::<reply::Status>) {
+        Ok(Ok(status)) => {
             let mut response = reply(StatusCode::OK, render(&status));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -124,16 +123,20 @@ async fn answer(
             );
             response
         }
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the master's status could not be read: {e}\n"),
+        ),
         Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into()),
     }
 }
 
-/// The metrics for a status snapshot (see `Master::status_json`).
-pub(crate) fn render(status: &Value) -> String {
+/// The metrics for a status snapshot (see `Master::status`).
+pub(crate) fn render(status: &reply::Status) -> String {
     let mut registry = Registry::default();
-    let counter = |registry: &mut Registry, name: &str, help: &str, value: &Value| {
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
         let c = Counter::<u64>::default();
-        c.inc_by(value.as_u64().unwrap_or(0));
+        c.inc_by(value);
         registry.register(name, help, c);
     };
     let info = Family::<Labels, Gauge>::default();
@@ -142,47 +145,38 @@ pub(crate) fn render(status: &Value) -> String {
         "The release current names (1), with its version and digest",
         info.clone(),
     );
-    if let Some(c) = status["current"].as_object() {
-        let label = |k: &str| {
-            (
-                k.to_owned(),
-                c.get(k).and_then(Value::as_str).unwrap_or("").to_owned(),
-            )
-        };
+    if let Some(c) = &status.current {
         info.get_or_create(&vec![
-            (
-                "release".to_owned(),
-                c.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
-            ),
-            label("version"),
-            label("sha256"),
+            ("release".to_owned(), c.id.clone()),
+            ("version".to_owned(), c.version.clone().unwrap_or_default()),
+            ("sha256".to_owned(), c.sha256.clone()),
         ])
         .set(1);
     }
-    let counters = &status["counters"];
+    let counters = &status.counters;
     counter(
         &mut registry,
         "baton_cycles",
         "Graceful cycles completed",
-        &counters["cycles"],
+        counters.cycles,
     );
     counter(
         &mut registry,
         "baton_worker_restarts",
         "Restarts of a worker that died on its own",
-        &counters["crash_restarts"],
+        counters.crash_restarts,
     );
     counter(
         &mut registry,
         "baton_rollbacks",
         "Rollbacks asked for by an operator",
-        &counters["rollbacks"],
+        counters.rollbacks,
     );
     counter(
         &mut registry,
         "baton_reexecs",
         "Re-executions of the master's own binary",
-        &counters["reexecs"],
+        counters.reexecs,
     );
     let upgrades = Family::<Labels, Counter>::default();
     registry.register(
@@ -190,10 +184,13 @@ pub(crate) fn render(status: &Value) -> String {
         "Trials ended, by result",
         upgrades.clone(),
     );
-    for (result, key) in [("promoted", "promotions"), ("failed", "failed_trials")] {
+    for (result, n) in [
+        ("promoted", counters.promotions),
+        ("failed", counters.failed_trials),
+    ] {
         upgrades
             .get_or_create(&vec![("result".to_owned(), result.to_owned())])
-            .inc_by(counters[key].as_u64().unwrap_or(0));
+            .inc_by(n);
     }
     let checks = Family::<Labels, Counter>::default();
     registry.register(
@@ -201,22 +198,20 @@ pub(crate) fn render(status: &Value) -> String {
         "Checks of the source, by outcome",
         checks.clone(),
     );
-    if let Some(by) = status["checks"].as_object() {
-        for (outcome, n) in by {
-            checks
-                .get_or_create(&vec![("result".to_owned(), outcome.clone())])
-                .inc_by(n.as_u64().unwrap_or(0));
-        }
+    for (outcome, n) in &status.checks {
+        checks
+            .get_or_create(&vec![("result".to_owned(), outcome.clone())])
+            .inc_by(*n);
     }
     let stranded = Gauge::<i64>::default();
-    stranded.set(i64::from(status["stranded"].is_string()));
+    stranded.set(i64::from(status.stranded.is_some()));
     registry.register(
         "baton_stranded",
         "1 when no worker can serve: the only release is quarantined (see baton status)",
         stranded,
     );
     let last_check = Gauge::<i64>::default();
-    last_check.set(status["last_check"]["at"].as_i64().unwrap_or(0));
+    last_check.set(status.last_check.as_ref().map_or(0, |c| c.at as i64));
     registry.register(
         "baton_last_check_timestamp_seconds",
         "When the source was last checked (0: never)",
@@ -229,11 +224,10 @@ pub(crate) fn render(status: &Value) -> String {
         workers.clone(),
     );
     for state in ["starting", "ready", "on trial", "draining", "killed"] {
-        let n = status["workers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|w| w["state"].as_str().is_some_and(|s| s.starts_with(state)))
+        let n = status
+            .workers
+            .iter()
+            .filter(|w| w.state.starts_with(state))
             .count();
         workers
             .get_or_create(&vec![("state".to_owned(), state.replace(' ', "_"))])
@@ -280,7 +274,8 @@ mod tests {
         let (to_loop, mut incoming) = mpsc::unbounded_channel::<Incoming>();
         tokio::spawn(async move {
             while let Some(asked) = incoming.recv().await {
-                let _ = asked.reply.send(serde_json::json!({}));
+                let status = serde_json::to_value(reply::Status::default()).unwrap();
+                let _ = asked.reply.send(status);
             }
         });
         let (mut client, server) = tokio::io::duplex(1 << 16);
@@ -290,6 +285,36 @@ mod tests {
         client.read_to_end(&mut reply).await.unwrap();
         served.await.unwrap();
         String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    #[test]
+    fn metrics_are_counted_from_the_typed_status() {
+        let status = reply::Status {
+            workers: vec![reply::WorkerStatus {
+                id: 3,
+                pid: 42,
+                release: None,
+                state: "starting (on trial)".into(),
+                ready_for_secs: None,
+            }],
+            stranded: Some("why".into()),
+            counters: reply::Counters {
+                promotions: 2,
+                ..Default::default()
+            },
+            checks: [("error".to_owned(), 5)].into(),
+            ..Default::default()
+        };
+        let text = render(&status);
+        for line in [
+            "baton_upgrades_total{result=\"promoted\"} 2",
+            "baton_checks_total{result=\"error\"} 5",
+            "baton_stranded 1",
+            "baton_workers{state=\"starting\"} 1",
+            "baton_workers{state=\"on_trial\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use super::control::{refuse, Incoming};
 use super::store_io::Job;
 use super::worker::State;
 use super::{update, Master};
-use crate::control::Request;
+use crate::control::{reply, Request};
 use crate::release::{Meta, Store};
 
 /// Control requests waiting for an outcome.
@@ -72,10 +72,13 @@ impl Master {
         tracing::debug!("control request: {request:?}");
         match request {
             Request::Status => {
-                let _ = reply.send(ok(self.status_json()));
+                let _ = reply.send(ok_typed(&self.status()));
             }
             Request::Releases => {
-                let _ = reply.send(self.releases_json());
+                let _ = reply.send(match self.releases() {
+                    Ok(releases) => ok_typed(&releases),
+                    Err(why) => refuse(why),
+                });
             }
             Request::Restart => self.restart(reply),
             Request::Rollback => self.rollback(reply),
@@ -262,101 +265,101 @@ impl Master {
         self.last_check = Some(report);
     }
 
-    fn status_json(&self) -> Value {
-        let workers: Vec<Value> = self
+    /// The answer to `status`.
+    pub(super) fn status(&self) -> reply::Status {
+        let workers = self
             .workers
             .values()
             .map(|w| {
+                let on_trial = self.trials.watches(w.id);
                 let (state, since) = match w.state {
+                    State::Starting if on_trial => ("starting (on trial)", None),
                     State::Starting => ("starting", None),
-                    State::Serving { since } if self.trials.watches(w.id) => {
-                        ("on trial", Some(since))
-                    }
+                    State::Serving { since } if on_trial => ("on trial", Some(since)),
                     State::Serving { since } => ("ready", Some(since)),
                     State::Draining { .. } => ("draining", None),
                     State::Killed => ("killed", None),
                 };
-                let state = if state == "starting" && self.trials.watches(w.id) {
-                    "starting (on trial)"
-                } else {
-                    state
-                };
-                json!({
-                    "id": w.id,
-                    "pid": w.pid,
-                    "release": self.releases_of.get(&w.id),
-                    "state": state,
-                    "ready_for_secs": since.map(|s| s.elapsed().as_secs()),
-                })
+                reply::WorkerStatus {
+                    id: w.id,
+                    pid: w.pid,
+                    release: self.releases_of.get(&w.id).cloned(),
+                    state: state.to_owned(),
+                    ready_for_secs: since.map(|s| s.elapsed().as_secs()),
+                }
             })
             .collect();
         let store = self.store.as_ref();
-        let last_check = self
-            .last_check
-            .as_ref()
-            .map(|c| json!({ "at": c.at, "outcome": c.outcome, "detail": c.detail }));
-        json!({
-            "pid": std::process::id(),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "binary": self.exe,
-            "workers": workers,
-            "current": store.and_then(Store::current),
-            "previous": store.and_then(Store::previous),
-            "on_trial": self.trials.on_trial(),
-            "last_check": last_check,
-            "failed": store.map(|s| sorted(s.failed())).unwrap_or_default(),
-            "held": store.map(|s| sorted(s.held())).unwrap_or_default(),
-            "quarantined": store.map(|s| sorted(s.quarantined())).unwrap_or_default(),
-            "stranded": self.stranded,
-            "last_failure": self.status.last_failure,
-            "checks": self.status.checks,
-            "counters": {
-                "cycles": self.status.cycles,
-                "crash_restarts": self.status.crash_restarts,
-                "promotions": self.status.promotions,
-                "failed_trials": self.status.failed_trials,
-                "rollbacks": self.status.rollbacks,
-                "reexecs": self.status.reexecs,
+        let digests = |set: fn(&Store) -> std::collections::HashSet<String>| {
+            store.map(|s| sorted(set(s))).unwrap_or_default()
+        };
+        let s = &self.status;
+        reply::Status {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            binary: self.exe.clone(),
+            workers,
+            current: store.and_then(Store::current),
+            previous: store.and_then(Store::previous),
+            on_trial: self.trials.on_trial().cloned(),
+            last_check: self.last_check.as_ref().map(|c| reply::LastCheck {
+                at: c.at,
+                outcome: c.outcome.to_owned(),
+                detail: c.detail.clone(),
+            }),
+            failed: digests(Store::failed),
+            held: digests(Store::held),
+            quarantined: digests(Store::quarantined),
+            stranded: self.stranded.clone(),
+            last_failure: s.last_failure.clone(),
+            checks: s.checks.clone(),
+            counters: reply::Counters {
+                cycles: s.cycles,
+                crash_restarts: s.crash_restarts,
+                promotions: s.promotions,
+                failed_trials: s.failed_trials,
+                rollbacks: s.rollbacks,
+                reexecs: s.reexecs,
             },
-        })
+        }
     }
 
-    fn releases_json(&self) -> Value {
-        let Some(store) = &self.store else {
-            return refuse("there is no releases directory");
-        };
+    /// The answer to `releases`, or why there is none.
+    fn releases(&self) -> Result<reply::Releases, &'static str> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or("there is no releases directory")?;
         let current = store.current().map(|c| c.id);
         let previous = store.previous().map(|c| c.id);
         let trial = self.trials.on_trial().map(|t| t.id.clone());
         let (failed, held, quarantined) = (store.failed(), store.held(), store.quarantined());
-        let releases: Vec<Value> = store
+        let releases = store
             .releases()
             .into_iter()
             .map(|m| {
-                let mut marks = Vec::new();
-                if current.as_ref() == Some(&m.id) {
-                    marks.push("current");
-                }
-                if previous.as_ref() == Some(&m.id) {
-                    marks.push("previous");
-                }
-                if trial.as_ref() == Some(&m.id) {
-                    marks.push("on trial");
-                }
-                if held.contains(&m.sha256) {
-                    marks.push("held");
-                }
-                if failed.contains(&m.sha256) {
-                    marks.push("failed");
-                }
-                if quarantined.contains(&m.sha256) {
-                    marks.push("quarantined");
-                }
-                json!({ "release": m, "marks": marks })
+                let marks = [
+                    ("current", current.as_ref() == Some(&m.id)),
+                    ("previous", previous.as_ref() == Some(&m.id)),
+                    ("on trial", trial.as_ref() == Some(&m.id)),
+                    ("held", held.contains(&m.sha256)),
+                    ("failed", failed.contains(&m.sha256)),
+                    ("quarantined", quarantined.contains(&m.sha256)),
+                ]
+                .into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(mark, _)| mark.to_owned())
+                .collect();
+                reply::ReleaseEntry { release: m, marks }
             })
             .collect();
-        ok(json!({ "releases": releases }))
+        Ok(reply::Releases { releases })
     }
+}
+
+/// A typed answer on the wire: its fields with `"ok": true`.
+fn ok_typed(answer: &impl serde::Serialize) -> Value {
+    ok(serde_json::to_value(answer).expect("replies serialize"))
 }
 
 fn sorted(set: std::collections::HashSet<String>) -> Vec<String> {

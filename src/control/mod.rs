@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod reply;
+
 /// The longest request or reply line accepted.
 pub const MAX_LINE: usize = 1 << 20;
 
@@ -136,84 +138,29 @@ pub fn render(request: &Request, reply: &serde_json::Value) -> String {
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
-    let release = |v: &serde_json::Value| match v.get("id") {
-        Some(id) => format!(
-            "{} (version {}, sha256 {})",
-            str_of(id),
-            v["version"].as_str().unwrap_or("unknown"),
-            v["sha256"].as_str().map_or("?", |s| &s[..s.len().min(12)])
-        ),
-        None => "none".to_owned(),
-    };
     let mut out = String::new();
     match request {
-        Request::Status => {
-            let _ = writeln!(
-                out,
-                "master     pid {}, up {}s",
-                reply["pid"], reply["uptime_secs"]
-            );
-            for w in reply["workers"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    out,
-                    "worker {:<3} pid {:<8} {:<20} release {}",
-                    w["id"],
-                    w["pid"],
-                    str_of(&w["state"]),
-                    w["release"].as_str().unwrap_or("-")
-                );
-            }
-            let _ = writeln!(out, "current    {}", release(&reply["current"]));
-            let _ = writeln!(out, "previous   {}", release(&reply["previous"]));
-            let _ = writeln!(out, "on trial   {}", release(&reply["on_trial"]));
-            match reply["last_check"].as_object() {
-                Some(c) => {
+        Request::Status => match serde_json::from_value::<reply::Status>(reply.clone()) {
+            Ok(status) => render_status(&mut out, &status),
+            Err(e) => unreadable(&mut out, "status", &e, reply),
+        },
+        Request::Releases => match serde_json::from_value::<reply::Releases>(reply.clone()) {
+            Ok(r) => {
+                for entry in &r.releases {
+                    let mut marks = entry.marks.clone();
+                    if let Some(patch) = &entry.release.patch {
+                        marks.push(format!("from a {}-byte patch", patch.size));
+                    }
                     let _ = writeln!(
                         out,
-                        "last check {} at {}: {}",
-                        str_of(&c["outcome"]),
-                        c["at"],
-                        str_of(&c["detail"])
+                        "{:<40} {}",
+                        release(Some(&entry.release)),
+                        marks.join(", ")
                     );
                 }
-                None => out.push_str("last check none yet\n"),
             }
-            if let Some(why) = reply["stranded"].as_str() {
-                let _ = writeln!(out, "STRANDED   {why}");
-            }
-            for (key, label) in [
-                ("failed", "failed"),
-                ("held", "held"),
-                ("quarantined", "quarantine"),
-            ] {
-                for sha in reply[key].as_array().into_iter().flatten() {
-                    let _ = writeln!(out, "{label:<10} sha256 {}", str_of(sha));
-                }
-            }
-            if let Some(f) = reply["last_failure"].as_str() {
-                let _ = writeln!(out, "last error {f}");
-            }
-            let c = &reply["counters"];
-            let _ = writeln!(
-                out,
-                "counters   cycles {}, crash restarts {}, promotions {}, failed trials {}, rollbacks {}",
-                c["cycles"], c["crash_restarts"], c["promotions"], c["failed_trials"], c["rollbacks"]
-            );
-        }
-        Request::Releases => {
-            for r in reply["releases"].as_array().into_iter().flatten() {
-                let mut marks: Vec<String> = r["marks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(str_of)
-                    .collect();
-                if let Some(size) = r["release"]["patch"]["size"].as_u64() {
-                    marks.push(format!("from a {size}-byte patch"));
-                }
-                let _ = writeln!(out, "{:<40} {}", release(&r["release"]), marks.join(", "));
-            }
-        }
+            Err(e) => unreadable(&mut out, "releases", &e, reply),
+        },
         Request::Restart => {
             let _ = writeln!(out, "restarted: {}", str_of(&reply["outcome"]));
         }
@@ -246,6 +193,74 @@ pub fn render(request: &Request, reply: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// A release as `status` and `releases` show it.
+fn release(meta: Option<&crate::release::Meta>) -> String {
+    match meta {
+        Some(m) => format!(
+            "{} (version {}, sha256 {})",
+            m.id,
+            m.version.as_deref().unwrap_or("unknown"),
+            &m.sha256[..m.sha256.len().min(12)]
+        ),
+        None => "none".to_owned(),
+    }
+}
+
+fn render_status(out: &mut String, s: &reply::Status) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "master     pid {}, up {}s", s.pid, s.uptime_secs);
+    for w in &s.workers {
+        let _ = writeln!(
+            out,
+            "worker {:<3} pid {:<8} {:<20} release {}",
+            w.id,
+            w.pid,
+            w.state,
+            w.release.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(out, "current    {}", release(s.current.as_ref()));
+    let _ = writeln!(out, "previous   {}", release(s.previous.as_ref()));
+    let _ = writeln!(out, "on trial   {}", release(s.on_trial.as_ref()));
+    match &s.last_check {
+        Some(c) => {
+            let _ = writeln!(out, "last check {} at {}: {}", c.outcome, c.at, c.detail);
+        }
+        None => out.push_str("last check none yet\n"),
+    }
+    if let Some(why) = &s.stranded {
+        let _ = writeln!(out, "STRANDED   {why}");
+    }
+    for (digests, label) in [
+        (&s.failed, "failed"),
+        (&s.held, "held"),
+        (&s.quarantined, "quarantine"),
+    ] {
+        for sha in digests {
+            let _ = writeln!(out, "{label:<10} sha256 {sha}");
+        }
+    }
+    if let Some(f) = &s.last_failure {
+        let _ = writeln!(out, "last error {f}");
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        out,
+        "counters   cycles {}, crash restarts {}, promotions {}, failed trials {}, rollbacks {}",
+        c.cycles, c.crash_restarts, c.promotions, c.failed_trials, c.rollbacks
+    );
+}
+
+/// A reply this baton cannot read (a master of another version): say so,
+/// and show it as it came.
+fn unreadable(out: &mut String, what: &str, e: &serde_json::Error, reply: &serde_json::Value) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "the master's {what} reply has a shape this baton does not know ({e}); as sent:\n{reply}"
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,107 @@
+//! The control socket's answers as types: the master builds them, the CLI
+//! renders them and `/metrics` counts from them, so the three never
+//! disagree on a key. On the wire each is one JSON object with `"ok":
+//! true` beside these fields.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::release::Meta;
+
+/// The answer to `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The master's PID.
+    pub pid: u32,
+    /// Seconds since the master started (across re-execs: since this one).
+    pub uptime_secs: u64,
+    /// The executable the master runs from.
+    pub binary: PathBuf,
+    /// Every worker the master holds, oldest first.
+    pub workers: Vec<WorkerStatus>,
+    /// The release `current` names.
+    pub current: Option<Meta>,
+    /// The release `previous` names.
+    pub previous: Option<Meta>,
+    /// The release on trial.
+    pub on_trial: Option<Meta>,
+    /// How the last check of the source ended.
+    pub last_check: Option<LastCheck>,
+    /// Digests recorded as failed, sorted.
+    pub failed: Vec<String>,
+    /// Digests held back after a rollback, sorted.
+    pub held: Vec<String>,
+    /// Digests quarantined after interrupted trials, sorted.
+    pub quarantined: Vec<String>,
+    /// Why nothing can serve, when nothing can.
+    pub stranded: Option<String>,
+    /// The last failure of a worker, a trial or a hook, described.
+    pub last_failure: Option<String>,
+    /// Checks of the source so far, by outcome.
+    pub checks: BTreeMap<String, u64>,
+    /// Event counters.
+    pub counters: Counters,
+}
+
+/// One worker in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its `BATON_WORKER_ID`.
+    pub id: u64,
+    /// Its PID.
+    pub pid: u32,
+    /// The id of the release it runs, when it runs one.
+    pub release: Option<String>,
+    /// `starting`, `starting (on trial)`, `ready`, `on trial`, `draining`
+    /// or `killed`.
+    pub state: String,
+    /// Seconds it has been ready, while it serves.
+    pub ready_for_secs: Option<u64>,
+}
+
+/// The last check of the source, in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastCheck {
+    /// When it ended, seconds since the epoch.
+    pub at: u64,
+    /// `installed`, `unchanged`, `nothing_new`, `skipped`,
+    /// `not_in_rollout`, `waiting` or `error`.
+    pub outcome: String,
+    /// The release, digest or error, described.
+    pub detail: String,
+}
+
+/// The master's event counters, in a [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Graceful cycles completed.
+    pub cycles: u64,
+    /// Restarts of a worker that died on its own.
+    pub crash_restarts: u64,
+    /// Trials that ended in promotion.
+    pub promotions: u64,
+    /// Trials that failed.
+    pub failed_trials: u64,
+    /// Rollbacks asked for by an operator.
+    pub rollbacks: u64,
+    /// Re-executions of the master's own binary.
+    pub reexecs: u64,
+}
+
+/// The answer to `releases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Releases {
+    /// The installed releases, newest first.
+    pub releases: Vec<ReleaseEntry>,
+}
+
+/// One installed release in [`Releases`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseEntry {
+    /// What the release directory records.
+    pub release: Meta,
+    /// `current`, `previous`, `on trial`, `held`, `failed`, `quarantined`.
+    pub marks: Vec<String>,
+}
