@@ -202,7 +202,7 @@ fn release(meta: Option<&crate::release::Meta>) -> String {
             "{} (version {}, sha256 {})",
             m.id,
             m.version.as_deref().unwrap_or("unknown"),
-            &m.sha256[..m.sha256.len().min(12)]
+            m.sha256.get(..12).unwrap_or(&m.sha256)
         ),
         None => "none".to_owned(),
     }
@@ -274,5 +274,34 @@ mod tests {
         let parsed: Request = serde_json::from_str(r#"{"cmd":"upgrade"}"#).unwrap();
         assert_eq!(parsed, Request::Upgrade { force: false });
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn status_renders_from_the_typed_reply_and_tolerates_odd_digests() {
+        let meta = |sha256: &str| crate::release::Meta {
+            id: "2.0.0-abcd".into(),
+            version: Some("2.0.0".into()),
+            sha256: sha256.into(),
+            size: 1,
+            source: "test".into(),
+            installed_at: 0,
+            binary_sha256: None,
+            patch: None,
+        };
+        let status = reply::Status {
+            current: Some(meta(&"ab".repeat(32))),
+            previous: Some(meta("é")),
+            stranded: Some("nothing to run".into()),
+            ..Default::default()
+        };
+        let text = render(&Request::Status, &serde_json::to_value(&status).unwrap());
+        assert!(
+            text.contains("current    2.0.0-abcd (version 2.0.0, sha256 abababababab)"),
+            "{text}"
+        );
+        assert!(text.contains("sha256 é)"), "{text}");
+        assert!(text.contains("STRANDED   nothing to run"), "{text}");
+        let odd = render(&Request::Status, &serde_json::json!({"pid": "x"}));
+        assert!(odd.contains("a shape this baton does not know"), "{odd}");
     }
 }

@@ -4,7 +4,6 @@
 //! true` beside these fields.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +16,9 @@ pub struct Status {
     pub pid: u32,
     /// Seconds since the master started (across re-execs: since this one).
     pub uptime_secs: u64,
-    /// The executable the master runs from.
-    pub binary: PathBuf,
+    /// The executable the master runs from (lossily, where the path is not
+    /// UTF-8).
+    pub binary: String,
     /// Every worker the master holds, oldest first.
     pub workers: Vec<WorkerStatus>,
     /// The release `current` names.

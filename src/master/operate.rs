@@ -297,7 +297,7 @@ impl Master {
         reply::Status {
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
-            binary: self.exe.clone(),
+            binary: self.exe.to_string_lossy().into_owned(),
             workers,
             current: store.and_then(Store::current),
             previous: store.and_then(Store::previous),
