@@ -26,16 +26,13 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::control::{answer, refuse};
-use super::worker::State;
-use super::{trial, Master, Status};
+use super::core::{Carry, Status};
+use super::trial;
 use crate::sockets;
 use crate::sys;
 
@@ -50,44 +47,8 @@ const VERSION: u32 = 1;
 const TEST_VERSION_ENV: &str = "BATON_TEST_REEXEC_VERSION";
 /// How long each check of the new binary may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a re-exec waits for the master to be idle (no worker starting,
-/// no write to the releases directory in flight) before it is refused.
-const WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// The largest state document read.
 const STATE_LIMIT: u64 = 16 << 20;
-
-/// A re-exec that was asked for.
-pub(super) struct Pending {
-    binary: PathBuf,
-    /// The control connection that asked (none for a library master's own
-    /// upgrade).
-    conn: Option<UnixStream>,
-    asked: SystemTime,
-    /// The new binary passed its checks.
-    checked: bool,
-    /// What it is waiting for, once logged.
-    waiting: Option<String>,
-    /// When waiting for the master to be idle gives up.
-    deadline: Instant,
-}
-
-impl Pending {
-    fn new(binary: PathBuf, conn: Option<UnixStream>) -> Pending {
-        Pending {
-            binary,
-            conn,
-            asked: SystemTime::now(),
-            checked: false,
-            waiting: None,
-            deadline: Instant::now() + WAIT_LIMIT,
-        }
-    }
-
-    /// When a checked re-exec stops waiting for the master to be idle.
-    pub(super) fn deadline(&self) -> Option<Instant> {
-        self.checked.then_some(self.deadline)
-    }
-}
 
 /// The outcome of the checks of a new binary: its `--version` line.
 pub(super) type Checked = Result<String, String>;
@@ -144,22 +105,38 @@ struct CoreWorker {
 }
 
 /// One worker as it crosses the `execve`.
-#[derive(Debug, Serialize, Deserialize)]
-struct CarriedWorker {
-    id: u64,
-    pid: u32,
-    stderr_fd: Option<RawFd>,
-    release: Option<String>,
-    state: CarriedState,
-    status: Option<String>,
-    tail: Vec<String>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CarriedWorker {
+    /// Its id.
+    pub id: u64,
+    /// Its PID.
+    pub pid: u32,
+    /// Its stderr pipe.
+    pub stderr_fd: Option<RawFd>,
+    /// The release it runs.
+    pub release: Option<String>,
+    /// Where it was in its life.
+    pub state: CarriedState,
+    /// Its last `STATUS=`.
+    pub status: Option<String>,
+    /// Its last stderr lines.
+    pub tail: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum CarriedState {
-    Serving { for_ms: u64 },
-    Draining { left_ms: u64 },
+pub(crate) enum CarriedState {
+    /// Serving, for this long.
+    Serving {
+        /// How long, in ms.
+        for_ms: u64,
+    },
+    /// Draining, with this long left.
+    Draining {
+        /// How long, in ms.
+        left_ms: u64,
+    },
+    /// Killed, awaiting its reap.
     Killed,
 }
 
@@ -313,401 +290,13 @@ impl Core {
     }
 }
 
-impl Master {
-    /// `reexec` was asked for on `conn`: check the binary, then re-exec once
-    /// nothing is half-done.
-    pub(super) fn reexec_requested(&mut self, binary: Option<PathBuf>, conn: UnixStream) {
-        let refused = |why: &str| refuse(format!("reexec refused: {why}"));
-        if self.stopping.is_some() {
-            return answer(conn, &refused("the master is stopping"));
-        }
-        if self.reexec.is_some() {
-            return answer(conn, &refused("a re-exec is already under way"));
-        }
-        let Some(config) = self.config_path.clone() else {
-            return answer(
-                conn,
-                &refused(
-                    "this master was not started by `baton run --config F`; \
-                     only such a master can re-exec",
-                ),
-            );
-        };
-        let binary = binary.unwrap_or_else(|| self.exe.clone());
-        tracing::info!(
-            event = "reexec_requested",
-            "re-exec requested: checking {} first",
-            binary.display()
-        );
-        self.reexec = Some(Pending::new(binary.clone(), Some(conn)));
-        let done = self.reexec_tx.clone();
-        tokio::spawn(async move {
-            let _ = done.send(check(&binary, &config).await);
-        });
-    }
-
-    /// The checks of the new binary ended.
-    pub(super) fn on_reexec_checked(&mut self, checked: Checked) {
-        let Some(pending) = self.reexec.as_mut() else {
-            return;
-        };
-        match checked {
-            Ok(version) => {
-                tracing::info!("{} passed its checks ({version})", pending.binary.display());
-                pending.checked = true;
-            }
-            Err(why) => {
-                let pending = self.reexec.take().expect("checked above");
-                let error = format!(
-                    "reexec refused: {} failed its checks: {why}; the master runs on as it was",
-                    pending.binary.display()
-                );
-                tracing::error!(event = "reexec_failed", error = %error, "{error}");
-                reply_to(pending.conn, &refuse(error));
-            }
-        }
-    }
-
-    /// A library master (one binary that is master and worker) promoted a
-    /// new build of its own executable: re-exec into it, so the master's
-    /// code is upgraded too, once its probe reports `version`.
-    pub(super) fn reexec_self(&mut self, version: Option<String>) {
-        if self.reexec.is_some() || self.stopping.is_some() {
-            return;
-        }
-        let binary = self.exe.clone();
-        tracing::info!(
-            event = "reexec_requested",
-            "the master's own executable was upgraded: re-executing {} once its probe answers",
-            binary.display()
-        );
-        self.reexec = Some(Pending::new(binary.clone(), None));
-        let done = self.reexec_tx.clone();
-        let env = self.child_env.vars().to_vec();
-        tokio::spawn(async move {
-            let _ = done.send(probe(&binary, version.as_deref(), env).await);
-        });
-    }
-
-    /// Re-executes when a checked re-exec is pending and nothing is
-    /// half-done; called after every event.
-    pub(super) fn reexec_if_ready(&mut self) {
-        if !self.reexec.as_ref().is_some_and(|p| p.checked) {
-            return;
-        }
-        if self.stopping.is_some() {
-            let pending = self.reexec.take().expect("checked above");
-            reply_to(
-                pending.conn,
-                &refuse("reexec refused: the master is stopping"),
-            );
-            return;
-        }
-        let busy = busy_with(self);
-        if let Some(why) = busy {
-            let pending = self.reexec.as_mut().expect("checked above");
-            if Instant::now() >= pending.deadline {
-                let pending = self.reexec.take().expect("checked above");
-                let error = format!(
-                    "reexec refused: the master was not idle for {}s ({why}); \
-                     it runs on as it was, ask again",
-                    WAIT_LIMIT.as_secs()
-                );
-                tracing::error!(event = "reexec_failed", error = %error, "{error}");
-                reply_to(pending.conn, &refuse(error));
-                return;
-            }
-            if pending.waiting.as_deref() != Some(why.as_str()) {
-                tracing::info!("re-exec waits: {why}");
-                pending.waiting = Some(why);
-            }
-            return;
-        }
-        let pending = self.reexec.take().expect("checked above");
-        let (conn, error) = self.exec(pending);
-        tracing::error!(event = "reexec_failed", error = %error, "{error}");
-        reply_to(conn, &refuse(error));
-    }
-
-    /// The state document; `reply_fd` answers the request.
-    fn document(&self, pending: &Pending, reply_fd: Option<RawFd>) -> Document {
-        let now = Instant::now();
-        let (sockets, created) = self.sockets.carry();
-        let workers = self
-            .workers
-            .values()
-            .map(|w| CarriedWorker {
-                id: w.id,
-                pid: w.pid,
-                stderr_fd: w.stderr_fd(),
-                release: self.releases_of.get(&w.id).cloned(),
-                state: match w.state {
-                    State::Serving { since } => CarriedState::Serving {
-                        for_ms: now.saturating_duration_since(since).as_millis() as u64,
-                    },
-                    State::Draining { deadline } => CarriedState::Draining {
-                        left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
-                    },
-                    // Never carried: a re-exec waits while a worker starts.
-                    State::Starting | State::Killed => CarriedState::Killed,
-                },
-                status: w.status.clone(),
-                tail: w.stderr_tail(),
-            })
-            .collect();
-        let control = self.control_carry.clone().map(|(p, fd)| (fd, p));
-        let mut close = vec![self.notify_fd];
-        close.extend(control.as_ref().map(|c| c.0));
-        close.extend(self.metrics_fd);
-        Document {
-            version: std::env::var(TEST_VERSION_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(VERSION),
-            sockets,
-            workers,
-            close,
-            reply_fd,
-            binary: pending.binary.clone(),
-            asked_at_ms: now_ms(pending.asked),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
-            created,
-            notify: (self.notify_fd, self.notify_path.clone()),
-            control,
-            metrics: self.metrics_fd,
-            next_id: self.next_id,
-            active: self.active,
-            status: self.status.clone(),
-            trial: self.trials.carry(now),
-            health_failed: self.health_failed,
-        }
-    }
-
-    /// Executes the new binary; returns only when that failed (with the
-    /// connection to answer), leaving everything as it was.
-    fn exec(&mut self, pending: Pending) -> (Option<UnixStream>, String) {
-        let doc = self.document(&pending, pending.conn.as_ref().map(AsRawFd::as_raw_fd));
-        let bytes = serde_json::to_vec(&doc).expect("serializable");
-        let fail = |conn, what: &str, e: &dyn std::fmt::Display| {
-            (
-                conn,
-                format!(
-                    "reexec of {} failed: {what}: {e}; the master runs on as it was",
-                    pending.binary.display()
-                ),
-            )
-        };
-        let state = match sys::memfd("baton-state", &bytes) {
-            Ok(fd) => fd,
-            Err(e) => return fail(pending.conn, "cannot write the state document", &e),
-        };
-        let mut handed: Vec<RawFd> = doc.sockets.iter().map(|s| s.fd).collect();
-        handed.extend(doc.workers.iter().filter_map(|w| w.stderr_fd));
-        handed.extend(&doc.close);
-        handed.extend(pending.conn.as_ref().map(AsRawFd::as_raw_fd));
-        handed.push(state.as_raw_fd());
-        let restore = |fds: &[RawFd]| {
-            for &fd in fds {
-                let _ = sys::set_inheritable(fd, false);
-            }
-        };
-        for (i, &fd) in handed.iter().enumerate() {
-            if let Err(e) = sys::set_inheritable(fd, true) {
-                restore(&handed[..i]);
-                return fail(pending.conn, &format!("descriptor {fd}"), &e);
-            }
-        }
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != STATE_ENV && k != TEST_VERSION_ENV)
-            .collect();
-        env.push((STATE_ENV.into(), state.as_raw_fd().to_string().into()));
-        let argv: Vec<OsString> = std::env::args_os().collect();
-        tracing::info!(
-            event = "reexec",
-            workers = doc.workers.len(),
-            "re-executing {} with the same PID; {} worker(s) keep serving",
-            pending.binary.display(),
-            doc.workers.len()
-        );
-        self.supervisor
-            .reloading(&format!("re-executing {}", pending.binary.display()));
-        let blocked = sys::block_master_signals(true);
-        let error = sys::execve(&pending.binary, &argv, &env);
-        // Still here: the old program runs on.
-        if blocked.is_ok() {
-            let _ = sys::block_master_signals(false);
-        }
-        restore(&handed);
-        self.supervisor.ready("re-exec failed; serving as before");
-        fail(pending.conn, "execve", &error)
-    }
-
-    /// Takes over the workers, trial and counters a previous master carried
-    /// (the sockets, notify, control and metrics sockets were taken when
-    /// they were opened), and answers the request that asked for it.
-    pub(super) fn resume(
-        &mut self,
-        doc: Document,
-        mut own: Vec<crate::reaper::Own>,
-        taker: &mut Taker,
-    ) {
-        let now = Instant::now();
-        let mut adopted = Vec::new();
-        for (w, own) in doc.workers.into_iter().zip(own.drain(..)) {
-            let stderr = w
-                .stderr_fd
-                .and_then(|fd| taker.take(fd, "a worker's stderr").ok());
-            let state = match w.state {
-                CarriedState::Serving { for_ms } => State::Serving {
-                    since: now
-                        .checked_sub(Duration::from_millis(for_ms))
-                        .unwrap_or(now),
-                },
-                CarriedState::Draining { left_ms } => State::Draining {
-                    deadline: now + Duration::from_millis(left_ms),
-                },
-                CarriedState::Killed => State::Killed,
-            };
-            match super::worker::Worker::adopt(
-                w.id,
-                w.pid,
-                stderr,
-                w.tail,
-                state,
-                own,
-                self.exits.clone(),
-            ) {
-                Ok(mut worker) => {
-                    worker.status = w.status;
-                    if matches!(state, State::Killed) {
-                        worker.kill();
-                    }
-                    if let Some(r) = w.release {
-                        self.releases_of.insert(w.id, r);
-                    }
-                    adopted.push(w.pid);
-                    self.workers.insert(w.id, worker);
-                }
-                Err(e) => tracing::error!(
-                    worker = w.id,
-                    pid = w.pid,
-                    "cannot adopt worker {}: {e}; it is reaped as an orphan",
-                    w.id
-                ),
-            }
-        }
-        self.next_id = doc.next_id.max(self.next_id);
-        self.active = doc.active.filter(|id| self.workers.contains_key(id));
-        self.status = doc.status;
-        self.status.reexecs += 1;
-        self.started = now
-            .checked_sub(Duration::from_millis(doc.uptime_ms))
-            .unwrap_or(now);
-        self.health_failed = doc.health_failed;
-        if let Some(trial) = doc.trial {
-            self.trials.resume(trial, now);
-        }
-        let took = now_ms(SystemTime::now()).saturating_sub(doc.asked_at_ms);
-        tracing::info!(
-            event = "reexec_done",
-            "re-executed {} in {took} ms: adopted worker(s) {adopted:?}",
-            self.exe.display()
-        );
-        self.reply_reexec(doc.reply_fd, taker, &adopted, took, None);
-    }
-
-    /// Takes over what a previous master's core names: its workers keep
-    /// serving until a fresh one is ready, then drain.
-    pub(super) fn resume_core(
-        &mut self,
-        core: Core,
-        mut own: Vec<crate::reaper::Own>,
-        why: String,
-        taker: &mut Taker,
-    ) {
-        tracing::warn!(
-            event = "reexec_fallback",
-            "cannot read the state of the master before the re-exec ({why}): keeping its \
-             sockets, starting a fresh worker and draining the old ones once it is ready"
-        );
-        let newest = core.workers.iter().map(|w| w.id).max();
-        let mut adopted = Vec::new();
-        for (w, own) in core.workers.iter().zip(own.drain(..)) {
-            let stderr = w
-                .stderr_fd
-                .and_then(|fd| taker.take(fd, "a worker's stderr").ok());
-            let state = State::Serving {
-                since: Instant::now(),
-            };
-            match super::worker::Worker::adopt(
-                w.id,
-                w.pid,
-                stderr,
-                Vec::new(),
-                state,
-                own,
-                self.exits.clone(),
-            ) {
-                Ok(worker) => {
-                    adopted.push(w.pid);
-                    self.workers.insert(w.id, worker);
-                }
-                Err(e) => tracing::error!(worker = w.id, "cannot adopt worker {}: {e}", w.id),
-            }
-        }
-        self.next_id = newest.map_or(1, |n| n + 1);
-        self.active = newest.filter(|id| self.workers.contains_key(id));
-        let others: Vec<u64> = self
-            .workers
-            .keys()
-            .copied()
-            .filter(|id| Some(*id) != self.active)
-            .collect();
-        for id in others {
-            self.drain(id);
-        }
-        self.reply_reexec(core.reply_fd, taker, &adopted, 0, Some(&why));
-    }
-
-    fn reply_reexec(
-        &self,
-        reply_fd: Option<RawFd>,
-        taker: &mut Taker,
-        adopted: &[u32],
-        took: u64,
-        fallback: Option<&str>,
-    ) {
-        self.supervisor
-            .ready(&format!("re-executed {}; serving", self.exe.display()));
-        let Some(conn) = reply_fd.and_then(|fd| taker.take(fd, "the reexec connection").ok())
-        else {
-            return;
-        };
-        let mut reply = json!({
-            "ok": true,
-            "pid": std::process::id(),
-            "binary": self.exe,
-            "version": env!("CARGO_PKG_VERSION"),
-            "workers": adopted,
-            "took_ms": took,
-        });
-        if let Some(why) = fallback {
-            reply["fallback"] = why.into();
-        }
-        answer(UnixStream::from(conn), &reply);
-    }
-}
-
-/// Answers a control connection, when the re-exec has one.
-fn reply_to(conn: Option<UnixStream>, reply: &serde_json::Value) {
-    if let Some(conn) = conn {
-        answer(conn, reply);
-    }
-}
-
 /// Runs a library master's new executable as a probe (`--probe`,
 /// `BATON_PROBE=1`): it must exit 0 and print `version` as its last line.
-async fn probe(binary: &Path, version: Option<&str>, env: Vec<(OsString, OsString)>) -> Checked {
+pub(super) async fn probe(
+    binary: &Path,
+    version: Option<&str>,
+    env: Vec<(OsString, OsString)>,
+) -> Checked {
     let mut env = env;
     env.push((crate::protocol::BATON_PROBE.into(), "1".into()));
     let what = format!("`{} --probe`", binary.display());
@@ -736,37 +325,170 @@ async fn probe(binary: &Path, version: Option<&str>, env: Vec<(OsString, OsStrin
     }
 }
 
-/// Why a re-exec must wait, if it must.
-fn busy_with(m: &Master) -> Option<String> {
-    if let Some(s) = &m.starting {
-        return Some(format!("worker {} is starting", s.id));
+/// What the driver hands over besides the core's state: the descriptors.
+pub(super) struct Handover {
+    /// The listening sockets and the paths of the unix sockets it created.
+    pub sockets: (Vec<sockets::Carried>, Vec<PathBuf>),
+    /// The notify socket.
+    pub notify: (RawFd, PathBuf),
+    /// The control listener and its path.
+    pub control: Option<(RawFd, PathBuf)>,
+    /// The metrics listener.
+    pub metrics: Option<RawFd>,
+    /// Each worker's stderr pipe, by worker id.
+    pub stderr: std::collections::BTreeMap<u64, RawFd>,
+}
+
+impl Document {
+    /// The document for the core's `carry` and the driver's descriptors;
+    /// `reply_fd` answers the request.
+    pub(super) fn new(
+        carry: Carry,
+        handover: Handover,
+        binary: &Path,
+        asked_at_ms: u64,
+        reply_fd: Option<RawFd>,
+    ) -> Document {
+        let Handover {
+            sockets: (sockets, created),
+            notify,
+            control,
+            metrics,
+            stderr,
+        } = handover;
+        let workers = carry
+            .workers
+            .into_iter()
+            .map(|w| CarriedWorker {
+                stderr_fd: stderr.get(&w.id).copied(),
+                ..w
+            })
+            .collect();
+        let mut close = vec![notify.0];
+        close.extend(control.as_ref().map(|c| c.0));
+        close.extend(metrics);
+        Document {
+            version: std::env::var(TEST_VERSION_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(VERSION),
+            sockets,
+            workers,
+            close,
+            reply_fd,
+            binary: binary.to_owned(),
+            asked_at_ms,
+            uptime_ms: carry.uptime_ms,
+            created,
+            notify,
+            control,
+            metrics,
+            next_id: carry.next_id,
+            active: carry.active,
+            status: carry.status,
+            trial: carry.trial,
+            health_failed: carry.health_failed,
+        }
     }
-    if m.cycle_pending || m.restart_at.is_some() {
-        return Some("a worker restart is due".to_owned());
+
+    /// What the core takes over, for the workers that were adopted (by id),
+    /// and how long the re-exec took in ms.
+    pub(super) fn into_carry(self, adopted: &[u64]) -> (Carry, u64) {
+        let took = now_ms(SystemTime::now()).saturating_sub(self.asked_at_ms);
+        let carry = Carry {
+            next_id: self.next_id,
+            active: self.active,
+            status: self.status,
+            trial: self.trial,
+            health_failed: self.health_failed,
+            uptime_ms: self.uptime_ms,
+            workers: self
+                .workers
+                .into_iter()
+                .filter(|w| adopted.contains(&w.id))
+                .collect(),
+        };
+        (carry, took)
     }
-    if m.store_pending > 0 || m.promoting.is_some() || m.promote_retry_at.is_some() {
-        return Some("the releases directory is being written".to_owned());
+
+    /// The workers as they crossed.
+    pub(super) fn workers(&self) -> &[CarriedWorker] {
+        &self.workers
     }
-    if m.rolling_back.is_some() {
-        return Some("a rollback is under way".to_owned());
+
+    /// The request to answer.
+    pub(super) fn reply_fd(&self) -> Option<RawFd> {
+        self.reply_fd
     }
-    if m.queued_install.is_some() {
-        return Some("an installed release waits for its trial".to_owned());
+}
+
+impl Core {
+    /// The workers it names: (id, pid, stderr descriptor).
+    pub(super) fn workers(&self) -> impl Iterator<Item = (u64, u32, Option<RawFd>)> + '_ {
+        self.workers.iter().map(|w| (w.id, w.pid, w.stderr_fd))
     }
-    if !m.retired.is_empty() {
-        return Some("workers still hold sockets a reload removed".to_owned());
+
+    /// The request to answer.
+    pub(super) fn reply_fd(&self) -> Option<RawFd> {
+        self.reply_fd
     }
-    if !m.waiters.is_empty() {
-        return Some("control requests wait for their outcome".to_owned());
+}
+
+/// Executes `binary` with the state document `doc`; returns only when that
+/// failed (why), leaving everything as it was. `conn` is the requesting
+/// connection, handed over too.
+pub(super) fn exec(binary: &Path, doc: &Document, conn: Option<RawFd>) -> String {
+    let bytes = serde_json::to_vec(doc).expect("serializable");
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        format!(
+            "reexec of {} failed: {what}: {e}; the master runs on as it was",
+            binary.display()
+        )
+    };
+    let state = match sys::memfd("baton-state", &bytes) {
+        Ok(fd) => fd,
+        Err(e) => return fail("cannot write the state document", &e),
+    };
+    let mut handed: Vec<RawFd> = doc.sockets.iter().map(|s| s.fd).collect();
+    handed.extend(doc.workers.iter().filter_map(|w| w.stderr_fd));
+    handed.extend(&doc.close);
+    handed.extend(conn);
+    handed.push(state.as_raw_fd());
+    let restore = |fds: &[RawFd]| {
+        for &fd in fds {
+            let _ = sys::set_inheritable(fd, false);
+        }
+    };
+    for (i, &fd) in handed.iter().enumerate() {
+        if let Err(e) = sys::set_inheritable(fd, true) {
+            restore(&handed[..i]);
+            return fail(&format!("descriptor {fd}"), &e);
+        }
     }
-    if m.trials.on_trial().is_some() && m.trials.runnable().is_none() {
-        return Some("a trial is being recorded".to_owned());
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != STATE_ENV && k != TEST_VERSION_ENV)
+        .collect();
+    env.push((STATE_ENV.into(), state.as_raw_fd().to_string().into()));
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    tracing::info!(
+        event = "reexec",
+        workers = doc.workers.len(),
+        "re-executing {} with the same PID; {} worker(s) keep serving",
+        binary.display(),
+        doc.workers.len()
+    );
+    let blocked = sys::block_master_signals(true);
+    let error = sys::execve(binary, &argv, &env);
+    // Still here: the old program runs on.
+    if blocked.is_ok() {
+        let _ = sys::block_master_signals(false);
     }
-    None
+    restore(&handed);
+    fail("execve", &error)
 }
 
 /// Runs the new binary with `--version` and `validate --config F`.
-async fn check(binary: &Path, config: &Path) -> Checked {
+pub(super) async fn check(binary: &Path, config: &Path) -> Checked {
     let env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| k != STATE_ENV)
         .collect();

@@ -49,6 +49,9 @@ pub(crate) enum Done {
     HeldCleared(Result<(), Error>),
 }
 
+/// A job's outcome, with what `current` names after it.
+pub(crate) type Finished = (Done, Option<Meta>);
+
 /// The thread that runs the jobs.
 pub(crate) struct StoreIo {
     jobs: Option<std::sync::mpsc::Sender<Job>>,
@@ -56,15 +59,20 @@ pub(crate) struct StoreIo {
 }
 
 impl StoreIo {
-    /// Starts the thread; results arrive on the returned receiver.
-    pub(crate) fn start(store: Store) -> std::io::Result<(StoreIo, mpsc::UnboundedReceiver<Done>)> {
+    /// Starts the thread; results arrive on the returned receiver, each with
+    /// what `current` names after the write.
+    pub(crate) fn start(
+        store: Store,
+    ) -> std::io::Result<(StoreIo, mpsc::UnboundedReceiver<Finished>)> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("baton-store".to_owned())
             .spawn(move || {
                 for job in queue {
-                    let _ = done_tx.send(run(&store, job));
+                    // With what `current` names after it.
+                    let done = run(&store, job);
+                    let _ = done_tx.send((done, store.current()));
                 }
             })?;
         Ok((

@@ -69,18 +69,13 @@ impl Drop for AbortOnDrop {
 /// With `gate`, the first check waits until it resolves (a trial that was
 /// running when the loop was rebuilt by a reload). Returns when the master
 /// drops the receiving end of `installed`; aborting it stops the loop.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn supervise(
-    fetch: Fetch,
-    verify: Verify,
+    with: Loop,
     first: Box<dyn Fetcher>,
-    pipeline: Arc<Pipeline>,
-    installed: mpsc::UnboundedSender<Installed>,
-    check_now: Arc<Notify>,
     mut gate: Option<oneshot::Receiver<()>>,
-    reports: mpsc::UnboundedSender<CheckReport>,
-    hooks: Arc<Hooks>,
 ) {
+    let (fetch, verify, installed, reports) =
+        (&with.fetch, &with.verify, &with.installed, &with.reports);
     let mut fetcher = Some(first);
     // Deaths (and failed set-ups) in a row, for the back-off.
     let mut deaths = 0u32;
@@ -88,7 +83,7 @@ pub(crate) async fn supervise(
         let backoff = crate::time::backoff(RESTART_MIN, deaths, RESTART_MAX);
         let f = match fetcher.take() {
             Some(f) => f,
-            None => match crate::fetchers::from_config(&fetch, &verify) {
+            None => match crate::fetchers::from_config(fetch, verify) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(
@@ -105,16 +100,7 @@ pub(crate) async fn supervise(
             },
         };
         let started = Instant::now();
-        let mut task = tokio::spawn(run(
-            fetch.clone(),
-            f,
-            pipeline.clone(),
-            installed.clone(),
-            check_now.clone(),
-            gate.take(),
-            reports.clone(),
-            hooks.clone(),
-        ));
+        let mut task = tokio::spawn(run(with.clone(), f, gate.take()));
         let _guard = AbortOnDrop(task.abort_handle());
         let cause = match (&mut task).await {
             Ok(()) => return,
@@ -136,7 +122,7 @@ pub(crate) async fn supervise(
         );
         // Whoever waits on a check (`baton upgrade`) hears of it now.
         report(
-            &reports,
+            reports,
             "error",
             format!(
                 "the update task died: {cause}; it restarts in {}",
@@ -158,18 +144,40 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// What the update loop works with.
+#[derive(Clone)]
+pub(crate) struct Loop {
+    /// `[fetch]` as running.
+    pub fetch: Fetch,
+    /// `[verify]` as running.
+    pub verify: Verify,
+    /// The release pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Where installed releases go.
+    pub installed: mpsc::UnboundedSender<Installed>,
+    /// Wakes the loop for a check now.
+    pub check_now: Arc<Notify>,
+    /// Where each check's outcome goes.
+    pub reports: mpsc::UnboundedSender<CheckReport>,
+    /// The hooks (`pre_install`).
+    pub hooks: Arc<Hooks>,
+}
+
 /// Runs until the master drops the receiving end.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
-    fetch: Fetch,
+    with: Loop,
     mut fetcher: Box<dyn Fetcher>,
-    pipeline: Arc<Pipeline>,
-    installed: mpsc::UnboundedSender<Installed>,
-    check_now: Arc<Notify>,
     gate: Option<oneshot::Receiver<()>>,
-    reports: mpsc::UnboundedSender<CheckReport>,
-    hooks: Arc<Hooks>,
 ) {
+    let Loop {
+        fetch,
+        pipeline,
+        installed,
+        check_now,
+        reports,
+        hooks,
+        ..
+    } = with;
     let source = fetcher.describe();
     if let Some(gate) = gate {
         tracing::info!("{source}: checks resume when the running trial ends");
@@ -442,15 +450,17 @@ mod tests {
         let (reports, mut heard) = mpsc::unbounded_channel();
         let _loop = AbortOnDrop(
             tokio::spawn(supervise(
-                config.fetch.clone().unwrap(),
-                config.verify.clone(),
+                Loop {
+                    fetch: config.fetch.clone().unwrap(),
+                    verify: config.verify.clone(),
+                    pipeline,
+                    installed,
+                    check_now: Arc::new(Notify::new()),
+                    reports,
+                    hooks,
+                },
                 Box::new(Panics),
-                pipeline,
-                installed,
-                Arc::new(Notify::new()),
                 None,
-                reports,
-                hooks,
             ))
             .abort_handle(),
         );

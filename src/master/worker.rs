@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -45,72 +45,100 @@ pub(crate) enum Exit {
     },
 }
 
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
-    /// Started, not yet ready.
-    Starting,
-    /// Ready and serving.
-    Serving {
-        /// When it became ready.
-        since: Instant,
-    },
-    /// Asked to stop; killed at the deadline.
-    Draining {
-        /// When SIGKILL is due.
-        deadline: Instant,
-    },
-    /// Killed by the master (failed start or drain deadline); awaiting reap.
-    Killed,
+/// A worker's last stderr lines, kept as they are written: shared by the
+/// task that forwards the stderr and whoever reports the worker's failure.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    /// A tail holding the last [`TAIL_LINES`] of `lines`.
+    pub(crate) fn from_lines(lines: Vec<String>) -> Tail {
+        let mut kept = VecDeque::with_capacity(TAIL_LINES);
+        kept.extend(lines.into_iter().rev().take(TAIL_LINES).rev());
+        Tail(Arc::new(Mutex::new(kept)))
+    }
+
+    /// Adds a line, dropping the oldest beyond [`TAIL_LINES`].
+    pub(crate) fn push(&self, line: String) {
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+
+    /// The lines, oldest first.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().cloned().collect()
+    }
 }
 
-/// A running worker, as the master sees it.
+/// A running worker process, as the driver holds it (its state is the
+/// core's).
 pub(crate) struct Worker {
-    /// Sequence number, also `BATON_WORKER_ID`.
-    pub id: u64,
     /// Process id (also its process group id).
     pub pid: u32,
-    /// Where it is in its life.
-    pub state: State,
-    /// The worker's last `STATUS=` message.
-    pub status: Option<String>,
     signals: mpsc::UnboundedSender<(Signal, bool)>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    tail: Tail,
     /// The read end of its stderr pipe (owned by the forwarding task), for
     /// handing over across the master's `execve`.
     stderr_fd: Option<RawFd>,
 }
 
+/// What every worker is started with: the program's settings, the
+/// children's environment, the sockets, the notify socket, and where exits
+/// are reported.
+pub(crate) struct Launcher<'a> {
+    /// `[program]`: arguments, workdir, stop signal.
+    pub program: &'a Program,
+    /// What workers inherit besides the protocol's variables.
+    pub env: &'a ChildEnv,
+    /// The listening sockets.
+    pub sockets: &'a Sockets,
+    /// The notify socket's path.
+    pub notify_socket: &'a Path,
+    /// Where the exit is reported.
+    pub exits: &'a mpsc::UnboundedSender<Exit>,
+}
+
+/// A worker process that is this process's child, to be owned.
+struct Child {
+    id: u64,
+    pid: u32,
+    stderr: Option<OwnedFd>,
+    tail: Tail,
+    own: reaper::Own,
+    sigchld: tokio::signal::unix::Signal,
+}
+
 impl Worker {
     /// Starts `command` (argv[0] as given; a bare name is looked up in
-    /// `PATH`) with `program`'s arguments, workdir and stop signal, on
-    /// `sockets`. Its environment is `env`, then `extra_env` (such as
-    /// `BATON_RELEASE`), then the protocol's variables. Its exit will
-    /// arrive on `exits`.
-    #[allow(clippy::too_many_arguments)]
+    /// `PATH`) with the program's arguments, workdir and stop signal, on
+    /// the launcher's sockets. Its environment is the launcher's, then
+    /// `extra_env` (such as `BATON_RELEASE`), then the protocol's
+    /// variables.
     pub(crate) fn spawn(
         id: u64,
-        program: &Program,
         command: &Path,
         extra_env: &[(String, String)],
-        env: &ChildEnv,
-        sockets: &Sockets,
-        notify_socket: &Path,
-        exits: mpsc::UnboundedSender<Exit>,
+        with: &Launcher<'_>,
     ) -> io::Result<Worker> {
+        let program = with.program;
         let path = resolve_command(command)?;
-        let fds = sockets.raw_fds();
+        let fds = with.sockets.raw_fds();
         let count = fds.len().to_string();
-        let (names, id_text) = (sockets.names(), id.to_string());
+        let (names, id_text) = (with.sockets.names(), id.to_string());
         let stop = program.stop_signal.to_string();
         let protocol = [
             (protocol::LISTEN_FDS, OsStr::new(&count)),
             (protocol::LISTEN_FDNAMES, OsStr::new(&names)),
-            (protocol::NOTIFY_SOCKET, notify_socket.as_os_str()),
+            (protocol::NOTIFY_SOCKET, with.notify_socket.as_os_str()),
             (protocol::BATON_WORKER_ID, OsStr::new(&id_text)),
             (protocol::BATON_STOP_SIGNAL, OsStr::new(&stop)),
         ];
-        let vars = env
+        let vars = with
+            .env
             .vars()
             .iter()
             .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
@@ -146,55 +174,53 @@ impl Worker {
         let stderr = child.stderr.take().map(OwnedFd::from);
         // The owner task reaps it by PID (see `own`), not through `child`.
         drop(child);
-        Ok(Worker::own(
+        let child = Child {
             id,
             pid,
             stderr,
-            Vec::new(),
-            State::Starting,
+            tail: Tail::default(),
             own,
-            exits,
             sigchld,
-        ))
+        };
+        Ok(Worker::own(child, with.exits.clone()))
     }
 
     /// Takes over a worker that a previous master (this same process, before
     /// its `execve`) started: `pid` is still this process's child, `stderr`
     /// the read end of its stderr pipe. `tail` holds the last lines it wrote.
     pub(crate) fn adopt(
-        id: u64,
-        pid: u32,
+        (id, pid): (u64, u32),
         stderr: Option<OwnedFd>,
         tail: Vec<String>,
-        state: State,
         own: reaper::Own,
         exits: mpsc::UnboundedSender<Exit>,
     ) -> io::Result<Worker> {
         // `own` registered it before anything could reap it.
         let sigchld = signal(SignalKind::child())?;
-        Ok(Worker::own(
-            id, pid, stderr, tail, state, own, exits, sigchld,
-        ))
+        let child = Child {
+            id,
+            pid,
+            stderr,
+            tail: Tail::from_lines(tail),
+            own,
+            sigchld,
+        };
+        Ok(Worker::own(child, exits))
     }
 
     /// Starts the tasks that own a worker: one forwards its stderr (keeping
     /// the last lines), one waits for its exit, signals it on request, kills
     /// its group and reaps it.
-    #[allow(clippy::too_many_arguments)]
-    fn own(
-        id: u64,
-        pid: u32,
-        stderr: Option<OwnedFd>,
-        tail: Vec<String>,
-        state: State,
-        own: reaper::Own,
-        exits: mpsc::UnboundedSender<Exit>,
-        mut sigchld: tokio::signal::unix::Signal,
-    ) -> Worker {
+    fn own(child: Child, exits: mpsc::UnboundedSender<Exit>) -> Worker {
+        let Child {
+            id,
+            pid,
+            stderr,
+            tail,
+            own,
+            mut sigchld,
+        } = child;
         let raw = Pid::from_raw(pid as i32);
-        let mut kept = VecDeque::with_capacity(TAIL_LINES);
-        kept.extend(tail.into_iter().rev().take(TAIL_LINES).rev());
-        let tail = Arc::new(Mutex::new(kept));
         let stderr_fd = stderr.as_ref().map(|fd| fd.as_raw_fd());
         let stderr = stderr
             .and_then(|e| pipe::Receiver::from_owned_fd(e).ok())
@@ -214,12 +240,7 @@ impl Worker {
                         > 0
                     {
                         let _ = out.write_all(&line).await;
-                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                        let mut tail = tail.lock().unwrap();
-                        if tail.len() == TAIL_LINES {
-                            tail.pop_front();
-                        }
-                        tail.push_back(text);
+                        tail.push(String::from_utf8_lossy(&line).trim_end().to_owned());
                         line.clear();
                     }
                 })
@@ -281,10 +302,7 @@ impl Worker {
         });
 
         Worker {
-            id,
             pid,
-            state,
-            status: None,
             signals,
             tail,
             stderr_fd,
@@ -297,9 +315,8 @@ impl Worker {
     }
 
     /// SIGKILL to the worker's whole process group.
-    pub(crate) fn kill(&mut self) {
+    pub(crate) fn kill(&self) {
         let _ = self.signals.send((Signal::SIGKILL, true));
-        self.state = State::Killed;
     }
 
     /// The read end of the worker's stderr pipe, while it is forwarded.
@@ -307,9 +324,9 @@ impl Worker {
         self.stderr_fd
     }
 
-    /// The last lines the worker wrote to stderr.
-    pub(crate) fn stderr_tail(&self) -> Vec<String> {
-        self.tail.lock().unwrap().iter().cloned().collect()
+    /// The last lines the worker wrote to stderr, as they come.
+    pub(crate) fn tail(&self) -> &Tail {
+        &self.tail
     }
 }
 
