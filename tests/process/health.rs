@@ -73,15 +73,6 @@ fn unhealthy_release_is_not_promoted_and_current_serves_again_under_load() {
 }
 
 #[test]
-fn healthy_release_is_promoted_at_the_end_of_settle() {
-    let (server, baton) = serving("health = \"http:/healthz\"\nsettle = \"1s\"", |_| {});
-    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
-    baton.wait_current("2.0.0-");
-    support::wait_version(baton.addr(), "2.0.0");
-    assert!(baton.failed().is_empty(), "{:?}", baton.failed());
-}
-
-#[test]
 fn release_that_turns_unhealthy_after_two_good_checks_is_caught() {
     // Passes twice, then fails; records what it was told.
     let (server, baton) = serving("health = \"exec:bin/check\"\nsettle = \"10m\"", |dir| {

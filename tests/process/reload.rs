@@ -195,26 +195,6 @@ fn a_changed_releases_dir_is_refused_and_a_fetch_interval_change_applies() {
     assert_ne!(baton.current(), Some(current));
 }
 
-#[test]
-fn a_reload_during_a_cycle_is_read_once_for_the_cycle_after_it() {
-    let slow = "ready = \"delay:1500ms\"";
-    let baton = Baton::start(
-        tempfile::tempdir().unwrap(),
-        &python_config("A", &[], &["127.0.0.1:0"], slow),
-    );
-    baton.wait_ready();
-    baton.signal(libc::SIGHUP);
-    baton.wait_count("started worker (Cycle)", 1, Duration::from_secs(10));
-    reload(&baton, &python_config("B", &[], &["127.0.0.1:0"], slow));
-    support::wait_version(baton.addr(), "B:");
-    assert_eq!(
-        baton.count("the config is re-read for the cycle that follows it"),
-        1,
-        "{}",
-        baton.log()
-    );
-}
-
 /// The master's own supervisor protocol around reloads.
 #[test]
 fn systemd_sees_reloading_then_ready_and_the_refusal_in_status() {

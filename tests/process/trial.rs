@@ -147,24 +147,6 @@ fn crash_inside_a_long_settle_goes_back_to_current() {
 }
 
 #[test]
-fn crash_after_settle_is_an_ordinary_restart() {
-    let (server, baton) = serving("300ms");
-    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
-    let two = baton.wait_current("2.0.0-");
-    support::wait_for("the trial record to go", Duration::from_secs(20), || {
-        (!baton.trial_recorded()).then_some(())
-    });
-    let worker = sole_worker(&baton);
-    sigkill(worker);
-    support::wait_for("a new worker", Duration::from_secs(20), || {
-        (sole_worker(&baton) != worker).then_some(())
-    });
-    support::wait_version(baton.addr(), "2.0.0");
-    assert_eq!(baton.current(), Some(two));
-    assert!(baton.failed().is_empty(), "{:?}", baton.failed());
-}
-
-#[test]
 fn kill9_while_the_trial_worker_starts_fails_the_trial_at_restart() {
     let (server, baton) = serving("300ms");
     let one = baton.current().unwrap();
@@ -363,62 +345,4 @@ fn newer_candidate_during_a_trial_waits_for_it_to_end() {
     });
     assert!(baton.current().unwrap().starts_with("2.0.0-"));
     support::wait_version(baton.addr(), "2.0.0");
-}
-
-#[test]
-fn sighup_during_a_trial_restarts_the_trial_worker_from_the_same_release() {
-    let (server, baton) = serving("10m");
-    let one = baton.current().unwrap();
-    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
-    support::wait_version(baton.addr(), "2.0.0");
-    let first = sole_worker(&baton);
-    baton.cycle();
-    let second = support::wait_for(
-        "the restarted trial worker",
-        Duration::from_secs(20),
-        || Some(sole_worker(&baton)).filter(|&p| p != first),
-    );
-    assert!(
-        argv0(second).contains("/releases/2.0.0-"),
-        "{}",
-        argv0(second)
-    );
-    support::wait_version(baton.addr(), "2.0.0");
-    assert_eq!(baton.current(), Some(one), "still on trial");
-    assert!(baton.trial_recorded());
-}
-
-#[test]
-fn trial_worker_that_dies_while_a_restart_replaces_it_fails_the_trial() {
-    let (server, baton) = serving("10m");
-    let one = baton.current().unwrap();
-    publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
-    support::wait_version(baton.addr(), "2.0.0");
-    let first = sole_worker(&baton);
-    // A reload to a slow readiness: the restarted trial worker takes 5 s to
-    // count as ready, and the first one dies meanwhile.
-    let config = std::fs::read_to_string(baton.dir.path().join("baton.toml")).unwrap();
-    let slow = config.replace(
-        "ready_timeout = \"10s\"",
-        "ready = \"delay:5s\"\nready_timeout = \"10s\"",
-    );
-    std::fs::write(baton.dir.path().join("baton.toml"), slow).unwrap();
-    baton.signal(libc::SIGHUP);
-    support::wait_for(
-        "the restarted trial worker",
-        Duration::from_secs(20),
-        || (baton.children().len() == 2).then_some(()),
-    );
-    // Only while it is still this master's child: a PID that exited may
-    // already belong to another test's process.
-    assert!(
-        baton.children().iter().any(|(pid, _)| *pid == first),
-        "the first trial worker {first} is gone before it could be killed"
-    );
-    sigkill(first);
-    assert_back_on_one(&baton, &one);
-    support::wait_for("one worker of 1.0.0", Duration::from_secs(30), || {
-        let pid = sole_worker(&baton);
-        (!argv0(pid).contains("2.0.0")).then_some(())
-    });
 }

@@ -1012,3 +1012,39 @@ fn restarts_needed_by_a_reload_are_named() {
         .unwrap_err()
         .starts_with("a [fetch] section was added"));
 }
+
+#[test]
+fn a_trial_worker_that_dies_while_a_restart_replaces_it_fails_the_trial() {
+    let mut s = settings();
+    s.ready = Ready::Delay(Duration::from_secs(5));
+    let current = meta("1.0.0");
+    let new = meta("2.0.0");
+    let mut sim = Sim::new(s, true);
+    let actions = sim.boot(Boot {
+        current: Some(current.clone()),
+        ..Boot::default()
+    });
+    assert_eq!(spawned(&actions), vec![1]);
+    sim.until_deadline();
+    let id = begin_trial(&mut sim, &new, Some(current.clone()));
+    sim.until_deadline();
+    sim.exit(1, exit_code(0));
+    // The restart's worker (of the same release) takes 5 s to count as
+    // ready; the first dies meanwhile.
+    let next = spawned(&sim.signal(Sig::Hup))[0];
+    let actions = sim.exit(id, ExitStatus::from_raw(9));
+    assert!(matches!(jobs(&actions)[..], [Job::Fail(m)] if m.id == new.id));
+    assert_eq!(
+        killed(&actions),
+        vec![next],
+        "the starting worker of the failed release must not become ready"
+    );
+    sim.exit(next, ExitStatus::from_raw(9));
+    let actions = sim.until_deadline();
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Spawn { release: Some(r), own_dir: false, .. } if r.id == current.id)
+        ),
+        "current serves again: {actions:?}"
+    );
+}

@@ -1,0 +1,343 @@
+//! A release's way through the master: installed, recorded, on trial,
+//! promoted or failed (back to `current`), health-checked, written to the
+//! releases directory.
+
+use super::*;
+
+impl Core {
+    /// Whether worker `id` runs a release that is neither on trial nor
+    /// `current` (the trial it served failed): it must give way to `current`.
+    pub(super) fn runs_failed_release(&self, id: u64) -> bool {
+        let Some(release) = self.workers.get(&id).and_then(|w| w.release.as_ref()) else {
+            return false;
+        };
+        let on_trial = self.trials.on_trial().is_some_and(|t| t.id == *release)
+            || self.promoting.as_ref().is_some_and(|p| p.id == *release);
+        let current = self.current.as_ref().is_some_and(|c| c.id == *release);
+        !on_trial && !current
+    }
+
+    /// A trial ended. A promotion swaps `current`; a failure goes back to
+    /// `current` (which never moved) and quarantines the digest.
+    pub(super) fn verdict(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Promote(release) => {
+                tracing::info!(
+                    event = "trial_passed",
+                    release = %release.id,
+                    "release {} stayed ready for {}: promoting it",
+                    release.id,
+                    humantime::format_duration(self.trials.settle())
+                );
+                self.promoting = Some(release.clone());
+                self.status.promotions += 1;
+                self.store_job(Job::Promote(release));
+            }
+            Verdict::Fail { release, why } => {
+                let back = self.current.as_ref().map_or_else(
+                    || "no release (none has proved itself yet)".to_owned(),
+                    |c| format!("release {}", c.id),
+                );
+                tracing::error!(
+                    event = "trial_failed",
+                    release = %release.id,
+                    error = %why,
+                    "release {} failed its trial: {why}; going back to {back}",
+                    release.id
+                );
+                self.status.last_failure =
+                    Some(format!("release {} failed its trial: {why}", release.id));
+                self.notice(Notice::Status(format!(
+                    "release {} failed its trial",
+                    release.id
+                )));
+                self.status.failed_trials += 1;
+                self.store_job(Job::Fail(release));
+                self.back_to_current();
+            }
+        }
+    }
+
+    /// After a failed trial: a worker of the failed release that still
+    /// serves gives way to `current` by a graceful cycle; with nothing
+    /// serving, `current` starts now.
+    pub(super) fn back_to_current(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(s) = &self.starting {
+            // A starting worker's end decides (see `start_failed`); one of
+            // the failed release must not become ready.
+            let id = s.id;
+            if self.runs_failed_release(id) {
+                if let Some(w) = self.workers.get(&id) {
+                    tracing::warn!(
+                        worker = id,
+                        pid = w.pid,
+                        "killing the starting worker of the failed release"
+                    );
+                }
+                self.kill(id);
+            }
+            return;
+        }
+        match self.active {
+            Some(active) if self.runs_failed_release(active) => {
+                self.request_cycle("back to current");
+            }
+            Some(_) => {}
+            None if self.current.is_some() => {
+                self.restart_at = None;
+                self.start_worker(Reason::Start);
+            }
+            None => {
+                self.waiting_for_release = true;
+                tracing::warn!("no release has proved itself yet; waiting for the next one");
+            }
+        }
+    }
+
+    /// Runs the health check on the worker that should be checked now, and
+    /// on no other: the trial's worker once it serves alone (the old one has
+    /// drained), or with `health_after` a promoted release's worker when it
+    /// serves alone.
+    pub(super) fn update_health(&mut self) {
+        let Some(policy) = self.settings.health else {
+            if self.health_checked.take().is_some() {
+                self.out.push(Action::StopHealth);
+            }
+            return;
+        };
+        let target = self.active.filter(|id| {
+            let alone = self.workers.len() == 1
+                && self
+                    .workers
+                    .get(id)
+                    .is_some_and(|w| matches!(w.state, State::Serving { .. }));
+            let wanted =
+                self.trials.watches(*id) || (policy.after && self.trials.on_trial().is_none());
+            alone && wanted && self.stopping.is_none()
+        });
+        if self.health_checked == target {
+            return;
+        }
+        if self.health_checked.take().is_some() {
+            self.out.push(Action::StopHealth);
+        }
+        let Some(id) = target else { return };
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        self.out.push(Action::StartHealth {
+            worker: id,
+            pid: worker.pid,
+            release: worker.release.clone(),
+        });
+        self.health_failed = 0;
+        self.trials.checking(id, self.now);
+        self.health_checked = Some(id);
+    }
+
+    /// A health check ended: during a trial the policy decides; after
+    /// promotion it is only reported.
+    pub(super) fn on_health(&mut self, (worker, result): crate::master::health::Report) {
+        if self.trials.watches(worker) {
+            if let Err(why) = &result {
+                tracing::warn!(event = "health_failed", worker, error = %why, "health check of the release on trial failed: {why}");
+            }
+            if let Some(v) = self.trials.health(worker, result, self.now) {
+                self.verdict(v);
+            }
+            return;
+        }
+        if self.health_checked != Some(worker) {
+            return;
+        }
+        let limit = self.settings.health.map_or(1, |h| h.failures);
+        let release = self
+            .workers
+            .get(&worker)
+            .and_then(|w| w.release.clone())
+            .unwrap_or_else(|| "the program".to_owned());
+        match result {
+            Ok(()) => {
+                if self.health_failed >= limit {
+                    tracing::info!(worker, "release {release} is healthy again");
+                    self.notice(Notice::Status(format!("serving release {release}")));
+                }
+                self.health_failed = 0;
+            }
+            Err(why) => {
+                self.health_failed += 1;
+                if self.health_failed == 1 {
+                    tracing::warn!(worker, "health check of release {release} failed: {why}");
+                }
+                if self.health_failed == limit {
+                    let report = format!(
+                        "release {release} is unhealthy: its health check failed {limit} times \
+                         in a row, last: {why}; it was promoted, so baton keeps it serving"
+                    );
+                    tracing::error!(event = "release_unhealthy", worker, error = %report, "{report}");
+                    self.notice(Notice::Status(format!("release {release} is unhealthy")));
+                    self.status.last_failure = Some(report);
+                }
+            }
+        }
+    }
+
+    pub(super) fn store_job(&mut self, job: Job) {
+        if self.fixed.has_store {
+            self.store_pending += 1;
+            self.out.push(Action::Store(job));
+        } else {
+            tracing::error!("no releases directory to record {job:?} in");
+        }
+    }
+
+    /// A write to the releases directory finished.
+    pub(super) fn on_store(&mut self, done: Done) {
+        self.store_pending = self.store_pending.saturating_sub(1);
+        match done {
+            Done::TrialBegun(release, Ok(())) => {
+                self.trials.recorded();
+                if self.stopping.is_some() {
+                    self.trials.fail("the master is stopping");
+                    self.store_job(Job::Abandon(release));
+                    return;
+                }
+                let why = format!("release {} on trial", release.id);
+                self.stranded = None;
+                if self.waiting_for_release {
+                    self.waiting_for_release = false;
+                    self.restart_at = None;
+                    tracing::info!("{why}: starting the first worker");
+                    self.start_worker(Reason::Start);
+                } else {
+                    self.request_cycle(&why);
+                }
+            }
+            Done::TrialBegun(release, Err(e)) => {
+                tracing::error!(
+                    "cannot record the trial of release {}: {}; not starting it",
+                    release.id,
+                    crate::errors::display_chain(&e)
+                );
+                self.trials.fail("its trial could not be recorded");
+                self.trial_over();
+            }
+            Done::Promoted(release, Ok(before)) => {
+                tracing::info!(
+                    event = "release_promoted",
+                    release = %release.id,
+                    version = release.version.as_deref().unwrap_or_default(),
+                    "release {} promoted: current names it{}",
+                    release.id,
+                    before
+                        .clone()
+                        .filter(|b| *b != release.id)
+                        .map(|b| format!(", previous names {b}"))
+                        .unwrap_or_default()
+                );
+                self.notice(Notice::Status(format!("serving release {}", release.id)));
+                self.promoting = None;
+                self.trial_over();
+                let version = release.version.clone();
+                self.out.push(Action::PostHook {
+                    which: crate::hooks::Which::PostPromote,
+                    release,
+                    before,
+                });
+                if self.fixed.self_upgrade {
+                    self.reexec_self(version);
+                }
+            }
+            Done::Promoted(release, Err(e)) => {
+                // Promotion is idempotent: try again until it holds (the
+                // trial record stays meanwhile, so a master killed now
+                // counts the trial as failed unless `current` names it).
+                tracing::error!(
+                    event = "promote_failed",
+                    release = %release.id,
+                    error = %crate::errors::display_chain(&e),
+                    "cannot promote release {}: {}; it keeps serving; trying again in {}",
+                    release.id,
+                    crate::errors::display_chain(&e),
+                    humantime::format_duration(PROMOTE_RETRY)
+                );
+                self.promote_retry_at = Some(self.now + PROMOTE_RETRY);
+            }
+            Done::Failed(release, result) => {
+                match result {
+                    Ok(()) => tracing::warn!(
+                        event = "release_marked_failed",
+                        release = %release.id,
+                        "sha256 {} of release {} is recorded as failed and will not be installed again",
+                        release.sha256,
+                        release.id
+                    ),
+                    Err(e) => tracing::error!(
+                        "cannot record release {} as failed: {}",
+                        release.id,
+                        crate::errors::display_chain(&e)
+                    ),
+                }
+                self.trial_over();
+            }
+            Done::RolledBack(release, result) => self.rolled_back(release, result),
+            Done::HeldCleared(result) => self.held_cleared(result),
+            Done::Abandoned(release, result) => {
+                if let Err(e) = result {
+                    tracing::error!(
+                        "cannot clear the trial record of release {}: {}",
+                        release.id,
+                        crate::errors::display_chain(&e)
+                    );
+                }
+                self.trial_over();
+            }
+        }
+    }
+
+    /// The trial ended and its records are written: the update loop goes
+    /// on, and a release installed meanwhile is tried now.
+    pub(super) fn trial_over(&mut self) {
+        if let Some(hold) = self.trial_hold.take() {
+            self.out.push(Action::Release(hold));
+        }
+        if let Some((release, hold)) = self.queued_install.take() {
+            self.on_installed(release, hold);
+        }
+    }
+
+    /// A new release was installed: record its trial on disk, then (in
+    /// `on_store`) start its worker.
+    pub(super) fn on_installed(&mut self, release: Meta, hold: Token) {
+        if self.stopping.is_some() {
+            tracing::info!("release {} installed while stopping; not tried", release.id);
+            self.out.push(Action::Release(hold));
+            return;
+        }
+        match self.trials.begin(release.clone()) {
+            Ok(()) => {
+                tracing::info!(event = "trial_started", release = %release.id, "release {} installed; recording its trial", release.id);
+                if let Some(old) = self.trial_hold.replace(hold) {
+                    self.out.push(Action::Release(old));
+                }
+                self.store_job(Job::BeginTrial(release, 1));
+            }
+            Err(release) => {
+                tracing::info!(
+                    "release {} installed while another trial runs; it waits for it to end",
+                    release.id
+                );
+                if let Some((dropped, old)) = self.queued_install.replace((*release, hold)) {
+                    tracing::info!(
+                        "release {} no longer waits: a newer install replaces it",
+                        dropped.id
+                    );
+                    self.out.push(Action::Release(old));
+                }
+            }
+        }
+    }
+}
