@@ -63,19 +63,7 @@ pub(super) async fn boot(
         control,
         hooks,
     } = config;
-    match crate::sys::raise_nofile() {
-        Ok((before, now)) if before < now => {
-            tracing::info!("open-file limit raised from {before} to {now} (workers keep {before})")
-        }
-        Ok((_, now)) => tracing::info!("open-file limit {now}"),
-        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
-    }
-    // Signal streams first: from here on no signal is lost. A master
-    // started by its predecessor's `execve` had them blocked across it.
-    let signals = Signals::install().map_err(Error::Signals)?;
-    if let Err(e) = crate::sys::block_master_signals(false) {
-        tracing::warn!("cannot unblock the master's signals: {e}");
-    }
+    let signals = prepare()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("baton"));
     // What a previous master handed over across its `execve`, if this is
     // one; its workers are claimed before the reaper could take them.
@@ -97,17 +85,18 @@ pub(super) async fn boot(
         tracing::info!(event = "listening", name = %held.name, "listening on {}", held.describe);
     }
     warn_http_ready(&program);
-    let notify = match &inherited {
-        Some(Inherited::Full(doc)) => {
+    let full = match &inherited {
+        Some(Inherited::Full(doc)) => Some(&**doc),
+        _ => None,
+    };
+    let notify = match full {
+        Some(doc) => {
             let (fd, path) = doc.notify(&mut taker).map_err(Error::Reexec)?;
             NotifyServer::resume(fd, path).map_err(Error::Notify)?
         }
-        _ => NotifyServer::bind().map_err(Error::Notify)?,
+        None => NotifyServer::bind().map_err(Error::Notify)?,
     };
-    let resuming_trial = match &inherited {
-        Some(Inherited::Full(doc)) => doc.trial_id().map(str::to_owned),
-        _ => None,
-    };
+    let resuming_trial = full.and_then(|doc| doc.trial_id()).map(str::to_owned);
     let child_env = ChildEnv::new(&program, fetch.as_ref());
     let checker = checker(releases.as_ref(), &sockets, &child_env, &program);
     let store = match (&releases, &fetch) {
@@ -131,54 +120,8 @@ pub(super) async fn boot(
         }
         _ => None,
     };
-    let (exits_tx, exits) = mpsc::unbounded_channel();
-    let (ready_tx, ready) = mpsc::unbounded_channel();
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (installed_tx, installed) = mpsc::unbounded_channel();
-    let (health_tx, health_rx) = mpsc::unbounded_channel();
-    let (reports_tx, reports) = mpsc::unbounded_channel();
-    let (reexec_tx, reexec_rx) = mpsc::unbounded_channel();
-    let (inherited_control, inherited_metrics) = match &inherited {
-        Some(Inherited::Full(doc)) => (
-            doc.control(&mut taker).map_err(Error::Reexec)?,
-            doc.metrics(&mut taker).map_err(Error::Reexec)?,
-        ),
-        _ => (None, None),
-    };
-    let mut metrics_fd = None;
-    let metrics_task = match control.metrics {
-        Some(addr) => {
-            let listener = match inherited_metrics {
-                Some(fd) => {
-                    let std = std::net::TcpListener::from(fd);
-                    std.set_nonblocking(true)
-                        .and_then(|()| tokio::net::TcpListener::from_std(std))
-                }
-                None => tokio::net::TcpListener::bind(addr).await,
-            }
-            .map_err(|source| Error::Metrics { addr, source })?;
-            metrics_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
-            let bound = listener.local_addr().unwrap_or(addr);
-            tracing::info!("serving metrics on {bound} at /metrics");
-            Some(metrics::serve(listener, control_tx.clone()))
-        }
-        None => None,
-    };
-    let control_server = match (&control.socket, inherited_control) {
-        (_, Some((fd, path))) => Some(
-            control::Server::resume(fd, path.clone(), control_tx)
-                .map_err(|source| Error::Control { path, source })?,
-        ),
-        (Some(path), None) => {
-            let server = control::serve(path, control_tx).map_err(|source| Error::Control {
-                path: path.clone(),
-                source,
-            })?;
-            tracing::info!("control socket at {}", path.display());
-            Some(server)
-        }
-        (None, None) => None,
-    };
+    let (outbox, inbox, control_tx) = channels(signals, notify, store_done);
+    let listeners = Listeners::open(&control, full, &mut taker, control_tx).await?;
     let waiting_for_release = first_fetcher.is_some()
         && store
             .as_ref()
@@ -187,8 +130,6 @@ pub(super) async fn boot(
         Some((store, lock, found)) => (Some(store), Some(lock), found),
         None => (None, None, Found::default()),
     };
-    let now = Instant::now();
-    let settings = Settings::new(&program, releases.as_ref());
     let fixed = Fixed {
         reloadable: config_path.is_some(),
         self_upgrade,
@@ -196,16 +137,13 @@ pub(super) async fn boot(
         exe: exe.clone(),
         pid: std::process::id(),
     };
-    let outbox = Outbox {
-        exits: exits_tx,
-        ready: ready_tx,
-        installed: installed_tx,
-        health: health_tx,
-        reports: reports_tx,
-        reexec: reexec_tx,
-    };
+    let core = Core::new(
+        Settings::new(&program, releases.as_ref()),
+        fixed,
+        Instant::now(),
+    );
     let mut driver = Driver {
-        core: Core::new(settings, fixed, now),
+        core,
         config: Running {
             program,
             releases,
@@ -218,9 +156,9 @@ pub(super) async fn boot(
         retired: Vec::new(),
         generations: 0,
         carried: Carried {
-            notify: (notify.raw_fd(), notify.path().to_owned()),
-            control: control_server.as_ref().map(control::Server::carry),
-            metrics: metrics_fd,
+            notify: (inbox.notify.raw_fd(), inbox.notify.path().to_owned()),
+            control: listeners.control.as_ref().map(control::Server::carry),
+            metrics: listeners.metrics_fd,
         },
         exe,
         child_env,
@@ -237,8 +175,8 @@ pub(super) async fn boot(
         replies: BTreeMap::new(),
         holds: BTreeMap::new(),
         next_token: 0,
-        metrics_task,
-        _held: (control_server, lock, reaper),
+        metrics_task: listeners.metrics_task,
+        _held: (listeners.control, lock, reaper),
     };
     let current = driver.store.as_ref().and_then(Store::current);
     let adopted = match inherited {
@@ -250,32 +188,20 @@ pub(super) async fn boot(
     };
     let trial_resumed =
         matches!(&adopted, Some(Adopted::Full { carry, .. }) if carry.trial.is_some());
-    let mut hold = None;
     let updater = first_fetcher.is_some();
-    if let Some(fetcher) = first_fetcher {
+    let hold = first_fetcher.and_then(|fetcher| {
         // A resumed or retried trial holds the update loop back until it
         // ends.
-        let gate = (trial_resumed || found.retry.is_some()).then(|| {
+        let held = (trial_resumed || found.retry.is_some()).then(|| {
             let (tx, rx) = oneshot::channel();
             let token = driver.token();
             driver.holds.insert(token, tx);
-            hold = Some(token);
-            rx
+            (token, rx)
         });
+        let (token, gate) = held.unzip();
         driver.start_updater(fetcher, gate);
-    }
-    let inbox = Inbox {
-        signals,
-        notify,
-        exits,
-        ready,
-        installed,
-        store: store_done,
-        health: health_rx,
-        control: control_rx,
-        reports,
-        reexec: reexec_rx,
-    };
+        token
+    });
     let boot = Boot {
         current,
         waiting_for_release,
@@ -286,6 +212,124 @@ pub(super) async fn boot(
         adopted,
     };
     Ok((driver, inbox, Event::Boot(Box::new(boot))))
+}
+
+/// Raises the open-file limit and installs the signal streams: from here
+/// on no signal is lost. A master started by its predecessor's `execve`
+/// had them blocked across it.
+fn prepare() -> Result<Signals, Error> {
+    match crate::sys::raise_nofile() {
+        Ok((before, now)) if before < now => {
+            tracing::info!("open-file limit raised from {before} to {now} (workers keep {before})")
+        }
+        Ok((_, now)) => tracing::info!("open-file limit {now}"),
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
+    let signals = Signals::install().map_err(Error::Signals)?;
+    if let Err(e) = crate::sys::block_master_signals(false) {
+        tracing::warn!("cannot unblock the master's signals: {e}");
+    }
+    Ok(signals)
+}
+
+/// The loop's channels: what tasks send on, what the loop waits on, and
+/// the control requests' sender for the control and metrics servers.
+fn channels(
+    signals: Signals,
+    notify: NotifyServer,
+    store: Option<mpsc::UnboundedReceiver<super::store_io::Finished>>,
+) -> (Outbox, Inbox, mpsc::UnboundedSender<control::Incoming>) {
+    let (exits_tx, exits) = mpsc::unbounded_channel();
+    let (ready_tx, ready) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (installed_tx, installed) = mpsc::unbounded_channel();
+    let (health_tx, health) = mpsc::unbounded_channel();
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let (reexec_tx, reexec) = mpsc::unbounded_channel();
+    let outbox = Outbox {
+        exits: exits_tx,
+        ready: ready_tx,
+        installed: installed_tx,
+        health: health_tx,
+        reports: reports_tx,
+        reexec: reexec_tx,
+    };
+    let inbox = Inbox {
+        signals,
+        notify,
+        exits,
+        ready,
+        installed,
+        store,
+        health,
+        control: control_rx,
+        reports,
+        reexec,
+    };
+    (outbox, inbox, control_tx)
+}
+
+/// The control socket and the metrics listener, bound or taken over.
+struct Listeners {
+    control: Option<control::Server>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    metrics_fd: Option<std::os::fd::RawFd>,
+}
+
+impl Listeners {
+    async fn open(
+        config: &crate::config::Control,
+        inherited: Option<&reexec::Document>,
+        taker: &mut Taker,
+        to_loop: mpsc::UnboundedSender<control::Incoming>,
+    ) -> Result<Listeners, Error> {
+        let (inherited_control, inherited_metrics) = match inherited {
+            Some(doc) => (
+                doc.control(taker).map_err(Error::Reexec)?,
+                doc.metrics(taker).map_err(Error::Reexec)?,
+            ),
+            None => (None, None),
+        };
+        let mut metrics_fd = None;
+        let metrics_task = match config.metrics {
+            Some(addr) => {
+                let listener = match inherited_metrics {
+                    Some(fd) => {
+                        let std = std::net::TcpListener::from(fd);
+                        std.set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpListener::from_std(std))
+                    }
+                    None => tokio::net::TcpListener::bind(addr).await,
+                }
+                .map_err(|source| Error::Metrics { addr, source })?;
+                metrics_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
+                let bound = listener.local_addr().unwrap_or(addr);
+                tracing::info!("serving metrics on {bound} at /metrics");
+                Some(metrics::serve(listener, to_loop.clone()))
+            }
+            None => None,
+        };
+        let control = match (&config.socket, inherited_control) {
+            (_, Some((fd, path))) => Some(
+                control::Server::resume(fd, path.clone(), to_loop)
+                    .map_err(|source| Error::Control { path, source })?,
+            ),
+            (Some(path), None) => {
+                let server = control::serve(path, to_loop).map_err(|source| Error::Control {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::info!("control socket at {}", path.display());
+                Some(server)
+            }
+            (None, None) => None,
+        };
+        Ok(Listeners {
+            control,
+            metrics_task,
+            metrics_fd,
+        })
+    }
 }
 
 /// Takes over the workers a previous master carried (the sockets, notify,

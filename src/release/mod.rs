@@ -10,7 +10,7 @@ pub mod probe;
 pub mod stage;
 pub mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::child_env::ChildEnv;
@@ -259,40 +259,17 @@ impl Pipeline {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Outcome, Error> {
         let Candidate { body, info, opener } = candidate;
-        let v = &self.verify;
         let current = self.store.current();
-        // When the source states the digest, known bytes cost no download.
-        if let Some(stated) = info.sha256.map(hex::encode) {
-            if let Some(cur) = current.as_ref().filter(|c| c.sha256 == stated) {
-                return Ok(Outcome::Unchanged(cur.clone()));
-            }
-            if self.store.skipped(&stated)? {
-                return Ok(Outcome::KnownBad { sha256: stated });
-            }
+        if let Some(early) = self.before_download(&info, current.as_ref(), install)? {
+            return Ok(early);
         }
-        // A stated version lower than the running one is refused before a
-        // byte is downloaded (the probe's version is checked again below).
-        if let (Some(stated), Some(cur)) = (&info.version, &current) {
-            verify::not_lower(stated, cur.version.as_deref(), v.allow_downgrade)?;
-        }
-        let decision = self.rollout(&info)?;
-        tracing::info!("rollout from {}: {decision}", info.source);
-        if !decision.admission.admits() {
-            return Ok(Outcome::NotInRollout(decision));
-        }
-        if install && decision.admission == Admission::InRollout {
-            if let Some(version) = &decision.version {
-                cohort::enter(&self.store, version)?;
-            }
-        }
-        let from = describe(&info);
         // A patch against the running binary, when the manifest offers
-        // one; any failure falls back to the full artifact below.
+        // one; any failure falls back to the full artifact.
         let patched = match (&opener, &current) {
             (Some(opener), Some(cur)) => {
                 let cx = patch::Context {
                     store: &self.store,
-                    verify: v,
+                    verify: &self.verify,
                     work_dir: self.work_dir(),
                     current: cur,
                     install,
@@ -311,6 +288,8 @@ impl Pipeline {
                 (p.staged, Some(applied))
             }
             None => {
+                let v = &self.verify;
+                let from = describe(&info);
                 let staged = stage::stage(
                     body,
                     self.work_dir(),
@@ -334,90 +313,11 @@ impl Pipeline {
         if self.store.skipped(&sha_hex)? {
             return Ok(Outcome::KnownBad { sha256: sha_hex });
         }
-        verify::checksum(info.sha256, v.sha256, staged.sha256)?;
-        let staging = match &self.scratch {
-            Some(dir) => tempfile::Builder::new()
-                .prefix(".staging-")
-                .tempdir_in(dir)
-                .map_err(|source| {
-                    Error::Io(IoError {
-                        what: "create a staging dir in",
-                        path: dir.clone(),
-                        source,
-                    })
-                })?,
-            None => self.store.staging()?,
-        };
+        verify::checksum(info.sha256, self.verify.sha256, staged.sha256)?;
+        let staging = self.staging_dir()?;
         let binary = self.store.binary_in(staging.path());
-        let binary_sha256;
-        {
-            // A verified manifest's signature binds the digest checked
-            // above: the binary itself then needs none.
-            let bound = info.manifest.as_ref().is_some_and(|m| m.signed);
-            let (keys, signature, path) = (
-                if bound {
-                    Vec::new()
-                } else {
-                    v.minisign_keys.clone()
-                },
-                info.signature.clone(),
-                staged.file.path().to_owned(),
-            );
-            let name = info.name.clone();
-            let limits = archive::Limits::of(v);
-            let dest = staging.path().to_owned();
-            let bin_name = binary
-                .file_name()
-                .expect("a file name")
-                .to_string_lossy()
-                .into_owned();
-            let file = staged.file.reopen().map_err(|source| {
-                Error::Io(IoError {
-                    what: "read",
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-            let staged_path = staged.file.into_temp_path();
-            let staged_sha256 = staged.sha256;
-            binary_sha256 = tokio::task::spawn_blocking(move || -> Result<[u8; 32], Error> {
-                verify::signature(&keys, signature.as_deref(), &path)?;
-                let mut file = file;
-                let kind = archive::kind(&name, &mut file).map_err(|source| {
-                    Error::Io(IoError {
-                        what: "read",
-                        path: path.clone(),
-                        source,
-                    })
-                })?;
-                if kind == archive::Kind::Plain {
-                    drop(file);
-                    let target = dest.join(&bin_name);
-                    staged_path.persist(&target).map_err(|e| {
-                        Error::Io(IoError {
-                            what: "move",
-                            path: target.clone(),
-                            source: e.error,
-                        })
-                    })?;
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-                        .map_err(|source| {
-                            Error::Io(IoError {
-                                what: "chmod",
-                                path: target.clone(),
-                                source,
-                            })
-                        })?;
-                    Ok(staged_sha256)
-                } else {
-                    archive::unpack(file, kind, &bin_name, &dest, limits)?;
-                    Ok(crate::fsutil::hash_file(&dest.join(&bin_name))?.0)
-                }
-            })
-            .await
-            .expect("the verify task does not panic")?;
-        }
+        let (sha256, size) = (staged.sha256, staged.size);
+        let binary_sha256 = self.place(staged, &info, staging.path(), &binary).await?;
         // A binary_sha256 the manifest states (signed, when it is) binds
         // the executable too, before it is ever run.
         if let Some(stated) = info.manifest.as_ref().and_then(|m| m.binary_sha256) {
@@ -429,28 +329,12 @@ impl Pipeline {
                 });
             }
         }
-        let reported = probe::run(&binary, &v.probe, v.probe_timeout, &self.child_env).await?;
-        let running_version = match &current {
-            Some(c) if c.version.is_none() && !v.allow_downgrade => self.probe_running(c).await,
-            Some(c) => c.version.clone(),
-            None => None,
-        };
-        let version = verify::decide(
-            info.version.as_deref(),
-            &reported,
-            current.as_ref().map(|c| verify::Running {
-                id: &c.id,
-                version: running_version.as_deref(),
-            }),
-            v.allow_downgrade,
-            v.version.as_ref(),
-        )?
-        .map(|v| v.to_string());
+        let version = self.version(&binary, &info, current.as_ref()).await?;
         let meta = Meta {
-            id: Store::id_for(version.as_deref(), &staged.sha256),
+            id: Store::id_for(version.as_deref(), &sha256),
             version,
             sha256: sha_hex,
-            size: staged.size,
+            size,
             source: describe(&info),
             installed_at: crate::time::unix_now(),
             binary_sha256: Some(hex::encode(binary_sha256)),
@@ -465,6 +349,132 @@ impl Pipeline {
             .await
             .expect("the install task does not panic")?;
         Ok(Outcome::Installed(meta))
+    }
+
+    /// What is decided before a byte is downloaded: known bytes (when the
+    /// source states the digest), a stated version lower than the running
+    /// one, and the rollout. `Some` ends the check.
+    fn before_download(
+        &self,
+        info: &Info,
+        current: Option<&Meta>,
+        install: bool,
+    ) -> Result<Option<Outcome>, Error> {
+        if let Some(stated) = info.sha256.map(hex::encode) {
+            if let Some(cur) = current.filter(|c| c.sha256 == stated) {
+                return Ok(Some(Outcome::Unchanged(cur.clone())));
+            }
+            if self.store.skipped(&stated)? {
+                return Ok(Some(Outcome::KnownBad { sha256: stated }));
+            }
+        }
+        // The probe's version is checked again once the binary runs.
+        if let (Some(stated), Some(cur)) = (&info.version, current) {
+            verify::not_lower(stated, cur.version.as_deref(), self.verify.allow_downgrade)?;
+        }
+        let decision = self.rollout(info)?;
+        tracing::info!("rollout from {}: {decision}", info.source);
+        if !decision.admission.admits() {
+            return Ok(Some(Outcome::NotInRollout(decision)));
+        }
+        if install && decision.admission == Admission::InRollout {
+            if let Some(version) = &decision.version {
+                cohort::enter(&self.store, version)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// A fresh staging directory for a release's files.
+    fn staging_dir(&self) -> Result<tempfile::TempDir, Error> {
+        match &self.scratch {
+            Some(dir) => tempfile::Builder::new()
+                .prefix(".staging-")
+                .tempdir_in(dir)
+                .map_err(|source| {
+                    Error::Io(IoError {
+                        what: "create a staging dir in",
+                        path: dir.clone(),
+                        source,
+                    })
+                }),
+            None => self.store.staging(),
+        }
+    }
+
+    /// Checks the staged artifact's signature and puts the executable in
+    /// `dest` under `binary`'s file name (unpacking an archive), off the
+    /// event loop; the executable's sha256.
+    async fn place(
+        &self,
+        staged: stage::Staged,
+        info: &Info,
+        dest: &Path,
+        binary: &Path,
+    ) -> Result<[u8; 32], Error> {
+        let v = &self.verify;
+        // A verified manifest's signature binds the digest checked before:
+        // the artifact itself then needs none.
+        let bound = info.manifest.as_ref().is_some_and(|m| m.signed);
+        let path = staged.file.path().to_owned();
+        let file = staged.file.reopen().map_err(|source| {
+            Error::Io(IoError {
+                what: "read",
+                path: path.clone(),
+                source,
+            })
+        })?;
+        let job = Placing {
+            keys: if bound {
+                Vec::new()
+            } else {
+                v.minisign_keys.clone()
+            },
+            signature: info.signature.clone(),
+            name: info.name.clone(),
+            limits: archive::Limits::of(v),
+            dest: dest.to_owned(),
+            bin_name: binary
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned(),
+            file,
+            path,
+            staged: staged.file.into_temp_path(),
+            sha256: staged.sha256,
+        };
+        tokio::task::spawn_blocking(move || job.run())
+            .await
+            .expect("the verify task does not panic")
+    }
+
+    /// The release's version: what the source states and the probe of
+    /// `binary` names, checked against the running release's.
+    async fn version(
+        &self,
+        binary: &Path,
+        info: &Info,
+        current: Option<&Meta>,
+    ) -> Result<Option<String>, Error> {
+        let v = &self.verify;
+        let reported = probe::run(binary, &v.probe, v.probe_timeout, &self.child_env).await?;
+        let running_version = match current {
+            Some(c) if c.version.is_none() && !v.allow_downgrade => self.probe_running(c).await,
+            Some(c) => c.version.clone(),
+            None => None,
+        };
+        Ok(verify::decide(
+            info.version.as_deref(),
+            &reported,
+            current.map(|c| verify::Running {
+                id: &c.id,
+                version: running_version.as_deref(),
+            }),
+            v.allow_downgrade,
+            v.version.as_ref(),
+        )?
+        .map(|v| v.to_string()))
     }
 
     /// The version of a running release that has none recorded (a binary
@@ -495,5 +505,66 @@ fn describe(info: &Info) -> String {
         info.source.clone()
     } else {
         format!("{} ({})", info.source, info.name)
+    }
+}
+
+/// Putting a staged artifact's executable in place, on a blocking thread.
+struct Placing {
+    /// The keys its signature must verify with (none when a signed
+    /// manifest binds its digest).
+    keys: Vec<String>,
+    signature: Option<String>,
+    /// The artifact's name, which tells an archive.
+    name: String,
+    limits: archive::Limits,
+    /// The staging directory, and the executable's name in it.
+    dest: PathBuf,
+    bin_name: String,
+    /// The staged artifact, open, and its path.
+    file: std::fs::File,
+    path: PathBuf,
+    /// Removed when dropped, unless moved into place.
+    staged: tempfile::TempPath,
+    sha256: [u8; 32],
+}
+
+impl Placing {
+    /// The executable's sha256.
+    fn run(self) -> Result<[u8; 32], Error> {
+        let Placing {
+            keys,
+            signature,
+            name,
+            limits,
+            dest,
+            bin_name,
+            mut file,
+            path,
+            staged,
+            sha256,
+        } = self;
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io(IoError { what, path, source })
+        };
+        verify::signature(&keys, signature.as_deref(), &path)?;
+        let kind = archive::kind(&name, &mut file).map_err(io("read", &path))?;
+        let binary = dest.join(&bin_name);
+        if kind != archive::Kind::Plain {
+            archive::unpack(file, kind, &bin_name, &dest, limits)?;
+            return Ok(crate::fsutil::hash_file(&binary)?.0);
+        }
+        drop(file);
+        staged.persist(&binary).map_err(|e| {
+            Error::Io(IoError {
+                what: "move",
+                path: binary.clone(),
+                source: e.error,
+            })
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &binary))?;
+        Ok(sha256)
     }
 }
