@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Core, Fixed, Settings};
-use super::driver::{Carried, Driver, Inbox, Outbox, Responder, Running};
+use super::driver::{Driver, Fds, Inbox, Outbox, Responder, Running};
 use super::event::{Adopted, Boot, Event};
 use super::notify::{NotifyServer, Supervisor};
 use super::reexec::{self, Inherited, Taker};
@@ -155,7 +155,7 @@ pub(super) async fn boot(
         sockets,
         retired: Vec::new(),
         generations: 0,
-        carried: Carried {
+        fds: Fds {
             notify: (inbox.notify.raw_fd(), inbox.notify.path().to_owned()),
             control: listeners.control.as_ref().map(control::Server::carry),
             metrics: listeners.metrics_fd,
@@ -374,11 +374,12 @@ fn adopt_full(
 /// Takes over the workers a previous master's core names.
 fn adopt_core(
     driver: &mut Driver,
-    core: reexec::Core,
+    core: reexec::StableCore,
     claimed: Vec<crate::reaper::Own>,
     why: String,
     taker: &mut Taker,
 ) -> Adopted {
+    let newest = core.workers().map(|(id, _, _)| id).max();
     let mut workers: Vec<(u64, u32, Tail)> = Vec::new();
     for ((id, pid, stderr_fd), own) in core.workers().zip(claimed) {
         let stderr = stderr_fd.and_then(|fd| taker.take(fd, "a worker's stderr").ok());
@@ -394,6 +395,7 @@ fn adopt_core(
     let reply = reply_token(driver, core.reply_fd(), taker);
     Adopted::Core {
         workers,
+        newest,
         reply,
         why,
     }

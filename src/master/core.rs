@@ -2,13 +2,14 @@
 //! driver feeds [`Event`]s with the current `Instant` to [`Core::handle`]
 //! and carries out the [`Action`]s it returns; [`Core::deadline`] says
 //! when to come back with [`Event::Timer`]. Nothing here spawns, signals,
-//! writes or reads a clock, so every decision (cycle, crash restart and
+//! writes or reads a clock (a worker's stderr tail is shared data the
+//! driver's tasks fill), so every decision (cycle, crash restart and
 //! back-off, trial verdict, promotion, rollback, reload, re-exec, stop) is
 //! unit-tested under a fake clock (see `core/tests.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -41,7 +42,7 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(10);
 /// How long a new release's worker must stay ready before it is promoted,
 /// where the config does not say (in-place mode, library mode).
-pub(crate) const SETTLE_DEFAULT: Duration = Duration::from_secs(10);
+const SETTLE_DEFAULT: Duration = Duration::from_secs(10);
 /// The wait before retrying a promotion whose store write failed.
 const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 /// How long a re-exec waits for the master to be idle (no worker starting,
@@ -133,7 +134,7 @@ pub(crate) enum State {
 
 /// A worker as the core sees it.
 #[derive(Debug, Clone)]
-struct Worker {
+struct WorkerView {
     id: u64,
     /// 0 until the driver says it runs.
     pid: u32,
@@ -211,7 +212,7 @@ struct Reexec {
     /// The control request that asked (none for a library master's own
     /// upgrade).
     reply: Option<Token>,
-    asked_at_ms: u64,
+    asked: Instant,
     /// The new binary passed its checks.
     checked: bool,
     /// What it is waiting for, once logged.
@@ -251,7 +252,7 @@ pub(crate) struct Core {
     /// When the master started.
     started: Instant,
     next_id: u64,
-    workers: BTreeMap<u64, Worker>,
+    workers: BTreeMap<u64, WorkerView>,
     /// The worker that serves.
     active: Option<u64>,
     /// The worker being started, at most one at a time.
@@ -260,6 +261,8 @@ pub(crate) struct Core {
     cycle_pending: bool,
     /// That cycle re-reads the config first.
     reload_pending: bool,
+    /// A reload was asked of the driver and its outcome has not come.
+    reloading: bool,
     /// Crash restarts in a row, for the restart back-off.
     restarts_in_a_row: u32,
     restart_at: Option<Instant>,
@@ -320,6 +323,7 @@ impl Core {
             starting: None,
             cycle_pending: false,
             reload_pending: false,
+            reloading: false,
             restarts_in_a_row: 0,
             restart_at: None,
             stopping: None,
@@ -436,10 +440,11 @@ impl Core {
             }
             Some(Adopted::Core {
                 workers,
+                newest,
                 reply,
                 why,
             }) => {
-                self.resume_core(workers, reply, &why);
+                self.resume_core(workers, newest, reply, &why);
                 false
             }
             None => false,
@@ -530,7 +535,7 @@ impl Core {
         };
         self.workers.insert(
             id,
-            Worker {
+            WorkerView {
                 id,
                 pid: 0,
                 state: State::Starting,
@@ -660,7 +665,7 @@ impl Core {
             self.status.cycles += 1;
             self.drain(old);
         }
-        let status = format!("serving with worker {id} (pid {pid})");
+        let status = self.serving_status();
         self.notice(Notice::Ready(status.clone()));
         self.worker_ready(id, &status);
         if let Some(release) = self.trials.on_trial().filter(|_| self.trials.watches(id)) {
@@ -951,7 +956,7 @@ impl Core {
     }
 }
 
-fn failure_report(what: &str, worker: &Worker) -> String {
+fn failure_report(what: &str, worker: &WorkerView) -> String {
     let tail = worker.tail.lines();
     if tail.is_empty() {
         format!("{what} (no stderr output)")

@@ -76,7 +76,7 @@ pub(super) struct Outbox {
 }
 
 /// The descriptors a re-exec hands over besides the sockets and workers.
-pub(super) struct Carried {
+pub(super) struct Fds {
     /// The notify socket: descriptor and path.
     pub notify: (RawFd, PathBuf),
     /// The control socket's path and listener.
@@ -93,7 +93,7 @@ pub(super) struct Driver {
     /// Socket sets a reload replaced, by generation.
     pub retired: Vec<(u64, Sockets)>,
     pub generations: u64,
-    pub carried: Carried,
+    pub fds: Fds,
     pub exe: PathBuf,
     pub child_env: ChildEnv,
     pub supervisor: Supervisor,
@@ -250,10 +250,12 @@ impl Driver {
                 Notice::Status(s) => self.supervisor.status(&s),
                 Notice::Stopping => self.supervisor.stopping(),
             },
-            Action::Store(job) => match &self.store_io {
-                Some(io) => io.send(job),
-                None => tracing::error!("no releases directory to record {job:?} in"),
-            },
+            Action::Store(job) => {
+                // The core asks only a master with a releases directory.
+                if let Some(io) = &self.store_io {
+                    io.send(job);
+                }
+            }
             Action::StartReadyCheck { id, path } => {
                 if let Some(addr) = self.sockets.first_tcp() {
                     let task = ready::spawn_http_check(id, addr, path, self.outbox.ready.clone());
@@ -308,9 +310,17 @@ impl Driver {
             Action::Exec {
                 binary,
                 reply,
-                asked_at_ms,
+                asked,
                 carry,
             } => {
+                // The wall-clock time it was asked at, for the next
+                // master's report of how long the re-exec took.
+                let ago = Instant::now().saturating_duration_since(asked);
+                let asked_at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_sub(ago)
+                    .as_millis() as u64;
                 let error = self.exec(&binary, reply, asked_at_ms, *carry);
                 return self.dispatch(Event::ExecFailed { error, reply });
             }
@@ -354,7 +364,7 @@ impl Driver {
             program: &self.config.program,
             env: &self.child_env,
             sockets: &self.sockets,
-            notify_socket: &self.carried.notify.1,
+            notify_socket: &self.fds.notify.1,
             exits: &self.outbox.exits,
         };
         match Worker::spawn(id, &command, &extra, &launcher) {
@@ -633,9 +643,9 @@ impl Driver {
         });
         let handover = Handover {
             sockets: self.sockets.carry(),
-            notify: self.carried.notify.clone(),
-            control: self.carried.control.clone().map(|(p, fd)| (fd, p)),
-            metrics: self.carried.metrics,
+            notify: self.fds.notify.clone(),
+            control: self.fds.control.clone().map(|(p, fd)| (fd, p)),
+            metrics: self.fds.metrics,
             stderr: self
                 .workers
                 .iter()
@@ -643,9 +653,10 @@ impl Driver {
                 .collect(),
         };
         let doc = Document::new(carry, handover, binary, asked_at_ms, conn);
-        self.supervisor
-            .reloading(&format!("re-executing {}", binary.display()));
-        reexec::exec(binary, &doc, conn)
+        let supervisor = &self.supervisor;
+        reexec::exec(binary, &doc, conn, || {
+            supervisor.reloading(&format!("re-executing {}", binary.display()))
+        })
     }
 }
 

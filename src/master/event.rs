@@ -106,6 +106,8 @@ pub(crate) enum Adopted {
     Core {
         /// The adopted workers: (id, pid, stderr tail).
         workers: Vec<(u64, u32, Tail)>,
+        /// The highest worker id the document names, adopted or not.
+        newest: Option<u64>,
         /// The reexec request to answer.
         reply: Option<Token>,
         /// Why the whole state could not be read.
@@ -310,8 +312,8 @@ pub(crate) enum Action {
         binary: PathBuf,
         /// The request to answer from the new master.
         reply: Option<Token>,
-        /// When it was asked for, ms since the epoch.
-        asked_at_ms: u64,
+        /// When it was asked for.
+        asked: std::time::Instant,
         /// The state that crosses.
         carry: Box<Carry>,
     },

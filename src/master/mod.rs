@@ -1,7 +1,10 @@
 //! The master: holds the sockets and a stable PID, runs workers, and drives
-//! graceful cycles. One `select!` loop owns all state; worker processes report
-//! through a channel, signals through tokio's buffered signal streams (a
-//! signal is never lost; repeats of one signal while it is pending coalesce).
+//! graceful cycles. A core that decides (`core`: state in, actions out, no
+//! I/O, tested under a fake clock) and a driver that does (`driver`: one
+//! `select!` loop that owns every descriptor, channel and task). Worker
+//! processes report through a channel, signals through tokio's buffered
+//! signal streams (a signal is never lost; repeats of one signal while it
+//! is pending coalesce). `boot` starts it all, fresh or across a re-exec.
 
 mod accept;
 mod boot;

@@ -83,7 +83,7 @@ pub(crate) struct Document {
 
 /// The core of the document, as any version writes it.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Core {
+pub(crate) struct StableCore {
     sockets: Vec<CoreSocket>,
     workers: Vec<CoreWorker>,
     #[serde(default)]
@@ -145,7 +145,7 @@ pub(crate) enum Inherited {
     /// The whole state.
     Full(Box<Document>),
     /// Only the core (why the rest could not be read).
-    Core(Core, String),
+    Core(StableCore, String),
 }
 
 fn now_ms(t: SystemTime) -> u64 {
@@ -189,7 +189,7 @@ pub(crate) fn take() -> Result<Option<Inherited>, String> {
 }
 
 fn core(bytes: &[u8], why: String) -> Result<Inherited, String> {
-    serde_json::from_slice::<Core>(bytes)
+    serde_json::from_slice::<StableCore>(bytes)
         .map(|c| Inherited::Core(c, why.clone()))
         .map_err(|e| format!("{why}, and even its core does not parse: {e}"))
 }
@@ -258,7 +258,7 @@ impl Document {
     }
 }
 
-impl Core {
+impl StableCore {
     /// The sockets, owned, with their names; every descriptor listed to be
     /// closed, closed.
     pub(crate) fn sockets(&self, taker: &mut Taker) -> Result<crate::sockets::Sockets, String> {
@@ -422,7 +422,7 @@ impl Document {
     }
 }
 
-impl Core {
+impl StableCore {
     /// The workers it names: (id, pid, stderr descriptor).
     pub(super) fn workers(&self) -> impl Iterator<Item = (u64, u32, Option<RawFd>)> + '_ {
         self.workers.iter().map(|w| (w.id, w.pid, w.stderr_fd))
@@ -436,8 +436,13 @@ impl Core {
 
 /// Executes `binary` with the state document `doc`; returns only when that
 /// failed (why), leaving everything as it was. `conn` is the requesting
-/// connection, handed over too.
-pub(super) fn exec(binary: &Path, doc: &Document, conn: Option<RawFd>) -> String {
+/// connection, handed over too; `just_before` runs right before `execve`.
+pub(super) fn exec(
+    binary: &Path,
+    doc: &Document,
+    conn: Option<RawFd>,
+    just_before: impl FnOnce(),
+) -> String {
     let bytes = serde_json::to_vec(doc).expect("serializable");
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         format!(
@@ -477,6 +482,7 @@ pub(super) fn exec(binary: &Path, doc: &Document, conn: Option<RawFd>) -> String
         binary.display(),
         doc.workers.len()
     );
+    just_before();
     let blocked = sys::block_master_signals(true);
     let error = sys::execve(binary, &argv, &env);
     // Still here: the old program runs on.

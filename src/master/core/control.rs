@@ -55,7 +55,7 @@ impl Core {
         } else {
             match disk.previous {
                 None => refused("there is no previous release".to_owned()),
-                Some(previous) if self.current.as_ref().is_some_and(|c| c.id == previous.id) => {
+                Some(previous) if disk.current.as_ref().is_some_and(|c| c.id == previous.id) => {
                     refused(format!("previous and current both name {}", previous.id))
                 }
                 Some(previous) => {

@@ -37,10 +37,7 @@ impl Core {
         Reexec {
             binary,
             reply,
-            asked_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
+            asked: self.now,
             checked: false,
             waiting: None,
             deadline: self.now + REEXEC_WAIT_LIMIT,
@@ -125,7 +122,7 @@ impl Core {
         self.out.push(Action::Exec {
             binary: pending.binary,
             reply: pending.reply,
-            asked_at_ms: pending.asked_at_ms,
+            asked: pending.asked,
             carry: Box::new(carry),
         });
     }
@@ -134,6 +131,9 @@ impl Core {
     pub(super) fn busy_with(&self) -> Option<String> {
         if let Some(s) = &self.starting {
             return Some(format!("worker {} is starting", s.id));
+        }
+        if self.reloading {
+            return Some("the config is being reloaded".to_owned());
         }
         if self.cycle_pending || self.restart_at.is_some() {
             return Some("a worker restart is due".to_owned());
@@ -220,7 +220,7 @@ impl Core {
             adopted.push(w.pid);
             self.workers.insert(
                 w.id,
-                Worker {
+                WorkerView {
                     id: w.id,
                     pid: w.pid,
                     state,
@@ -257,6 +257,7 @@ impl Core {
     pub(super) fn resume_core(
         &mut self,
         workers: Vec<(u64, u32, Tail)>,
+        newest: Option<u64>,
         reply: Option<Token>,
         why: &str,
     ) {
@@ -265,13 +266,12 @@ impl Core {
             "cannot read the state of the master before the re-exec ({why}): keeping its \
              sockets, starting a fresh worker and draining the old ones once it is ready"
         );
-        let newest = workers.iter().map(|w| w.0).max();
         let mut adopted = Vec::new();
         for (id, pid, tail) in workers {
             adopted.push(pid);
             self.workers.insert(
                 id,
-                Worker {
+                WorkerView {
                     id,
                     pid,
                     state: State::Serving { since: self.now },

@@ -25,6 +25,7 @@ impl Core {
             self.reload_pending = true;
             return;
         }
+        self.reloading = true;
         self.out.push(Action::Reload {
             why: why.to_owned(),
             then: AfterReload::Cycle,
@@ -47,6 +48,7 @@ impl Core {
     /// failed): read the config for what follows.
     pub(super) fn apply_pending_reload(&mut self, then: AfterReload) {
         if std::mem::take(&mut self.reload_pending) {
+            self.reloading = true;
             self.out.push(Action::Reload {
                 why: "coalesced reload".to_owned(),
                 then,
@@ -69,6 +71,7 @@ impl Core {
         then: AfterReload,
         result: Result<Reloaded, String>,
     ) {
+        self.reloading = false;
         let applied = match result {
             Ok(reloaded) => {
                 tracing::info!(event = "reloaded", "{}", reloaded.summary);

@@ -1048,3 +1048,42 @@ fn a_trial_worker_that_dies_while_a_restart_replaces_it_fails_the_trial() {
         "current serves again: {actions:?}"
     );
 }
+
+#[test]
+fn a_reexec_waits_for_a_reload_that_a_cycle_coalesced() {
+    let mut sim = Sim::with(settings(), false, true);
+    sim.serving(None);
+    sim.control(Request::Reexec { binary: None }, 61, Disk::default());
+    sim.control(Request::Restart, 62, Disk::default());
+    sim.on(Event::ReexecChecked(Ok("baton 9.9.9".to_owned())));
+    // A SIGHUP while worker 2 starts: its reload follows worker 2's ready.
+    sim.signal(Sig::Hup);
+    let actions = sim.ready(2);
+    assert!(actions.iter().any(|a| matches!(a, Action::Reload { .. })));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Exec { .. })),
+        "not before the reload's cycle: {actions:?}"
+    );
+    let actions = sim.on(Event::Reloaded {
+        why: "coalesced reload".to_owned(),
+        then: AfterReload::Cycle,
+        result: Ok(Reloaded {
+            summary: "reloaded".to_owned(),
+            settings: settings(),
+            updater: false,
+            retired: None,
+        }),
+    });
+    assert_eq!(spawned(&actions), vec![3]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Exec { .. })));
+    sim.exit(1, exit_code(0));
+    let actions = sim.ready(3);
+    let carry = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Exec { carry, .. } => Some(carry),
+            _ => None,
+        })
+        .expect("execs once the reload's cycle is done");
+    assert_eq!(carry.active, Some(3));
+}
