@@ -444,6 +444,7 @@ async fn main() {
             jitter: a.jitter,
             timeout: Duration::from_secs(30),
             host_id: Some(host.id.clone()),
+            report: false,
         };
         let fetcher = S3Fetcher::new(&fetch, &verify);
         tokio::spawn(run_host(

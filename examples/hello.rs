@@ -89,6 +89,7 @@ fn main() -> std::process::ExitCode {
                     jitter: Duration::ZERO,
                     timeout: Duration::from_secs(30),
                     host_id: None,
+                    report: false,
                 });
             }
             other => {

@@ -86,6 +86,7 @@ pub mod control;
 pub mod delta;
 mod errors;
 pub mod fetchers;
+pub mod fleet;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;

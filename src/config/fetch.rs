@@ -38,6 +38,9 @@ pub struct Fetch {
     /// This host's identity for rollout cohorts (`fetch.host_id`); by
     /// default a random one kept in the releases directory.
     pub host_id: Option<String>,
+    /// Write a trial report per trial event beside the manifest
+    /// (`fetch.report`; the `file` and `s3` sources).
+    pub report: bool,
 }
 
 /// A credential from the config (a token, a header value). Its `Debug` and
@@ -149,7 +152,9 @@ impl Source {
 }
 
 /// The keys every source takes: [`RawCommon`]'s fields.
-const COMMON_KEYS: &[&str] = &["source", "interval", "jitter", "timeout", "host_id"];
+const COMMON_KEYS: &[&str] = &[
+    "source", "interval", "jitter", "timeout", "host_id", "report",
+];
 
 /// Each source with its own keys (its raw struct's fields), in the order a
 /// key of another source is looked for.
@@ -226,6 +231,7 @@ struct RawCommon {
     jitter: Option<String>,
     timeout: Option<String>,
     host_id: Option<String>,
+    report: Option<bool>,
 }
 
 /// The named source's own keys.
@@ -422,7 +428,21 @@ fn without_feature(source: &str, feature: &str) -> Error {
 impl RawCommon {
     /// The schedule around `source`.
     fn parse(self, source: Source) -> Result<Fetch, Error> {
+        let report = self.report.unwrap_or(false);
+        if report && matches!(source, Source::Http { .. } | Source::Github { .. }) {
+            return Err(Error::invalid(
+                "fetch.report",
+                true,
+                format!(
+                    "source = \"{}\" is read-only to a host, so it cannot take reports (the \
+                     file and s3 sources can); every host exports baton_trials_total on \
+                     /metrics instead",
+                    source.kind()
+                ),
+            ));
+        }
         Ok(Fetch {
+            report,
             source,
             interval: duration("fetch.interval", &self.interval, Duration::from_secs(60))?,
             jitter: match &self.jitter {
@@ -590,6 +610,33 @@ mod tests {
     use super::*;
 
     const BASE: &str = "[program]\ncommand = \"releases/current/y\"\nlisten = [\"127.0.0.1:1\"]\n[releases]\nbinary = \"y\"\n";
+
+    #[test]
+    fn reports_need_a_store_a_host_can_write() {
+        let file = parse(&format!(
+            "{BASE}[fetch]\nsource = \"file\"\npath = \"dist/manifest.json\"\nreport = true\n"
+        ))
+        .unwrap();
+        assert!(file.fetch.unwrap().report);
+        let http = parse(&format!(
+            "{BASE}[fetch]\nsource = \"http\"\nurl = \"https://example.com/m.json\"\nreport = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(http.contains("fetch.report"), "{http}");
+        assert!(
+            http.contains("source = \"http\" is read-only to a host"),
+            "{http}"
+        );
+        assert!(
+            http.contains("baton_trials_total"),
+            "the alternative: {http}"
+        );
+        let off = parse(&format!(
+            "{BASE}[fetch]\nsource = \"http\"\nurl = \"https://example.com/m.json\"\nreport = false\n"
+        ));
+        assert!(off.is_ok());
+    }
 
     #[test]
     fn left_out_sources_are_named() {

@@ -43,6 +43,24 @@ pub struct Status {
     pub checks: BTreeMap<String, u64>,
     /// Event counters.
     pub counters: Counters,
+    /// Trial events by version, then outcome (`started`, `promoted`,
+    /// `failed`, `yanked`).
+    #[serde(default)]
+    pub trials: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The trial reports' writer, with `[fetch] report`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<Reports>,
+}
+
+/// The trial reports' writer, in a [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reports {
+    /// Reports written.
+    pub written: u64,
+    /// Writes that failed (each retry counts).
+    pub failed_writes: u64,
+    /// Reports waiting for a retry.
+    pub pending: u64,
 }
 
 /// One worker in a [`Status`].

@@ -129,22 +129,13 @@ impl S3Fetcher {
         if let Some(client) = &self.client {
             return client.clone();
         }
-        let mut loader = config_loader().timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(self.timeout)
-                .read_timeout(self.timeout)
-                .build(),
-        );
-        if let Some(region) = &self.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(self.force_path_style);
-        if let Some(url) = &self.at.endpoint_url {
-            config = config.endpoint_url(url);
-        }
-        let client = aws_sdk_s3::Client::from_conf(config.build());
+        let client = build_client(
+            self.region.as_deref(),
+            self.at.endpoint_url.as_deref(),
+            self.force_path_style,
+            self.timeout,
+        )
+        .await;
         self.client = Some(client.clone());
         client
     }
@@ -410,6 +401,105 @@ impl S3Fetcher {
             info: super::manifest_info(manifest, super::manifest_token(&bytes), name, source),
             opener: Some(opener),
         })
+    }
+}
+
+/// A client for `region` (else the environment's) at `endpoint_url` (else
+/// AWS), with `timeout` for connecting and reading; credentials come from
+/// the standard chain at the first request.
+async fn build_client(
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+    force_path_style: bool,
+    timeout: std::time::Duration,
+) -> aws_sdk_s3::Client {
+    let mut loader = config_loader().timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build(),
+    );
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(force_path_style);
+    if let Some(url) = endpoint_url {
+        config = config.endpoint_url(url);
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+/// The bucket an `s3` source reads, as a place to write small objects to
+/// (trial reports): the same endpoint, region, addressing and credentials.
+#[derive(Clone)]
+pub struct Endpoint {
+    at: Location,
+    region: Option<String>,
+    force_path_style: bool,
+    timeout: std::time::Duration,
+    client: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_s3::Client>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.at.of(""))
+    }
+}
+
+impl Endpoint {
+    /// The bucket of `fetch`'s `s3` source.
+    pub fn of(fetch: &Fetch) -> Option<Endpoint> {
+        let Source::S3 {
+            bucket,
+            region,
+            endpoint_url,
+            force_path_style,
+            ..
+        } = &fetch.source
+        else {
+            return None;
+        };
+        Some(Endpoint {
+            at: Location {
+                bucket: bucket.clone(),
+                endpoint_url: endpoint_url.clone(),
+            },
+            region: region.clone(),
+            force_path_style: *force_path_style,
+            timeout: fetch.timeout,
+            client: Default::default(),
+        })
+    }
+
+    /// Names `key` in this bucket, for messages.
+    pub fn describe(&self, key: &str) -> String {
+        self.at.of(key)
+    }
+
+    /// Puts `body` (JSON) at `key`; why not, in one sentence.
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                build_client(
+                    self.region.as_deref(),
+                    self.at.endpoint_url.as_deref(),
+                    self.force_path_style,
+                    self.timeout,
+                )
+            })
+            .await;
+        client
+            .put_object()
+            .bucket(&self.at.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.at.error(key, e).to_string())
     }
 }
 

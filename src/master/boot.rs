@@ -171,6 +171,7 @@ pub(super) async fn boot(
         store,
         store_io,
         updater: None,
+        reporter: None,
         check_now: Arc::new(tokio::sync::Notify::new()),
         replies: BTreeMap::new(),
         holds: BTreeMap::new(),
@@ -178,6 +179,7 @@ pub(super) async fn boot(
         metrics_task: listeners.metrics_task,
         _held: (listeners.control, lock, reaper),
     };
+    driver.reporter = super::driver::reporter(driver.config.fetch.as_ref(), driver.store.as_ref());
     let current = driver.store.as_ref().and_then(Store::current);
     let adopted = match inherited {
         Some(Inherited::Full(doc)) => Some(adopt_full(&mut driver, *doc, claimed, &mut taker)),

@@ -24,6 +24,7 @@ use super::worker::Tail;
 use super::Stopped;
 use crate::config::{Program, Ready, Releases};
 use crate::control::{reply, Request};
+use crate::fleet::{Note, Outcome, Stage};
 use crate::protocol::describe_exit;
 use crate::release::Meta;
 
@@ -186,6 +187,9 @@ pub(crate) struct Status {
     pub checks: BTreeMap<String, u64>,
     /// The last failure, described.
     pub last_failure: Option<String>,
+    /// Trial events by version and outcome (`baton_trials_total`).
+    #[serde(default)]
+    pub trials: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Control requests waiting for an outcome.
@@ -284,6 +288,9 @@ pub(crate) struct Core {
     trials: Trials,
     /// The update loop's hold while a trial runs.
     trial_hold: Option<Token>,
+    /// The release on trial (by id) and the version it replaces, for its
+    /// reports.
+    trial_from: Option<(String, Option<String>)>,
     /// A release that passed its trial, until `current` names it.
     promoting: Option<Meta>,
     /// When to retry a promotion whose store write failed.
@@ -336,6 +343,7 @@ impl Core {
             rolling_back: None,
             trials,
             trial_hold: None,
+            trial_from: None,
             promoting: None,
             promote_retry_at: None,
             queued_install: None,
@@ -601,7 +609,7 @@ impl Core {
         self.workers.remove(&id);
         let failure = format!("worker {id} failed to start: {error}");
         if self.trials.runnable().is_some() {
-            if let Some(v) = self.trials.fail(&failure) {
+            if let Some(v) = self.trials.fail(&failure, Stage::Start) {
                 self.verdict(v);
             }
         }
@@ -723,7 +731,7 @@ impl Core {
                 ),
                 &worker,
             );
-            if let Some(v) = self.trials.exited(id, &failure) {
+            if let Some(v) = self.trials.exited(id, &failure, Stage::Start) {
                 self.verdict(v);
             }
             self.start_failed(starting.reason, failure);
@@ -745,11 +753,11 @@ impl Core {
             self.status.crash_restarts += 1;
             // A worker of the release on trial that dies fails the trial,
             // also one a restart during the trial was replacing.
-            let verdict = self.trials.exited(id, &failure).or_else(|| {
+            let verdict = self.trials.exited(id, &failure, Stage::Settle).or_else(|| {
                 let ran_trial = worker.release.is_some()
                     && self.trials.on_trial().map(|t| &t.id) == worker.release.as_ref();
                 if ran_trial {
-                    self.trials.fail(&failure)
+                    self.trials.fail(&failure, Stage::Settle)
                 } else {
                     None
                 }
@@ -761,9 +769,9 @@ impl Core {
                 self.schedule_restart();
             }
         } else {
-            if let Some(v) = self
-                .trials
-                .exited(id, &format!("worker {id} exited: {how}"))
+            if let Some(v) =
+                self.trials
+                    .exited(id, &format!("worker {id} exited: {how}"), Stage::Settle)
             {
                 self.verdict(v);
             }
@@ -890,7 +898,7 @@ impl Core {
                     None => format!("new worker {id} was not ready within {timeout}"),
                 };
                 self.kill(id);
-                if let Some(v) = self.trials.exited(id, &failure) {
+                if let Some(v) = self.trials.exited(id, &failure, Stage::Ready) {
                     self.verdict(v);
                 }
                 self.start_failed(starting.reason, failure);
@@ -931,7 +939,7 @@ impl Core {
         if let Some(release) = self.trials.on_trial().cloned() {
             // No verdict: the release is tried again at the next start.
             tracing::info!("the trial of release {} ends unfinished", release.id);
-            self.trials.fail("the master is stopping");
+            self.trials.fail("the master is stopping", Stage::Settle);
             self.store_job(Job::Abandon(release));
         }
         self.notice(Notice::Stopping);
@@ -956,11 +964,16 @@ impl Core {
     }
 }
 
+/// What a failure report says before the stderr lines it quotes.
+const STDERR_MARK: &str = "; last stderr lines:\n";
+/// What it says when there are none.
+const NO_STDERR: &str = " (no stderr output)";
+
 fn failure_report(what: &str, worker: &WorkerView) -> String {
     let tail = worker.tail.lines();
     if tail.is_empty() {
-        format!("{what} (no stderr output)")
+        format!("{what}{NO_STDERR}")
     } else {
-        format!("{what}; last stderr lines:\n  {}", tail.join("\n  "))
+        format!("{what}{STDERR_MARK}  {}", tail.join("\n  "))
     }
 }

@@ -106,6 +106,8 @@ pub(super) struct Driver {
     pub store_io: Option<StoreIo>,
     /// The update loop's supervisor task.
     pub updater: Option<tokio::task::JoinHandle<()>>,
+    /// Writes trial reports, with `[fetch] report`.
+    pub reporter: Option<crate::fleet::Reporter>,
     pub check_now: Arc<tokio::sync::Notify>,
     pub replies: BTreeMap<Token, Responder>,
     /// Holds on the update loop, released when the core says.
@@ -334,6 +336,11 @@ impl Driver {
                         .spawn_post(which, release, before, store.clone());
                 }
             }
+            Action::Report(note) => {
+                if let Some(reporter) = &self.reporter {
+                    reporter.send(note);
+                }
+            }
             Action::Exit(how) => return Some(how),
         }
         None
@@ -453,6 +460,15 @@ impl Driver {
                 failed: sorted(store.failed()),
                 held: sorted(store.held()),
                 quarantined: sorted(store.quarantined()),
+                reports: self.reporter.as_ref().map(|r| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let c = r.counters();
+                    crate::control::reply::Reports {
+                        written: c.written.load(Relaxed),
+                        failed_writes: c.failed.load(Relaxed),
+                        pending: c.pending.load(Relaxed),
+                    }
+                }),
             },
             Request::Rollback => Disk {
                 current: store.current(),
@@ -605,6 +621,11 @@ impl Driver {
         warn_http_ready(&program);
         self.child_env = ChildEnv::new(&program, fetch.as_ref());
         self.checker = checker(releases.as_ref(), &self.sockets, &self.child_env, &program);
+        if fetch.as_ref().map(|f| (f.report, &f.host_id))
+            != self.config.fetch.as_ref().map(|f| (f.report, &f.host_id))
+        {
+            self.reporter = reporter(fetch.as_ref(), self.store.as_ref());
+        }
         self.config.program = program;
         self.config.releases = releases;
         self.config.fetch = fetch;
@@ -657,6 +678,37 @@ impl Driver {
         reexec::exec(binary, &doc, conn, || {
             supervisor.reloading(&format!("re-executing {}", binary.display()))
         })
+    }
+}
+
+/// The trial reports' writer `fetch` asks for; none when it cannot know
+/// this host's id (said in the log: the trials go on without reports).
+pub(super) fn reporter(
+    fetch: Option<&Fetch>,
+    store: Option<&Store>,
+) -> Option<crate::fleet::Reporter> {
+    let (fetch, store) = (fetch?, store?);
+    let sink = crate::fleet::Sink::of(fetch)?;
+    match crate::release::cohort::host_id(store, fetch.host_id.as_deref()) {
+        Ok(host_id) => {
+            tracing::info!(
+                "trial reports of host {host_id} go to {}",
+                sink.describe("reports/")
+            );
+            Some(crate::fleet::Reporter::start(
+                sink,
+                host_id,
+                store.dir(),
+                fetch.interval,
+            ))
+        }
+        Err(e) => {
+            tracing::error!(
+                "cannot read this host's id, so no trial report is written: {}",
+                crate::errors::display_chain(&e)
+            );
+            None
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Disk {
     pub held: Vec<String>,
     /// Digests quarantined after interrupted trials.
     pub quarantined: Vec<String>,
+    /// The trial reports' writer's counters, with `[fetch] report`.
+    pub reports: Option<crate::control::reply::Reports>,
 }
 
 /// What start-up found, for the core's first decision.
@@ -326,6 +328,8 @@ pub(crate) enum Action {
         /// The release `current` named before.
         before: Option<String>,
     },
+    /// Write a trial report (with `[fetch] report`); counted either way.
+    Report(crate::fleet::Note),
     /// Every worker has exited: the master ends.
     Exit(super::Stopped),
 }

@@ -192,6 +192,43 @@ pub(crate) fn render(status: &reply::Status) -> String {
             .get_or_create(&vec![("result".to_owned(), result.to_owned())])
             .inc_by(n);
     }
+    let trials = Family::<Labels, Counter>::default();
+    registry.register(
+        "baton_trials",
+        "Trial events on this host, by version and outcome (started, promoted, failed, yanked)",
+        trials.clone(),
+    );
+    for (version, outcomes) in &status.trials {
+        for (outcome, n) in outcomes {
+            trials
+                .get_or_create(&vec![
+                    ("version".to_owned(), version.clone()),
+                    ("outcome".to_owned(), outcome.clone()),
+                ])
+                .inc_by(*n);
+        }
+    }
+    if let Some(reports) = &status.reports {
+        counter(
+            &mut registry,
+            "baton_reports_written",
+            "Trial reports written to the store",
+            reports.written,
+        );
+        counter(
+            &mut registry,
+            "baton_report_write_failures",
+            "Trial report writes that failed (each retry counts)",
+            reports.failed_writes,
+        );
+        let g = Gauge::<i64>::default();
+        g.set(reports.pending as i64);
+        registry.register(
+            "baton_reports_pending",
+            "Trial reports waiting for a retry",
+            g,
+        );
+    }
     let checks = Family::<Labels, Counter>::default();
     registry.register(
         "baton_checks",
@@ -303,12 +340,18 @@ mod tests {
                 ..Default::default()
             },
             checks: [("error".to_owned(), 5)].into(),
+            trials: [(
+                "2.0.0".to_owned(),
+                [("failed".to_owned(), 1), ("started".to_owned(), 1)].into(),
+            )]
+            .into(),
             ..Default::default()
         };
         let text = render(&status);
         for line in [
             "baton_upgrades_total{result=\"promoted\"} 2",
             "baton_checks_total{result=\"error\"} 5",
+            "baton_trials_total{version=\"2.0.0\",outcome=\"failed\"} 1",
             "baton_stranded 1",
             "baton_workers{state=\"starting\"} 1",
             "baton_workers{state=\"on_trial\"} 0",

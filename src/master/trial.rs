@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::fleet::Stage;
 use crate::release::Meta;
 
 /// The end of a trial.
@@ -21,6 +22,8 @@ pub(crate) enum Verdict {
         release: Meta,
         /// Why, for logs and status.
         why: String,
+        /// Where it failed, for its report.
+        stage: Stage,
     },
 }
 
@@ -169,20 +172,21 @@ impl Trials {
 
     /// A worker exited (or could not start, or missed its ready deadline).
     /// The watched one fails the trial.
-    pub(crate) fn exited(&mut self, worker: u64, why: &str) -> Option<Verdict> {
+    pub(crate) fn exited(&mut self, worker: u64, why: &str, stage: Stage) -> Option<Verdict> {
         if !self.watches(worker) {
             return None;
         }
-        self.fail(why)
+        self.fail(why, stage)
     }
 
     /// Ends the trial as failed, whatever its state (a worker that could
     /// not even be spawned, a master stopping).
-    pub(crate) fn fail(&mut self, why: &str) -> Option<Verdict> {
+    pub(crate) fn fail(&mut self, why: &str, stage: Stage) -> Option<Verdict> {
         let t = self.trial.take()?;
         Some(Verdict::Fail {
             release: t.release,
             why: why.to_owned(),
+            stage,
         })
     }
 
@@ -209,10 +213,13 @@ impl Trials {
                     return None;
                 }
                 let n = t.failed_checks;
-                self.fail(&format!(
-                    "its health check failed {n} time{} in a row, last: {why}",
-                    if n == 1 { "" } else { "s" }
-                ))
+                self.fail(
+                    &format!(
+                        "its health check failed {n} time{} in a row, last: {why}",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                    Stage::Health,
+                )
             }
         }
     }
@@ -418,7 +425,7 @@ mod tests {
         assert_eq!(r.tick(t0 + SETTLE), Some(Verdict::Promote(meta("b"))));
         assert_eq!(r.on_trial(), None);
         // After promotion an exit is an ordinary crash, not the trial's.
-        assert_eq!(r.exited(7, "crash"), None);
+        assert_eq!(r.exited(7, "crash", Stage::Settle), None);
     }
 
     #[test]
@@ -443,12 +450,13 @@ mod tests {
                 r.ready(3, t0);
             }
             // Another worker (the old one, draining) exiting is no verdict.
-            assert_eq!(r.exited(2, "drained"), None);
+            assert_eq!(r.exited(2, "drained", Stage::Settle), None);
             assert_eq!(
-                r.exited(3, "exit code 1"),
+                r.exited(3, "exit code 1", Stage::Settle),
                 Some(Verdict::Fail {
                     release: meta("b"),
-                    why: "exit code 1".to_owned()
+                    why: "exit code 1".to_owned(),
+                    stage: Stage::Settle,
                 })
             );
             assert_eq!(r.on_trial(), None);
@@ -465,7 +473,7 @@ mod tests {
         r.started(2);
         assert_eq!(r.deadline(), None);
         assert!(!r.watches(1), "the replaced worker may drain and exit");
-        assert_eq!(r.exited(1, "drained"), None);
+        assert_eq!(r.exited(1, "drained", Stage::Settle), None);
         assert_eq!(r.tick(t0 + SETTLE), None);
         r.ready(2, t0 + SETTLE);
         assert_eq!(r.tick(t0 + SETTLE * 2), Some(Verdict::Promote(meta("b"))));
@@ -614,10 +622,11 @@ mod tests {
         r.recorded();
         r.started(1);
         assert_eq!(
-            r.exited(1, "exit code 3"),
+            r.exited(1, "exit code 3", Stage::Settle),
             Some(Verdict::Fail {
                 release: meta("b"),
-                why: "exit code 3".to_owned()
+                why: "exit code 3".to_owned(),
+                stage: Stage::Settle,
             })
         );
         // And one interrupted again after settle would have been promoted:
@@ -635,7 +644,7 @@ mod tests {
         let mut r = Trials::new(SETTLE, None);
         r.begin(meta("b")).unwrap();
         assert_eq!(r.begin(meta("c")), Err(Box::new(meta("c"))));
-        assert!(r.fail("stopping").is_some());
+        assert!(r.fail("stopping", Stage::Settle).is_some());
         assert!(r.begin(meta("c")).is_ok());
     }
 }

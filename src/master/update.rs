@@ -34,6 +34,20 @@ pub(crate) struct CheckReport {
     pub outcome: &'static str,
     /// The release, digest or error, described.
     pub detail: String,
+    /// A candidate that failed before its trial (its probe, the
+    /// `pre_install` hook): a failed trial for reports and metrics.
+    pub failed: Option<Rejected>,
+}
+
+/// A candidate refused before its trial.
+#[derive(Debug, Clone)]
+pub(crate) struct Rejected {
+    /// Its version.
+    pub version: String,
+    /// Where it failed.
+    pub stage: crate::fleet::Stage,
+    /// Why.
+    pub detail: String,
 }
 
 fn report(reports: &mpsc::UnboundedSender<CheckReport>, outcome: &'static str, detail: String) {
@@ -41,6 +55,22 @@ fn report(reports: &mpsc::UnboundedSender<CheckReport>, outcome: &'static str, d
         at: crate::time::unix_now(),
         outcome,
         detail,
+        failed: None,
+    });
+}
+
+/// Reports a candidate refused before its trial.
+fn rejected(
+    reports: &mpsc::UnboundedSender<CheckReport>,
+    outcome: &'static str,
+    detail: String,
+    failed: Rejected,
+) {
+    let _ = reports.send(CheckReport {
+        at: crate::time::unix_now(),
+        outcome,
+        detail,
+        failed: Some(failed),
     });
 }
 
@@ -185,7 +215,8 @@ pub(crate) async fn run(
     }
     let mut failures: u32 = 0;
     loop {
-        match check(&mut *fetcher, &pipeline, &source).await {
+        let mut stated = None;
+        match check(&mut *fetcher, &pipeline, &source, &mut stated).await {
             Ok(Some(Outcome::Installed(release))) => {
                 failures = 0;
                 tracing::info!(
@@ -197,7 +228,15 @@ pub(crate) async fn run(
                     release.source
                 );
                 if let Err(why) = pre_install(&hooks, &pipeline, &release).await {
-                    report(&reports, "refused", why);
+                    let failed = Rejected {
+                        version: release
+                            .version
+                            .clone()
+                            .unwrap_or_else(|| release.id.clone()),
+                        stage: crate::fleet::Stage::PreInstall,
+                        detail: why.clone(),
+                    };
+                    rejected(&reports, "refused", why, failed);
                 } else {
                     report(&reports, "installed", format!("release {}", release.id));
                     let id = release.id.clone();
@@ -261,7 +300,18 @@ pub(crate) async fn run(
             Err(e) => {
                 let error = crate::errors::display_chain(&e);
                 tracing::error!(event = "check_failed", error = %error, "update from {source} failed: {error}");
-                report(&reports, "error", crate::errors::display_chain(&e));
+                let detail = crate::errors::display_chain(&e);
+                match stated.filter(|_| e.is_probe()) {
+                    Some(version) => {
+                        let failed = Rejected {
+                            version,
+                            stage: crate::fleet::Stage::Probe,
+                            detail: detail.clone(),
+                        };
+                        rejected(&reports, "error", detail, failed);
+                    }
+                    None => report(&reports, "error", detail),
+                }
                 if e.is_transient() {
                     fetcher.retry();
                     failures += 1;
@@ -350,10 +400,13 @@ fn describe_version(candidate: &crate::fetchers::Candidate) -> String {
         .unwrap_or_default()
 }
 
+/// One check of the source; `stated` is set to the version the candidate's
+/// source states, if there is a candidate.
 async fn check(
     fetcher: &mut dyn Fetcher,
     pipeline: &Pipeline,
     source: &str,
+    stated: &mut Option<String>,
 ) -> Result<Option<Outcome>, crate::release::Error> {
     let Some(candidate) = fetcher.check().await? else {
         tracing::debug!("nothing new from {source}");
@@ -365,6 +418,7 @@ async fn check(
         "new candidate from {source}{}",
         describe_version(&candidate)
     );
+    stated.clone_from(&candidate.info.version);
     pipeline.run(candidate, true, &|_| {}).await.map(Some)
 }
 

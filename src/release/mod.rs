@@ -168,6 +168,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the candidate's probe failed (it could not start, failed,
+    /// hung, or named another version).
+    pub fn is_probe(&self) -> bool {
+        matches!(
+            self,
+            Error::ProbeSpawn { .. }
+                | Error::ProbeFailed { .. }
+                | Error::ProbeTimeout { .. }
+                | Error::ProbeVersion { .. }
+        )
+    }
+
     /// Worth retrying the same candidate (a broken transfer), as opposed to
     /// bytes that failed a check and will fail it again.
     pub fn is_transient(&self) -> bool {

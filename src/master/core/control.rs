@@ -200,6 +200,14 @@ impl Core {
         if report.outcome == "refused" {
             self.status.last_failure = Some(report.detail.clone());
         }
+        if let Some(failed) = &report.failed {
+            self.report_version(
+                failed.version.clone(),
+                None,
+                Outcome::Failed,
+                Some((failed.stage, failed.detail.clone(), None)),
+            );
+        }
         *self
             .status
             .checks
@@ -252,6 +260,8 @@ impl Core {
             stranded: self.stranded.clone(),
             last_failure: s.last_failure.clone(),
             checks: s.checks.clone(),
+            trials: s.trials.clone(),
+            reports: disk.reports,
             counters: reply::Counters {
                 cycles: s.cycles,
                 crash_restarts: s.crash_restarts,

@@ -33,7 +33,11 @@ impl Core {
                 self.status.promotions += 1;
                 self.store_job(Job::Promote(release));
             }
-            Verdict::Fail { release, why } => {
+            Verdict::Fail {
+                release,
+                why,
+                stage,
+            } => {
                 let back = self.current.as_ref().map_or_else(
                     || "no release (none has proved itself yet)".to_owned(),
                     |c| format!("release {}", c.id),
@@ -52,6 +56,8 @@ impl Core {
                     release.id
                 )));
                 self.status.failed_trials += 1;
+                let (detail, stderr) = split_failure(&why);
+                self.report(&release, Outcome::Failed, Some((stage, detail, stderr)));
                 self.store_job(Job::Fail(release));
                 self.back_to_current();
             }
@@ -201,12 +207,13 @@ impl Core {
             Done::TrialBegun(release, Ok(())) => {
                 self.trials.recorded();
                 if self.stopping.is_some() {
-                    self.trials.fail("the master is stopping");
+                    self.trials.fail("the master is stopping", Stage::Settle);
                     self.store_job(Job::Abandon(release));
                     return;
                 }
                 let why = format!("release {} on trial", release.id);
                 self.stranded = None;
+                self.report(&release, Outcome::Started, None);
                 if self.waiting_for_release {
                     self.waiting_for_release = false;
                     self.restart_at = None;
@@ -222,7 +229,8 @@ impl Core {
                     release.id,
                     crate::errors::display_chain(&e)
                 );
-                self.trials.fail("its trial could not be recorded");
+                self.trials
+                    .fail("its trial could not be recorded", Stage::Start);
                 self.trial_over();
             }
             Done::Promoted(release, Ok(before)) => {
@@ -239,6 +247,7 @@ impl Core {
                         .unwrap_or_default()
                 );
                 self.notice(Notice::Status(format!("serving release {}", release.id)));
+                self.report(&release, Outcome::Promoted, None);
                 self.promoting = None;
                 self.trial_over();
                 let version = release.version.clone();
@@ -339,5 +348,85 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Counts a trial event for `/metrics` and asks for its report. `from`
+    /// is what `current` names now: the release the host ran before.
+    pub(super) fn report(
+        &mut self,
+        release: &Meta,
+        outcome: Outcome,
+        failure: Option<(Stage, String, Option<String>)>,
+    ) {
+        self.report_version(version_of(release), Some(&release.id), outcome, failure);
+    }
+
+    /// As [`Core::report`], for a version (of release `id`, when one is
+    /// installed).
+    pub(super) fn report_version(
+        &mut self,
+        version: String,
+        id: Option<&str>,
+        outcome: Outcome,
+        failure: Option<(Stage, String, Option<String>)>,
+    ) {
+        // What ran before: as it was when the trial began (a promotion
+        // has already moved `current` when it is reported).
+        let from = match (&self.trial_from, id) {
+            (Some((trial, from)), Some(id)) if trial == id && outcome != Outcome::Started => {
+                from.clone()
+            }
+            _ => self
+                .current
+                .as_ref()
+                .filter(|c| Some(c.id.as_str()) != id)
+                .map(version_of),
+        };
+        if let (Outcome::Started, Some(id)) = (outcome, id) {
+            self.trial_from = Some((id.to_owned(), from.clone()));
+        }
+        *self
+            .status
+            .trials
+            .entry(version.clone())
+            .or_default()
+            .entry(outcome.as_str().to_owned())
+            .or_default() += 1;
+        let (stage, detail, stderr) = match failure {
+            Some((stage, detail, stderr)) => (Some(stage), Some(detail), stderr),
+            None => (None, None, None),
+        };
+        self.out.push(Action::Report(Note {
+            version,
+            from,
+            outcome,
+            stage,
+            detail,
+            stderr,
+        }));
+    }
+}
+
+/// A release's version, or its id when it states none.
+pub(super) fn version_of(release: &Meta) -> String {
+    release
+        .version
+        .clone()
+        .unwrap_or_else(|| release.id.clone())
+}
+
+/// A failure as [`failure_report`] wrote it: what happened, and the last
+/// stderr line it quotes.
+fn split_failure(why: &str) -> (String, Option<String>) {
+    match why.split_once(STDERR_MARK) {
+        Some((what, lines)) => (
+            what.to_owned(),
+            lines
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .map(str::to_owned),
+        ),
+        None => (why.strip_suffix(NO_STDERR).unwrap_or(why).to_owned(), None),
     }
 }

@@ -893,6 +893,7 @@ fn upgrade_asks_for_a_check_and_answers_with_its_outcome() {
         at: 0,
         outcome: "nothing_new",
         detail: "1.0.0".to_owned(),
+        failed: None,
     }));
     assert_eq!(replies(&actions)[0].1["outcome"], "nothing_new");
     let actions = sim.control(Request::Upgrade { force: true }, 22, Disk::default());
@@ -1086,4 +1087,101 @@ fn a_reexec_waits_for_a_reload_that_a_cycle_coalesced() {
         })
         .expect("execs once the reload's cycle is done");
     assert_eq!(carry.active, Some(3));
+}
+
+fn notes(actions: &[Action]) -> Vec<&Note> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Report(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_trial_is_reported_when_recorded_and_when_promoted() {
+    let current = meta("1.0.0");
+    let new = meta("2.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(current.clone()));
+    sim.on(Event::Installed {
+        release: new.clone(),
+        hold: 7,
+    });
+    let actions = sim.store_done(Done::TrialBegun(new.clone(), Ok(())), Some(current.clone()));
+    let started = notes(&actions);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].outcome, Outcome::Started);
+    assert_eq!(started[0].version, "2.0.0");
+    assert_eq!(started[0].from.as_deref(), Some("1.0.0"));
+    let pos = |f: &dyn Fn(&Action) -> bool| actions.iter().position(f).unwrap();
+    assert!(
+        pos(&|a| matches!(a, Action::Report(_))) < pos(&|a| matches!(a, Action::Spawn { .. })),
+        "started is reported before the trial worker starts"
+    );
+    let id = spawned(&actions)[0];
+    sim.ready(id);
+    sim.after(SETTLE);
+    let actions = sim.store_done(
+        Done::Promoted(new.clone(), Ok(Some(current.id.clone()))),
+        Some(new.clone()),
+    );
+    let promoted = notes(&actions);
+    assert_eq!(promoted.len(), 1);
+    assert_eq!(promoted[0].outcome, Outcome::Promoted);
+    assert_eq!(promoted[0].from.as_deref(), Some("1.0.0"));
+    let trials = &sim.status().trials["2.0.0"];
+    assert_eq!(trials["started"], 1);
+    assert_eq!(trials["promoted"], 1);
+}
+
+#[test]
+fn a_failed_trial_is_reported_with_its_stage_and_last_stderr_line() {
+    let current = meta("1.0.0");
+    let new = meta("2.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(current.clone()));
+    let id = begin_trial(&mut sim, &new, Some(current.clone()));
+    let actions = sim.exit(id, exit_code(3));
+    let failed = notes(&actions);
+    assert_eq!(failed.len(), 1);
+    let n = failed[0];
+    assert_eq!((n.outcome, n.stage), (Outcome::Failed, Some(Stage::Start)));
+    assert_eq!(
+        n.stderr.as_deref(),
+        Some(format!("worker {id} says hi").as_str())
+    );
+    let detail = n.detail.as_deref().unwrap();
+    assert!(
+        detail.ends_with("exited before it was ready: exit code 3"),
+        "{detail}"
+    );
+    // A release that never ran: its probe failed in the update loop.
+    let actions = sim.on(Event::Checked(update::CheckReport {
+        at: 0,
+        outcome: "error",
+        detail: "probe failed".to_owned(),
+        failed: Some(update::Rejected {
+            version: "3.0.0".to_owned(),
+            stage: Stage::Probe,
+            detail: "probe failed with exit code 1".to_owned(),
+        }),
+    }));
+    let probe = notes(&actions);
+    assert_eq!(probe[0].stage, Some(Stage::Probe));
+    assert_eq!(probe[0].version, "3.0.0");
+    let status = sim.status();
+    assert_eq!(status.trials["2.0.0"]["failed"], 1);
+    assert_eq!(status.trials["3.0.0"]["failed"], 1);
+}
+
+#[test]
+fn a_trial_that_misses_its_ready_deadline_fails_at_the_ready_stage() {
+    let current = meta("1.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(current.clone()));
+    begin_trial(&mut sim, &meta("2.0.0"), Some(current));
+    let actions = sim.after(READY_TIMEOUT);
+    assert_eq!(notes(&actions)[0].stage, Some(Stage::Ready));
 }

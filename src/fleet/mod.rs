@@ -1,0 +1,9 @@
+//! The fleet watching itself, through the store it already reads: each
+//! host writes a small report per trial event beside the manifest
+//! (`reports/<version>/<outcome>/<host_id>.json`, with `[fetch] report =
+//! true` on the `file` and `s3` sources), so whoever publishes, and later
+//! the other hosts, see how a release fares.
+
+pub mod report;
+
+pub use report::{Note, Outcome, Report, Reporter, Sink, Stage};

@@ -1,0 +1,564 @@
+//! Trial reports: what a host saw of a release, written once per event to
+//! `reports/<version>/<outcome>/<host_id>.json` beside the manifest.
+//!
+//! The master says what happened ([`Note`]); the [`Reporter`] adds who and
+//! when, and writes it on a task of its own, so a slow or failing store
+//! never blocks, delays or changes a trial, a promotion or a rollback. A
+//! write that fails is logged with its cause, counted, and retried every
+//! fetch interval while fewer than [`PENDING_LIMIT`] wait; a report already
+//! written (recorded in `releases/.reports`) is never written again, also
+//! by a restarted master.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::manifest::rollout;
+
+/// Reports waiting for a retry at most; older ones are dropped (and said so).
+pub const PENDING_LIMIT: usize = 64;
+/// The longest stderr line a report carries, in bytes.
+pub const STDERR_LIMIT: usize = 512;
+/// The file in the releases directory listing the reports written.
+const SENT: &str = ".reports";
+
+/// What a trial came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The trial record is on disk; the trial worker starts next.
+    Started,
+    /// The release stayed ready (and healthy) for `settle`.
+    Promoted,
+    /// The release never got promoted here.
+    Failed,
+    /// The host left the release because the manifest yanked it.
+    Yanked,
+}
+
+impl Outcome {
+    /// Its name in paths and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Started => "started",
+            Outcome::Promoted => "promoted",
+            Outcome::Failed => "failed",
+            Outcome::Yanked => "yanked",
+        }
+    }
+}
+
+/// Where a failed release failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Its `--probe` run.
+    Probe,
+    /// The `pre_install` hook refused it.
+    PreInstall,
+    /// Its worker could not start, or exited before it was ready.
+    Start,
+    /// Its worker was not ready within `ready_timeout`.
+    Ready,
+    /// Its worker died while it settled.
+    Settle,
+    /// Its health check failed.
+    Health,
+    /// The manifest yanked it.
+    Yank,
+}
+
+/// What the master says happened to a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The release's version (its id when it has none).
+    pub version: String,
+    /// The version the host ran before, if any.
+    pub from: Option<String>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// For a failure: where.
+    pub stage: Option<Stage>,
+    /// For a failure: the exit status, health result or refusal.
+    pub detail: Option<String>,
+    /// For a failure: the worker's last stderr line.
+    pub stderr: Option<String>,
+}
+
+/// A report as written: a small JSON object with nothing secret in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The host (`fetch.host_id`, or the one kept in the releases directory).
+    pub host_id: String,
+    /// The host's cohort bucket for this version, as a percentage.
+    pub bucket: f64,
+    /// The version the host ran before.
+    pub from: Option<String>,
+    /// The release's version.
+    pub version: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// When, in RFC 3339.
+    pub at: String,
+    /// For a failure: where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// For a failure: the exit status, health result or refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For a failure: the worker's last stderr line, at most
+    /// [`STDERR_LIMIT`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+}
+
+impl Report {
+    /// The report of `note` by `host_id`, now.
+    pub fn new(note: Note, host_id: &str, at: SystemTime) -> Report {
+        Report {
+            host_id: host_id.to_owned(),
+            bucket: rollout::bucket_percent(rollout::bucket(host_id, &note.version)),
+            from: note.from,
+            version: note.version,
+            outcome: note.outcome,
+            at: crate::time::rfc3339(at),
+            stage: note.stage,
+            detail: note.detail.map(|d| cut(&d, 4 * STDERR_LIMIT)),
+            stderr: note.stderr.map(|s| cut(&s, STDERR_LIMIT)),
+        }
+    }
+
+    /// Its key below the manifest's directory or prefix.
+    pub fn key(&self) -> String {
+        format!(
+            "reports/{}/{}/{}.json",
+            path_safe(&self.version),
+            self.outcome.as_str(),
+            path_safe(&self.host_id)
+        )
+    }
+}
+
+/// `text` cut at `limit` bytes, on a character boundary.
+fn cut(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// A name as one path segment: anything but ASCII letters, digits, `.`,
+/// `-`, `_` and `+` becomes `_`, and a name of dots only gets a `_` before
+/// it, so no name escapes `reports/` or names a directory above.
+pub fn path_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.chars().all(|c| c == '.') {
+        format!("_{safe}")
+    } else {
+        safe
+    }
+}
+
+/// Where reports go: the store the host reads its releases from.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// A directory: the one holding the file source's manifest.
+    Dir(PathBuf),
+    /// An S3 bucket, under the manifest's prefix.
+    #[cfg(feature = "s3")]
+    S3 {
+        /// Where, and how to reach it.
+        at: crate::fetchers::s3::Endpoint,
+        /// The prefix (empty, or ending in `/`).
+        prefix: String,
+    },
+}
+
+impl Sink {
+    /// Where `[fetch]` puts reports, when it asks for them.
+    pub fn of(fetch: &crate::config::Fetch) -> Option<Sink> {
+        use crate::config::Source;
+        if !fetch.report {
+            return None;
+        }
+        match &fetch.source {
+            Source::File { path } => Some(Sink::Dir(
+                path.parent().unwrap_or(Path::new(".")).to_owned(),
+            )),
+            #[cfg(feature = "s3")]
+            Source::S3 { key, prefix, .. } => {
+                let prefix = match (key, prefix) {
+                    (Some(key), _) => key.rfind('/').map_or("", |i| &key[..=i]).to_owned(),
+                    (None, Some(prefix)) if prefix.is_empty() || prefix.ends_with('/') => {
+                        prefix.clone()
+                    }
+                    (None, Some(prefix)) => match prefix.rfind('/') {
+                        Some(i) => prefix[..=i].to_owned(),
+                        None => String::new(),
+                    },
+                    (None, None) => String::new(),
+                };
+                Some(Sink::S3 {
+                    at: crate::fetchers::s3::Endpoint::of(fetch)?,
+                    prefix,
+                })
+            }
+            // The config refuses `report` with the other sources.
+            _ => None,
+        }
+    }
+
+    /// Where `report` goes, for logs.
+    pub fn describe(&self, key: &str) -> String {
+        match self {
+            Sink::Dir(dir) => dir.join(key).display().to_string(),
+            #[cfg(feature = "s3")]
+            Sink::S3 { at, prefix } => at.describe(&format!("{prefix}{key}")),
+        }
+    }
+
+    /// Writes one report.
+    async fn write(&self, report: &Report) -> Result<(), String> {
+        let key = report.key();
+        let body = serde_json::to_vec(report).expect("a report serializes");
+        match self {
+            Sink::Dir(dir) => {
+                let path = dir.join(&key);
+                tokio::task::spawn_blocking(move || {
+                    let parent = path.parent().expect("a report's directory");
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                    crate::fsutil::write_atomic(&path, &body, ".report-", Some(0o644))
+                        .map_err(|e| crate::errors::display_chain(&e))
+                })
+                .await
+                .map_err(|e| format!("the write task failed: {e}"))?
+            }
+            #[cfg(feature = "s3")]
+            Sink::S3 { at, prefix } => at.put(&format!("{prefix}{key}"), body).await,
+        }
+    }
+}
+
+/// The reporter's counters, for `status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Reports written.
+    pub written: AtomicU64,
+    /// Writes that failed (each retry counts).
+    pub failed: AtomicU64,
+    /// Reports waiting for a retry.
+    pub pending: AtomicU64,
+}
+
+/// Writes reports on a task of its own.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    notes: mpsc::UnboundedSender<Note>,
+    counters: Arc<Counters>,
+}
+
+impl Reporter {
+    /// Starts the task: reports of `host_id` go to `sink`, those written
+    /// are recorded in `releases_dir`, failed writes are retried every
+    /// `retry`.
+    pub fn start(sink: Sink, host_id: String, releases_dir: &Path, retry: Duration) -> Reporter {
+        let (notes, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let task = Task {
+            sink,
+            host_id,
+            sent_file: releases_dir.join(SENT),
+            sent: read_sent(&releases_dir.join(SENT)),
+            pending: VecDeque::new(),
+            counters: counters.clone(),
+        };
+        tokio::spawn(task.run(rx, retry));
+        Reporter { notes, counters }
+    }
+
+    /// Queues a report of `note`.
+    pub fn send(&self, note: Note) {
+        let _ = self.notes.send(note);
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// The reports written, as `.reports` lists them (one key a line).
+fn read_sent(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+struct Task {
+    sink: Sink,
+    host_id: String,
+    sent_file: PathBuf,
+    sent: BTreeSet<String>,
+    pending: VecDeque<Report>,
+    counters: Arc<Counters>,
+}
+
+impl Task {
+    async fn run(mut self, mut notes: mpsc::UnboundedReceiver<Note>, retry: Duration) {
+        let mut tick = tokio::time::interval(retry.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                note = notes.recv() => match note {
+                    Some(note) => {
+                        let report = Report::new(note, &self.host_id, SystemTime::now());
+                        if !self.sent.contains(&report.key()) {
+                            self.queue(report);
+                            self.flush().await;
+                        }
+                    }
+                    None => return,
+                },
+                _ = tick.tick(), if !self.pending.is_empty() => self.flush().await,
+            }
+        }
+    }
+
+    fn queue(&mut self, report: Report) {
+        if self.pending.iter().any(|r| r.key() == report.key()) {
+            return;
+        }
+        if self.pending.len() == PENDING_LIMIT {
+            if let Some(dropped) = self.pending.pop_front() {
+                tracing::warn!(
+                    "{PENDING_LIMIT} trial reports wait for a retry; the oldest, {}, is dropped",
+                    dropped.key()
+                );
+            }
+        }
+        self.pending.push_back(report);
+        self.count_pending();
+    }
+
+    /// Writes what waits, oldest first; what fails waits for the next try.
+    async fn flush(&mut self) {
+        let mut left = VecDeque::new();
+        while let Some(report) = self.pending.pop_front() {
+            let key = report.key();
+            match self.sink.write(&report).await {
+                Ok(()) => {
+                    tracing::info!(
+                        event = "report_written",
+                        "trial report written to {}",
+                        self.sink.describe(&key)
+                    );
+                    self.counters.written.fetch_add(1, Ordering::Relaxed);
+                    self.sent.insert(key);
+                    self.record_sent();
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        event = "report_failed",
+                        error = %why,
+                        "cannot write the trial report {}: {why}; the trial goes on, and the \
+                         write is tried again",
+                        self.sink.describe(&key)
+                    );
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    left.push_back(report);
+                }
+            }
+        }
+        self.pending = left;
+        self.count_pending();
+    }
+
+    fn count_pending(&self) {
+        self.counters
+            .pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Records the reports written, so that none is written twice.
+    fn record_sent(&self) {
+        let mut text = String::new();
+        for key in &self.sent {
+            text.push_str(key);
+            text.push('\n');
+        }
+        if let Err(e) =
+            crate::fsutil::write_atomic(&self.sent_file, text.as_bytes(), ".staging-", None)
+        {
+            tracing::warn!(
+                "cannot record the trial reports written: {}",
+                crate::errors::display_chain(&e)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(outcome: Outcome) -> Note {
+        Note {
+            version: "2.0.0".to_owned(),
+            from: Some("1.0.0".to_owned()),
+            outcome,
+            stage: None,
+            detail: None,
+            stderr: None,
+        }
+    }
+
+    #[test]
+    fn a_report_names_its_place_and_carries_its_bucket() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let report = Report::new(note(Outcome::Promoted), "web-17", at);
+        assert_eq!(report.key(), "reports/2.0.0/promoted/web-17.json");
+        assert_eq!(
+            report.bucket,
+            rollout::bucket_percent(rollout::bucket("web-17", "2.0.0"))
+        );
+        assert_eq!(report.at, "2023-11-14T22:13:20Z");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["outcome"], "promoted");
+        assert!(json.get("stage").is_none(), "no failure fields: {json}");
+    }
+
+    #[test]
+    fn names_never_leave_their_segment() {
+        assert_eq!(path_safe("../../etc"), ".._.._etc");
+        assert_eq!(path_safe(".."), "_..");
+        assert_eq!(path_safe(""), "_");
+        assert_eq!(path_safe("2.0.0+build.1"), "2.0.0+build.1");
+        assert_eq!(path_safe("a/b c"), "a_b_c");
+        let mut n = note(Outcome::Failed);
+        n.version = "../x".to_owned();
+        let report = Report::new(n, "h/../../y", SystemTime::now());
+        assert_eq!(report.key(), "reports/.._x/failed/h_.._.._y.json");
+    }
+
+    #[test]
+    fn a_long_stderr_line_is_cut_on_a_character_boundary() {
+        let mut n = note(Outcome::Failed);
+        n.stage = Some(Stage::Start);
+        n.stderr = Some("é".repeat(STDERR_LIMIT));
+        let report = Report::new(n, "h", SystemTime::now());
+        let stderr = report.stderr.unwrap();
+        assert!(stderr.len() <= STDERR_LIMIT);
+        assert_eq!(stderr.len(), STDERR_LIMIT, "256 two-byte characters fit");
+        let json = serde_json::to_value(Report::new(note(Outcome::Failed), "h", SystemTime::now()));
+        assert!(json.is_ok());
+    }
+
+    #[tokio::test]
+    async fn reports_are_written_once_and_failed_writes_wait_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().join("releases");
+        std::fs::create_dir(&releases).unwrap();
+        let store = dir.path().join("store");
+        let reporter = Reporter::start(
+            Sink::Dir(store.clone()),
+            "h1".to_owned(),
+            &releases,
+            Duration::from_millis(100),
+        );
+        reporter.send(note(Outcome::Started));
+        let written = store.join("reports/2.0.0/started/h1.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !written.exists() {
+            assert!(std::time::Instant::now() < deadline, "no report written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let report: Report = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+        assert_eq!(report.outcome, Outcome::Started);
+        assert_eq!(report.from.as_deref(), Some("1.0.0"));
+        // A second master finds it written and writes nothing.
+        std::fs::remove_file(&written).unwrap();
+        let again = Reporter::start(
+            Sink::Dir(store.clone()),
+            "h1".to_owned(),
+            &releases,
+            Duration::from_millis(100),
+        );
+        again.send(note(Outcome::Started));
+        again.send(note(Outcome::Promoted));
+        let promoted = store.join("reports/2.0.0/promoted/h1.json");
+        while !promoted.exists() {
+            assert!(std::time::Instant::now() < deadline, "no report written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!written.exists(), "a report is written once");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_refuses_writes_leaves_at_most_the_limit_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the reports directory would be: every write fails.
+        std::fs::write(dir.path().join("reports"), b"").unwrap();
+        let reporter = Reporter::start(
+            Sink::Dir(dir.path().to_owned()),
+            "h1".to_owned(),
+            dir.path(),
+            Duration::from_secs(3600),
+        );
+        for i in 0..PENDING_LIMIT + 10 {
+            let mut n = note(Outcome::Started);
+            n.version = format!("1.0.{i}");
+            reporter.send(n);
+        }
+        // Each note's arrival tries every waiting report once: once all 74
+        // were tried, 64 * 65 / 2 + 10 * 64 writes failed.
+        let all_tried = (PENDING_LIMIT * (PENDING_LIMIT + 1) / 2 + 10 * PENDING_LIMIT) as u64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reporter.counters().failed.load(Ordering::Relaxed) < all_tried {
+            assert!(std::time::Instant::now() < deadline, "writes not tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            reporter.counters().pending.load(Ordering::Relaxed),
+            PENDING_LIMIT as u64
+        );
+        assert_eq!(reporter.counters().written.load(Ordering::Relaxed), 0);
+        // The store heals: the next report's arrival writes what waits,
+        // without the oldest, which were dropped.
+        std::fs::remove_file(dir.path().join("reports")).unwrap();
+        let mut n = note(Outcome::Started);
+        n.version = format!("1.0.{}", PENDING_LIMIT + 10);
+        reporter.send(n);
+        while reporter.counters().written.load(Ordering::Relaxed) < PENDING_LIMIT as u64 {
+            assert!(std::time::Instant::now() < deadline, "writes not retried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reporter.counters().pending.load(Ordering::Relaxed), 0);
+        let written = |v: usize| {
+            dir.path()
+                .join(format!("reports/1.0.{v}/started/h1.json"))
+                .exists()
+        };
+        assert!(written(PENDING_LIMIT + 10), "the newest is written");
+        assert!(!written(10), "the oldest were dropped");
+        assert!(written(11));
+    }
+}
