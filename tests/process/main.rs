@@ -25,6 +25,7 @@ mod python;
 mod reexec;
 mod release;
 mod reload;
+mod reports;
 mod s3;
 mod supervisord;
 mod trial;

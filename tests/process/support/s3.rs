@@ -155,6 +155,16 @@ impl S3Server {
         head.checksum_sha256().map(str::to_owned)
     }
 
+    /// An object's bytes, if it exists.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let got = self
+            .rt
+            .block_on(self.client.get_object().bucket(bucket).key(key).send())
+            .ok()?;
+        let bytes = self.rt.block_on(got.body.collect()).ok()?;
+        Some(bytes.into_bytes().to_vec())
+    }
+
     /// Deletes an object.
     pub fn delete(&self, bucket: &str, key: &str) {
         self.rt
