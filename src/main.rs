@@ -497,7 +497,8 @@ fn check_inner(
             indicatif::ProgressBar::hidden()
         };
         let child_env = baton::ChildEnv::new(&config.program, Some(&fetch));
-        let mut pipeline = Pipeline::new(store, config.verify, child_env);
+        let mut pipeline = Pipeline::new(store, config.verify, child_env)
+            .with_reports(baton::fleet::Sink::at(&fetch));
         if let Some(dir) = &scratch {
             pipeline = pipeline.with_scratch(dir.path());
         }
@@ -531,6 +532,10 @@ fn check_inner(
                 }
                 Outcome::Unchanged(_) => "unchanged",
                 Outcome::NotInRollout(_) => "not_in_rollout",
+                Outcome::HeldByGate { counts, why, .. } => {
+                    report["gate"] = serde_json::json!({ "why": why, "counts": counts });
+                    "held_by_gate"
+                }
                 Outcome::KnownBad { sha256 } => {
                     anyhow::bail!("sha256 {sha256} failed before; not installed")
                 }
@@ -549,6 +554,10 @@ fn check_inner(
             Outcome::Verified(m) => show("would install", &m),
             Outcome::Unchanged(m) => show("already current:", &m),
             Outcome::NotInRollout(d) => println!("not installed: {d}"),
+            Outcome::HeldByGate { decision, why, .. } => println!(
+                "not installed: version {} is held by its gate: {why}",
+                decision.version.as_deref().unwrap_or("unknown")
+            ),
             Outcome::KnownBad { sha256 } => {
                 println!("sha256 {sha256} failed before; not installed")
             }

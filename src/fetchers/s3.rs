@@ -477,10 +477,8 @@ impl Endpoint {
         self.at.of(key)
     }
 
-    /// Puts `body` (JSON) at `key`; why not, in one sentence.
-    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
-        let client = self
-            .client
+    async fn client(&self) -> &aws_sdk_s3::Client {
+        self.client
             .get_or_init(|| {
                 build_client(
                     self.region.as_deref(),
@@ -489,8 +487,70 @@ impl Endpoint {
                     self.timeout,
                 )
             })
-            .await;
-        client
+            .await
+    }
+
+    /// The keys under `prefix` with their times, at most `max` (one
+    /// request); whether there were more.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        max: i32,
+    ) -> Result<(Vec<(String, std::time::SystemTime)>, bool), String> {
+        let out = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.at.bucket)
+            .prefix(prefix)
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(|e| self.at.error(prefix, e).to_string())?;
+        let keys = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let at = o
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                Some((o.key()?.to_owned(), at))
+            })
+            .collect();
+        Ok((keys, out.is_truncated().unwrap_or(false)))
+    }
+
+    /// A small object's bytes; `None` when it is over `cap` bytes.
+    pub async fn get_small(&self, key: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
+        let out = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.at.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.at.error(key, e).to_string())?;
+        if out
+            .content_length()
+            .is_some_and(|n| n < 0 || n as u64 > cap)
+        {
+            return Ok(None);
+        }
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", self.at.of(key)))?
+            .into_bytes();
+        Ok((bytes.len() as u64 <= cap).then(|| bytes.to_vec()))
+    }
+
+    /// Puts `body` (JSON) at `key`; why not, in one sentence.
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
+        self.client()
+            .await
             .put_object()
             .bucket(&self.at.bucket)
             .key(key)

@@ -4,6 +4,7 @@
 //! true` on the `file` and `s3` sources), so whoever publishes, and later
 //! the other hosts, see how a release fares.
 
+pub mod read;
 pub mod report;
 
 pub use report::{Note, Outcome, Report, Reporter, Sink, Stage};

@@ -195,10 +195,13 @@ pub enum Sink {
 impl Sink {
     /// Where `[fetch]` puts reports, when it asks for them.
     pub fn of(fetch: &crate::config::Fetch) -> Option<Sink> {
+        Sink::at(fetch).filter(|_| fetch.report)
+    }
+
+    /// Where reports go beside `[fetch]`'s manifest: its directory, or its
+    /// bucket and prefix; none for the read-only sources (http, github).
+    pub fn at(fetch: &crate::config::Fetch) -> Option<Sink> {
         use crate::config::Source;
-        if !fetch.report {
-            return None;
-        }
         match &fetch.source {
             Source::File { path } => Some(Sink::Dir(
                 path.parent().unwrap_or(Path::new(".")).to_owned(),
@@ -221,7 +224,6 @@ impl Sink {
                     prefix,
                 })
             }
-            // The config refuses `report` with the other sources.
             _ => None,
         }
     }

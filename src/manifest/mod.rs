@@ -26,6 +26,7 @@
 //! binary's signature is then mandatory, and the fields only a signed
 //! manifest may carry (`rollout`, `expires`, …) are refused.
 
+pub mod gate;
 pub mod rollout;
 
 use std::collections::BTreeMap;
@@ -159,6 +160,9 @@ pub struct Document {
     /// Delta patches against earlier releases' binaries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<PatchDocument>,
+    /// The gate that stops a bad release at its canaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<gate::GateDocument>,
 }
 
 /// A delta patch as written in a manifest: a zstd `--patch-from` frame
@@ -237,6 +241,8 @@ pub struct Manifest {
     pub binary_sha256: Option<[u8; 32]>,
     /// Delta patches against earlier binaries, for this host's target.
     pub patches: Vec<Patch>,
+    /// The gate, when the manifest has one.
+    pub gate: Option<gate::Gate>,
 }
 
 /// Verifies a minisign signature over `bytes` by one of `keys` (base64
@@ -314,6 +320,12 @@ impl Manifest {
         let expires = time("expires", &doc.expires)?;
         let rollout = doc.rollout.clone().unwrap_or_default();
         rollout.validate().map_err(|e| field("rollout", e))?;
+        let gate = doc
+            .gate
+            .as_ref()
+            .map(|g| g.check(&rollout))
+            .transpose()
+            .map_err(|e| field("gate", e))?;
         if matches!(rollout, Rollout::Schedule(_)) && published_at.is_none() {
             return Err(field(
                 "rollout",
@@ -406,6 +418,7 @@ impl Manifest {
             channel: doc.channel,
             binary_sha256,
             patches,
+            gate,
         })
     }
 
@@ -444,6 +457,7 @@ fn refuse_unsigned_fields(doc: &Document) -> Result<(), Error> {
         ("size", doc.size.is_some()),
         ("binary_sha256", doc.binary_sha256.is_some()),
         ("patches", !doc.patches.is_empty()),
+        ("gate", doc.gate.is_some()),
     ];
     match only_signed.iter().find(|(_, set)| *set) {
         Some((field, _)) => Err(Error::Unsigned { field }),

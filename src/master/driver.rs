@@ -507,11 +507,14 @@ impl Driver {
         let (Some(store), Some(fetch)) = (&self.store, &self.config.fetch) else {
             return;
         };
-        let pipeline = Arc::new(Pipeline::new(
-            store.clone(),
-            self.config.verify.clone(),
-            self.child_env.clone(),
-        ));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                store.clone(),
+                self.config.verify.clone(),
+                self.child_env.clone(),
+            )
+            .with_reports(crate::fleet::Sink::at(fetch)),
+        );
         let with = update::Loop {
             fetch: fetch.clone(),
             verify: self.config.verify.clone(),

@@ -214,11 +214,14 @@ pub(crate) async fn run(
         let _ = gate.await;
     }
     let mut failures: u32 = 0;
+    // Why the gate held at the last check: said again only when it changes.
+    let mut held: Option<String> = None;
     loop {
         let mut stated = None;
         match check(&mut *fetcher, &pipeline, &source, &mut stated).await {
             Ok(Some(Outcome::Installed(release))) => {
                 failures = 0;
+                held = None;
                 tracing::info!(
                     event = "release_installed",
                     release = %release.id,
@@ -283,6 +286,19 @@ pub(crate) async fn run(
                     "{source} offers sha256 {sha256}, {why}; skipped"
                 );
                 report(&reports, "skipped", format!("sha256 {sha256}, {why}"));
+            }
+            Ok(Some(Outcome::HeldByGate { decision, why, .. })) => {
+                failures = 0;
+                let version = decision.version.as_deref().unwrap_or("unknown");
+                let said = format!("rollout of {version} held by its gate: {why}");
+                if held.as_deref() != Some(said.as_str()) {
+                    tracing::warn!(event = "held_by_gate", version, "{said}");
+                    held = Some(said.clone());
+                }
+                report(&reports, "held_by_gate", said);
+                // The manifest is unchanged, the reports are not: read both
+                // again at the next poll.
+                fetcher.retry();
             }
             Ok(Some(Outcome::NotInRollout(decision))) => {
                 // Logged by the pipeline. A schedule moves on by itself:

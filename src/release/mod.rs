@@ -210,6 +210,17 @@ pub enum Outcome {
     /// The manifest's rollout does not include this host (yet): nothing
     /// was downloaded.
     NotInRollout(Decision),
+    /// This host's turn came, but the manifest's gate holds the release
+    /// (its canaries failed, or have not proved it yet): nothing was
+    /// downloaded.
+    HeldByGate {
+        /// The rollout decision that let the host in.
+        decision: Decision,
+        /// The counts the gate decided on.
+        counts: crate::manifest::gate::Counts,
+        /// Why it holds.
+        why: String,
+    },
     /// Bytes that failed after an earlier install; skipped.
     KnownBad {
         /// Their sha256, hex.
@@ -225,6 +236,8 @@ pub struct Pipeline {
     child_env: ChildEnv,
     /// Where downloads and staging directories go, when not in the store.
     scratch: Option<PathBuf>,
+    /// Where the fleet's trial reports are read, for a manifest's gate.
+    reports: Option<crate::fleet::Sink>,
 }
 
 impl Pipeline {
@@ -236,7 +249,16 @@ impl Pipeline {
             verify,
             child_env,
             scratch: None,
+            reports: None,
         }
+    }
+
+    /// Reads the fleet's trial reports from `sink` when a manifest has a
+    /// gate (the file and s3 sources); without one, a gate is left to
+    /// `baton rollout watch`, which halts the manifest itself.
+    pub fn with_reports(mut self, sink: Option<crate::fleet::Sink>) -> Pipeline {
+        self.reports = sink;
+        self
     }
 
     /// Downloads and stages in `dir` instead of the releases directory, so
@@ -272,7 +294,10 @@ impl Pipeline {
     ) -> Result<Outcome, Error> {
         let Candidate { body, info, opener } = candidate;
         let current = self.store.current();
-        if let Some(early) = self.before_download(&info, current.as_ref(), install)? {
+        if let Some(early) = self
+            .before_download(&info, current.as_ref(), install)
+            .await?
+        {
             return Ok(early);
         }
         // A patch against the running binary, when the manifest offers
@@ -366,7 +391,7 @@ impl Pipeline {
     /// What is decided before a byte is downloaded: known bytes (when the
     /// source states the digest), a stated version lower than the running
     /// one, and the rollout. `Some` ends the check.
-    fn before_download(
+    async fn before_download(
         &self,
         info: &Info,
         current: Option<&Meta>,
@@ -389,12 +414,60 @@ impl Pipeline {
         if !decision.admission.admits() {
             return Ok(Some(Outcome::NotInRollout(decision)));
         }
+        if let Some(held) = self.gate(info, &decision).await {
+            return Ok(Some(held));
+        }
         if install && decision.admission == Admission::InRollout {
             if let Some(version) = &decision.version {
                 cohort::enter(&self.store, version)?;
             }
         }
         Ok(None)
+    }
+
+    /// The manifest's gate, for a host whose turn came: a canary takes the
+    /// release without looking; any other host reads the version's reports
+    /// and is held while the gate is closed, or while the reports cannot be
+    /// read (the gate fails closed). A host that entered the rollout before
+    /// stays in, and one with nothing installed takes the release at once.
+    async fn gate(&self, info: &Info, decision: &Decision) -> Option<Outcome> {
+        let gate = info.manifest.as_ref()?.gate.as_ref()?;
+        if decision.admission != Admission::InRollout
+            || gate.is_canary(crate::manifest::rollout::bucket_percent(decision.bucket))
+        {
+            return None;
+        }
+        let version = decision.version.as_deref().unwrap_or_default();
+        let Some(sink) = &self.reports else {
+            tracing::debug!(
+                "version {version} has a gate, but {} cannot hold reports: `baton rollout                  watch` halts the manifest instead",
+                info.source
+            );
+            return None;
+        };
+        let held = |counts, why| Outcome::HeldByGate {
+            decision: decision.clone(),
+            counts,
+            why,
+        };
+        match sink.read(version).await {
+            Ok(reports) => {
+                if reports.skipped > 0 {
+                    tracing::warn!(
+                        "{} report(s) of {version} skipped: malformed, oversized or past a                          listing's bound",
+                        reports.skipped
+                    );
+                }
+                match gate.verdict(&reports, std::time::SystemTime::now()) {
+                    crate::manifest::gate::Verdict::Open(_) => None,
+                    crate::manifest::gate::Verdict::Held { counts, why } => Some(held(counts, why)),
+                }
+            }
+            Err(e) => Some(held(
+                Default::default(),
+                format!("its reports cannot be read, so the gate holds: {e}"),
+            )),
+        }
     }
 
     /// A fresh staging directory for a release's files.

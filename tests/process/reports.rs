@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::control::ok;
+use crate::fleet::in_cohort;
 use crate::release::sha256;
 use crate::support::s3::{S3Server, ENV};
 use crate::support::{self, Baton};
@@ -19,12 +21,20 @@ const HOST: &str = "web-7";
 /// A store directory offering `bytes` as `version` through an unsigned
 /// manifest.
 fn offer(store: &Path, version: &str, bytes: &[u8]) {
+    offer_gated(store, version, bytes, None);
+}
+
+/// As [`offer`], with a gate.
+fn offer_gated(store: &Path, version: &str, bytes: &[u8], gate: Option<Value>) {
     std::fs::create_dir_all(store).unwrap();
     let name = format!("hello-{version}");
     std::fs::write(store.join(&name), bytes).unwrap();
-    let manifest = serde_json::json!({
+    let mut manifest = serde_json::json!({
         "version": version, "url": name, "sha256": hex::encode(sha256(bytes)),
     });
+    if let Some(gate) = gate {
+        manifest["gate"] = gate;
+    }
     let tmp = store.join(".manifest.tmp");
     std::fs::write(&tmp, manifest.to_string()).unwrap();
     std::fs::rename(&tmp, store.join("manifest.json")).unwrap();
@@ -32,12 +42,16 @@ fn offer(store: &Path, version: &str, bytes: &[u8]) {
 
 /// A host serving a seeded 1.0.0 that reads `store/manifest.json`.
 fn host(store: &Path) -> Baton {
+    host_named(store, HOST)
+}
+
+fn host_named(store: &Path, host_id: &str) -> Baton {
     let dir = tempfile::tempdir().unwrap();
     seed_release(dir.path(), "1.0.0");
     let config = format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
          drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
-         [fetch]\nsource = \"file\"\npath = \"{}\"\ninterval = \"200ms\"\nhost_id = \"{HOST}\"\nreport = true\n",
+         [fetch]\nsource = \"file\"\npath = \"{}\"\ninterval = \"200ms\"\nhost_id = \"{host_id}\"\nreport = true\n",
         store.join("manifest.json").display()
     );
     let baton = Baton::start(dir, &config);
@@ -175,4 +189,90 @@ fn an_s3_host_reports_under_the_manifests_prefix() {
             &format!("hello/reports/2.0.0/started/{HOST}.json")
         )
         .is_some());
+}
+
+/// Host ids whose buckets for every one of `versions` are below `canary`
+/// percent (canaries), and others that are not, `n` of each.
+fn canaries_and_others(versions: &[&str], canary: u8, n: usize) -> (Vec<String>, Vec<String>) {
+    let (mut canaries, mut others) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let id = format!("gate-host-{i}");
+        let inside: Vec<bool> = versions.iter().map(|v| in_cohort(&id, v, canary)).collect();
+        if inside.iter().all(|&b| b) && canaries.len() < n {
+            canaries.push(id);
+        } else if inside.iter().all(|&b| !b) && others.len() < n {
+            others.push(id);
+        }
+        if canaries.len() == n && others.len() == n {
+            return (canaries, others);
+        }
+    }
+    unreachable!()
+}
+
+fn last_check(baton: &Baton) -> Value {
+    let status: Value = serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap();
+    status["last_check"].clone()
+}
+
+#[test]
+fn canaries_stop_a_bad_release_and_let_a_good_one_through_the_gate() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path();
+    offer(store, "1.0.0", &hello_bytes("1.0.0"));
+    let (canaries, others) = canaries_and_others(&["2.0.0", "2.0.1"], 50, 1);
+    let canary = host_named(store, &canaries[0]);
+    let other = &host_named(store, &others[0]);
+    let gate = serde_json::json!({"canary": 50, "max_failures": 1, "min_promoted": 1});
+    offer_gated(store, "2.0.0", &failing_build("2.0.0"), Some(gate.clone()));
+    // The canary tries it and fails; the other host is held, first for
+    // want of a promotion, then by the failure.
+    let failed = store.join(format!("reports/2.0.0/failed/{}.json", canaries[0]));
+    support::wait_for("the canary's failure", Duration::from_secs(30), || {
+        read_report(&failed)
+    });
+    support::wait_for(
+        "the other host held by the failure",
+        Duration::from_secs(30),
+        || {
+            let check = last_check(other);
+            let detail = check["detail"].as_str().unwrap_or_default().to_owned();
+            (check["outcome"] == "held_by_gate"
+                && detail.contains("1 failed trial (max_failures 1)"))
+            .then_some(detail)
+        },
+    );
+    let detail = last_check(other)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("cannot open database"),
+        "the reason is named: {detail}"
+    );
+    assert!(
+        !store
+            .join(format!("reports/2.0.0/started/{}.json", others[0]))
+            .exists(),
+        "the held host never started the bad release"
+    );
+    support::wait_version(other.addr(), "1.0.0");
+    support::wait_version(canary.addr(), "1.0.0");
+    // A good release passes the same gate: the canary proves it first.
+    let good = format!(
+        "#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 2.0.1; exit 0; fi\nexec {} \"$@\"\n",
+        support::hello("2.0.0").display()
+    );
+    offer_gated(store, "2.0.1", good.as_bytes(), Some(gate));
+    canary.wait_current("2.0.1-");
+    other.wait_current("2.0.1-");
+    let promoted = |id: &str| store.join(format!("reports/2.0.1/promoted/{id}.json"));
+    assert!(read_report(&promoted(&canaries[0])).is_some());
+    let started: Value =
+        read_report(&store.join(format!("reports/2.0.1/started/{}.json", others[0]))).unwrap();
+    let canary_promoted: Value = read_report(&promoted(&canaries[0])).unwrap();
+    assert!(
+        started["at"].as_str() >= canary_promoted["at"].as_str(),
+        "the other host started only after the canary was promoted"
+    );
 }

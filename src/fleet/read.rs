@@ -1,0 +1,259 @@
+//! Reading a version's reports for its gate: one listing each of
+//! `failed/`, `promoted/` and `started/`, each bounded to [`LIST_LIMIT`]
+//! keys. Reports are untrusted input: a failure's body is read only to
+//! give its reason, at most [`REASONS_READ`] of them and each at most
+//! [`REPORT_LIMIT`] bytes; a malformed or oversized one is skipped and
+//! counted, never trusted and never a panic. A forged report can only hold
+//! a release back.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use super::report::{path_safe, Outcome, Report, Sink};
+use crate::manifest::gate::{Reports, Seen};
+
+/// The most keys one listing reads.
+pub const LIST_LIMIT: usize = 1000;
+/// The largest report read, in bytes.
+pub const REPORT_LIMIT: u64 = 4096;
+/// The most failure reports whose bodies are read for their reasons.
+pub const REASONS_READ: usize = 32;
+
+impl Sink {
+    /// The reports of `version`; an error when a listing cannot be read
+    /// (the caller holds: a gate fails closed).
+    pub async fn read(&self, version: &str) -> Result<Reports, String> {
+        let mut reports = Reports::default();
+        let (failed, more) = self.list(version, Outcome::Failed).await?;
+        reports.skipped += more;
+        for (i, (host_id, at, key)) in failed.into_iter().enumerate() {
+            if i >= REASONS_READ {
+                reports.failed.push(Seen {
+                    host_id,
+                    at,
+                    reason: None,
+                });
+                continue;
+            }
+            match self.get(&key).await? {
+                Some(bytes) => match serde_json::from_slice::<Report>(&bytes) {
+                    Ok(r) if r.outcome == Outcome::Failed && r.version == version => {
+                        reports.failed.push(Seen {
+                            host_id,
+                            at,
+                            reason: Some(reason(&r)),
+                        })
+                    }
+                    _ => reports.skipped += 1,
+                },
+                None => reports.skipped += 1,
+            }
+        }
+        let (promoted, more) = self.list(version, Outcome::Promoted).await?;
+        reports.skipped += more;
+        reports.promoted = promoted.into_iter().map(|(host, _, _)| host).collect();
+        let (started, more) = self.list(version, Outcome::Started).await?;
+        reports.skipped += more;
+        reports.started = started
+            .into_iter()
+            .map(|(host_id, at, _)| Seen {
+                host_id,
+                at,
+                reason: None,
+            })
+            .collect();
+        Ok(reports)
+    }
+
+    /// The reports listed under `reports/<version>/<outcome>/`: (host id,
+    /// time, key); and how many were left out or not named `<host>.json`.
+    async fn list(
+        &self,
+        version: &str,
+        outcome: Outcome,
+    ) -> Result<(Vec<(String, SystemTime, String)>, usize), String> {
+        let dir = format!("reports/{}/{}/", path_safe(version), outcome.as_str());
+        let (keys, more) = match self {
+            Sink::Dir(base) => list_dir(&base.join(&dir))?,
+            #[cfg(feature = "s3")]
+            Sink::S3 { at, prefix } => {
+                let full = format!("{prefix}{dir}");
+                let (keys, more) = at.list(&full, LIST_LIMIT as i32).await?;
+                let keys = keys
+                    .into_iter()
+                    .filter_map(|(k, t)| Some((k.strip_prefix(&full)?.to_owned(), t)))
+                    .collect();
+                (keys, usize::from(more))
+            }
+        };
+        let mut skipped = more;
+        let mut found = Vec::new();
+        for (name, at) in keys {
+            match name
+                .strip_suffix(".json")
+                .filter(|h| !h.is_empty() && !h.contains('/'))
+            {
+                Some(host) => found.push((host.to_owned(), at, format!("{dir}{name}"))),
+                None => skipped += 1,
+            }
+        }
+        Ok((found, skipped))
+    }
+
+    /// A report's bytes; `None` when it is too large or gone.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Sink::Dir(base) => {
+                let path = base.join(key);
+                tokio::task::spawn_blocking(move || read_small(&path))
+                    .await
+                    .map_err(|e| format!("the read task failed: {e}"))?
+            }
+            #[cfg(feature = "s3")]
+            Sink::S3 { at, prefix } => at.get_small(&format!("{prefix}{key}"), REPORT_LIMIT).await,
+        }
+    }
+}
+
+/// A failure's reason in one line: `start exit code 3 "cannot open database"`.
+fn reason(r: &Report) -> String {
+    let stage = r
+        .stage
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    let detail = r.detail.as_deref().map(|d| {
+        d.rsplit(": ")
+            .next()
+            .unwrap_or(d)
+            .chars()
+            .take(120)
+            .collect::<String>()
+    });
+    let mut text = stage;
+    if let Some(d) = detail {
+        text.push(' ');
+        text.push_str(&d);
+    }
+    if let Some(line) = &r.stderr {
+        text.push_str(&format!(
+            " {:?}",
+            line.chars().take(120).collect::<String>()
+        ));
+    }
+    text
+}
+
+/// The entries of `dir` (none when it does not exist), at most
+/// [`LIST_LIMIT`]; how many more there were.
+fn list_dir(dir: &Path) -> Result<(Vec<(String, SystemTime)>, usize), String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+    };
+    let mut keys = Vec::new();
+    let mut more = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        if keys.len() == LIST_LIMIT {
+            more += 1;
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let at = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        keys.push((name, at));
+    }
+    Ok((keys, more))
+}
+
+/// A file's bytes when it is at most [`REPORT_LIMIT`] bytes.
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    file.take(REPORT_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok((bytes.len() as u64 <= REPORT_LIMIT).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::report::{Note, Stage};
+
+    fn write(base: &Path, key: &str, bytes: &[u8]) {
+        let path = base.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn hostile_reports_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let failed = Report::new(
+            Note {
+                version: "2.0.0".into(),
+                from: Some("1.0.0".into()),
+                outcome: Outcome::Failed,
+                stage: Some(Stage::Start),
+                detail: Some("new worker 3 (pid 9) exited before it was ready: exit code 3".into()),
+                stderr: Some("cannot open database".into()),
+            },
+            "h7",
+            SystemTime::now(),
+        );
+        write(
+            base,
+            "reports/2.0.0/failed/h7.json",
+            &serde_json::to_vec(&failed).unwrap(),
+        );
+        write(base, "reports/2.0.0/failed/junk.json", b"{not json");
+        write(base, "reports/2.0.0/failed/big.json", &vec![b' '; 8192]);
+        write(base, "reports/2.0.0/failed/readme.txt", b"hi");
+        write(base, "reports/2.0.0/promoted/c1.json", b"{}");
+        write(base, "reports/2.0.0/started/h7.json", b"{}");
+        let sink = Sink::Dir(base.to_owned());
+        let reports = sink.read("2.0.0").await.unwrap();
+        assert_eq!(reports.failed.len(), 1);
+        assert_eq!(
+            reports.failed[0].reason.as_deref(),
+            Some("start exit code 3 \"cannot open database\"")
+        );
+        assert_eq!(reports.skipped, 3, "junk, big and readme");
+        assert!(reports.promoted.contains("c1"));
+        assert_eq!(reports.started.len(), 1);
+        let none = sink.read("9.9.9").await.unwrap();
+        assert!(none.failed.is_empty() && none.promoted.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..LIST_LIMIT + 5 {
+            write(
+                dir.path(),
+                &format!("reports/2.0.0/promoted/h{i}.json"),
+                b"{}",
+            );
+        }
+        let reports = Sink::Dir(dir.path().to_owned())
+            .read("2.0.0")
+            .await
+            .unwrap();
+        assert_eq!(reports.promoted.len(), LIST_LIMIT);
+        assert_eq!(reports.skipped, 5);
+    }
+}
