@@ -55,49 +55,7 @@ enum Command {
     /// Upload artifacts with a signed manifest (written last) to a
     /// directory, an S3 prefix or a GitHub release; without artifacts,
     /// re-sign the manifest there with a new rollout.
-    Publish {
-        /// A directory (served by any static HTTP host), `s3://bucket/prefix/`
-        /// or `github:owner/repo@tag` (token in $GITHUB_TOKEN).
-        #[arg(long)]
-        to: String,
-        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// S3: the region (else from the environment or profile).
-        #[arg(long)]
-        region: Option<String>,
-        /// GitHub: the API's base URL (GitHub Enterprise: https://host/api/v3).
-        #[arg(long)]
-        api_url: Option<String>,
-        /// The release's version (semver); needed with artifacts.
-        #[arg(long)]
-        version: Option<String>,
-        /// A percentage 0–100 (0 halts), or a schedule counted from
-        /// publication: `0s=5,24h=50,48h=100`. Default with artifacts: 100.
-        #[arg(long, alias = "schedule")]
-        rollout: Option<String>,
-        /// The manifest is refused by hosts after this long (`30d`).
-        #[arg(long)]
-        expires: Option<String>,
-        /// A channel name, recorded in the manifest.
-        #[arg(long)]
-        channel: Option<String>,
-        /// The minisign secret key to sign the manifest with.
-        #[arg(long)]
-        sign: Option<PathBuf>,
-        /// Make delta patches from the binaries of the last N releases
-        /// published to the same target (recorded in its releases.json);
-        /// a patch not at least 2× smaller than the compressed artifact is
-        /// skipped. 0: none.
-        #[arg(long, value_name = "N", default_value_t = baton::publish::DEFAULT_PATCHES)]
-        patches: usize,
-        /// The executable's file name inside archive artifacts (default:
-        /// the archive's only executable file).
-        #[arg(long, value_name = "NAME")]
-        binary: Option<String>,
-        /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
-        artifacts: Vec<String>,
-    },
+    Publish(Box<PublishArgs>),
     /// Show the running master: workers, releases, the last check, counters.
     Status {
         #[command(flatten)]
@@ -212,7 +170,7 @@ fn main() -> ExitCode {
         | Command::Releases { .. }
         | Command::Upgrade { .. }
         | Command::Reexec { .. } => return exit(operate(cli.command)),
-        Command::Publish { .. } => return exit(publish(cli.command)),
+        Command::Publish(_) => return exit(publish(cli.command)),
     };
     let config = match baton::Config::load(config) {
         Ok(c) => c,
@@ -246,7 +204,7 @@ fn main() -> ExitCode {
         } => check_json(config, install),
         Command::Keygen { .. }
         | Command::Completions { .. }
-        | Command::Publish { .. }
+        | Command::Publish(_)
         | Command::Status { .. }
         | Command::Restart { .. }
         | Command::Rollback { .. }
@@ -320,7 +278,10 @@ fn keygen(key: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn publish(command: Command) -> anyhow::Result<()> {
-    let Command::Publish {
+    let Command::Publish(args) = command else {
+        unreachable!("called for publish")
+    };
+    let PublishArgs {
         to,
         endpoint_url,
         region,
@@ -328,15 +289,13 @@ fn publish(command: Command) -> anyhow::Result<()> {
         version,
         rollout,
         expires,
+        gate,
         channel,
         sign,
         patches,
         binary,
         artifacts,
-    } = command
-    else {
-        unreachable!("called for publish")
-    };
+    } = *args;
     let p = baton::publish::Publish {
         to: baton::publish::target::Destination::parse(&to, endpoint_url, region, api_url)?,
         version,
@@ -357,6 +316,11 @@ fn publish(command: Command) -> anyhow::Result<()> {
             .map(baton::config::parse_duration)
             .transpose()
             .map_err(|e| anyhow::anyhow!("invalid --expires: {e}"))?,
+        gate: gate
+            .as_deref()
+            .map(baton::publish::parse_gate)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("invalid --gate: {e}"))?,
         channel,
         sign,
         now: None,
@@ -625,4 +589,55 @@ fn run(config: baton::Config, path: PathBuf) -> anyhow::Result<()> {
         baton::master::Stopped::Graceful => Ok(()),
         baton::master::Stopped::Hard => anyhow::bail!("stopped hard: workers were killed"),
     }
+}
+
+/// `baton publish`'s arguments.
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// A directory (served by any static HTTP host), `s3://bucket/prefix/`
+    /// or `github:owner/repo@tag` (token in $GITHUB_TOKEN).
+    #[arg(long)]
+    to: String,
+    /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// S3: the region (else from the environment or profile).
+    #[arg(long)]
+    region: Option<String>,
+    /// GitHub: the API's base URL (GitHub Enterprise: https://host/api/v3).
+    #[arg(long)]
+    api_url: Option<String>,
+    /// The release's version (semver); needed with artifacts.
+    #[arg(long)]
+    version: Option<String>,
+    /// A percentage 0–100 (0 halts), or a schedule counted from
+    /// publication: `0s=5,24h=50,48h=100`. Default with artifacts: 100.
+    #[arg(long, alias = "schedule")]
+    rollout: Option<String>,
+    /// The manifest is refused by hosts after this long (`30d`).
+    #[arg(long)]
+    expires: Option<String>,
+    /// The gate that stops a bad release at its canaries:
+    /// `canary=5,max_failures=3,max_failure_percent=10,min_promoted=1,silent_after=15m`.
+    /// Kept when re-signing or publishing without it.
+    #[arg(long)]
+    gate: Option<String>,
+    /// A channel name, recorded in the manifest.
+    #[arg(long)]
+    channel: Option<String>,
+    /// The minisign secret key to sign the manifest with.
+    #[arg(long)]
+    sign: Option<PathBuf>,
+    /// Make delta patches from the binaries of the last N releases
+    /// published to the same target (recorded in its releases.json);
+    /// a patch not at least 2× smaller than the compressed artifact is
+    /// skipped. 0: none.
+    #[arg(long, value_name = "N", default_value_t = baton::publish::DEFAULT_PATCHES)]
+    patches: usize,
+    /// The executable's file name inside archive artifacts (default:
+    /// the archive's only executable file).
+    #[arg(long, value_name = "NAME")]
+    binary: Option<String>,
+    /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
+    artifacts: Vec<String>,
 }

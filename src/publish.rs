@@ -138,6 +138,8 @@ pub struct Publish {
     pub rollout: Option<Rollout>,
     /// How long the manifest stays valid, from now.
     pub expires: Option<Duration>,
+    /// The gate; absent, the target's manifest keeps the one it has.
+    pub gate: Option<manifest::gate::GateDocument>,
     /// A channel name.
     pub channel: Option<String>,
     /// The minisign secret key to sign with.
@@ -340,8 +342,19 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         )?;
         (doc, Vec::new())
     } else {
-        fresh(p, now)?
+        let (mut doc, uploads) = fresh(p, now)?;
+        // The fleet's gate is a policy, not a release's: it carries over.
+        doc.gate = match target.read(MANIFEST).await? {
+            Some(old) => serde_json::from_slice::<Document>(&old)
+                .ok()
+                .and_then(|old| old.gate),
+            None => None,
+        };
+        (doc, uploads)
     };
+    if let Some(gate) = &p.gate {
+        doc.gate = Some(gate.clone());
+    }
     if let Some(rollout) = &p.rollout {
         doc.rollout = Some(rollout.clone());
     }
@@ -1055,9 +1068,15 @@ fn resign(
             )));
         }
     }
-    if p.rollout.is_none() && p.expires.is_none() && p.channel.is_none() && key.is_none() {
+    if p.rollout.is_none()
+        && p.expires.is_none()
+        && p.channel.is_none()
+        && p.gate.is_none()
+        && key.is_none()
+    {
         return Err(Error::Invalid(
-            "nothing to publish: give artifacts, or --rollout/--expires/--sign to re-sign".into(),
+            "nothing to publish: give artifacts, or --rollout/--expires/--gate/--sign to re-sign"
+                .into(),
         ));
     }
     Ok(doc)
@@ -1108,6 +1127,51 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         ".publish-",
         Some(0o644),
     )?)
+}
+
+/// Parses `--gate`: `canary=5,max_failures=3,max_failure_percent=10,
+/// min_promoted=1,silent_after=15m`, any of them (the manifest check says
+/// whether the whole can ever open).
+pub fn parse_gate(text: &str) -> Result<manifest::gate::GateDocument, String> {
+    let mut gate = manifest::gate::GateDocument::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
+        let number = |what: &str| -> Result<u32, String> {
+            value
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| format!("{what} = {value:?} is not a whole number"))
+        };
+        let percent = |what: &str| -> Result<u8, String> {
+            u8::try_from(number(what)?)
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| format!("{what} = {value:?} is not a percentage 0-100"))
+        };
+        match key.trim() {
+            "canary" => gate.canary = Some(percent("canary")?),
+            "max_failures" => gate.max_failures = Some(number("max_failures")?),
+            "max_failure_percent" => {
+                gate.max_failure_percent = Some(percent("max_failure_percent")?)
+            }
+            "min_promoted" => gate.min_promoted = Some(number("min_promoted")?),
+            "silent_after" => {
+                crate::time::parse_duration(value.trim())
+                    .map_err(|e| format!("silent_after = {value:?}: {e}"))?;
+                gate.silent_after = Some(value.trim().to_owned());
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} (canary, max_failures, max_failure_percent, \
+                     min_promoted, silent_after)"
+                ))
+            }
+        }
+    }
+    Ok(gate)
 }
 
 /// Parses `--rollout`: a percentage, or a schedule `0s=5,24h=50,48h=100`.
@@ -1515,6 +1579,45 @@ mod tests {
             patch_name("a.tar.gz", "2.0.0+b/1"),
             "a.tar.gz.from-2.0.0_b_1.zst"
         );
+    }
+
+    #[test]
+    fn gates_parse_and_a_gate_no_host_could_open_is_refused() {
+        let g = parse_gate(
+            "canary=5,max_failures=3,max_failure_percent=10%,min_promoted=1,silent_after=15m",
+        )
+        .unwrap();
+        assert_eq!(g.canary, Some(5));
+        assert_eq!(g.max_failure_percent, Some(10));
+        assert_eq!(g.silent_after.as_deref(), Some("15m"));
+        assert!(parse_gate("canary=101").is_err());
+        assert!(parse_gate("canaries=5")
+            .unwrap_err()
+            .contains("unknown key"));
+        assert!(parse_gate("silent_after=soon").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let artifact = dir.path().join("a");
+        std::fs::write(&artifact, b"bytes").unwrap();
+        let mut p = Publish {
+            to: target::Destination::Dir(out.clone()),
+            version: Some("1.0.0".into()),
+            artifacts: vec![(None, artifact)],
+            gate: Some(parse_gate("max_failures=1").unwrap()),
+            ..Publish::default()
+        };
+        let err = publish(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("gate") && err.contains("must state `canary`"),
+            "{err}"
+        );
+        p.gate = Some(parse_gate("canary=5,max_failures=1").unwrap());
+        publish(&p).unwrap();
+        // Re-signing and publishing again keep it.
+        p.version = Some("1.0.1".into());
+        p.gate = None;
+        let doc = publish(&p).unwrap();
+        assert_eq!(doc.gate.and_then(|g| g.max_failures), Some(1));
     }
 
     #[test]
