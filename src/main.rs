@@ -56,6 +56,11 @@ enum Command {
     /// directory, an S3 prefix or a GitHub release; without artifacts,
     /// re-sign the manifest there with a new rollout.
     Publish(Box<PublishArgs>),
+    /// How a release fares across the fleet, from its trial reports.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Show the running master: workers, releases, the last check, counters.
     Status {
         #[command(flatten)]
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
         | Command::Upgrade { .. }
         | Command::Reexec { .. } => return exit(operate(cli.command)),
         Command::Publish(_) => return exit(publish(cli.command)),
+        Command::Rollout { command } => return exit(rollout(command.clone())),
     };
     let config = match baton::Config::load(config) {
         Ok(c) => c,
@@ -205,6 +211,7 @@ fn main() -> ExitCode {
         Command::Keygen { .. }
         | Command::Completions { .. }
         | Command::Publish(_)
+        | Command::Rollout { .. }
         | Command::Status { .. }
         | Command::Restart { .. }
         | Command::Rollback { .. }
@@ -640,4 +647,46 @@ struct PublishArgs {
     binary: Option<String>,
     /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
     artifacts: Vec<String>,
+}
+
+/// `baton rollout …`.
+#[derive(clap::Subcommand, Debug, Clone)]
+enum RolloutCommand {
+    /// Per version: trials started, promoted, failed and silent, the
+    /// failure reasons with their hosts, the gate's verdict and the
+    /// percentage in force, read from where `baton publish` wrote.
+    Status {
+        /// A directory or `s3://bucket/prefix/` (as `baton publish --to`).
+        #[arg(long)]
+        from: String,
+        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// S3: the region (else from the environment or profile).
+        #[arg(long)]
+        region: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+    let RolloutCommand::Status {
+        from,
+        endpoint_url,
+        region,
+        json,
+    } = command;
+    let dest = baton::publish::target::Destination::parse(&from, endpoint_url, region, None)?;
+    let sink = dest.reports().map_err(anyhow::Error::msg)?;
+    let status = runtime()?
+        .block_on(baton::fleet::status::read(&sink, baton::publish::MANIFEST))
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
 }

@@ -448,6 +448,47 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// `bucket` at `endpoint_url` (else AWS) in `region` (else the
+    /// environment's), addressed path-style when an endpoint is given.
+    pub fn new(
+        bucket: &str,
+        endpoint_url: Option<String>,
+        region: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Endpoint {
+        Endpoint {
+            force_path_style: endpoint_url.is_some(),
+            at: Location {
+                bucket: bucket.to_owned(),
+                endpoint_url,
+            },
+            region,
+            timeout,
+            client: Default::default(),
+        }
+    }
+
+    /// The "directories" right under `prefix` (the common prefixes with
+    /// `/` as delimiter), at most 1 000.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let out = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.at.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .send()
+            .await
+            .map_err(|e| self.at.error(prefix, e).to_string())?;
+        Ok(out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix()?.strip_prefix(prefix)?.strip_suffix('/'))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// The bucket of `fetch`'s `s3` source.
     pub fn of(fetch: &Fetch) -> Option<Endpoint> {
         let Source::S3 {

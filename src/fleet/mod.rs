@@ -6,5 +6,6 @@
 
 pub mod read;
 pub mod report;
+pub mod status;
 
 pub use report::{Note, Outcome, Report, Reporter, Sink, Stage};

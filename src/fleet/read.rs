@@ -35,7 +35,7 @@ impl Sink {
                 });
                 continue;
             }
-            match self.get(&key).await? {
+            match self.get(&key, REPORT_LIMIT).await? {
                 Some(bytes) => match serde_json::from_slice::<Report>(&bytes) {
                     Ok(r) if r.outcome == Outcome::Failed && r.version == version => {
                         reports.failed.push(Seen {
@@ -100,17 +100,20 @@ impl Sink {
         Ok((found, skipped))
     }
 
-    /// A report's bytes; `None` when it is too large or gone.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    /// A small file's bytes; `None` when it is over `cap` bytes or gone.
+    pub(super) async fn get(&self, key: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
         match self {
             Sink::Dir(base) => {
                 let path = base.join(key);
-                tokio::task::spawn_blocking(move || read_small(&path))
+                tokio::task::spawn_blocking(move || read_small(&path, cap))
                     .await
                     .map_err(|e| format!("the read task failed: {e}"))?
             }
             #[cfg(feature = "s3")]
-            Sink::S3 { at, prefix } => at.get_small(&format!("{prefix}{key}"), REPORT_LIMIT).await,
+            Sink::S3 { at, prefix } => match at.get_small(&format!("{prefix}{key}"), cap).await {
+                Err(e) if e.contains("no such key") => Ok(None),
+                other => other,
+            },
         }
     }
 }
@@ -173,8 +176,8 @@ fn list_dir(dir: &Path) -> Result<(Vec<(String, SystemTime)>, usize), String> {
     Ok((keys, more))
 }
 
-/// A file's bytes when it is at most [`REPORT_LIMIT`] bytes.
-fn read_small(path: &Path) -> Result<Option<Vec<u8>>, String> {
+/// A file's bytes when it is at most `cap` bytes.
+fn read_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -182,10 +185,10 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let mut bytes = Vec::new();
-    file.take(REPORT_LIMIT + 1)
+    file.take(cap + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok((bytes.len() as u64 <= REPORT_LIMIT).then_some(bytes))
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
 }
 
 #[cfg(test)]

@@ -116,6 +116,33 @@ impl Destination {
         Ok(dest)
     }
 
+    /// Where the fleet's trial reports beside this target's manifest are.
+    pub fn reports(&self) -> Result<crate::fleet::Sink, String> {
+        match self {
+            Destination::Dir(dir) => Ok(crate::fleet::Sink::Dir(dir.clone())),
+            #[cfg(feature = "s3")]
+            Destination::S3 {
+                bucket,
+                prefix,
+                endpoint_url,
+                region,
+            } => Ok(crate::fleet::Sink::S3 {
+                at: crate::fetchers::s3::Endpoint::new(
+                    bucket,
+                    endpoint_url.clone(),
+                    region.clone(),
+                    std::time::Duration::from_secs(30),
+                ),
+                prefix: prefix.clone(),
+            }),
+            _ => Err(format!(
+                "{} holds no trial reports: only directories and s3:// prefixes do (every \
+                 host exports baton_trials_total on /metrics instead)",
+                self.show("")
+            )),
+        }
+    }
+
     /// Where a file named `name` goes, for messages.
     pub fn show(&self, name: &str) -> String {
         match self {

@@ -258,6 +258,37 @@ fn canaries_stop_a_bad_release_and_let_a_good_one_through_the_gate() {
     );
     support::wait_version(other.addr(), "1.0.0");
     support::wait_version(canary.addr(), "1.0.0");
+    // What the publisher sees.
+    let from = store.to_str().unwrap();
+    let status: Value = serde_json::from_str(&crate::fleet::baton(&[
+        "rollout", "status", "--from", from, "--json",
+    ]))
+    .unwrap();
+    assert_eq!(status["manifest_version"], "2.0.0");
+    assert_eq!(status["percent"], 100);
+    let bad = status["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "2.0.0")
+        .expect("2.0.0 has reports");
+    assert_eq!(
+        (bad["failed"].as_u64(), bad["promoted"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(bad["reasons"][0]["hosts"][0], canaries[0].as_str());
+    assert!(
+        bad["gate"]
+            .as_str()
+            .unwrap()
+            .starts_with("held: 1 failed trial"),
+        "{bad}"
+    );
+    let text = crate::fleet::baton(&["rollout", "status", "--from", from]);
+    assert!(
+        text.contains("1 host: start exit code 3 \"cannot open database\""),
+        "{text}"
+    );
     // A good release passes the same gate: the canary proves it first.
     let good = format!(
         "#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo 2.0.1; exit 0; fi\nexec {} \"$@\"\n",
