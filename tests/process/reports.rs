@@ -46,11 +46,15 @@ fn host(store: &Path) -> Baton {
 }
 
 fn host_named(store: &Path, host_id: &str) -> Baton {
+    host_named_with(store, host_id, "300ms")
+}
+
+fn host_named_with(store: &Path, host_id: &str, settle: &str) -> Baton {
     let dir = tempfile::tempdir().unwrap();
     seed_release(dir.path(), "1.0.0");
     let config = format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
-         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
+         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"{settle}\"\n\
          [fetch]\nsource = \"file\"\npath = \"{}\"\ninterval = \"200ms\"\nhost_id = \"{host_id}\"\nreport = true\n",
         store.join("manifest.json").display()
     );
@@ -306,4 +310,48 @@ fn canaries_stop_a_bad_release_and_let_a_good_one_through_the_gate() {
         started["at"].as_str() >= canary_promoted["at"].as_str(),
         "the other host started only after the canary was promoted"
     );
+}
+
+#[test]
+fn a_canary_whose_master_died_in_its_trial_counts_as_failed_after_silent_after() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path();
+    offer(store, "1.0.0", &hello_bytes("1.0.0"));
+    let (canaries, others) = canaries_and_others(&["2.0.0"], 50, 1);
+    // A long settle: the canary's trial is still running when it dies.
+    let canary = host_named_with(store, &canaries[0], "10m");
+    let other = host_named(store, &others[0]);
+    let gate = serde_json::json!({"canary": 50, "max_failures": 1, "min_promoted": 1,
+                                  "silent_after": "2s"});
+    offer_gated(store, "2.0.0", &hello_bytes("2.0.0"), Some(gate));
+    wait_report_of(store, "2.0.0", "started", &canaries[0]);
+    support::wait_version(canary.addr(), "2.0.0");
+    let _dead = canary.kill9();
+    let detail = support::wait_for(
+        "the silence to count as a failure",
+        Duration::from_secs(30),
+        || {
+            let check = last_check(&other);
+            let detail = check["detail"].as_str().unwrap_or_default().to_owned();
+            (check["outcome"] == "held_by_gate" && detail.contains("silent for")).then_some(detail)
+        },
+    );
+    assert!(
+        detail.contains("1 failed trial (max_failures 1)"),
+        "{detail}"
+    );
+    assert!(detail.contains(canaries[0].as_str()), "{detail}");
+    assert!(!store
+        .join(format!("reports/2.0.0/started/{}.json", others[0]))
+        .exists());
+    support::wait_version(other.addr(), "1.0.0");
+}
+
+fn wait_report_of(store: &Path, version: &str, outcome: &str, host: &str) -> Value {
+    let path = store.join(format!("reports/{version}/{outcome}/{host}.json"));
+    support::wait_for(
+        &format!("the {outcome} report of {version} by {host}"),
+        Duration::from_secs(30),
+        || read_report(&path),
+    )
 }
