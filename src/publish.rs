@@ -345,15 +345,30 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         let (mut doc, uploads) = fresh(p, now)?;
         // The fleet's gate is a policy, not a release's: it carries over.
         doc.gate = match target.read(MANIFEST).await? {
-            Some(old) => serde_json::from_slice::<Document>(&old)
-                .ok()
-                .and_then(|old| old.gate),
-            None => None,
+            Some(old) if p.gate.is_none() => {
+                serde_json::from_slice::<Document>(&old)
+                    .map_err(|e| {
+                        Error::Invalid(format!(
+                            "{} does not parse ({e}), so its gate cannot be carried over; pass \
+                         --gate to state one",
+                            p.to.show(MANIFEST)
+                        ))
+                    })?
+                    .gate
+            }
+            _ => None,
         };
         (doc, uploads)
     };
     if let Some(gate) = &p.gate {
         doc.gate = Some(gate.clone());
+    }
+    // A canary the schedule implied is written down, so that a later
+    // re-sign at a fixed percentage (`--rollout 0` to halt) keeps it.
+    if let (Some(gate), Some(manifest::Rollout::Schedule(steps))) = (&mut doc.gate, &doc.rollout) {
+        if gate.canary.is_none() {
+            gate.canary = steps.first().map(|s| s.percent);
+        }
     }
     if let Some(rollout) = &p.rollout {
         doc.rollout = Some(rollout.clone());

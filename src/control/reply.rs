@@ -44,7 +44,7 @@ pub struct Status {
     /// Event counters.
     pub counters: Counters,
     /// Trial events by version, then outcome (`started`, `promoted`,
-    /// `failed`, `yanked`).
+    /// `failed`).
     #[serde(default)]
     pub trials: BTreeMap<String, BTreeMap<String, u64>>,
     /// The trial reports' writer, with `[fetch] report`.

@@ -562,9 +562,10 @@ impl Endpoint {
         Ok((keys, out.is_truncated().unwrap_or(false)))
     }
 
-    /// A small object's bytes; `None` when it is over `cap` bytes.
+    /// A small object's bytes; `None` when it is missing or over `cap`
+    /// bytes (as its length says: an object that does not say is not read).
     pub async fn get_small(&self, key: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
-        let out = self
+        let out = match self
             .client()
             .await
             .get_object()
@@ -572,11 +573,12 @@ impl Endpoint {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.at.error(key, e).to_string())?;
-        if out
-            .content_length()
-            .is_some_and(|n| n < 0 || n as u64 > cap)
         {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.at.error(key, e).to_string()),
+        };
+        if out.content_length().is_none_or(|n| n < 0 || n as u64 > cap) {
             return Ok(None);
         }
         let bytes = out

@@ -1,10 +1,13 @@
 //! Reading a version's reports for its gate: one listing each of
 //! `failed/`, `promoted/` and `started/`, each bounded to [`LIST_LIMIT`]
-//! keys. Reports are untrusted input: a failure's body is read only to
-//! give its reason, at most [`REASONS_READ`] of them and each at most
-//! [`REPORT_LIMIT`] bytes; a malformed or oversized one is skipped and
-//! counted, never trusted and never a panic. A forged report can only hold
-//! a release back.
+//! keys. Reports are untrusted input. Every key under `failed/` counts as
+//! a failure, whatever its body says: a body is read only to give the
+//! reason, at most [`REASONS_READ`] of them and each at most
+//! [`REPORT_LIMIT`] bytes, and one that is malformed or oversized is
+//! counted as skipped (its failure still counts), never trusted and never
+//! a panic. So a forged or garbled failure can only hold a release back.
+//! Promotions are counted from the listing: whoever may write under
+//! `reports/` may claim one, so only the fleet's own hosts should.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -14,8 +17,8 @@ use crate::manifest::gate::{Reports, Seen};
 
 /// The most keys one listing reads.
 pub const LIST_LIMIT: usize = 1000;
-/// The largest report read, in bytes.
-pub const REPORT_LIMIT: u64 = 4096;
+/// The largest report read, in bytes (a written one is far smaller).
+pub const REPORT_LIMIT: u64 = 16 << 10;
 /// The most failure reports whose bodies are read for their reasons.
 pub const REASONS_READ: usize = 32;
 
@@ -23,6 +26,7 @@ impl Sink {
     /// The reports of `version`; an error when a listing cannot be read
     /// (the caller holds: a gate fails closed).
     pub async fn read(&self, version: &str) -> Result<Reports, String> {
+        let version = &super::report::version_key(version);
         let mut reports = Reports::default();
         let (failed, more) = self.list(version, Outcome::Failed).await?;
         reports.skipped += more;
@@ -35,19 +39,20 @@ impl Sink {
                 });
                 continue;
             }
-            match self.get(&key, REPORT_LIMIT).await? {
-                Some(bytes) => match serde_json::from_slice::<Report>(&bytes) {
-                    Ok(r) if r.outcome == Outcome::Failed && r.version == version => {
-                        reports.failed.push(Seen {
-                            host_id,
-                            at,
-                            reason: Some(reason(&r)),
-                        })
-                    }
-                    _ => reports.skipped += 1,
-                },
-                None => reports.skipped += 1,
-            }
+            let body = self.get(&key, REPORT_LIMIT).await?;
+            let parsed = body.and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+            let reason = match parsed {
+                Some(r) if r.outcome == Outcome::Failed && &r.version == version => reason(&r),
+                _ => {
+                    reports.skipped += 1;
+                    "an unreadable report".to_owned()
+                }
+            };
+            reports.failed.push(Seen {
+                host_id,
+                at,
+                reason: Some(reason),
+            });
         }
         let (promoted, more) = self.list(version, Outcome::Promoted).await?;
         reports.skipped += more;
@@ -74,7 +79,12 @@ impl Sink {
     ) -> Result<(Vec<(String, SystemTime, String)>, usize), String> {
         let dir = format!("reports/{}/{}/", path_safe(version), outcome.as_str());
         let (keys, more) = match self {
-            Sink::Dir(base) => list_dir(&base.join(&dir))?,
+            Sink::Dir(base) => {
+                let path = base.join(&dir);
+                tokio::task::spawn_blocking(move || list_dir(&path))
+                    .await
+                    .map_err(|e| format!("the listing task failed: {e}"))??
+            }
             #[cfg(feature = "s3")]
             Sink::S3 { at, prefix } => {
                 let full = format!("{prefix}{dir}");
@@ -110,10 +120,7 @@ impl Sink {
                     .map_err(|e| format!("the read task failed: {e}"))?
             }
             #[cfg(feature = "s3")]
-            Sink::S3 { at, prefix } => match at.get_small(&format!("{prefix}{key}"), cap).await {
-                Err(e) if e.contains("no such key") => Ok(None),
-                other => other,
-            },
+            Sink::S3 { at, prefix } => at.get_small(&format!("{prefix}{key}"), cap).await,
         }
     }
 }
@@ -160,8 +167,9 @@ fn list_dir(dir: &Path) -> Result<(Vec<(String, SystemTime)>, usize), String> {
     for entry in entries {
         let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         if keys.len() == LIST_LIMIT {
-            more += 1;
-            continue;
+            // Past the bound: say there were more, and read no further.
+            more = 1;
+            break;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -224,18 +232,37 @@ mod tests {
             &serde_json::to_vec(&failed).unwrap(),
         );
         write(base, "reports/2.0.0/failed/junk.json", b"{not json");
-        write(base, "reports/2.0.0/failed/big.json", &vec![b' '; 8192]);
+        write(
+            base,
+            "reports/2.0.0/failed/big.json",
+            &vec![b' '; REPORT_LIMIT as usize + 1],
+        );
         write(base, "reports/2.0.0/failed/readme.txt", b"hi");
         write(base, "reports/2.0.0/promoted/c1.json", b"{}");
         write(base, "reports/2.0.0/started/h7.json", b"{}");
         let sink = Sink::Dir(base.to_owned());
         let reports = sink.read("2.0.0").await.unwrap();
-        assert_eq!(reports.failed.len(), 1);
         assert_eq!(
-            reports.failed[0].reason.as_deref(),
+            reports.failed.len(),
+            3,
+            "every failure counts, garbled or not: h7, junk, big"
+        );
+        let reason = |host: &str| {
+            reports
+                .failed
+                .iter()
+                .find(|s| s.host_id == host)
+                .and_then(|s| s.reason.clone())
+        };
+        assert_eq!(
+            reason("h7").as_deref(),
             Some("start exit code 3 \"cannot open database\"")
         );
-        assert_eq!(reports.skipped, 3, "junk, big and readme");
+        assert_eq!(reason("big").as_deref(), Some("an unreadable report"));
+        assert_eq!(
+            reports.skipped, 3,
+            "junk and big unread, readme not a report"
+        );
         assert!(reports.promoted.contains("c1"));
         assert_eq!(reports.started.len(), 1);
         let none = sink.read("9.9.9").await.unwrap();
@@ -257,6 +284,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reports.promoted.len(), LIST_LIMIT);
-        assert_eq!(reports.skipped, 5);
+        assert_eq!(reports.skipped, 1, "more than a listing reads");
     }
 }

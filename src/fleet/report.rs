@@ -24,6 +24,8 @@ use crate::manifest::rollout;
 pub const PENDING_LIMIT: usize = 64;
 /// The longest stderr line a report carries, in bytes.
 pub const STDERR_LIMIT: usize = 512;
+/// The longest `detail` a report carries, in bytes.
+pub const DETAIL_LIMIT: usize = 1024;
 /// The file in the releases directory listing the reports written.
 const SENT: &str = ".reports";
 
@@ -37,8 +39,6 @@ pub enum Outcome {
     Promoted,
     /// The release never got promoted here.
     Failed,
-    /// The host left the release because the manifest yanked it.
-    Yanked,
 }
 
 impl Outcome {
@@ -48,7 +48,6 @@ impl Outcome {
             Outcome::Started => "started",
             Outcome::Promoted => "promoted",
             Outcome::Failed => "failed",
-            Outcome::Yanked => "yanked",
         }
     }
 }
@@ -69,8 +68,6 @@ pub enum Stage {
     Settle,
     /// Its health check failed.
     Health,
-    /// The manifest yanked it.
-    Yank,
 }
 
 /// What the master says happened to a release.
@@ -90,7 +87,9 @@ pub struct Note {
     pub stderr: Option<String>,
 }
 
-/// A report as written: a small JSON object with nothing secret in it.
+/// A report as written: a small JSON object, at most [`DETAIL_LIMIT`] +
+/// [`STDERR_LIMIT`] bytes of text besides its fixed fields. It carries no
+/// credential, but it does quote the worker's or the probe's own words.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The host (`fetch.host_id`, or the one kept in the releases directory).
@@ -124,11 +123,11 @@ impl Report {
             host_id: host_id.to_owned(),
             bucket: rollout::bucket_percent(rollout::bucket(host_id, &note.version)),
             from: note.from,
-            version: note.version,
+            version: version_key(&note.version),
             outcome: note.outcome,
             at: crate::time::rfc3339(at),
             stage: note.stage,
-            detail: note.detail.map(|d| cut(&d, 4 * STDERR_LIMIT)),
+            detail: note.detail.map(|d| cut(&d, DETAIL_LIMIT)),
             stderr: note.stderr.map(|s| cut(&s, STDERR_LIMIT)),
         }
     }
@@ -142,6 +141,12 @@ impl Report {
             path_safe(&self.host_id)
         )
     }
+}
+
+/// A version as reports name it: semver without a leading `v` (`v2.0.0`
+/// and `2.0.0` are one release), else as written.
+pub fn version_key(version: &str) -> String {
+    crate::version::parse_version(version).map_or_else(|| version.to_owned(), |v| v.to_string())
 }
 
 /// `text` cut at `limit` bytes, on a character boundary.
@@ -170,7 +175,7 @@ pub fn path_safe(name: &str) -> String {
             }
         })
         .collect();
-    if safe.is_empty() || safe.chars().all(|c| c == '.') {
+    if safe.is_empty() || safe.starts_with('.') {
         format!("_{safe}")
     } else {
         safe
@@ -361,10 +366,11 @@ impl Task {
         self.count_pending();
     }
 
-    /// Writes what waits, oldest first; what fails waits for the next try.
+    /// Writes what waits, newest first (a fresh failure matters most to
+    /// the gate); the first write that fails ends the try, and the rest
+    /// waits for the next one.
     async fn flush(&mut self) {
-        let mut left = VecDeque::new();
-        while let Some(report) = self.pending.pop_front() {
+        while let Some(report) = self.pending.pop_back() {
             let key = report.key();
             match self.sink.write(&report).await {
                 Ok(()) => {
@@ -375,22 +381,23 @@ impl Task {
                     );
                     self.counters.written.fetch_add(1, Ordering::Relaxed);
                     self.sent.insert(key);
-                    self.record_sent();
+                    self.record_sent().await;
                 }
                 Err(why) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    self.pending.push_back(report);
                     tracing::warn!(
                         event = "report_failed",
                         error = %why,
-                        "cannot write the trial report {}: {why}; the trial goes on, and the \
-                         write is tried again",
-                        self.sink.describe(&key)
+                        "cannot write the trial report {}: {why}; the trial goes on, and {} \
+                         report(s) wait for the next try",
+                        self.sink.describe(&key),
+                        self.pending.len()
                     );
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    left.push_back(report);
+                    break;
                 }
             }
         }
-        self.pending = left;
         self.count_pending();
     }
 
@@ -400,20 +407,23 @@ impl Task {
             .store(self.pending.len() as u64, Ordering::Relaxed);
     }
 
-    /// Records the reports written, so that none is written twice.
-    fn record_sent(&self) {
+    /// Records the reports written, so that none is written twice (off
+    /// the event loop: the write is fsynced).
+    async fn record_sent(&self) {
         let mut text = String::new();
         for key in &self.sent {
             text.push_str(key);
             text.push('\n');
         }
-        if let Err(e) =
-            crate::fsutil::write_atomic(&self.sent_file, text.as_bytes(), ".staging-", None)
-        {
-            tracing::warn!(
-                "cannot record the trial reports written: {}",
-                crate::errors::display_chain(&e)
-            );
+        let path = self.sent_file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_atomic(&path, text.as_bytes(), ".staging-", None)
+                .map_err(|e| crate::errors::display_chain(&e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!("cannot record the trial reports written: {e}");
         }
     }
 }
@@ -450,28 +460,44 @@ mod tests {
 
     #[test]
     fn names_never_leave_their_segment() {
-        assert_eq!(path_safe("../../etc"), ".._.._etc");
+        assert_eq!(path_safe("../../etc"), "_.._.._etc");
         assert_eq!(path_safe(".."), "_..");
+        assert_eq!(
+            path_safe(".hidden"),
+            "_.hidden",
+            "a dot file would not be listed"
+        );
         assert_eq!(path_safe(""), "_");
         assert_eq!(path_safe("2.0.0+build.1"), "2.0.0+build.1");
         assert_eq!(path_safe("a/b c"), "a_b_c");
         let mut n = note(Outcome::Failed);
         n.version = "../x".to_owned();
         let report = Report::new(n, "h/../../y", SystemTime::now());
-        assert_eq!(report.key(), "reports/.._x/failed/h_.._.._y.json");
+        assert_eq!(report.key(), "reports/_.._x/failed/h_.._.._y.json");
     }
 
     #[test]
     fn a_long_stderr_line_is_cut_on_a_character_boundary() {
         let mut n = note(Outcome::Failed);
         n.stage = Some(Stage::Start);
-        n.stderr = Some("é".repeat(STDERR_LIMIT));
+        // One byte, then two-byte characters: byte 512 is inside one.
+        n.stderr = Some(format!("a{}", "é".repeat(STDERR_LIMIT)));
+        n.detail = Some("x".repeat(10 * DETAIL_LIMIT));
+        n.version = "v2.0.0".into();
         let report = Report::new(n, "h", SystemTime::now());
-        let stderr = report.stderr.unwrap();
-        assert!(stderr.len() <= STDERR_LIMIT);
-        assert_eq!(stderr.len(), STDERR_LIMIT, "256 two-byte characters fit");
-        let json = serde_json::to_value(Report::new(note(Outcome::Failed), "h", SystemTime::now()));
-        assert!(json.is_ok());
+        let stderr = report.stderr.clone().unwrap();
+        assert_eq!(
+            stderr.len(),
+            STDERR_LIMIT - 1,
+            "cut before the split character"
+        );
+        assert!(stderr.starts_with("aé"));
+        assert_eq!(report.detail.as_ref().unwrap().len(), DETAIL_LIMIT);
+        assert_eq!(
+            report.key(),
+            "reports/2.0.0/failed/h.json",
+            "v2.0.0 is 2.0.0"
+        );
     }
 
     #[tokio::test]
@@ -530,9 +556,8 @@ mod tests {
             n.version = format!("1.0.{i}");
             reporter.send(n);
         }
-        // Each note's arrival tries every waiting report once: once all 74
-        // were tried, 64 * 65 / 2 + 10 * 64 writes failed.
-        let all_tried = (PENDING_LIMIT * (PENDING_LIMIT + 1) / 2 + 10 * PENDING_LIMIT) as u64;
+        // Each note's arrival tries one write (the newest), which fails.
+        let all_tried = (PENDING_LIMIT + 10) as u64;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while reporter.counters().failed.load(Ordering::Relaxed) < all_tried {
             assert!(std::time::Instant::now() < deadline, "writes not tried");

@@ -115,7 +115,7 @@ impl GateDocument {
 pub struct Seen {
     /// The host that wrote it.
     pub host_id: String,
-    /// When (the report's own `at`, else the object's time).
+    /// When: the file's or the object's time.
     pub at: SystemTime,
     /// For a failure: where, why, and the last stderr line, as one line.
     pub reason: Option<String>,
@@ -162,9 +162,10 @@ pub enum Verdict {
 }
 
 impl Gate {
-    /// Whether a host in `bucket_percent` is a canary.
-    pub fn is_canary(&self, bucket_percent: f64) -> bool {
-        bucket_percent < f64::from(self.canary)
+    /// Whether a host in `bucket` (the cohort rule's) is a canary: the
+    /// rollout's own exact comparison, at `canary` percent.
+    pub fn is_canary(&self, bucket: u64) -> bool {
+        super::rollout::admits(bucket, self.canary)
     }
 
     /// The verdict on `reports` at `now`.
@@ -192,8 +193,8 @@ impl Gate {
                 counts.silent += 1;
                 counts.failed += 1;
                 let reason = format!(
-                    "silent for {} after it started",
-                    humantime::format_duration(Duration::from_secs(age.as_secs()))
+                    "silent past silent_after ({}) since it started",
+                    humantime::format_duration(self.silent_after)
                 );
                 reasons.entry(reason).or_default().push(&s.host_id);
             } else {
@@ -277,7 +278,8 @@ mod tests {
     #[test]
     fn canaries_decide_for_the_rest() {
         let g = gate(3, 10, 1);
-        assert!(g.is_canary(4.99) && !g.is_canary(5.0));
+        let at = |percent: f64| (percent / 100.0 * 2f64.powi(64)) as u64;
+        assert!(g.is_canary(at(4.99)) && !g.is_canary(at(5.0)));
         let now = SystemTime::now();
         let mut r = Reports::default();
         assert!(
@@ -338,8 +340,13 @@ mod tests {
         };
         assert_eq!((counts.silent, counts.failed), (1, 1));
         assert!(
-            why.contains("dead: silent for 15m after it started"),
+            why.contains("dead: silent past silent_after (15m) since it started"),
             "{why}"
+        );
+        assert_eq!(
+            g.verdict(&r, later + Duration::from_secs(60)),
+            g.verdict(&r, later),
+            "the same reason at the next poll: said once"
         );
     }
 

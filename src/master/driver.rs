@@ -624,9 +624,23 @@ impl Driver {
         warn_http_ready(&program);
         self.child_env = ChildEnv::new(&program, fetch.as_ref());
         self.checker = checker(releases.as_ref(), &self.sockets, &self.child_env, &program);
-        if fetch.as_ref().map(|f| (f.report, &f.host_id))
-            != self.config.fetch.as_ref().map(|f| (f.report, &f.host_id))
-        {
+        // The reports' place follows the source: any change of it, of
+        // `report` or of the host id makes a new writer (the old one's
+        // waiting reports go with it, said in the log).
+        let place = |f: &Fetch| (f.report, f.host_id.clone(), format!("{:?}", f.source));
+        if fetch.as_ref().map(place) != self.config.fetch.as_ref().map(place) {
+            if let Some(old) = &self.reporter {
+                let waiting = old
+                    .counters()
+                    .pending
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if waiting > 0 {
+                    tracing::warn!(
+                        "the reload changed where trial reports go; {waiting} report(s) that \
+                         waited for a retry are dropped"
+                    );
+                }
+            }
             self.reporter = reporter(fetch.as_ref(), self.store.as_ref());
         }
         self.config.program = program;

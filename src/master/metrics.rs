@@ -195,7 +195,7 @@ pub(crate) fn render(status: &reply::Status) -> String {
     let trials = Family::<Labels, Counter>::default();
     registry.register(
         "baton_trials",
-        "Trial events on this host, by version and outcome (started, promoted, failed, yanked)",
+        "Trial events on this host, by version and outcome (started, promoted, failed)",
         trials.clone(),
     );
     for (version, outcomes) in &status.trials {

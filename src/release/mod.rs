@@ -254,8 +254,8 @@ impl Pipeline {
     }
 
     /// Reads the fleet's trial reports from `sink` when a manifest has a
-    /// gate (the file and s3 sources); without one, a gate is left to
-    /// `baton rollout watch`, which halts the manifest itself.
+    /// gate (the file and s3 sources); without one, a gated release goes
+    /// by its schedule alone.
     pub fn with_reports(mut self, sink: Option<crate::fleet::Sink>) -> Pipeline {
         self.reports = sink;
         self
@@ -432,15 +432,14 @@ impl Pipeline {
     /// stays in, and one with nothing installed takes the release at once.
     async fn gate(&self, info: &Info, decision: &Decision) -> Option<Outcome> {
         let gate = info.manifest.as_ref()?.gate.as_ref()?;
-        if decision.admission != Admission::InRollout
-            || gate.is_canary(crate::manifest::rollout::bucket_percent(decision.bucket))
-        {
+        if decision.admission != Admission::InRollout || gate.is_canary(decision.bucket) {
             return None;
         }
         let version = decision.version.as_deref().unwrap_or_default();
         let Some(sink) = &self.reports else {
             tracing::debug!(
-                "version {version} has a gate, but {} cannot hold reports: `baton rollout                  watch` halts the manifest instead",
+                "version {version} has a gate, but {} cannot hold reports: it goes by its \
+                 schedule alone",
                 info.source
             );
             return None;
@@ -454,7 +453,8 @@ impl Pipeline {
             Ok(reports) => {
                 if reports.skipped > 0 {
                     tracing::warn!(
-                        "{} report(s) of {version} skipped: malformed, oversized or past a                          listing's bound",
+                        "{} report(s) of {version} skipped: malformed, oversized or past a \
+                         listing's bound",
                         reports.skipped
                     );
                 }

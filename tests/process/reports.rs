@@ -333,7 +333,8 @@ fn a_canary_whose_master_died_in_its_trial_counts_as_failed_after_silent_after()
         || {
             let check = last_check(&other);
             let detail = check["detail"].as_str().unwrap_or_default().to_owned();
-            (check["outcome"] == "held_by_gate" && detail.contains("silent for")).then_some(detail)
+            (check["outcome"] == "held_by_gate" && detail.contains("silent past silent_after"))
+                .then_some(detail)
         },
     );
     assert!(

@@ -201,34 +201,30 @@ fn clone_action(a: &Action) -> Action {
     }
 }
 
+/// The worker ids of the actions `pick` takes.
+fn ids(actions: &[Action], pick: fn(&Action) -> Option<u64>) -> Vec<u64> {
+    actions.iter().filter_map(pick).collect()
+}
+
 fn spawned(actions: &[Action]) -> Vec<u64> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Spawn { id, .. } => Some(*id),
-            _ => None,
-        })
-        .collect()
+    ids(actions, |a| match a {
+        Action::Spawn { id, .. } => Some(*id),
+        _ => None,
+    })
 }
 
 fn drained(actions: &[Action]) -> Vec<u64> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Drain(id) => Some(*id),
-            _ => None,
-        })
-        .collect()
+    ids(actions, |a| match a {
+        Action::Drain(id) => Some(*id),
+        _ => None,
+    })
 }
 
 fn killed(actions: &[Action]) -> Vec<u64> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Kill(id) => Some(*id),
-            _ => None,
-        })
-        .collect()
+    ids(actions, |a| match a {
+        Action::Kill(id) => Some(*id),
+        _ => None,
+    })
 }
 
 fn jobs(actions: &[Action]) -> Vec<&Job> {
