@@ -356,3 +356,95 @@ fn wait_report_of(store: &Path, version: &str, outcome: &str, host: &str) -> Val
         || read_report(&path),
     )
 }
+
+/// A host serving a seeded 1.0.0 that reads `hello/manifest.json` in the
+/// `releases` bucket.
+fn s3_host(s3: &S3Server, host_id: &str) -> Baton {
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    let config = format!(
+        "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
+         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
+         [fetch]\nsource = \"s3\"\nbucket = \"releases\"\nkey = \"hello/manifest.json\"\nregion = \"us-east-1\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n\
+         host_id = \"{host_id}\"\nreport = true\n",
+        s3.endpoint()
+    );
+    let baton = Baton::start_with_env(dir, &config, ENV);
+    baton.wait_ready();
+    baton
+}
+
+/// Offers `bytes` as `version` in the bucket, with `gate`.
+fn s3_offer(s3: &S3Server, version: &str, bytes: &[u8], gate: Option<Value>) {
+    let name = format!("hello-{version}");
+    s3.put("releases", &format!("hello/{name}"), bytes.to_vec(), &[]);
+    let mut manifest = serde_json::json!({
+        "version": version, "url": name, "sha256": hex::encode(sha256(bytes)),
+    });
+    if let Some(gate) = gate {
+        manifest["gate"] = gate;
+    }
+    s3.put(
+        "releases",
+        "hello/manifest.json",
+        manifest.to_string().into_bytes(),
+        &[],
+    );
+}
+
+#[test]
+fn on_s3_the_gate_reads_the_canarys_failure_and_rollout_status_shows_it() {
+    let s3 = S3Server::start(None);
+    s3.bucket("releases");
+    s3_offer(&s3, "1.0.0", &hello_bytes("1.0.0"), None);
+    let (canaries, others) = canaries_and_others(&["2.0.0"], 50, 1);
+    let canary = s3_host(&s3, &canaries[0]);
+    let other = s3_host(&s3, &others[0]);
+    let gate = serde_json::json!({"canary": 50, "max_failures": 1, "min_promoted": 1});
+    s3_offer(&s3, "2.0.0", &failing_build("2.0.0"), Some(gate));
+    let failed = format!("hello/reports/2.0.0/failed/{}.json", canaries[0]);
+    let report: Value = support::wait_for(
+        "the canary's failure in the bucket",
+        Duration::from_secs(30),
+        || serde_json::from_slice(&s3.get("releases", &failed)?).ok(),
+    );
+    assert_eq!(report["stderr"], "cannot open database");
+    let detail = support::wait_for("the other host held by it", Duration::from_secs(30), || {
+        let check = last_check(&other);
+        let detail = check["detail"].as_str().unwrap_or_default().to_owned();
+        (check["outcome"] == "held_by_gate" && detail.contains("1 failed trial")).then_some(detail)
+    });
+    assert!(detail.contains("cannot open database"), "{detail}");
+    assert!(s3
+        .get(
+            "releases",
+            &format!("hello/reports/2.0.0/started/{}.json", others[0])
+        )
+        .is_none());
+    support::wait_version(canary.addr(), "1.0.0");
+    support::wait_version(other.addr(), "1.0.0");
+    let out = std::process::Command::new(support::baton_bin())
+        .args([
+            "rollout",
+            "status",
+            "--json",
+            "--from",
+            "s3://releases/hello/",
+        ])
+        .args(["--endpoint-url", &s3.endpoint(), "--region", "us-east-1"])
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["manifest_version"], "2.0.0");
+    let versions = status["versions"].as_array().unwrap();
+    let bad = versions.iter().find(|v| v["version"] == "2.0.0").unwrap();
+    assert_eq!(bad["failed"], 1, "{status}");
+    assert_eq!(bad["reasons"][0]["hosts"][0], canaries[0].as_str());
+}
