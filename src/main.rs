@@ -507,6 +507,17 @@ fn check_inner(
                     report["gate"] = serde_json::json!({ "why": why, "counts": counts });
                     "held_by_gate"
                 }
+                Outcome::Leaves {
+                    release, yanked, ..
+                } => {
+                    report["sha256"] = release.sha256.into();
+                    report["leaves"] = yanked.version.unwrap_or(yanked.id).into();
+                    "leaves_yanked"
+                }
+                Outcome::Yanked { version } => {
+                    report["yanked"] = version.into();
+                    "yanked"
+                }
                 Outcome::KnownBad { sha256 } => {
                     anyhow::bail!("sha256 {sha256} failed before; not installed")
                 }
@@ -529,6 +540,26 @@ fn check_inner(
                 "not installed: version {} is held by its gate: {why}",
                 decision.version.as_deref().unwrap_or("unknown")
             ),
+            Outcome::Leaves {
+                release,
+                yanked,
+                reused,
+            } => {
+                let verb = match (install, reused) {
+                    (_, true) => "would go back to the installed release",
+                    (true, false) => "installed",
+                    (false, false) => "would install",
+                };
+                show(verb, &release);
+                println!(
+                    "  leaves:  release {} ({}), which the signed manifest yanks",
+                    yanked.id,
+                    yanked.version.as_deref().unwrap_or("unknown")
+                );
+            }
+            Outcome::Yanked { version } => {
+                println!("not installed: version {version} was yanked by a signed manifest")
+            }
             Outcome::KnownBad { sha256 } => {
                 println!("sha256 {sha256} failed before; not installed")
             }

@@ -39,6 +39,8 @@ pub enum Outcome {
     Promoted,
     /// The release never got promoted here.
     Failed,
+    /// The host left this release, which a signed manifest yanked.
+    Yanked,
 }
 
 impl Outcome {
@@ -48,6 +50,7 @@ impl Outcome {
             Outcome::Started => "started",
             Outcome::Promoted => "promoted",
             Outcome::Failed => "failed",
+            Outcome::Yanked => "yanked",
         }
     }
 }
@@ -68,6 +71,8 @@ pub enum Stage {
     Settle,
     /// Its health check failed.
     Health,
+    /// A signed manifest yanked its version while it was on trial.
+    Yank,
 }
 
 /// What the master says happened to a release.

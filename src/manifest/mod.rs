@@ -163,6 +163,11 @@ pub struct Document {
     /// The gate that stops a bad release at its canaries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<gate::GateDocument>,
+    /// Versions pulled back from the fleet: a host running one of them
+    /// takes this manifest's release even though it is lower, and no host
+    /// takes them again. Honoured only in a signed manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub yanked: Vec<String>,
 }
 
 /// A delta patch as written in a manifest: a zstd `--patch-from` frame
@@ -243,6 +248,9 @@ pub struct Manifest {
     pub patches: Vec<Patch>,
     /// The gate, when the manifest has one.
     pub gate: Option<gate::Gate>,
+    /// The versions it yanks (see [`Document::yanked`]); a host acts on
+    /// them only when [`Manifest::signed`].
+    pub yanked: Vec<semver::Version>,
 }
 
 /// Verifies a minisign signature over `bytes` by one of `keys` (base64
@@ -337,6 +345,7 @@ impl Manifest {
                 return Err(field("version", "empty".into()));
             }
         }
+        let yanked = yanked_versions(&doc)?;
         let chosen = doc.targets.as_ref().and_then(|t| t.get(TARGET));
         let (url, sha256, size, binary_sha256, patches) = match (chosen, &doc.url) {
             (Some(a), _) => (
@@ -419,7 +428,15 @@ impl Manifest {
             binary_sha256,
             patches,
             gate,
+            yanked,
         })
+    }
+
+    /// Whether this manifest yanks `version` (compared as semver; a version
+    /// that does not parse is never yanked). Says nothing about trust: see
+    /// [`Manifest::signed`].
+    pub fn yanks(&self, version: &str) -> bool {
+        crate::version::parse_version(version).is_some_and(|v| self.yanked.contains(&v))
     }
 
     /// Refuses a manifest whose `expires` is not after `now`.
@@ -445,6 +462,33 @@ impl Manifest {
     }
 }
 
+/// The `yanked` list, checked: each entry a semver version, and never the
+/// manifest's own version (a release cannot both be offered and pulled).
+fn yanked_versions(doc: &Document) -> Result<Vec<semver::Version>, Error> {
+    let field = |reason: String| Error::Field {
+        field: "yanked",
+        reason,
+    };
+    let own = doc
+        .version
+        .as_deref()
+        .and_then(crate::version::parse_version);
+    let mut all = Vec::with_capacity(doc.yanked.len());
+    for text in &doc.yanked {
+        let v = crate::version::parse_version(text)
+            .ok_or_else(|| field(format!("{text:?} is not a semver version")))?;
+        if own.as_ref() == Some(&v) {
+            return Err(field(format!(
+                "it yanks {text}, the version the manifest itself offers"
+            )));
+        }
+        if !all.contains(&v) {
+            all.push(v);
+        }
+    }
+    Ok(all)
+}
+
 /// Refuses an unsigned document that carries fields only a signed one may
 /// (when a key is configured).
 fn refuse_unsigned_fields(doc: &Document) -> Result<(), Error> {
@@ -458,6 +502,7 @@ fn refuse_unsigned_fields(doc: &Document) -> Result<(), Error> {
         ("binary_sha256", doc.binary_sha256.is_some()),
         ("patches", !doc.patches.is_empty()),
         ("gate", doc.gate.is_some()),
+        ("yanked", !doc.yanked.is_empty()),
     ];
     match only_signed.iter().find(|(_, set)| *set) {
         Some((field, _)) => Err(Error::Unsigned { field }),

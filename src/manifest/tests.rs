@@ -331,3 +331,42 @@ fn an_unsigned_manifest_with_patches_is_refused_when_a_key_is_set() {
     .unwrap_err();
     assert!(matches!(err, Error::Unsigned { field: "patches" }), "{err}");
 }
+
+#[test]
+fn yanked_versions_are_checked_and_signed_only() {
+    let now = at("2026-11-24T00:00:00Z");
+    let mut d = doc();
+    d["version"] = "1.0.0".into();
+    d["yanked"] = serde_json::json!(["2.0.0", "v2.0.0", "1.5.0"]);
+    let m = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap();
+    assert!(m.yanks("2.0.0") && m.yanks("v2.0.0") && m.yanks("1.5.0"));
+    assert!(!m.yanks("1.0.0") && !m.yanks("2.0.1") && !m.yanks("garbage"));
+    assert_eq!(m.yanked.len(), 2, "duplicates fold");
+    // A manifest that offers what it yanks is refused.
+    d["yanked"] = serde_json::json!(["1.0.0"]);
+    let err = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the version the manifest itself offers"),
+        "{err}"
+    );
+    // So is a version that does not parse.
+    d["yanked"] = serde_json::json!(["two"]);
+    let err = Manifest::parse(&serde_json::to_vec(&d).unwrap(), true).unwrap_err();
+    assert!(
+        err.to_string().contains("\"two\" is not a semver version"),
+        "{err}"
+    );
+    // Unsigned, with a key configured, a yank is refused like the other
+    // signed-only fields.
+    let kp = keypair();
+    let bytes = serde_json::to_vec(&serde_json::json!({
+        "version": "1.0.0", "url": "a", "sha256": "ab".repeat(32), "yanked": ["2.0.0"]
+    }))
+    .unwrap();
+    let err = load(&bytes, None, &[kp.pk.to_base64()], now).unwrap_err();
+    assert!(matches!(err, Error::Unsigned { field: "yanked" }), "{err}");
+    // Without a key it loads, unsigned: hosts then ignore the list.
+    let m = load(&bytes, None, &[], now).unwrap();
+    assert!(!m.signed && m.yanks("2.0.0"));
+}

@@ -31,6 +31,7 @@ use crate::release::Meta;
 mod control;
 mod reexec;
 mod release;
+use release::{same_version, version_of};
 mod reload;
 #[cfg(test)]
 mod tests;
@@ -296,7 +297,10 @@ pub(crate) struct Core {
     /// When to retry a promotion whose store write failed.
     promote_retry_at: Option<Instant>,
     /// A release installed while another was on trial: tried next.
-    queued_install: Option<(Meta, Token)>,
+    queued_install: Option<(Meta, Option<String>, Token)>,
+    /// The release on trial that leaves a yanked version, and that version:
+    /// reported `yanked` once it is promoted.
+    leaving: Option<(String, String)>,
     /// The worker whose health is being checked.
     health_checked: Option<u64>,
     /// Checks of a promoted release failed in a row (reported only).
@@ -347,6 +351,7 @@ impl Core {
             promoting: None,
             promote_retry_at: None,
             queued_install: None,
+            leaving: None,
             health_checked: None,
             health_failed: 0,
             waiting_for_release: false,
@@ -368,7 +373,11 @@ impl Core {
             Event::Exited { id, status } => self.on_exit(id, status),
             Event::Ready(id) => self.on_ready(id, "its health check answered"),
             Event::Notify(msg) => self.on_notify(msg),
-            Event::Installed { release, hold } => self.on_installed(release, hold),
+            Event::Installed {
+                release,
+                leaves,
+                hold,
+            } => self.on_installed(release, leaves, hold),
             Event::Store { done, current } => {
                 self.current = current;
                 self.on_store(done)

@@ -189,6 +189,7 @@ impl Driver {
                     self.holds.insert(hold, new.done);
                     Event::Installed {
                         release: new.release,
+                        leaves: new.leaves,
                         hold,
                     }
                 }

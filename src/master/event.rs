@@ -181,6 +181,8 @@ pub(crate) enum Event {
     Installed {
         /// The release.
         release: Meta,
+        /// The yanked version it takes the host away from.
+        leaves: Option<String>,
         /// The hold on the update loop.
         hold: Token,
     },

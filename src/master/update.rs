@@ -37,6 +37,9 @@ pub(crate) struct CheckReport {
     /// A candidate that failed before its trial (its probe, the
     /// `pre_install` hook): a failed trial for reports and metrics.
     pub failed: Option<Rejected>,
+    /// The versions a signed manifest seen during a trial yanks: a trial
+    /// of one of them ends.
+    pub yanked: Vec<String>,
 }
 
 /// A candidate refused before its trial.
@@ -56,6 +59,7 @@ fn report(reports: &mpsc::UnboundedSender<CheckReport>, outcome: &'static str, d
         outcome,
         detail,
         failed: None,
+        yanked: Vec::new(),
     });
 }
 
@@ -71,6 +75,7 @@ fn rejected(
         outcome,
         detail,
         failed: Some(failed),
+        yanked: Vec::new(),
     });
 }
 
@@ -79,6 +84,9 @@ fn rejected(
 pub(crate) struct Installed {
     /// The new release.
     pub release: Meta,
+    /// The yanked version this release takes the host away from: reported
+    /// as `yanked` once it is promoted.
+    pub leaves: Option<String>,
     /// Dropped by the master once the trial ended (promoted or failed);
     /// the loop installs nothing else meanwhile.
     pub done: oneshot::Sender<()>,
@@ -202,12 +210,10 @@ pub(crate) async fn run(
     let Loop {
         fetch,
         pipeline,
-        installed,
         check_now,
         reports,
-        hooks,
         ..
-    } = with;
+    } = with.clone();
     let source = fetcher.describe();
     if let Some(gate) = gate {
         tracing::info!("{source}: checks resume when the running trial ends");
@@ -230,39 +236,46 @@ pub(crate) async fn run(
                     release.id,
                     release.source
                 );
-                if let Err(why) = pre_install(&hooks, &pipeline, &release).await {
-                    let failed = Rejected {
-                        version: release
-                            .version
-                            .clone()
-                            .unwrap_or_else(|| release.id.clone()),
-                        stage: crate::fleet::Stage::PreInstall,
-                        detail: why.clone(),
-                    };
-                    rejected(&reports, "refused", why, failed);
-                } else {
-                    report(&reports, "installed", format!("release {}", release.id));
-                    let id = release.id.clone();
-                    let (done, trial) = oneshot::channel();
-                    if installed.send(Installed { release, done }).is_err() {
-                        return;
-                    }
-                    // One release on trial at a time: wait for this one to end,
-                    // telling of newer candidates meanwhile.
-                    if wait_for_trial(
-                        &fetch,
-                        &mut *fetcher,
-                        &source,
-                        &id,
-                        trial,
-                        &check_now,
-                        &reports,
-                    )
-                    .await
-                    {
-                        continue;
-                    }
+                match try_release(&with, &mut *fetcher, &source, release, None).await {
+                    Tried::Gone => return,
+                    Tried::Waited => continue,
+                    Tried::Ended => {}
                 }
+            }
+            Ok(Some(Outcome::Leaves {
+                release,
+                yanked,
+                reused,
+            })) => {
+                failures = 0;
+                held = None;
+                tracing::info!(
+                    event = "release_installed",
+                    release = %release.id,
+                    "{} release {} to leave the yanked release {}",
+                    if reused { "reusing the installed" } else { "installed" },
+                    release.id,
+                    yanked.id
+                );
+                let leaves = yanked.version.clone().unwrap_or(yanked.id);
+                match try_release(&with, &mut *fetcher, &source, release, Some(leaves)).await {
+                    Tried::Gone => return,
+                    Tried::Waited => continue,
+                    Tried::Ended => {}
+                }
+            }
+            Ok(Some(Outcome::Yanked { version })) => {
+                failures = 0;
+                let why = format!(
+                    "version {version} was yanked by a signed manifest; it is not installed again \
+                     (`baton upgrade --force` takes it again)"
+                );
+                tracing::info!(
+                    event = "check",
+                    outcome = "skipped",
+                    "{source} offers {why}"
+                );
+                report(&reports, "skipped", why);
             }
             Ok(Some(Outcome::Unchanged(current))) => {
                 failures = 0;
@@ -352,6 +365,69 @@ pub(crate) async fn run(
     }
 }
 
+/// How handing a release to the master ended.
+enum Tried {
+    /// The master is gone: the loop ends.
+    Gone,
+    /// A newer candidate waited for the trial: check again at once.
+    Waited,
+    /// Refused by `pre_install`, or the trial ended with nothing waiting.
+    Ended,
+}
+
+/// Runs `pre_install` on an installed release and, when it passes, hands
+/// it to the master for its trial and waits for the trial to end.
+/// `leaves` names the yanked version the trial takes the host away from.
+async fn try_release(
+    with: &Loop,
+    fetcher: &mut dyn Fetcher,
+    source: &str,
+    release: Meta,
+    leaves: Option<String>,
+) -> Tried {
+    let reports = &with.reports;
+    if let Err(why) = pre_install(&with.hooks, &with.pipeline, &release).await {
+        let failed = Rejected {
+            version: release
+                .version
+                .clone()
+                .unwrap_or_else(|| release.id.clone()),
+            stage: crate::fleet::Stage::PreInstall,
+            detail: why.clone(),
+        };
+        rejected(reports, "refused", why, failed);
+        return Tried::Ended;
+    }
+    report(reports, "installed", format!("release {}", release.id));
+    let id = release.id.clone();
+    let (done, trial) = oneshot::channel();
+    let new = Installed {
+        release,
+        leaves,
+        done,
+    };
+    if with.installed.send(new).is_err() {
+        return Tried::Gone;
+    }
+    // One release on trial at a time: wait for this one to end, telling of
+    // newer candidates (and yanks) meanwhile.
+    let waited = wait_for_trial(
+        &with.fetch,
+        fetcher,
+        source,
+        &id,
+        trial,
+        &with.check_now,
+        reports,
+    )
+    .await;
+    if waited {
+        Tried::Waited
+    } else {
+        Tried::Ended
+    }
+}
+
 fn jitter(fetch: &Fetch) -> Duration {
     if fetch.jitter.is_zero() {
         Duration::ZERO
@@ -383,6 +459,17 @@ async fn wait_for_trial(
         }
         match fetcher.check().await {
             Ok(Some(candidate)) => {
+                let yanked = signed_yanks(&candidate);
+                if !yanked.is_empty() {
+                    // The master ends a trial of a yanked version.
+                    let _ = reports.send(CheckReport {
+                        at: crate::time::unix_now(),
+                        outcome: "yanked",
+                        detail: format!("a signed manifest yanks {}", yanked.join(", ")),
+                        failed: None,
+                        yanked,
+                    });
+                }
                 tracing::info!(
                     "new candidate from {source}{} waits for the trial of release {id} to end",
                     describe_version(&candidate)
@@ -405,6 +492,17 @@ async fn wait_for_trial(
             }
         }
     }
+}
+
+/// The versions the candidate's manifest yanks, when it is signed.
+fn signed_yanks(candidate: &crate::fetchers::Candidate) -> Vec<String> {
+    candidate
+        .info
+        .manifest
+        .as_ref()
+        .filter(|m| m.signed)
+        .map(|m| m.yanked.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn describe_version(candidate: &crate::fetchers::Candidate) -> String {

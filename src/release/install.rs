@@ -21,6 +21,8 @@ const FAILED: &str = ".failed";
 const TRIAL: &str = ".trial";
 const HELD: &str = ".held";
 const QUARANTINED: &str = ".quarantined";
+/// Versions a signed manifest yanked: never installed again.
+const YANKED: &str = ".yanked";
 const FAILED_PATCHES: &str = ".failed-patches";
 const LOCK: &str = ".lock";
 
@@ -550,10 +552,35 @@ impl Store {
         self.add_digest(QUARANTINED, sha256)
     }
 
-    /// Forgets every held and quarantined digest (`baton upgrade --force`).
+    /// Versions a signed manifest yanked, as written (see
+    /// [`Store::is_yanked`]).
+    pub fn yanked(&self) -> HashSet<String> {
+        self.digests(YANKED)
+    }
+
+    /// Records a yanked version: no manifest installs it again here until
+    /// [`Store::clear_held`] (`baton upgrade --force`).
+    pub fn mark_yanked(&self, version: &semver::Version) -> Result<(), Error> {
+        self.add_digest(YANKED, &version.to_string())
+    }
+
+    /// Whether `version` was yanked here. A list that cannot be read is an
+    /// error, never an empty list.
+    pub fn is_yanked(&self, version: &str) -> Result<bool, Error> {
+        let Some(v) = crate::version::parse_version(version) else {
+            return Ok(false);
+        };
+        Ok(self
+            .read_digests(YANKED)?
+            .iter()
+            .any(|y| crate::version::parse_version(y).as_ref() == Some(&v)))
+    }
+
+    /// Forgets every held and quarantined digest and every yanked version
+    /// (`baton upgrade --force`).
     pub fn clear_held(&self) -> Result<(), Error> {
         let _one = DIGEST_LISTS.lock().unwrap_or_else(|e| e.into_inner());
-        for name in [HELD, QUARANTINED] {
+        for name in [HELD, QUARANTINED, YANKED] {
             let path = self.dir.join(name);
             match std::fs::remove_file(&path) {
                 Ok(()) => fsync_dir(&self.dir)?,

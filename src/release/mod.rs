@@ -9,6 +9,7 @@ mod patch;
 pub mod probe;
 pub mod stage;
 pub mod verify;
+mod yank;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -221,10 +222,39 @@ pub enum Outcome {
         /// Why it holds.
         why: String,
     },
+    /// The running release's version is yanked by a signed manifest: the
+    /// host goes back to the manifest's (lower) release, through a trial.
+    Leaves {
+        /// The release to go back to: installed now, or an installed
+        /// release directory with the manifest's binary digest (`reused`).
+        release: Meta,
+        /// The yanked release the host runs.
+        yanked: Meta,
+        /// Whether `release` was already installed: nothing downloaded.
+        reused: bool,
+    },
+    /// The candidate's version was yanked (by this or an earlier signed
+    /// manifest): never installed again until `baton upgrade --force`.
+    Yanked {
+        /// Its version.
+        version: String,
+    },
     /// Bytes that failed after an earlier install; skipped.
     KnownBad {
         /// Their sha256, hex.
         sha256: String,
+    },
+}
+
+/// What [`Pipeline::before_download`] decided.
+enum Step {
+    /// The check ends with this.
+    Done(Outcome),
+    /// Download; `leaving` is the yanked running release the download
+    /// takes the host back from.
+    Go {
+        /// The yanked running release.
+        leaving: Option<Meta>,
     },
 }
 
@@ -294,12 +324,13 @@ impl Pipeline {
     ) -> Result<Outcome, Error> {
         let Candidate { body, info, opener } = candidate;
         let current = self.store.current();
-        if let Some(early) = self
+        let leaving = match self
             .before_download(&info, current.as_ref(), install)
             .await?
         {
-            return Ok(early);
-        }
+            Step::Done(early) => return Ok(early),
+            Step::Go { leaving } => leaving,
+        };
         // A patch against the running binary, when the manifest offers
         // one; any failure falls back to the full artifact.
         let patched = match (&opener, &current) {
@@ -366,7 +397,9 @@ impl Pipeline {
                 });
             }
         }
-        let version = self.version(&binary, &info, current.as_ref()).await?;
+        let version = self
+            .version(&binary, &info, current.as_ref(), leaving.is_some())
+            .await?;
         let meta = Meta {
             id: Store::id_for(version.as_deref(), &sha256),
             version,
@@ -385,25 +418,37 @@ impl Pipeline {
         tokio::task::spawn_blocking(move || store.install(staging, &m))
             .await
             .expect("the install task does not panic")?;
-        Ok(Outcome::Installed(meta))
+        Ok(match leaving {
+            Some(yanked) => Outcome::Leaves {
+                release: meta,
+                yanked,
+                reused: false,
+            },
+            None => Outcome::Installed(meta),
+        })
     }
 
     /// What is decided before a byte is downloaded: known bytes (when the
-    /// source states the digest), a stated version lower than the running
-    /// one, and the rollout. `Some` ends the check.
+    /// source states the digest), a yank, a stated version lower than the
+    /// running one, and the rollout.
     async fn before_download(
         &self,
         info: &Info,
         current: Option<&Meta>,
         install: bool,
-    ) -> Result<Option<Outcome>, Error> {
+    ) -> Result<Step, Error> {
         if let Some(stated) = info.sha256.map(hex::encode) {
             if let Some(cur) = current.filter(|c| c.sha256 == stated) {
-                return Ok(Some(Outcome::Unchanged(cur.clone())));
+                return Ok(Step::Done(Outcome::Unchanged(cur.clone())));
             }
             if self.store.skipped(&stated)? {
-                return Ok(Some(Outcome::KnownBad { sha256: stated }));
+                return Ok(Step::Done(Outcome::KnownBad { sha256: stated }));
             }
+        }
+        // A signed yank authorizes exactly one downgrade, for every host
+        // whatever its bucket: no order check, rollout or gate.
+        if let Some(step) = yank::decide(&self.store, info, current, install).await? {
+            return Ok(step);
         }
         // The probe's version is checked again once the binary runs.
         if let (Some(stated), Some(cur)) = (&info.version, current) {
@@ -412,17 +457,17 @@ impl Pipeline {
         let decision = self.rollout(info)?;
         tracing::info!("rollout from {}: {decision}", info.source);
         if !decision.admission.admits() {
-            return Ok(Some(Outcome::NotInRollout(decision)));
+            return Ok(Step::Done(Outcome::NotInRollout(decision)));
         }
         if let Some(held) = self.gate(info, &decision).await {
-            return Ok(Some(held));
+            return Ok(Step::Done(held));
         }
         if install && decision.admission == Admission::InRollout {
             if let Some(version) = &decision.version {
                 cohort::enter(&self.store, version)?;
             }
         }
-        Ok(None)
+        Ok(Step::Go { leaving: None })
     }
 
     /// The manifest's gate, for a host whose turn came: a canary takes the
@@ -536,16 +581,19 @@ impl Pipeline {
 
     /// The release's version: what the source states and the probe of
     /// `binary` names, checked against the running release's.
+    /// `downgrade` says a signed yank authorized a lower version.
     async fn version(
         &self,
         binary: &Path,
         info: &Info,
         current: Option<&Meta>,
+        downgrade: bool,
     ) -> Result<Option<String>, Error> {
         let v = &self.verify;
+        let allow_downgrade = v.allow_downgrade || downgrade;
         let reported = probe::run(binary, &v.probe, v.probe_timeout, &self.child_env).await?;
         let running_version = match current {
-            Some(c) if c.version.is_none() && !v.allow_downgrade => self.probe_running(c).await,
+            Some(c) if c.version.is_none() && !allow_downgrade => self.probe_running(c).await,
             Some(c) => c.version.clone(),
             None => None,
         };
@@ -556,7 +604,7 @@ impl Pipeline {
                 id: &c.id,
                 version: running_version.as_deref(),
             }),
-            v.allow_downgrade,
+            allow_downgrade,
             v.version.as_ref(),
         )?
         .map(|v| v.to_string()))

@@ -200,6 +200,13 @@ impl Core {
         if report.outcome == "refused" {
             self.status.last_failure = Some(report.detail.clone());
         }
+        let on_trial = self.trials.on_trial().map(version_of);
+        if let Some(v) = on_trial.filter(|v| report.yanked.iter().any(|y| same_version(y, v))) {
+            let why = format!("version {v} was yanked by a signed manifest");
+            if let Some(verdict) = self.trials.fail(&why, Stage::Yank) {
+                self.verdict(verdict);
+            }
+        }
         if let Some(failed) = &report.failed {
             self.report_version(
                 failed.version.clone(),

@@ -248,6 +248,14 @@ impl Core {
                 );
                 self.notice(Notice::Status(format!("serving release {}", release.id)));
                 self.report(&release, Outcome::Promoted, None);
+                if let Some((_, yanked)) = self.leaving.take().filter(|(id, _)| *id == release.id) {
+                    tracing::info!(
+                        event = "left_yanked",
+                        "the yanked version {yanked} is left: release {} serves",
+                        release.id
+                    );
+                    self.report_yanked(yanked, version_of(&release));
+                }
                 self.promoting = None;
                 self.trial_over();
                 let version = release.version.clone();
@@ -313,14 +321,14 @@ impl Core {
         if let Some(hold) = self.trial_hold.take() {
             self.out.push(Action::Release(hold));
         }
-        if let Some((release, hold)) = self.queued_install.take() {
-            self.on_installed(release, hold);
+        if let Some((release, leaves, hold)) = self.queued_install.take() {
+            self.on_installed(release, leaves, hold);
         }
     }
 
     /// A new release was installed: record its trial on disk, then (in
     /// `on_store`) start its worker.
-    pub(super) fn on_installed(&mut self, release: Meta, hold: Token) {
+    pub(super) fn on_installed(&mut self, release: Meta, leaves: Option<String>, hold: Token) {
         if self.stopping.is_some() {
             tracing::info!("release {} installed while stopping; not tried", release.id);
             self.out.push(Action::Release(hold));
@@ -332,6 +340,7 @@ impl Core {
                 if let Some(old) = self.trial_hold.replace(hold) {
                     self.out.push(Action::Release(old));
                 }
+                self.leaving = leaves.map(|v| (release.id.clone(), v));
                 self.store_job(Job::BeginTrial(release, 1));
             }
             Err(release) => {
@@ -339,7 +348,9 @@ impl Core {
                     "release {} installed while another trial runs; it waits for it to end",
                     release.id
                 );
-                if let Some((dropped, old)) = self.queued_install.replace((*release, hold)) {
+                if let Some((dropped, _, old)) =
+                    self.queued_install.replace((*release, leaves, hold))
+                {
                     tracing::info!(
                         "release {} no longer waits: a newer install replaces it",
                         dropped.id
@@ -404,6 +415,40 @@ impl Core {
             detail,
             stderr,
         }));
+    }
+}
+
+impl Core {
+    /// Counts and reports that the host left the yanked `version` for
+    /// `to`: the report's `from` is the yanked version it ran.
+    fn report_yanked(&mut self, version: String, to: String) {
+        *self
+            .status
+            .trials
+            .entry(version.clone())
+            .or_default()
+            .entry(Outcome::Yanked.as_str().to_owned())
+            .or_default() += 1;
+        self.out.push(Action::Report(Note {
+            from: Some(version.clone()),
+            version,
+            outcome: Outcome::Yanked,
+            stage: None,
+            detail: Some(format!("back to {to}")),
+            stderr: None,
+        }));
+    }
+}
+
+/// Whether two version texts name the same version: as semver when both
+/// parse (`v2.0.0` is `2.0.0`), else as text.
+pub(super) fn same_version(a: &str, b: &str) -> bool {
+    match (
+        crate::version::parse_version(a),
+        crate::version::parse_version(b),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
     }
 }
 

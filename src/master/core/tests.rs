@@ -259,6 +259,7 @@ fn exit_of(actions: &[Action]) -> Option<Stopped> {
 fn begin_trial(sim: &mut Sim, release: &Meta, current: Option<Meta>) -> u64 {
     let actions = sim.on(Event::Installed {
         release: release.clone(),
+        leaves: None,
         hold: 7,
     });
     assert!(matches!(jobs(&actions)[..], [Job::BeginTrial(m, 1)] if m.id == release.id));
@@ -798,11 +799,13 @@ fn a_release_installed_during_a_trial_waits_for_it() {
     let id = begin_trial(&mut sim, &meta("2.0.0"), Some(current.clone()));
     let actions = sim.on(Event::Installed {
         release: meta("3.0.0"),
+        leaves: None,
         hold: 8,
     });
     assert!(jobs(&actions).is_empty(), "queued");
     let actions = sim.on(Event::Installed {
         release: meta("4.0.0"),
+        leaves: None,
         hold: 9,
     });
     assert!(
@@ -890,6 +893,7 @@ fn upgrade_asks_for_a_check_and_answers_with_its_outcome() {
         outcome: "nothing_new",
         detail: "1.0.0".to_owned(),
         failed: None,
+        yanked: Vec::new(),
     }));
     assert_eq!(replies(&actions)[0].1["outcome"], "nothing_new");
     let actions = sim.control(Request::Upgrade { force: true }, 22, Disk::default());
@@ -1103,6 +1107,7 @@ fn a_trial_is_reported_when_recorded_and_when_promoted() {
     sim.serving(Some(current.clone()));
     sim.on(Event::Installed {
         release: new.clone(),
+        leaves: None,
         hold: 7,
     });
     let actions = sim.store_done(Done::TrialBegun(new.clone(), Ok(())), Some(current.clone()));
@@ -1163,6 +1168,7 @@ fn a_failed_trial_is_reported_with_its_stage_and_last_stderr_line() {
             stage: Stage::Probe,
             detail: "probe failed with exit code 1".to_owned(),
         }),
+        yanked: Vec::new(),
     }));
     let probe = notes(&actions);
     assert_eq!(probe[0].stage, Some(Stage::Probe));
@@ -1180,4 +1186,104 @@ fn a_trial_that_misses_its_ready_deadline_fails_at_the_ready_stage() {
     begin_trial(&mut sim, &meta("2.0.0"), Some(current));
     let actions = sim.after(READY_TIMEOUT);
     assert_eq!(notes(&actions)[0].stage, Some(Stage::Ready));
+}
+
+#[test]
+fn a_yank_seen_during_a_trial_ends_it_at_the_yank_stage() {
+    let current = meta("1.0.0");
+    let new = meta("2.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(current.clone()));
+    let id = begin_trial(&mut sim, &new, Some(current.clone()));
+    sim.ready(id);
+    let check = |yanked: &[&str]| update::CheckReport {
+        at: 0,
+        outcome: "yanked",
+        detail: String::new(),
+        failed: None,
+        yanked: yanked.iter().map(|v| v.to_string()).collect(),
+    };
+    // A yank of another version changes nothing.
+    let actions = sim.on(Event::Checked(check(&["1.5.0"])));
+    assert!(jobs(&actions).is_empty(), "{actions:?}");
+    assert!(sim.status().on_trial.is_some());
+    // Its own version (as `v2.0.0`) ends it: failed, back to current.
+    let actions = sim.on(Event::Checked(check(&["v2.0.0"])));
+    assert!(matches!(jobs(&actions)[..], [Job::Fail(m)] if m.id == new.id));
+    let n = notes(&actions);
+    assert_eq!(
+        (n[0].outcome, n[0].stage),
+        (Outcome::Failed, Some(Stage::Yank))
+    );
+    assert!(n[0].detail.as_deref().unwrap().contains("yanked"));
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Spawn { release: Some(r), own_dir: false, .. } if r.id == current.id)
+        ),
+        "current takes over: {actions:?}"
+    );
+    assert!(sim.status().on_trial.is_none());
+}
+
+#[test]
+fn leaving_a_yanked_release_is_reported_once_promoted() {
+    let yanked = meta("2.0.0");
+    let back = meta("1.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(yanked.clone()));
+    sim.on(Event::Installed {
+        release: back.clone(),
+        leaves: Some("2.0.0".to_owned()),
+        hold: 7,
+    });
+    let actions = sim.store_done(Done::TrialBegun(back.clone(), Ok(())), Some(yanked.clone()));
+    assert_eq!(notes(&actions)[0].outcome, Outcome::Started);
+    let id = spawned(&actions)[0];
+    sim.ready(id);
+    let actions = sim.after(SETTLE);
+    assert!(matches!(jobs(&actions)[..], [Job::Promote(m)] if m.id == back.id));
+    assert!(
+        notes(&actions).is_empty(),
+        "nothing is left before promotion"
+    );
+    let actions = sim.store_done(
+        Done::Promoted(back.clone(), Ok(Some(yanked.id.clone()))),
+        Some(back.clone()),
+    );
+    let n = notes(&actions);
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!(
+        (n[0].outcome, n[0].version.as_str()),
+        (Outcome::Promoted, "1.0.0")
+    );
+    assert_eq!(
+        (n[1].outcome, n[1].version.as_str()),
+        (Outcome::Yanked, "2.0.0")
+    );
+    assert_eq!(n[1].from.as_deref(), Some("2.0.0"));
+    assert_eq!(n[1].detail.as_deref(), Some("back to 1.0.0"));
+    assert_eq!(sim.status().trials["2.0.0"]["yanked"], 1);
+}
+
+#[test]
+fn a_failed_way_back_from_a_yanked_release_reports_no_yank() {
+    let yanked = meta("2.0.0");
+    let back = meta("1.0.0");
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(yanked.clone()));
+    sim.on(Event::Installed {
+        release: back.clone(),
+        leaves: Some("2.0.0".to_owned()),
+        hold: 7,
+    });
+    let actions = sim.store_done(Done::TrialBegun(back.clone(), Ok(())), Some(yanked.clone()));
+    let id = spawned(&actions)[0];
+    let actions = sim.exit(id, exit_code(3));
+    let n = notes(&actions);
+    assert_eq!(n.len(), 1);
+    assert_eq!(
+        (n[0].outcome, n[0].version.as_str()),
+        (Outcome::Failed, "1.0.0")
+    );
+    assert!(!sim.status().trials.contains_key("2.0.0"));
 }
