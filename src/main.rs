@@ -301,6 +301,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
         sign,
         patches,
         binary,
+        yank,
         artifacts,
     } = *args;
     let p = baton::publish::Publish {
@@ -333,6 +334,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
         now: None,
         patches,
         binary,
+        yank,
     };
     let report = baton::publish::publish_report(&p)?;
     let doc = &report.document;
@@ -352,6 +354,9 @@ fn publish(command: Command) -> anyhow::Result<()> {
             ", unsigned"
         }
     );
+    if !doc.yanked.is_empty() {
+        println!("yanked: {}", doc.yanked.join(", "));
+    }
     if !p.artifacts.is_empty() && p.patches > 0 {
         let not_made = report.skipped.len() + report.warnings.len();
         println!(
@@ -676,6 +681,12 @@ struct PublishArgs {
     /// the archive's only executable file).
     #[arg(long, value_name = "NAME")]
     binary: Option<String>,
+    /// Pull VERSION back from the fleet: re-sign the manifest to name the
+    /// newest release in the target's history that is not yanked (or
+    /// --version), with VERSION in its signed `yanked` list. Hosts on it go
+    /// back; none takes it again. Needs --sign; repeatable.
+    #[arg(long, value_name = "VERSION")]
+    yank: Vec<String>,
     /// Artifacts: PATH, or TRIPLE=PATH for a multi-target release.
     artifacts: Vec<String>,
 }

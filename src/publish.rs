@@ -42,6 +42,7 @@
 //! before.
 
 pub mod target;
+pub mod yank;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ use sha2::{Digest, Sha256};
 use crate::fsutil::{hash_file, IoError};
 use crate::manifest::{self, rfc3339, Artifact, Document, PatchDocument, Rollout};
 use crate::release::archive;
+use yank::yank;
 
 /// The manifest's file name in a publish directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -153,6 +155,10 @@ pub struct Publish {
     /// The executable's file name inside archive artifacts; absent, the
     /// only file with an executable mode bit in the archive.
     pub binary: Option<String>,
+    /// Versions to yank: the manifest is re-signed to name the newest
+    /// release in the history that is not yanked (or [`Publish::version`]),
+    /// with these added to its signed `yanked` list (see [`yank`]).
+    pub yank: Vec<String>,
 }
 
 /// What a publish did, for `baton publish` to print.
@@ -331,7 +337,12 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         .prefix("baton-publish-")
         .tempdir()
         .map_err(io("create", &std::env::temp_dir()))?;
-    let (mut doc, mut uploads) = if p.artifacts.is_empty() {
+    let (mut doc, mut uploads) = if !p.yank.is_empty() {
+        let old = target.read(MANIFEST).await?;
+        let history = target.read(HISTORY).await?;
+        let doc = yank(p, old, old_signature.as_deref(), history, key.as_ref(), now)?;
+        (doc, Vec::new())
+    } else if p.artifacts.is_empty() {
         let old = target.read(MANIFEST).await?;
         let doc = resign(
             p,
@@ -343,21 +354,29 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         (doc, Vec::new())
     } else {
         let (mut doc, uploads) = fresh(p, now)?;
-        // The fleet's gate is a policy, not a release's: it carries over.
-        doc.gate = match target.read(MANIFEST).await? {
-            Some(old) if p.gate.is_none() => {
-                serde_json::from_slice::<Document>(&old)
-                    .map_err(|e| {
-                        Error::Invalid(format!(
-                            "{} does not parse ({e}), so its gate cannot be carried over; pass \
-                         --gate to state one",
-                            p.to.show(MANIFEST)
-                        ))
-                    })?
-                    .gate
+        // The fleet's gate is a policy, not a release's, and a yank stands
+        // until a person lifts it: both carry over.
+        if let Some(old) = target.read(MANIFEST).await? {
+            let old = serde_json::from_slice::<Document>(&old).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} does not parse ({e}), so its gate and yanked list cannot be carried \
+                     over; remove it to start afresh",
+                    p.to.show(MANIFEST)
+                ))
+            })?;
+            if p.gate.is_none() {
+                doc.gate = old.gate;
             }
-            _ => None,
-        };
+            doc.yanked = old.yanked;
+            let version = doc.version.as_deref().unwrap_or_default();
+            if yank::listed(&doc.yanked, version) {
+                return Err(Error::Invalid(format!(
+                    "version {version} is yanked at {}: hosts refuse it for good; publish a \
+                     new version",
+                    p.to.show(MANIFEST)
+                )));
+            }
+        }
         (doc, uploads)
     };
     if let Some(gate) = &p.gate {
@@ -1062,20 +1081,7 @@ fn resign(
         path: PathBuf::from(shown),
         reason,
     };
-    let bytes = bytes.ok_or_else(|| {
-        fail(
-            "there is no manifest; publish artifacts first (baton publish --version V ARTIFACT)"
-                .into(),
-        )
-    })?;
-    if let (Some((_, pk)), Some(sig)) = (key, signature) {
-        let sig =
-            std::str::from_utf8(sig).map_err(|_| fail("its signature is not UTF-8 text".into()))?;
-        manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
-            .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
-    }
-    let doc: Document =
-        serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a manifest: {e}")))?;
+    let doc = current(shown, bytes, signature, key)?;
     if let (Some(want), Some(have)) = (&p.version, &doc.version) {
         if want != have {
             return Err(fail(format!(
@@ -1095,6 +1101,34 @@ fn resign(
         ));
     }
     Ok(doc)
+}
+
+/// The target's manifest (`bytes`, read from `shown`), whose signature
+/// must verify with the signing key, so re-signing never blesses a
+/// changed file.
+fn current(
+    shown: &str,
+    bytes: Option<Vec<u8>>,
+    signature: Option<&[u8]>,
+    key: Option<&(minisign::SecretKey, minisign::PublicKey)>,
+) -> Result<Document, Error> {
+    let fail = |reason: String| Error::Resign {
+        path: PathBuf::from(shown),
+        reason,
+    };
+    let bytes = bytes.ok_or_else(|| {
+        fail(
+            "there is no manifest; publish artifacts first (baton publish --version V ARTIFACT)"
+                .into(),
+        )
+    })?;
+    if let (Some((_, pk)), Some(sig)) = (key, signature) {
+        let sig =
+            std::str::from_utf8(sig).map_err(|_| fail("its signature is not UTF-8 text".into()))?;
+        manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
+            .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
+    }
+    serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a manifest: {e}")))
 }
 
 /// Copies `from` to `to` through a temp file beside it; returns its sha256
@@ -1260,6 +1294,79 @@ mod tests {
         // No unsigned publish over a signed one.
         p.sign = None;
         assert!(publish(&p).is_err());
+    }
+
+    #[test]
+    fn a_yank_names_the_newest_release_not_yanked_and_the_list_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.sec");
+        let public = keygen(&key).unwrap();
+        let out = dir.path().join("out");
+        let publish_version = |v: &str| {
+            let art = dir.path().join(format!("hello-{v}"));
+            std::fs::write(&art, v.as_bytes()).unwrap();
+            Publish {
+                sign: Some(key.clone()),
+                rollout: Some(Rollout::Percent(30)),
+                gate: Some(parse_gate("canary=5,max_failures=2").unwrap()),
+                ..release(&out, v, &art, 0)
+            }
+        };
+        for v in ["1.0.0", "1.1.0", "2.0.0"] {
+            publish(&publish_version(v)).unwrap();
+        }
+        let yank = |versions: &[&str], version: Option<&str>| Publish {
+            to: target::Destination::Dir(out.clone()),
+            sign: Some(key.clone()),
+            yank: versions.iter().map(|v| v.to_string()).collect(),
+            version: version.map(str::to_owned),
+            ..Publish::default()
+        };
+        // Without a key a yank is refused: hosts would ignore it.
+        let err = publish(&Publish {
+            sign: None,
+            ..yank(&["2.0.0"], None)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--sign"), "{err}");
+        publish(&yank(&["2.0.0"], None)).unwrap();
+        let m = load_signed(&out, &public);
+        assert_eq!(m.version.as_deref(), Some("1.1.0"));
+        assert_eq!(m.sha256, Some(Sha256::digest(b"1.1.0").into()));
+        assert_eq!(m.url, "hello-1.1.0");
+        assert_eq!(m.rollout, Rollout::Percent(100), "every host goes back");
+        assert!(m.gate.is_some(), "the gate carries over");
+        assert!(m.yanks("2.0.0") && m.signed);
+        // Yanking 1.1.0 as well goes further back; the list grows.
+        publish(&yank(&["v1.1.0"], None)).unwrap();
+        let m = load_signed(&out, &public);
+        assert_eq!(m.version.as_deref(), Some("1.0.0"));
+        assert!(m.yanks("2.0.0") && m.yanks("1.1.0"));
+        // --version must name an unyanked release the history lists.
+        let err = publish(&yank(&["2.0.0"], Some("1.1.0"))).unwrap_err();
+        assert!(err.to_string().contains("yanked itself"), "{err}");
+        let err = publish(&yank(&["2.0.0"], Some("0.9.0"))).unwrap_err();
+        assert!(
+            err.to_string().contains("does not list version 0.9.0"),
+            "{err}"
+        );
+        // Everything yanked: nothing to go back to.
+        let err = publish(&yank(&["1.0.0"], None)).unwrap_err();
+        assert!(err.to_string().contains("nothing to go back to"), "{err}");
+        // A later publish keeps the list, and refuses a yanked version.
+        let err = publish(&publish_version("2.0.0")).unwrap_err();
+        assert!(err.to_string().contains("version 2.0.0 is yanked"), "{err}");
+        publish(&publish_version("2.1.0")).unwrap();
+        let m = load_signed(&out, &public);
+        assert_eq!(m.version.as_deref(), Some("2.1.0"));
+        assert!(m.yanks("2.0.0") && m.yanks("1.1.0"));
+        // Artifacts and a yank do not mix.
+        let err = publish(&Publish {
+            artifacts: vec![(None, dir.path().join("hello-1.0.0"))],
+            ..yank(&["2.1.0"], None)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("takes no artifacts"), "{err}");
     }
 
     /// `len` bytes of deterministic noise (incompressible).
