@@ -242,6 +242,9 @@ fn render_status(out: &mut String, s: &reply::Status) {
             let _ = writeln!(out, "{label:<10} sha256 {sha}");
         }
     }
+    for version in &s.yanked {
+        let _ = writeln!(out, "{:<10} version {version}", "yanked");
+    }
     if let Some(f) = &s.last_failure {
         let _ = writeln!(out, "last error {f}");
     }

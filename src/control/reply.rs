@@ -35,6 +35,9 @@ pub struct Status {
     pub held: Vec<String>,
     /// Digests quarantined after interrupted trials, sorted.
     pub quarantined: Vec<String>,
+    /// Versions a signed manifest yanked, never installed here again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub yanked: Vec<String>,
     /// Why nothing can serve, when nothing can.
     pub stranded: Option<String>,
     /// The last failure of a worker, a trial or a hook, described.

@@ -93,7 +93,11 @@ impl FileFetcher {
         super::is_manifest(&self.path.to_string_lossy(), None)
     }
 
-    /// The candidate a manifest names; the artifact is opened, not read.
+    /// The candidate a manifest names. The artifact is opened when the
+    /// pipeline first reads it, so a check that ends before the download
+    /// (unchanged, not in the rollout, an installed release reused) never
+    /// touches it; only a manifest without `size` opens it now, for its
+    /// length.
     async fn named_by_manifest(&self) -> Result<Option<Candidate>, Error> {
         let shown = self.path.display().to_string();
         let Some(bytes) = super::read_small(&self.path, "manifest").await? else {
@@ -117,12 +121,6 @@ impl FileFetcher {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let artifact = dir.join(&manifest.url);
-        let file = tokio::fs::File::open(&artifact)
-            .await
-            .map_err(|source| Error::Io {
-                path: artifact.clone(),
-                source,
-            })?;
         let name = artifact
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -133,9 +131,24 @@ impl FileFetcher {
             name,
             format!("file {}", artifact.display()),
         );
-        if info.size.is_none() {
+        let body: super::Body = if info.size.is_none() {
+            let file = tokio::fs::File::open(&artifact)
+                .await
+                .map_err(|source| Error::Io {
+                    path: artifact.clone(),
+                    source,
+                })?;
             info.size = file.metadata().await.ok().map(|m| m.len());
-        }
+            Box::pin(file)
+        } else {
+            let path = artifact.clone();
+            Box::pin(super::Lazy::new(async move {
+                let file = tokio::fs::File::open(&path).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                Ok(Box::pin(file) as super::Body)
+            }))
+        };
         let dir = dir.to_owned();
         let opener: super::Opener = std::sync::Arc::new(move |relative: &str| {
             if let Err(reason) = below_dir(relative) {
@@ -150,7 +163,7 @@ impl FileFetcher {
             }))
         });
         Ok(Some(Candidate {
-            body: Box::pin(file),
+            body,
             info,
             opener: Some(opener),
         }))

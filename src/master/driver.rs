@@ -461,6 +461,7 @@ impl Driver {
                 failed: sorted(store.failed()),
                 held: sorted(store.held()),
                 quarantined: sorted(store.quarantined()),
+                yanked: sorted(store.yanked()),
                 reports: self.reporter.as_ref().map(|r| {
                     use std::sync::atomic::Ordering::Relaxed;
                     let c = r.counters();

@@ -65,6 +65,8 @@ pub(crate) struct Disk {
     pub held: Vec<String>,
     /// Digests quarantined after interrupted trials.
     pub quarantined: Vec<String>,
+    /// Versions yanked here.
+    pub yanked: Vec<String>,
     /// The trial reports' writer's counters, with `[fetch] report`.
     pub reports: Option<crate::control::reply::Reports>,
 }

@@ -317,7 +317,7 @@ pub(crate) async fn run(
                 // Logged by the pipeline. A schedule moves on by itself:
                 // read the unchanged manifest again at the next poll.
                 failures = 0;
-                report(&reports, "not_in_rollout", format!("{decision:?}"));
+                report(&reports, "not_in_rollout", decision.to_string());
                 if decision.next_change.is_some() {
                     fetcher.retry();
                 }

@@ -437,18 +437,20 @@ impl Pipeline {
         current: Option<&Meta>,
         install: bool,
     ) -> Result<Step, Error> {
-        if let Some(stated) = info.sha256.map(hex::encode) {
-            if let Some(cur) = current.filter(|c| c.sha256 == stated) {
-                return Ok(Step::Done(Outcome::Unchanged(cur.clone())));
-            }
-            if self.store.skipped(&stated)? {
-                return Ok(Step::Done(Outcome::KnownBad { sha256: stated }));
-            }
+        yank::record(&self.store, info, install)?;
+        let stated = info.sha256.map(hex::encode);
+        if let Some(cur) = current.filter(|c| stated.as_ref() == Some(&c.sha256)) {
+            return Ok(Step::Done(Outcome::Unchanged(cur.clone())));
         }
         // A signed yank authorizes exactly one downgrade, for every host
         // whatever its bucket: no order check, rollout or gate.
         if let Some(step) = yank::decide(&self.store, info, current, install).await? {
             return Ok(step);
+        }
+        if let Some(stated) = stated {
+            if self.store.skipped(&stated)? {
+                return Ok(Step::Done(Outcome::KnownBad { sha256: stated }));
+            }
         }
         // The probe's version is checked again once the binary runs.
         if let (Some(stated), Some(cur)) = (&info.version, current) {

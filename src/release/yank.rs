@@ -8,47 +8,54 @@
 use super::{Error, Meta, Outcome, Step, Store};
 use crate::fetchers::Info;
 
-/// Records the versions a signed manifest yanks (when installing), skips
-/// a candidate whose version was yanked, and, when a signed manifest yanks
-/// the running release, takes the host back (see [`leave`]). `None`: the
-/// check goes on as usual.
+/// Records the versions a signed manifest yanks (when installing), so
+/// that no later manifest installs them; says why an unsigned list is
+/// ignored. Runs on every manifest read, even one naming the running
+/// release.
+pub(super) fn record(store: &Store, info: &Info, install: bool) -> Result<(), Error> {
+    let Some(m) = info.manifest.as_ref().filter(|m| !m.yanked.is_empty()) else {
+        return Ok(());
+    };
+    if !m.signed {
+        tracing::warn!(
+            event = "yank_ignored",
+            "the manifest offering {} yanks {}, but it is not signed (verify.minisign_key \
+             is not set): a yank is honoured only in a signed manifest, so nothing changes",
+            info.source,
+            list(&m.yanked)
+        );
+    } else if install {
+        for v in &m.yanked {
+            if !store.is_yanked(&v.to_string())? {
+                store.mark_yanked(v)?;
+                tracing::warn!(
+                    event = "version_yanked",
+                    version = %v,
+                    "version {v} is yanked by the signed manifest offering {}: it will not \
+                     be installed here again (`baton upgrade --force` forgets this)",
+                    info.source
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Skips a candidate whose version was yanked here, and, when a signed
+/// manifest yanks the running release, takes the host back (see
+/// [`leave`]). `None`: the check goes on as usual.
 pub(super) async fn decide(
     store: &Store,
     info: &Info,
     current: Option<&Meta>,
     install: bool,
 ) -> Result<Option<Step>, Error> {
-    let manifest = info.manifest.as_ref();
-    if let Some(m) = manifest.filter(|m| !m.yanked.is_empty()) {
-        if !m.signed {
-            tracing::warn!(
-                event = "yank_ignored",
-                "the manifest from {} yanks {}, but it is not signed (verify.minisign_key is \
-                 not set): a yank is honoured only in a signed manifest, so nothing changes",
-                info.source,
-                list(&m.yanked)
-            );
-        } else if install {
-            for v in &m.yanked {
-                if !store.is_yanked(&v.to_string())? {
-                    store.mark_yanked(v)?;
-                    tracing::warn!(
-                        event = "version_yanked",
-                        version = %v,
-                        "version {v} is yanked by the signed manifest from {}: it will not be \
-                         installed here again (`baton upgrade --force` forgets this)",
-                        info.source
-                    );
-                }
-            }
-        }
-    }
     if let Some(v) = &info.version {
         if store.is_yanked(v)? {
             return Ok(Some(Step::Done(Outcome::Yanked { version: v.clone() })));
         }
     }
-    let Some(m) = manifest.filter(|m| m.signed) else {
+    let Some(m) = info.manifest.as_ref().filter(|m| m.signed) else {
         return Ok(None);
     };
     match current.filter(|c| c.version.as_deref().is_some_and(|v| m.yanks(v))) {
@@ -66,8 +73,8 @@ async fn leave(store: &Store, info: &Info, yanked: Meta, install: bool) -> Resul
     tracing::warn!(
         event = "leaving_yanked",
         release = %yanked.id,
-        "release {} runs version {}, which the signed manifest from {} yanks: going back to \
-         version {to}",
+        "release {} runs version {}, which the signed manifest offering {} yanks: going \
+         back to version {to}",
         yanked.id,
         yanked.version.as_deref().unwrap_or_default(),
         info.source

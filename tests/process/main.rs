@@ -29,3 +29,4 @@ mod reports;
 mod s3;
 mod supervisord;
 mod trial;
+mod yank;

@@ -264,6 +264,7 @@ impl Core {
             failed: disk.failed,
             held: disk.held,
             quarantined: disk.quarantined,
+            yanked: disk.yanked,
             stranded: self.stranded.clone(),
             last_failure: s.last_failure.clone(),
             checks: s.checks.clone(),
