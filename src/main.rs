@@ -142,6 +142,8 @@ struct Master {
 
 /// Exit code for an invalid config or command line.
 const EXIT_USAGE: u8 = 2;
+/// Exit code of `baton rollout watch` when failures tripped the gate.
+const EXIT_TRIPPED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -176,7 +178,12 @@ fn main() -> ExitCode {
         | Command::Upgrade { .. }
         | Command::Reexec { .. } => return exit(operate(cli.command)),
         Command::Publish(_) => return exit(publish(cli.command)),
-        Command::Rollout { command } => return exit(rollout(command.clone())),
+        Command::Rollout { command } => {
+            return match rollout(command.clone()) {
+                Ok(code) => code,
+                Err(e) => exit(Err(e)),
+            }
+        }
     };
     let config = match baton::Config::load(config) {
         Ok(c) => c,
@@ -711,15 +718,72 @@ enum RolloutCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The gate for stores that cannot take reports: evaluates the
+    /// manifest's gate on the fleet's `baton_trials_total` through
+    /// Prometheus and, when failures trip it, re-signs the manifest at
+    /// rollout 0 (a halt). Never advances a rollout. Exits 0 while the gate
+    /// is open or waits for promotions, 3 once it tripped, 1 when
+    /// Prometheus or the manifest cannot be read (it fails closed).
+    Watch {
+        /// The Prometheus server's base URL (`http://127.0.0.1:9090`).
+        #[arg(long)]
+        prometheus: String,
+        /// Where the manifest is published: a directory, `s3://bucket/prefix/`
+        /// or `github:owner/repo@tag` (as `baton publish --to`).
+        #[arg(long)]
+        to: String,
+        /// The minisign secret key the manifest is signed with.
+        #[arg(long)]
+        sign: PathBuf,
+        /// Look once and exit (the default).
+        #[arg(long, conflicts_with = "every")]
+        once: bool,
+        /// Look again after this long (`1m`), until an error.
+        #[arg(long)]
+        every: Option<String>,
+        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// S3: the region (else from the environment or profile).
+        #[arg(long)]
+        region: Option<String>,
+        /// GitHub: the API's base URL.
+        #[arg(long)]
+        api_url: Option<String>,
+    },
 }
 
-fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
-    let RolloutCommand::Status {
-        from,
-        endpoint_url,
-        region,
-        json,
-    } = command;
+fn rollout(command: RolloutCommand) -> anyhow::Result<ExitCode> {
+    let (from, endpoint_url, region, json) = match command {
+        RolloutCommand::Status {
+            from,
+            endpoint_url,
+            region,
+            json,
+        } => (from, endpoint_url, region, json),
+        RolloutCommand::Watch {
+            prometheus,
+            to,
+            sign,
+            once: _,
+            every,
+            endpoint_url,
+            region,
+            api_url,
+        } => {
+            let watch = baton::publish::watch::Watch {
+                to: baton::publish::target::Destination::parse(&to, endpoint_url, region, api_url)?,
+                prometheus,
+                sign,
+            };
+            let every = every
+                .as_deref()
+                .map(baton::config::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("invalid --every: {e}"))?;
+            return watch_rollout(&watch, every);
+        }
+    };
     let dest = baton::publish::target::Destination::parse(&from, endpoint_url, region, None)?;
     let sink = dest.reports().map_err(anyhow::Error::msg)?;
     let status = runtime()?
@@ -730,5 +794,30 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
     } else {
         print!("{}", status.render());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton rollout watch`: one look, or one every `every` until an error;
+/// each look's finding is printed when it changes.
+fn watch_rollout(
+    watch: &baton::publish::watch::Watch,
+    every: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    use baton::publish::watch::Found;
+    let rt = runtime()?;
+    let mut said = String::new();
+    loop {
+        let look = rt.block_on(baton::publish::watch::look(watch))?;
+        let text = look.to_string();
+        if text != said {
+            println!("{text}");
+            said = text;
+        }
+        let tripped = matches!(look.found, Found::Halted | Found::AlreadyHalted);
+        match every {
+            None if tripped => return Ok(ExitCode::from(EXIT_TRIPPED)),
+            None => return Ok(ExitCode::SUCCESS),
+            Some(d) => std::thread::sleep(d),
+        }
+    }
 }

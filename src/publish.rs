@@ -42,6 +42,7 @@
 //! before.
 
 pub mod target;
+pub mod watch;
 pub mod yank;
 
 use std::io::{Read, Write};

@@ -2,8 +2,10 @@
 //! host writes a small report per trial event beside the manifest
 //! (`reports/<version>/<outcome>/<host_id>.json`, with `[fetch] report =
 //! true` on the `file` and `s3` sources), so whoever publishes, and later
-//! the other hosts, see how a release fares.
+//! the other hosts, see how a release fares. Where the store is read-only,
+//! [`prometheus`] reads the same trials from the fleet's metrics.
 
+pub mod prometheus;
 pub mod read;
 pub mod report;
 pub mod status;

@@ -201,6 +201,36 @@ impl Gate {
                 counts.running += 1;
             }
         }
+        let mut held = self.failures_hold(&counts);
+        if counts.promoted < self.min_promoted {
+            held.push(format!(
+                "{} promoted (min_promoted {})",
+                counts.promoted, self.min_promoted
+            ));
+        }
+        if held.is_empty() {
+            return Verdict::Open(counts);
+        }
+        let mut why = held.join(", ");
+        if !reasons.is_empty() {
+            let grouped: Vec<String> = reasons
+                .iter()
+                .map(|(reason, hosts)| format!("{}: {reason}", hosts.join(" ")))
+                .collect();
+            why = format!("{why}: {}", grouped.join("; "));
+        }
+        Verdict::Held { counts, why }
+    }
+
+    /// Whether failures alone close the gate (`max_failures`,
+    /// `max_failure_percent`): the release is bad, as opposed to not yet
+    /// proved (`min_promoted`). `baton rollout watch` halts on this.
+    pub fn trips(&self, counts: &Counts) -> bool {
+        !self.failures_hold(counts).is_empty()
+    }
+
+    /// The failure rules that hold at `counts`, described.
+    fn failures_hold(&self, counts: &Counts) -> Vec<String> {
         let ended = counts.failed + counts.promoted;
         let mut held = Vec::new();
         if counts.failed >= self.max_failures {
@@ -221,24 +251,7 @@ impl Gate {
                 self.max_failure_percent
             ));
         }
-        if counts.promoted < self.min_promoted {
-            held.push(format!(
-                "{} promoted (min_promoted {})",
-                counts.promoted, self.min_promoted
-            ));
-        }
-        if held.is_empty() {
-            return Verdict::Open(counts);
-        }
-        let mut why = held.join(", ");
-        if !reasons.is_empty() {
-            let grouped: Vec<String> = reasons
-                .iter()
-                .map(|(reason, hosts)| format!("{}: {reason}", hosts.join(" ")))
-                .collect();
-            why = format!("{why}: {}", grouped.join("; "));
-        }
-        Verdict::Held { counts, why }
+        held
     }
 }
 

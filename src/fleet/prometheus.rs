@@ -1,0 +1,207 @@
+//! The fleet's trials as Prometheus saw them, for stores that cannot take
+//! reports (a static HTTP site, a GitHub release): every master exports
+//! `baton_trials_total{version,outcome}` and `baton_stranded`, and a
+//! Prometheus server scrapes them. This reads one version's trials through
+//! its HTTP query API (`/api/v1/query`) as the gate reads reports: a host
+//! is a scrape `instance`; it failed, was promoted or started when its
+//! counter for that outcome is above 0 within [`WINDOW`] (so a master that
+//! died and went stale still counts); a started trial whose counter
+//! already existed `silent_after` ago and has no outcome now is silent.
+//!
+//! It fails closed: an unreachable server, an error answer, or no baton
+//! master at all in Prometheus is an error, never "no failures".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::manifest::gate::{Reports, Seen};
+
+/// How far back a trial counts.
+pub const WINDOW: &str = "7d";
+/// How long one query may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest answer read, in bytes.
+const ANSWER_LIMIT: usize = 4 << 20;
+
+/// One version's trials, as Prometheus saw them.
+#[derive(Debug, Clone, Default)]
+pub struct Trials {
+    /// Baton masters Prometheus scrapes now.
+    pub hosts: usize,
+    /// The trials, as the gate reads reports.
+    pub reports: Reports,
+}
+
+/// A Prometheus server's query API.
+pub struct Prometheus {
+    base: String,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<Sample>,
+}
+
+#[derive(Deserialize)]
+struct Sample {
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+impl Prometheus {
+    /// The server at `base` (`http://127.0.0.1:9090`).
+    pub fn new(base: &str) -> Result<Prometheus, String> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("--prometheus {base:?} is not an http(s) URL"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot set up an HTTP client: {e}"))?;
+        Ok(Prometheus { base, client })
+    }
+
+    /// Runs an instant query; its samples as (labels, value).
+    async fn query(&self, query: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let url = format!("{}/api/v1/query", self.base);
+        let fail = |why: String| format!("cannot read Prometheus at {} ({query}): {why}", self.base);
+        let response = self
+            .client
+            .get(&url)
+            .query(&[("query", query)])
+            .send()
+            .await
+            .map_err(|e| fail(crate::errors::display_chain(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| fail(crate::errors::display_chain(&e)))?;
+        if bytes.len() > ANSWER_LIMIT {
+            return Err(fail(format!("the answer is over {ANSWER_LIMIT} bytes")));
+        }
+        let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(format!(
+                "HTTP {status}, not a query API answer ({e}): {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })?;
+        if answer.status != "success" {
+            return Err(fail(format!(
+                "{}: {}",
+                answer.error_type.unwrap_or_else(|| "error".into()),
+                answer.error.unwrap_or_else(|| format!("HTTP {status}"))
+            )));
+        }
+        let data = answer
+            .data
+            .ok_or_else(|| fail("the answer has no data".into()))?;
+        if data.result_type != "vector" {
+            return Err(fail(format!("a {} answer, not a vector", data.result_type)));
+        }
+        data.result
+            .into_iter()
+            .map(|s| {
+                let v: f64 =
+                    s.value.1.parse().map_err(|_| {
+                        fail(format!("the value {:?} is not a number", s.value.1))
+                    })?;
+                Ok((s.metric, v))
+            })
+            .collect()
+    }
+
+    /// `version`'s trials: who failed, was promoted, or started (and since
+    /// when, for `silent_after`), at `now`.
+    pub async fn trials(
+        &self,
+        version: &str,
+        silent_after: Duration,
+        now: SystemTime,
+    ) -> Result<Trials, String> {
+        let hosts = self.query("count(baton_stranded)").await?;
+        let hosts = hosts.first().map_or(0.0, |(_, v)| *v) as usize;
+        if hosts == 0 {
+            return Err(format!(
+                "Prometheus at {} has no baton master (count(baton_stranded) is empty): no data \
+                 is not a healthy fleet; check its scrape targets and each master's [control] \
+                 metrics",
+                self.base
+            ));
+        }
+        let v = escape(version);
+        let outcomes = self
+            .query(&format!(
+                "max by (instance, outcome) (last_over_time(baton_trials_total{{version=\"{v}\"}}[{WINDOW}]))"
+            ))
+            .await?;
+        let old = self
+            .query(&format!(
+                "max by (instance) (last_over_time(baton_trials_total{{version=\"{v}\",outcome=\"started\"}}[{WINDOW}] offset {}s))",
+                silent_after.as_secs().max(1)
+            ))
+            .await?;
+        let started_long_ago: BTreeSet<String> = old
+            .into_iter()
+            .filter(|(_, n)| *n > 0.0)
+            .filter_map(|(m, _)| m.get("instance").cloned())
+            .collect();
+        let mut reports = Reports::default();
+        for (labels, n) in outcomes {
+            let (Some(instance), Some(outcome)) = (labels.get("instance"), labels.get("outcome"))
+            else {
+                reports.skipped += 1;
+                continue;
+            };
+            if n <= 0.0 {
+                continue;
+            }
+            match outcome.as_str() {
+                "failed" => reports.failed.push(Seen {
+                    host_id: instance.clone(),
+                    at: now,
+                    reason: Some("failed (baton_trials_total)".into()),
+                }),
+                "promoted" => {
+                    reports.promoted.insert(instance.clone());
+                }
+                "started" => reports.started.push(Seen {
+                    host_id: instance.clone(),
+                    at: if started_long_ago.contains(instance) {
+                        now.checked_sub(silent_after).unwrap_or(now)
+                    } else {
+                        now
+                    },
+                    reason: None,
+                }),
+                _ => {}
+            }
+        }
+        Ok(Trials { hosts, reports })
+    }
+}
+
+/// A label value inside double quotes.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
