@@ -81,7 +81,8 @@ impl Prometheus {
     /// Runs an instant query; its samples as (labels, value).
     async fn query(&self, query: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
         let url = format!("{}/api/v1/query", self.base);
-        let fail = |why: String| format!("cannot read Prometheus at {} ({query}): {why}", self.base);
+        let fail =
+            |why: String| format!("cannot read Prometheus at {} ({query}): {why}", self.base);
         let response = self
             .client
             .get(&url)
@@ -119,10 +120,11 @@ impl Prometheus {
         data.result
             .into_iter()
             .map(|s| {
-                let v: f64 =
-                    s.value.1.parse().map_err(|_| {
-                        fail(format!("the value {:?} is not a number", s.value.1))
-                    })?;
+                let v: f64 = s
+                    .value
+                    .1
+                    .parse()
+                    .map_err(|_| fail(format!("the value {:?} is not a number", s.value.1)))?;
                 Ok((s.metric, v))
             })
             .collect()

@@ -65,7 +65,11 @@ impl std::fmt::Display for Look {
                 self.why
             ),
             Found::AlreadyHalted => {
-                write!(f, "{v}: gate tripped: {}; the rollout is already halted", self.why)
+                write!(
+                    f,
+                    "{v}: gate tripped: {}; the rollout is already halted",
+                    self.why
+                )
             }
         }?;
         write!(f, " [{} baton masters in Prometheus]", self.hosts)
@@ -85,11 +89,15 @@ pub async fn look(w: &Watch) -> Result<Look, Error> {
             w.to.show(MANIFEST)
         )));
     }
-    let doc = current(&w.to.show(MANIFEST), bytes, signature.as_deref(), Some(&key))?;
+    let doc = current(
+        &w.to.show(MANIFEST),
+        bytes,
+        signature.as_deref(),
+        Some(&key),
+    )?;
     let halted = doc.rollout == Some(Rollout::Percent(0));
-    let manifest = Manifest::from_document(doc, true).map_err(|e| {
-        Error::Invalid(format!("{} is refused: {e}", w.to.show(MANIFEST)))
-    })?;
+    let manifest = Manifest::from_document(doc, true)
+        .map_err(|e| Error::Invalid(format!("{} is refused: {e}", w.to.show(MANIFEST))))?;
     let version = manifest.version.clone().unwrap_or_default();
     let gate = manifest.gate.ok_or_else(|| {
         Error::Invalid(format!(

@@ -29,4 +29,5 @@ mod reports;
 mod s3;
 mod supervisord;
 mod trial;
+mod watch;
 mod yank;

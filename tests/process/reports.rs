@@ -68,7 +68,7 @@ fn hello_bytes(version: &str) -> Vec<u8> {
 }
 
 /// A build that probes as `version`, then fails at start, saying why.
-fn failing_build(version: &str) -> Vec<u8> {
+pub(crate) fn failing_build(version: &str) -> Vec<u8> {
     format!(
         "#!/bin/sh\nif [ \"$BATON_PROBE\" = 1 ]; then echo {version}; exit 0; fi\n\
          echo 'warming up' >&2\necho 'cannot open database' >&2\nexit 3\n"
@@ -197,7 +197,11 @@ fn an_s3_host_reports_under_the_manifests_prefix() {
 
 /// Host ids whose buckets for every one of `versions` are below `canary`
 /// percent (canaries), and others that are not, `n` of each.
-fn canaries_and_others(versions: &[&str], canary: u8, n: usize) -> (Vec<String>, Vec<String>) {
+pub(crate) fn canaries_and_others(
+    versions: &[&str],
+    canary: u8,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
     let (mut canaries, mut others) = (Vec::new(), Vec::new());
     for i in 0.. {
         let id = format!("gate-host-{i}");

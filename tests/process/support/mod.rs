@@ -4,6 +4,7 @@
 pub mod github;
 pub mod http;
 pub mod load;
+pub mod prometheus;
 pub mod s3;
 
 use std::io::{Read, Write};
