@@ -452,3 +452,83 @@ fn on_s3_the_gate_reads_the_canarys_failure_and_rollout_status_shows_it() {
     assert_eq!(bad["failed"], 1, "{status}");
     assert_eq!(bad["reasons"][0]["hosts"][0], canaries[0].as_str());
 }
+
+/// Creates IAM users on moto (boto3 from the test venv): `host` may read
+/// the bucket and list it, nothing else. Returns its key pair.
+fn read_only_user(s3: &S3Server) -> (String, String) {
+    let python = std::path::PathBuf::from(
+        std::env::var_os("BATON_TEST_MOTO_BIN").expect("BATON_TEST_MOTO_BIN (ci/test sets it)"),
+    )
+    .join("python");
+    let script = r#"
+import json, sys, boto3
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+iam.create_user(UserName="host")
+iam.put_user_policy(UserName="host", PolicyName="read", PolicyDocument=json.dumps({
+    "Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::releases", "arn:aws:s3:::releases/*"]}]}))
+key = iam.create_access_key(UserName="host")["AccessKey"]
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &s3.endpoint()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut words = text.split_whitespace().map(str::to_owned);
+    (words.next().unwrap(), words.next().unwrap())
+}
+
+#[test]
+fn an_s3_access_denied_report_write_changes_nothing_about_the_trial() {
+    // moto enforces IAM once the set-up's requests are done (a bucket, two
+    // objects, a user, its policy and its key); the host's user may read
+    // the bucket, not write to it.
+    let s3 = S3Server::start(Some(6));
+    s3.bucket("releases");
+    s3_offer(&s3, "2.0.0", &hello_bytes("2.0.0"), None);
+    let (id, secret) = read_only_user(&s3);
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    let config = format!(
+        "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
+         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
+         [fetch]\nsource = \"s3\"\nbucket = \"releases\"\nkey = \"hello/manifest.json\"\nregion = \"us-east-1\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n\
+         host_id = \"{HOST}\"\nreport = true\n",
+        s3.endpoint()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let baton = Baton::start_with_env(dir, &config, &env);
+    baton.wait_ready();
+    baton.wait_current("2.0.0-");
+    support::wait_version(baton.addr(), "2.0.0");
+    // Both reports (started, promoted) were refused, and wait for a retry.
+    let status = support::wait_for("the refused writes", Duration::from_secs(30), || {
+        let status: Value =
+            serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap();
+        (status["reports"]["failed_writes"].as_u64() >= Some(2)
+            && status["reports"]["pending"].as_u64() == Some(2))
+        .then_some(status)
+    });
+    assert_eq!(status["reports"]["written"], 0, "{status}");
+    assert!(baton.count("cannot write the trial report") >= 2);
+    assert!(baton.count("access denied to s3://releases/hello/reports/2.0.0/") >= 1);
+    assert!(baton.failed().is_empty(), "{:?}", baton.failed());
+    assert!(
+        !baton.log().contains(&secret),
+        "credentials are never logged"
+    );
+}
