@@ -8,6 +8,8 @@ pub mod github_api;
 pub mod http;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "s3")]
+pub mod s3_error;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -13,7 +13,7 @@
 //! it, so a host outside a release's rollout downloads nothing, and an
 //! unchanged manifest still costs one HeadObject.
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ChecksumMode;
 
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
@@ -53,43 +53,9 @@ impl Location {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let at = self.of(key);
-        let bucket = &self.bucket;
-        match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Other(format!(
-                "cannot reach the S3 endpoint for {at}: {}",
-                DisplayErrorContext(&err)
-            )),
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or("");
-                // HeadObject answers carry no error code: go by status.
-                let status = service.raw().status().as_u16();
-                match code {
-                    "NoSuchBucket" => Error::Refused(format!("no such bucket {bucket:?} ({at})")),
-                    "NoSuchKey" => {
-                        Error::Refused(format!("no such key {key:?} in bucket {bucket:?} ({at})"))
-                    }
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
-                        Error::Refused(format!(
-                            "access denied to {at} ({code}); check the credentials"
-                        ))
-                    }
-                    _ if status == 404 => {
-                        Error::Refused(format!("no such key or bucket: {at} (404)"))
-                    }
-                    _ if status == 403 => Error::Refused(format!(
-                        "access denied to {at} (403); check the credentials"
-                    )),
-                    _ => Error::Other(format!(
-                        "S3 request for {at} failed: {}",
-                        DisplayErrorContext(&err)
-                    )),
-                }
-            }
-            _ => Error::Other(format!(
-                "S3 request for {at} failed: {}",
-                DisplayErrorContext(&err)
-            )),
+        match super::s3_error::explain(&err, &self.of(key), &self.bucket, key) {
+            super::s3_error::Failure::Refused(m) => Error::Refused(m),
+            super::s3_error::Failure::Transient(m) => Error::Other(m),
         }
     }
 }

@@ -349,7 +349,7 @@ impl Target for DirTarget {
 mod s3 {
     use std::path::Path;
 
-    use aws_sdk_s3::error::DisplayErrorContext;
+    use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
     use aws_sdk_s3::primitives::ByteStream;
     use base64::Engine as _;
 
@@ -399,6 +399,22 @@ mod s3 {
             }
         }
 
+        /// A failed SDK call, explained (credentials, access, throttling…).
+        fn sdk<E>(
+            &self,
+            what: &str,
+            name: &str,
+            err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        ) -> Error
+        where
+            E: ProvideErrorMetadata + std::error::Error + 'static,
+        {
+            let key = format!("{}{name}", self.prefix);
+            let at = self.dest.show(name);
+            let why = crate::fetchers::s3_error::explain(err, &at, &self.bucket, &key);
+            self.fail(what, name, why.message())
+        }
+
         async fn put(
             &self,
             name: &str,
@@ -426,7 +442,7 @@ mod s3 {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| self.fail("upload", name, DisplayErrorContext(&e)))?;
+                .map_err(|e| self.sdk("upload", name, &e))?;
             Ok(())
         }
     }
@@ -446,7 +462,7 @@ mod s3 {
                     Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                         return Ok(None)
                     }
-                    Err(e) => return Err(self.fail("read", name, DisplayErrorContext(&e))),
+                    Err(e) => return Err(self.sdk("read", name, &e)),
                 };
                 if out
                     .content_length()
@@ -514,14 +530,13 @@ mod s3 {
                     Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                         return Ok(None)
                     }
-                    Err(e) => return Err(self.fail("download", name, DisplayErrorContext(&e))),
+                    Err(e) => return Err(self.sdk("download", name, &e)),
                 };
                 let mut file = super::Download::create(dest, self.dest.show(name), limit)?;
-                while let Some(chunk) = out
-                    .body
-                    .try_next()
-                    .await
-                    .map_err(|e| self.fail("download", name, DisplayErrorContext(&e)))?
+                while let Some(chunk) =
+                    out.body.try_next().await.map_err(|e| {
+                        self.fail("download", name, crate::errors::display_chain(&e))
+                    })?
                 {
                     file.write(&chunk)?;
                 }

@@ -200,6 +200,110 @@ fn unreachable_endpoint_is_named() {
     );
 }
 
+/// `baton check` on an S3 source at `endpoint`, in an environment with
+/// nothing but `env` (no credentials, no profile, no instance metadata
+/// unless given): its exit success and its error line (all of stderr when
+/// it has none).
+fn check_alone(endpoint: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        config(endpoint, "key = \"hello/hello\"", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::baton_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("baton.toml"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("baton: "))
+        .map_or_else(|| stderr.clone(), str::to_owned);
+    (out.status.success(), line)
+}
+
+/// An error line is one sentence a person can act on, not a dump.
+fn readable(line: &str) {
+    for dump in ["DispatchFailure(", "{ source", "ConnectorError", "Some("] {
+        assert!(!line.contains(dump), "a Debug dump: {line}");
+    }
+    assert!(line.len() < 600, "too long to read: {line}");
+}
+
+#[test]
+fn missing_credentials_name_the_chain_and_what_to_set() {
+    let s3 = S3Server::start(None);
+    s3.bucket("releases");
+    s3.put("releases", "hello/hello", hello_bytes("1.0.0"), &[]);
+    let (ok, line) = check_alone(&s3.endpoint(), &[("AWS_REGION", "us-east-1")]);
+    assert!(!ok);
+    assert!(
+        line.contains("no AWS credentials for s3://releases/hello/hello at http://127.0.0.1"),
+        "{line}"
+    );
+    assert!(
+        line.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
+        "{line}"
+    );
+    readable(&line);
+    // With them, the same check passes.
+    let (ok, line) = check_alone(&s3.endpoint(), ENV);
+    assert!(ok, "{line}");
+}
+
+#[test]
+fn unreachable_and_throttled_endpoints_are_named_in_one_line() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (ok, line) = check_alone(&closed, ENV);
+    assert!(!ok);
+    assert!(
+        line.contains("cannot reach the S3 endpoint for s3://releases/hello/hello"),
+        "{line}"
+    );
+    assert!(line.contains("Connection refused"), "{line}");
+    readable(&line);
+    // An endpoint that answers every request as S3 does when it throttles.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = support::read_request(&stream);
+                let body =
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                            <Message>Please reduce your request rate.</Message></Error>";
+                let mut stream = stream;
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    format!(
+                        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    let (ok, line) = check_alone(&endpoint, ENV);
+    assert!(!ok);
+    assert!(
+        line.contains("S3 is throttling requests to s3://releases/hello/hello"),
+        "{line}"
+    );
+    readable(&line);
+}
+
 #[test]
 fn access_denied_is_named() {
     // moto checks credentials once its first requests are done; baton's
