@@ -1,4 +1,9 @@
-//! An HTTP/1.1 server loop whose shutdown never resets a keep-alive client.
+//! An HTTP/1.1 and HTTP/2 server loop whose shutdown never resets a
+//! keep-alive client.
+//!
+//! Both protocols are served on the same listener: HTTP/2 by prior
+//! knowledge (cleartext `h2c`, or after TLS's ALPN), told from HTTP/1.1 by
+//! its connection preface, as hyper-util's `auto` builder does.
 //!
 //! The usual graceful shutdown closes idle keep-alive connections at once,
 //! racing the client's next request that may already be on the wire: the
@@ -6,10 +11,17 @@
 //!
 //! - the listener is closed (the master still holds the socket, so new
 //!   connections queue for the next worker);
-//! - every open connection answers its next request with `Connection: close`
-//!   and is closed after that response;
-//! - a connection that stays idle is closed only after it has been idle for
-//!   the grace period (default 1 s), never in the instant after a response;
+//! - every open HTTP/1.1 connection answers its next request with
+//!   `Connection: close` and is closed after that response;
+//! - every HTTP/2 connection gets GOAWAY, HTTP/2's own clean drain: hyper
+//!   first sends one naming the highest stream id and a PING, then, once
+//!   the PING returns, one naming the last stream it took, so a request
+//!   already on the wire is still served and the client knows exactly which
+//!   streams to retry elsewhere; the connection closes once its streams are
+//!   done;
+//! - a connection that stays idle (with no request yet, whatever its
+//!   protocol) is closed only after it has been idle for the grace period
+//!   (default 1 s), never in the instant after a response;
 //! - requests in flight finish.
 //!
 //! Servers in other languages get the same behaviour by doing the same three
@@ -19,7 +31,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,7 +39,7 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -174,17 +186,21 @@ async fn serve_connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = draining.wait_for(|d| *d) => {}
     }
-    // Draining: the next response says `Connection: close` (DrainService);
-    // a connection that stays idle for the grace period is closed.
+    // Draining: an HTTP/2 connection gets GOAWAY now; an HTTP/1.1 one says
+    // `Connection: close` on its next response (DrainService); a connection
+    // that stays idle for the grace period is closed.
     loop {
+        if state.is_h2() {
+            conn.as_mut().graceful_shutdown();
+            break;
+        }
         let wake = state
             .idle_since()
             .map_or(Instant::now() + grace, |t| t + grace);
@@ -201,10 +217,12 @@ async fn serve_connection<IO, S, B>(
     let _ = conn.await;
 }
 
-/// Per-connection activity, so shutdown knows how long it has been idle.
+/// Per-connection activity, so shutdown knows how long it has been idle,
+/// and which protocol it speaks.
 struct ConnState {
     in_flight: AtomicUsize,
     last_active: Mutex<Instant>,
+    h2: AtomicBool,
 }
 
 impl ConnState {
@@ -212,7 +230,13 @@ impl ConnState {
         ConnState {
             in_flight: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
+            h2: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a request came over HTTP/2.
+    fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::SeqCst)
     }
 
     fn begin(&self) {
@@ -259,6 +283,9 @@ where
         let mut inner = self.inner.clone();
         let draining = self.draining.clone();
         let version = req.version();
+        if version == http::Version::HTTP_2 {
+            self.conn.h2.store(true, Ordering::SeqCst);
+        }
         // In flight until the response body is sent (or dropped).
         let active = Active::begin(self.conn.clone());
         Box::pin(async move {
@@ -271,7 +298,8 @@ where
                     body: Box::pin(body),
                     _active: active,
                 });
-                if *draining.borrow() {
+                // HTTP/2 drains by GOAWAY and has no Connection header.
+                if *draining.borrow() && version != http::Version::HTTP_2 {
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));

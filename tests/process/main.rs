@@ -16,6 +16,7 @@ mod go;
 mod health;
 mod hooks;
 mod hostile;
+mod http2;
 mod hygiene;
 mod in_place;
 mod lifecycle;
