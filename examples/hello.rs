@@ -72,9 +72,12 @@ fn main() -> std::process::ExitCode {
     let mut options = baton::Options::new(VERSION);
     let mut args = std::env::args().skip(1);
     let mut listen = Vec::new();
+    let (mut tls_cert, mut tls_key) = (None::<std::path::PathBuf>, None::<std::path::PathBuf>);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen.extend(args.next()),
+            "--tls-cert" => tls_cert = args.next().map(Into::into),
+            "--tls-key" => tls_key = args.next().map(Into::into),
             "--standalone" => options = options.standalone(true),
             "--reexec-on-upgrade" => options = options.reexec_on_upgrade(true),
             "--probe" => {} // handled by baton::run before any serving code
@@ -94,7 +97,7 @@ fn main() -> std::process::ExitCode {
             }
             other => {
                 eprintln!(
-                    "hello: unknown argument {other:?}; use --listen ADDR, --standalone, --fetch-file PATH, --reexec-on-upgrade or --probe"
+                    "hello: unknown argument {other:?}; use --listen ADDR, --standalone, --fetch-file PATH, --tls-cert PEM --tls-key PEM, --reexec-on-upgrade or --probe"
                 );
                 return std::process::ExitCode::from(2);
             }
@@ -106,14 +109,28 @@ fn main() -> std::process::ExitCode {
     for addr in listen {
         options = options.listen(addr);
     }
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            eprintln!("hello: --tls-cert and --tls-key go together");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = baton::run(options, |mut worker| async move {
         let listener = worker.tcp(0)?;
+        // Read at each worker's start: a cycle serves renewed files.
+        let server = match &tls {
+            Some((cert, key)) => baton::serve::Server::new()
+                .tls(baton::serve::tls::config_from_pem(cert, key).map_err(std::io::Error::other)?),
+            None => baton::serve::Server::new(),
+        };
         let app = Router::new()
             .route("/", get(hello))
             .route("/stream", get(stream))
             .route("/healthz", get(healthz));
         worker.ready()?;
-        baton::serve::http(listener, app, worker.shutdown()).await
+        server.serve(listener, app, worker.shutdown()).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

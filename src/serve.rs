@@ -24,6 +24,10 @@
 //!   (default 1 s), never in the instant after a response;
 //! - requests in flight finish.
 //!
+//! With [`Server::tls`] (a configuration from [`tls::config_from_pem`]),
+//! each connection's TLS handshake runs in its own task, bounded by
+//! [`HANDSHAKE_TIMEOUT`], and ALPN picks the protocol.
+//!
 //! Servers in other languages get the same behaviour by doing the same three
 //! things on their stop signal.
 
@@ -45,8 +49,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub mod tls;
+
 /// The default idle grace period.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// The longest a TLS handshake may take; a client that stalls it longer is
+/// dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listener the server loop can accept from.
 pub trait Accept: Send + 'static {
@@ -97,9 +106,19 @@ where
 }
 
 /// The server loop with its settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Server {
     idle_grace: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("idle_grace", &self.idle_grace)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for Server {
@@ -113,7 +132,14 @@ impl Server {
     pub fn new() -> Server {
         Server {
             idle_grace: DEFAULT_IDLE_GRACE,
+            tls: None,
         }
+    }
+
+    /// Serves over TLS with `config` (see [`tls::config_from_pem`]).
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Server {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// How long a connection must have been idle before shutdown closes it.
@@ -151,7 +177,22 @@ impl Server {
                     Ok(io) => {
                         let conn = Arc::new(ConnState::new());
                         let svc = DrainService { inner: service.clone(), conn: conn.clone(), draining: drain_rx.clone() };
-                        conns.spawn(serve_connection(io, svc, conn, drain_rx.clone(), self.idle_grace));
+                        let (draining, grace) = (drain_rx.clone(), self.idle_grace);
+                        match &self.tls {
+                            None => {
+                                conns.spawn(serve_connection(io, svc, conn, draining, grace));
+                            }
+                            Some(acceptor) => {
+                                let handshake = acceptor.accept(io);
+                                conns.spawn(async move {
+                                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                                        Ok(Ok(io)) => serve_connection(io, svc, conn, draining, grace).await,
+                                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of fds or memory: back off instead of spinning.

@@ -5,37 +5,37 @@
 //! and the client opens a new connection for the rest, as HTTP/2 clients do.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{self, Baton};
 
-/// Upper bounds of the load.
+/// Upper bounds of a load run.
 const MAX_REQUESTS: u64 = 200_000;
 const MAX_TIME: Duration = Duration::from_secs(120);
 
-#[test]
-fn http2_clients_lose_nothing_across_cycles() {
-    let baton = Baton::start(Baton::dir_with_hello(), &Baton::hello_config(""));
-    baton.wait_ready();
-    // HTTP/1.1 on the same socket.
-    assert_eq!(support::version(baton.addr()), "1.0.0");
-    let url = format!("http://{}/", baton.addr());
-    let (ok, failed, h1) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+/// What a load run counts.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Replies in another protocol version than expected.
+    other_version: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+/// Runs 16 request loops on each of `clients` (a client, its URL, and the
+/// version its replies must come in) while `baton` cycles `cycles` times;
+/// asserts that no request failed and every reply came in its version.
+pub(crate) fn no_failures_across_cycles(
+    baton: &Baton,
+    clients: Vec<(reqwest::Client, String, reqwest::Version)>,
+    cycles: usize,
+) {
+    let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let load = {
-        let (ok, failed, h1, stop, errors) = (
-            ok.clone(),
-            failed.clone(),
-            h1.clone(),
-            stop.clone(),
-            errors.clone(),
-        );
+        let (counts, stop) = (counts.clone(), stop.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -43,53 +43,41 @@ fn http2_clients_lose_nothing_across_cycles() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let client = reqwest::Client::builder()
-                    .http2_prior_knowledge()
-                    .timeout(Duration::from_secs(20))
-                    .build()
-                    .unwrap();
                 let started = Instant::now();
                 let mut tasks = Vec::new();
-                for _ in 0..32 {
-                    let (client, url, ok, failed, h1, stop, errors) = (
-                        client.clone(),
-                        url.clone(),
-                        ok.clone(),
-                        failed.clone(),
-                        h1.clone(),
-                        stop.clone(),
-                        errors.clone(),
-                    );
-                    tasks.push(tokio::spawn(async move {
-                        while !stop.load(Ordering::SeqCst)
-                            && started.elapsed() < MAX_TIME
-                            && ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst)
-                                < MAX_REQUESTS
-                        {
-                            match client.get(&url).send().await {
-                                Ok(r) if r.status().is_success() => {
-                                    if r.version() != reqwest::Version::HTTP_2 {
-                                        h1.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    match r.bytes().await {
-                                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                                        Err(e) => {
-                                            errors.lock().unwrap().push(format!("body: {e:?}"));
-                                            failed.fetch_add(1, Ordering::SeqCst)
+                for (client, url, version) in clients {
+                    for _ in 0..16 {
+                        let (client, url) = (client.clone(), url.clone());
+                        let (counts, stop) = (counts.clone(), stop.clone());
+                        tasks.push(tokio::spawn(async move {
+                            while !stop.load(Ordering::SeqCst)
+                                && started.elapsed() < MAX_TIME
+                                && counts.ok.load(Ordering::SeqCst)
+                                    + counts.failed.load(Ordering::SeqCst)
+                                    < MAX_REQUESTS
+                            {
+                                let fail = |what: String| {
+                                    counts.errors.lock().unwrap().push(what);
+                                    counts.failed.fetch_add(1, Ordering::SeqCst);
+                                };
+                                match client.get(&url).send().await {
+                                    Ok(r) if r.status().is_success() => {
+                                        if r.version() != version {
+                                            counts.other_version.fetch_add(1, Ordering::SeqCst);
                                         }
-                                    };
-                                }
-                                Ok(r) => {
-                                    errors.lock().unwrap().push(format!("status {}", r.status()));
-                                    failed.fetch_add(1, Ordering::SeqCst);
-                                }
-                                Err(e) => {
-                                    errors.lock().unwrap().push(format!("{e:?}"));
-                                    failed.fetch_add(1, Ordering::SeqCst);
+                                        match r.bytes().await {
+                                            Ok(_) => {
+                                                counts.ok.fetch_add(1, Ordering::SeqCst);
+                                            }
+                                            Err(e) => fail(format!("body: {e:?}")),
+                                        }
+                                    }
+                                    Ok(r) => fail(format!("status {}", r.status())),
+                                    Err(e) => fail(format!("{e:?}")),
                                 }
                             }
-                        }
-                    }));
+                        }));
+                    }
                 }
                 for t in tasks {
                     let _ = t.await;
@@ -98,25 +86,42 @@ fn http2_clients_lose_nothing_across_cycles() {
         })
     };
     let wait_more = |n: u64| {
-        let target = ok.load(Ordering::SeqCst) + n;
-        support::wait_for("more HTTP/2 requests", Duration::from_secs(60), || {
-            (ok.load(Ordering::SeqCst) >= target).then_some(())
+        let target = counts.ok.load(Ordering::SeqCst) + n;
+        support::wait_for("more requests", Duration::from_secs(60), || {
+            (counts.ok.load(Ordering::SeqCst) >= target
+                || counts.failed.load(Ordering::SeqCst) > 100)
+                .then_some(())
         });
     };
     wait_more(500);
-    for _ in 0..4 {
+    for _ in 0..cycles {
         baton.cycle();
         wait_more(500);
     }
     stop.store(true, Ordering::SeqCst);
     load.join().unwrap();
-    let errors = errors.lock().unwrap();
+    let errors = counts.errors.lock().unwrap();
     assert_eq!(
-        failed.load(Ordering::SeqCst),
+        counts.failed.load(Ordering::SeqCst),
         0,
         "first errors: {:?}",
         &errors[..errors.len().min(5)]
     );
-    assert_eq!(h1.load(Ordering::SeqCst), 0, "every reply came over HTTP/2");
-    assert!(ok.load(Ordering::SeqCst) >= 2500);
+    assert_eq!(counts.other_version.load(Ordering::SeqCst), 0);
+    assert!(counts.ok.load(Ordering::SeqCst) >= 500 * (cycles as u64 + 1));
+}
+
+#[test]
+fn http2_clients_lose_nothing_across_cycles() {
+    let baton = Baton::start(Baton::dir_with_hello(), &Baton::hello_config(""));
+    baton.wait_ready();
+    // HTTP/1.1 on the same socket.
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let url = format!("http://{}/", baton.addr());
+    no_failures_across_cycles(&baton, vec![(client, url, reqwest::Version::HTTP_2)], 4);
 }

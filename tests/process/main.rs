@@ -29,6 +29,7 @@ mod reload;
 mod reports;
 mod s3;
 mod supervisord;
+mod tls;
 mod trial;
 mod watch;
 mod yank;
