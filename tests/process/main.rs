@@ -13,6 +13,7 @@ mod first_trial;
 mod fleet;
 mod github;
 mod go;
+mod grpc;
 mod health;
 mod hooks;
 mod hostile;
