@@ -625,6 +625,85 @@ def fleet():
     print(f"| polls, errors, wall time | {r['polls']}, {r['errors']}, {r['seconds']:.0f} s |\n")
 
 
+def fleet_gate():
+    """Trial reports, the gate and a yank at fleet scale: `fleet_sim --scenario gate`, 1 000 S3 fetchers
+    against moto on loopback, each host behind its own listener of the counting proxy."""
+    import json
+    subprocess.run(["cargo", "build", "--release", "--example", "fleet_sim"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = os.path.join(ROOT, "target/release/examples/fleet_sim")
+    hosts = int(os.environ.get("FLEET_HOSTS", "1000"))
+    interval = os.environ.get("FLEET_INTERVAL", "5")
+    jitter = os.environ.get("FLEET_JITTER", interval)
+    schedule = os.environ.get("FLEET_SCHEDULE", "0s=1,40s=10,80s=50,120s=100")
+    gate = "canary=1,max_failures=3"
+    port = free_port()
+    env = {**os.environ, **S3_ENV}
+    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cmd = [sim, "--scenario", "gate", "--endpoint", f"http://127.0.0.1:{port}", "--hosts", str(hosts),
+           "--interval", interval, "--jitter", jitter, "--schedule", schedule, "--gate", gate]
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+        if out.returncode != 0:
+            raise RuntimeError(f"fleet_sim failed: {out.stderr[-2000:]}")
+        r = json.loads(out.stdout)
+    finally:
+        moto.terminate()
+        moto.wait()
+    with open(os.path.join(ROOT, "target/fleet_gate.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    bad, good, yank = r["bad"], r["good"], r["yank"]
+    shown = " ".join(["target/release/examples/fleet_sim"] + cmd[1:3] + ["--endpoint", "http://127.0.0.1:PORT"] + cmd[5:])
+
+    def per_poll(phase, what):
+        c = phase["polls"].get(what)
+        if not c:
+            return "–", 0, None
+        k = c["per_poll_by_kind"]
+        parts = ", ".join(f"{k[n]:.2f} {n}" for n in ("HEAD", "GET", "LIST", "PUT") if k[n])
+        return f"{c['requests_per_poll']:.2f} ({parts})", c["polls"], c["mean_seconds_since_previous_poll"]
+
+    def kinds(window):
+        k = window["by_kind"]
+        return ", ".join(f"{k[n]} {n}" for n in ("HEAD", "GET", "LIST", "PUT") if k[n])
+
+    print(f"### Gate and yank at fleet scale: {r['hosts']} hosts, trial reports on S3 (moto on loopback)\n")
+    print(f"`python3 ci/bench.py fleet_gate` runs `{shown}`: every host runs 1.0.0; a bad 2.0.0 (every trial "
+          f"fails), then a good 2.0.1, each under `rollout {schedule}` and `gate {gate}`; then a yank of both. "
+          f"Hosts poll every {r['interval_s']:g} s plus up to {r['jitter_s']:g} s of jitter; a simulated trial "
+          f"lasts {r['trial_s']:g} s. {r['seconds']:.0f} s in all, {r['requests_total']} requests, "
+          f"{r['errors']} errors, {r['reports_written']} reports written ({r['report_writes_failed']} writes failed).\n")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| hosts that ever tried the bad 2.0.0 (canaries by the rule) | {bad['hosts_tried_bad']} of {r['hosts']} "
+          f"= {bad['share_tried_bad_percent']:.1f} % ({bad['canaries_by_rule']}) |")
+    print(f"| hosts held at their last poll when the bad scenario ended | {bad['hosts_held_at_their_last_poll']} |")
+    for phase, name in ((bad, "bad 2.0.0"), (good, "good 2.0.1")):
+        for what in ("held_by_gate", "not_in_rollout", "unchanged", "trial_failed_canary", "trial_promoted_canary",
+                     "trial_promoted_after_gate"):
+            text, polls, gap = per_poll(phase, what)
+            if polls:
+                g = f", {gap:.1f} s apart on average" if gap else ""
+                print(f"| {name}: requests per poll that came to `{what}` ({polls} polls{g}) | {text} |")
+    for phase, name in ((bad, "bad 2.0.0"), (good, "good 2.0.1"), (yank, "yank")):
+        w = phase["proxy"]
+        print(f"| {name}: requests in the scenario, per host | {w['requests']} ({kinds(w)}), "
+              f"{w['requests'] / r['hosts']:.1f} per host; {w['requests_per_second']:.0f}/s, peak "
+              f"{w['peak_requests_in_one_second']} in one second |")
+    secs = lambda v: "not within the run's cap" if v is None else f"{v:.1f} s"
+    print(f"| good 2.0.1: every host ran it after | {secs(good['seconds_until_every_host_ran_it'])} "
+          f"({good['running_good_at_end']} of {r['hosts']} at the end; the schedule reached 100 % at "
+          f"{good['schedule_reached_100_percent_at_s']:.0f} s) |")
+    back = yank["seconds_until_every_host_was_back"]
+    cycles = "" if back is None else (f" = {yank['in_poll_intervals']:.1f} intervals of {r['interval_s']:g} s "
+                                      f"({yank['in_longest_poll_cycles']:.1f} longest poll cycles of interval + jitter)")
+    print(f"| yank: every host back on {yank['manifest_version']} after | {secs(back)}{cycles} |")
+    print(f"| yank: artifact and patch bytes moved; all bytes answered | {yank['proxy']['bytes_by_class']['artifact_or_patch']}; "
+          f"{yank['proxy']['bytes']} ({yank['proxy']['bytes'] / r['hosts']:.0f} per host) |\n")
+
+
 def build_cost():
     """Release build from scratch, default features vs none (own target dirs)."""
     rows = []
@@ -1107,7 +1186,7 @@ if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
                 "build": build_cost, "kinds": worker_kinds, "health": health_cost,
-                "reexec": reexec_cost, "delta": delta, "fleet": fleet, "soak": soak}
+                "reexec": reexec_cost, "delta": delta, "fleet": fleet, "fleet_gate": fleet_gate, "soak": soak}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
     for name in which:

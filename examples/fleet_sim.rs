@@ -22,7 +22,14 @@
 //! ```sh
 //! fleet_sim --endpoint http://127.0.0.1:PORT [--hosts 1000] [--interval 5]
 //!           [--jitter 5] [--artifact-size 1048576] [--full]
+//! fleet_sim --scenario gate --endpoint http://127.0.0.1:PORT [--hosts 1000]
+//!           [--interval 5] [--jitter 5] [--schedule 0s=1,40s=10,80s=50,120s=100]
+//!           [--gate canary=1,max_failures=3] [--trial 1]
 //! ```
+//!
+//! `--scenario gate` ([`gate`]) runs a bad release stopped by its gate, a
+//! good one through the gate, and a yank, with trial reports; each host
+//! has its own proxy listener, so its requests are counted per poll.
 //!
 //! Prints one JSON object on stdout. Needs AWS credentials in the
 //! environment (any, for moto) and `AWS_EC2_METADATA_DISABLED=true`.
@@ -42,6 +49,9 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "fleet_sim/gate.rs"]
+mod gate;
+
 const BUCKET: &str = "fleet";
 const KEY: &str = "hello/manifest.json";
 const OLD_VERSION: &str = "1.0.0";
@@ -56,6 +66,15 @@ struct Args {
     artifact_size: usize,
     /// Download full artifacts even when a patch applies.
     full: bool,
+    /// `rollout` (the default: 0 → 10 → 50 → 100 %) or `gate` (trial
+    /// reports, the gate and a yank; see [`gate`]).
+    scenario: String,
+    /// The gate scenario's schedule, for both releases.
+    schedule: String,
+    /// The gate scenario's gate.
+    gate: String,
+    /// How long a simulated trial lasts, from `started` to its outcome.
+    trial: Duration,
 }
 
 fn args() -> Args {
@@ -66,6 +85,10 @@ fn args() -> Args {
         jitter: Duration::from_secs(5),
         artifact_size: 1 << 20,
         full: false,
+        scenario: "rollout".into(),
+        schedule: "0s=1,40s=10,80s=50,120s=100".into(),
+        gate: "canary=1,max_failures=3".into(),
+        trial: Duration::from_secs(1),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,25 +103,249 @@ fn args() -> Args {
             "--interval" => a.interval = Duration::from_secs_f64(value.parse().expect("seconds")),
             "--jitter" => a.jitter = Duration::from_secs_f64(value.parse().expect("seconds")),
             "--artifact-size" => a.artifact_size = value.parse().expect("bytes"),
+            "--scenario" => a.scenario = value,
+            "--schedule" => a.schedule = value,
+            "--gate" => a.gate = value,
+            "--trial" => a.trial = Duration::from_secs_f64(value.parse().expect("seconds")),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!a.endpoint.is_empty(), "--endpoint URL is required");
+    assert!(
+        matches!(a.scenario.as_str(), "rollout" | "gate"),
+        "--scenario rollout|gate"
+    );
     a
+}
+
+/// What a request asked for, as the proxy tells from its request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Head,
+    /// GetObject.
+    Get,
+    /// ListObjectsV2 (a GET on the bucket, `list-type=2`).
+    List,
+    Put,
+    Other,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::Head, Kind::Get, Kind::List, Kind::Put, Kind::Other];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Head => "HEAD",
+            Kind::Get => "GET",
+            Kind::List => "LIST",
+            Kind::Put => "PUT",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// What a request was about, from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Manifest,
+    Signature,
+    Listing,
+    Report,
+    /// Artifacts and patches: anything else under the bucket.
+    Artifact,
+    Other,
+}
+
+impl Class {
+    const ALL: [Class; 6] = [
+        Class::Manifest,
+        Class::Signature,
+        Class::Listing,
+        Class::Report,
+        Class::Artifact,
+        Class::Other,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Manifest => "manifest",
+            Class::Signature => "signature",
+            Class::Listing => "listing",
+            Class::Report => "report",
+            Class::Artifact => "artifact_or_patch",
+            Class::Other => "other",
+        }
+    }
+}
+
+/// One request the proxy passed.
+#[derive(Debug, Clone)]
+struct Req {
+    /// Milliseconds since the start.
+    ms: u64,
+    kind: Kind,
+    class: Class,
+    /// Bytes answered (headers and body).
+    bytes: u64,
+}
+
+/// The kind and class of a request line (`GET /fleet?list-type=2 HTTP/1.1`).
+fn classify(line: &[u8]) -> (Kind, Class) {
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // Path-style: `/bucket` or `/bucket/` is the bucket itself.
+    let bucket_only = path.trim_matches('/').split('/').count() <= 1;
+    let kind = match method {
+        "HEAD" => Kind::Head,
+        "GET" if bucket_only || query.split('&').any(|q| q == "list-type=2") => Kind::List,
+        "GET" => Kind::Get,
+        "PUT" => Kind::Put,
+        _ => Kind::Other,
+    };
+    let class = if kind == Kind::List {
+        Class::Listing
+    } else if bucket_only {
+        Class::Other
+    } else if path.ends_with("/manifest.json") {
+        Class::Manifest
+    } else if path.ends_with(".minisig") {
+        Class::Signature
+    } else if path.contains("/reports/") {
+        Class::Report
+    } else {
+        Class::Artifact
+    };
+    (kind, class)
+}
+
+/// Splits what a client sends into requests: heads, bodies by
+/// `Content-Length` or chunked encoding.
+#[derive(Default)]
+struct RequestParser {
+    buf: Vec<u8>,
+    state: ParseState,
+}
+
+#[derive(Default, Clone, Copy)]
+enum ParseState {
+    #[default]
+    Head,
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    Trailers,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl RequestParser {
+    /// Feeds bytes the client sent; `seen` gets each request line.
+    fn feed(&mut self, data: &[u8], seen: &mut impl FnMut(&[u8])) {
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while at < self.buf.len() {
+            let rest = &self.buf[at..];
+            match self.state {
+                ParseState::Body(n) | ParseState::ChunkData(n) => {
+                    let k = (rest.len() as u64).min(n);
+                    at += k as usize;
+                    self.state = match (self.state, n - k) {
+                        (ParseState::Body(_), 0) => ParseState::Head,
+                        (ParseState::Body(_), left) => ParseState::Body(left),
+                        (_, 0) => ParseState::ChunkSize,
+                        (_, left) => ParseState::ChunkData(left),
+                    };
+                }
+                ParseState::Head => {
+                    let Some(end) = find(rest, b"\r\n\r\n") else {
+                        if rest.len() > 64 << 10 {
+                            at = self.buf.len();
+                        }
+                        break;
+                    };
+                    let head = String::from_utf8_lossy(&rest[..end]);
+                    let mut lines = head.split("\r\n");
+                    let line = lines.next().unwrap_or("");
+                    let (mut length, mut chunked) = (0u64, false);
+                    for h in lines {
+                        let Some((name, value)) = h.split_once(':') else {
+                            continue;
+                        };
+                        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+                        if name == "content-length" {
+                            length = value.parse().unwrap_or(0);
+                        } else if name == "transfer-encoding" {
+                            chunked = value.to_ascii_lowercase().contains("chunked");
+                        }
+                    }
+                    seen(line.as_bytes());
+                    at += end + 4;
+                    self.state = if chunked {
+                        ParseState::ChunkSize
+                    } else if length > 0 {
+                        ParseState::Body(length)
+                    } else {
+                        ParseState::Head
+                    };
+                }
+                ParseState::ChunkSize => {
+                    let Some(end) = find(rest, b"\r\n") else {
+                        break;
+                    };
+                    let text = String::from_utf8_lossy(&rest[..end]);
+                    let hex = text.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(hex, 16).unwrap_or(0);
+                    at += end + 2;
+                    self.state = if size == 0 {
+                        ParseState::Trailers
+                    } else {
+                        ParseState::ChunkData(size + 2)
+                    };
+                }
+                ParseState::Trailers => {
+                    let Some(end) = find(rest, b"\r\n") else {
+                        break;
+                    };
+                    at += end + 2;
+                    if end == 0 {
+                        self.state = ParseState::Head;
+                    }
+                }
+            }
+        }
+        self.buf.drain(..at);
+    }
 }
 
 /// What the proxy saw.
 #[derive(Default)]
 struct Counts {
-    /// (milliseconds since start, is HEAD) of every request.
-    requests: Mutex<Vec<(u64, bool)>>,
+    /// Every request, in the order seen.
+    requests: Mutex<Vec<Req>>,
     /// Bytes answered to the hosts.
     bytes_down: AtomicU64,
+    /// Per host (when each host has its own listener): requests by kind,
+    /// indexed as [`Kind::ALL`].
+    per_host: Vec<[AtomicU64; 5]>,
 }
 
-/// A TCP proxy on 127.0.0.1 that counts request lines (hosts send no
-/// request bodies) and the bytes answered.
-async fn proxy(upstream: SocketAddr, counts: Arc<Counts>, start: Instant) -> SocketAddr {
+impl Counts {
+    /// Requests of host `i` so far, by kind.
+    fn of_host(&self, i: usize) -> [u64; 5] {
+        let c = &self.per_host[i];
+        std::array::from_fn(|k| c[k].load(Ordering::Relaxed))
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that counts requests by kind (parsing each
+/// request's head and skipping its body) and the bytes answered to each;
+/// `host` tags what comes through this listener.
+async fn proxy(upstream: SocketAddr, counts: Arc<Counts>, start: Instant, host: u32) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -113,24 +360,33 @@ async fn proxy(upstream: SocketAddr, counts: Arc<Counts>, start: Instant) -> Soc
             tokio::spawn(async move {
                 let (mut c_read, mut c_write) = client.into_split();
                 let (mut s_read, mut s_write) = server.into_split();
+                // The request being answered on this connection (hosts do
+                // not pipeline): the index of its `Req`.
+                let current = Arc::new(AtomicUsize::new(usize::MAX));
                 let up_counts = counts.clone();
+                let up_current = current.clone();
                 let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 << 10];
-                    let mut at_line_start = true;
+                    let mut parser = RequestParser::default();
                     while let Ok(n) = c_read.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
-                        for line in buf[..n].split_inclusive(|&b| b == b'\n') {
-                            if at_line_start {
-                                let head = line.starts_with(b"HEAD /");
-                                if head || line.starts_with(b"GET /") {
-                                    let ms = start.elapsed().as_millis() as u64;
-                                    up_counts.requests.lock().unwrap().push((ms, head));
-                                }
+                        parser.feed(&buf[..n], &mut |line| {
+                            let (kind, class) = classify(line);
+                            let ms = start.elapsed().as_millis() as u64;
+                            let mut all = up_counts.requests.lock().unwrap();
+                            all.push(Req {
+                                ms,
+                                kind,
+                                class,
+                                bytes: 0,
+                            });
+                            up_current.store(all.len() - 1, Ordering::Relaxed);
+                            if let Some(c) = up_counts.per_host.get(host as usize) {
+                                c[kind as usize].fetch_add(1, Ordering::Relaxed);
                             }
-                            at_line_start = line.ends_with(b"\n");
-                        }
+                        });
                         if s_write.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -139,10 +395,19 @@ async fn proxy(upstream: SocketAddr, counts: Arc<Counts>, start: Instant) -> Soc
                 });
                 let mut buf = vec![0u8; 64 << 10];
                 while let Ok(n) = s_read.read(&mut buf).await {
-                    if n == 0 || c_write.write_all(&buf[..n]).await.is_err() {
+                    if n == 0 {
                         break;
                     }
+                    // Counted before the client can see it, so before it
+                    // sends its next request.
                     counts.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                    let i = current.load(Ordering::Relaxed);
+                    if i != usize::MAX {
+                        counts.requests.lock().unwrap()[i].bytes += n as u64;
+                    }
+                    if c_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
                 }
                 let _ = c_write.shutdown().await;
                 let _ = up.await;
@@ -324,6 +589,11 @@ fn peak_per_second(times: &mut [u64]) -> usize {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
+    if a.scenario == "gate" {
+        let report = gate::run(&a).await;
+        println!("{report}");
+        std::process::exit(0);
+    }
     let start = Instant::now();
     let work = tempfile::tempdir().unwrap();
     // The publisher: a key, an artifact, the bucket.
@@ -413,7 +683,7 @@ async fn main() {
         .trim_start_matches("http://")
         .parse()
         .expect("--endpoint http://127.0.0.1:PORT");
-    let proxied = proxy(upstream, counts.clone(), start).await;
+    let proxied = proxy(upstream, counts.clone(), start, u32::MAX).await;
     let verify = Verify {
         minisign_keys: vec![public],
         ..Verify::default()
@@ -516,8 +786,8 @@ async fn main() {
         counts.requests.lock().unwrap().clone(),
     );
     let quiet = &r1[r0.len()..];
-    let quiet_heads = quiet.iter().filter(|(_, head)| *head).count();
-    let mut times: Vec<u64> = r1.iter().map(|(t, _)| *t).collect();
+    let quiet_heads = quiet.iter().filter(|r| r.kind == Kind::Head).count();
+    let mut times: Vec<u64> = r1.iter().map(|r| r.ms).collect();
     let upgraded: Vec<&Arc<Host>> = hosts
         .iter()
         .filter(|h| h.upgraded.load(Ordering::Relaxed))

@@ -9,7 +9,9 @@
 //! Promotions are counted from the listing: whoever may write under
 //! `reports/` may claim one, so only the fleet's own hosts should.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::report::{path_safe, Outcome, Report, Sink};
@@ -21,11 +23,43 @@ pub const LIST_LIMIT: usize = 1000;
 pub const REPORT_LIMIT: u64 = 16 << 10;
 /// The most failure reports whose bodies are read for their reasons.
 pub const REASONS_READ: usize = 32;
+/// The most reasons a [`Reasons`] cache keeps before it starts afresh.
+const REASONS_KEPT: usize = 4096;
+
+/// Failure reasons already read, by report key: a host writes each report
+/// once, so a held host that reads the same failures at every poll reads
+/// each body once (its polls then cost the three listings).
+#[derive(Debug, Default)]
+pub struct Reasons(Mutex<HashMap<String, Option<String>>>);
+
+impl Reasons {
+    fn get(&self, key: &str) -> Option<Option<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: String, reason: Option<String>) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= REASONS_KEPT {
+            all.clear();
+        }
+        all.insert(key, reason);
+    }
+}
 
 impl Sink {
     /// The reports of `version`; an error when a listing cannot be read
     /// (the caller holds: a gate fails closed).
     pub async fn read(&self, version: &str) -> Result<Reports, String> {
+        self.read_with(version, &Reasons::default()).await
+    }
+
+    /// As [`Sink::read`], reading only the failure bodies `known` has not
+    /// seen (and remembering them there).
+    pub async fn read_with(&self, version: &str, known: &Reasons) -> Result<Reports, String> {
         let version = &super::report::version_key(version);
         let mut reports = Reports::default();
         let (failed, more) = self.list(version, Outcome::Failed).await?;
@@ -39,15 +73,22 @@ impl Sink {
                 });
                 continue;
             }
-            let body = self.get(&key, REPORT_LIMIT).await?;
-            let parsed = body.and_then(|b| serde_json::from_slice::<Report>(&b).ok());
-            let reason = match parsed {
-                Some(r) if r.outcome == Outcome::Failed && &r.version == version => reason(&r),
-                _ => {
-                    reports.skipped += 1;
-                    "an unreadable report".to_owned()
+            let read = match known.get(&key) {
+                Some(read) => read,
+                None => {
+                    let body = self.get(&key, REPORT_LIMIT).await?;
+                    let parsed = body.and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+                    let read = parsed
+                        .filter(|r| r.outcome == Outcome::Failed && &r.version == version)
+                        .map(|r| reason(&r));
+                    known.put(key, read.clone());
+                    read
                 }
             };
+            let reason = read.unwrap_or_else(|| {
+                reports.skipped += 1;
+                "an unreadable report".to_owned()
+            });
             reports.failed.push(Seen {
                 host_id,
                 at,
@@ -267,6 +308,48 @@ mod tests {
         assert_eq!(reports.started.len(), 1);
         let none = sink.read("9.9.9").await.unwrap();
         assert!(none.failed.is_empty() && none.promoted.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failure_body_is_read_once_per_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let failed = |detail: &str| {
+            serde_json::to_vec(&Report::new(
+                Note {
+                    version: "2.0.0".into(),
+                    from: None,
+                    outcome: Outcome::Failed,
+                    stage: Some(Stage::Start),
+                    detail: Some(detail.into()),
+                    stderr: None,
+                },
+                "h7",
+                SystemTime::now(),
+            ))
+            .unwrap()
+        };
+        write(base, "reports/2.0.0/failed/h7.json", &failed("exit code 3"));
+        write(base, "reports/2.0.0/failed/junk.json", b"{not json");
+        let sink = Sink::Dir(base.to_owned());
+        let known = Reasons::default();
+        let first = sink.read_with("2.0.0", &known).await.unwrap();
+        // Changed behind its back: a reader that saw it keeps the reason
+        // it read (a host writes each report once), and still counts the
+        // unreadable one as skipped.
+        write(base, "reports/2.0.0/failed/h7.json", &failed("exit code 9"));
+        let reasons = |r: &Reports| -> Vec<Option<String>> {
+            r.failed.iter().map(|s| s.reason.clone()).collect()
+        };
+        let again = sink.read_with("2.0.0", &known).await.unwrap();
+        assert_eq!(reasons(&first), reasons(&again));
+        assert_eq!((first.skipped, again.skipped), (1, 1));
+        let fresh = sink.read("2.0.0").await.unwrap();
+        assert_ne!(
+            reasons(&first),
+            reasons(&fresh),
+            "a new reader reads the bodies"
+        );
     }
 
     #[tokio::test]

@@ -268,6 +268,8 @@ pub struct Pipeline {
     scratch: Option<PathBuf>,
     /// Where the fleet's trial reports are read, for a manifest's gate.
     reports: Option<crate::fleet::Sink>,
+    /// Failure reasons already read from the reports.
+    reasons: crate::fleet::read::Reasons,
 }
 
 impl Pipeline {
@@ -280,6 +282,7 @@ impl Pipeline {
             child_env,
             scratch: None,
             reports: None,
+            reasons: Default::default(),
         }
     }
 
@@ -496,7 +499,7 @@ impl Pipeline {
             counts,
             why,
         };
-        match sink.read(version).await {
+        match sink.read_with(version, &self.reasons).await {
             Ok(reports) => {
                 if reports.skipped > 0 {
                     tracing::warn!(
