@@ -212,12 +212,16 @@ fn render_status(out: &mut String, s: &reply::Status) {
     use std::fmt::Write as _;
     let _ = writeln!(out, "master     pid {}, up {}s", s.pid, s.uptime_secs);
     for w in &s.workers {
+        let state = match w.draining_for_secs {
+            Some(secs) => format!("{} {secs}s", w.state),
+            None => w.state.clone(),
+        };
         let _ = writeln!(
             out,
             "worker {:<3} pid {:<8} {:<20} release {}",
             w.id,
             w.pid,
-            w.state,
+            state,
             w.release.as_deref().unwrap_or("-")
         );
     }

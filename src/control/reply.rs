@@ -80,6 +80,10 @@ pub struct WorkerStatus {
     pub state: String,
     /// Seconds it has been ready, while it serves.
     pub ready_for_secs: Option<u64>,
+    /// Seconds since it was asked to drain, while it drains: a long one
+    /// is a long-lived connection (a WebSocket, a stream) still open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_for_secs: Option<u64>,
 }
 
 /// The last check of the source, in a [`Status`].

@@ -113,7 +113,7 @@ impl Sink {
 
     /// The reports listed under `reports/<version>/<outcome>/`: (host id,
     /// time, key); and how many were left out or not named `<host>.json`.
-    async fn list(
+    pub(super) async fn list(
         &self,
         version: &str,
         outcome: Outcome,

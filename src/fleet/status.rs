@@ -26,6 +26,8 @@ pub struct VersionStatus {
     pub failed: u32,
     /// Started trials silent past the gate's `silent_after`.
     pub silent: u32,
+    /// Hosts that left this version after a signed yank.
+    pub yanked: usize,
     /// The failure reasons, with the hosts that gave each.
     pub reasons: Vec<Reason>,
     /// Reports skipped: malformed, oversized, past a listing's bound.
@@ -76,6 +78,12 @@ pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> 
     let mut versions = Vec::new();
     for version in sink.versions().await? {
         let reports = sink.read(&version).await?;
+        let (yanked, more) = sink
+            .list(
+                &super::report::version_key(&version),
+                super::Outcome::Yanked,
+            )
+            .await?;
         let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for seen in &reports.failed {
             by_reason
@@ -105,11 +113,12 @@ pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> 
             promoted: counts.promoted,
             failed: counts.failed,
             silent: counts.silent,
+            yanked: yanked.len(),
             reasons: by_reason
                 .into_iter()
                 .map(|(reason, hosts)| Reason { reason, hosts })
                 .collect(),
-            skipped: reports.skipped,
+            skipped: reports.skipped + more,
             gate: gate.map(|_| verdict),
         });
     }
@@ -133,17 +142,18 @@ impl RolloutStatus {
             return out;
         }
         out.push_str(&format!(
-            "{:<16} {:>7} {:>8} {:>6} {:>6}  gate\n",
-            "version", "started", "promoted", "failed", "silent"
+            "{:<16} {:>7} {:>8} {:>6} {:>6} {:>6}  gate\n",
+            "version", "started", "promoted", "failed", "silent", "yanked"
         ));
         for v in &self.versions {
             out.push_str(&format!(
-                "{:<16} {:>7} {:>8} {:>6} {:>6}  {}\n",
+                "{:<16} {:>7} {:>8} {:>6} {:>6} {:>6}  {}\n",
                 v.version,
                 v.started,
                 v.promoted,
                 v.failed,
                 v.silent,
+                v.yanked,
                 v.gate.as_deref().unwrap_or("-")
             ));
             for r in &v.reasons {

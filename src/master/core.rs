@@ -129,6 +129,8 @@ pub(crate) enum State {
     Draining {
         /// When SIGKILL is due.
         deadline: Instant,
+        /// When it was asked to drain.
+        since: Instant,
     },
     /// Killed by the master (failed start or drain deadline); awaiting reap.
     Killed,
@@ -421,7 +423,7 @@ impl Core {
             .iter()
             .flat_map(|s| [Some(s.deadline), s.ready_at]);
         let draining = self.workers.values().map(|w| match w.state {
-            State::Draining { deadline } => Some(deadline),
+            State::Draining { deadline, .. } => Some(deadline),
             _ => None,
         });
         starting
@@ -713,7 +715,10 @@ impl Core {
             "asking worker to drain with {}",
             self.settings.stop_signal
         );
-        w.state = State::Draining { deadline };
+        w.state = State::Draining {
+            deadline,
+            since: self.now,
+        };
         self.out.push(Action::Drain(id));
     }
 
@@ -916,7 +921,7 @@ impl Core {
         let overdue: Vec<u64> = self
             .workers
             .values()
-            .filter(|w| matches!(w.state, State::Draining { deadline } if deadline <= now))
+            .filter(|w| matches!(w.state, State::Draining { deadline, .. } if deadline <= now))
             .map(|w| w.id)
             .collect();
         for id in overdue {

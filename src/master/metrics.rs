@@ -333,6 +333,7 @@ mod tests {
                 release: None,
                 state: "starting (on trial)".into(),
                 ready_for_secs: None,
+                draining_for_secs: None,
             }],
             stranded: Some("why".into()),
             counters: reply::Counters {

@@ -135,6 +135,10 @@ pub(crate) enum CarriedState {
     Draining {
         /// How long, in ms.
         left_ms: u64,
+        /// How long it has drained, in ms (absent from a document an
+        /// older baton wrote: then from now).
+        #[serde(default)]
+        for_ms: u64,
     },
     /// Killed, awaiting its reap.
     Killed,

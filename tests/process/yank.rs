@@ -112,6 +112,21 @@ fn a_yank_takes_a_host_back_to_its_installed_release_under_load() {
     assert_eq!(yanked["outcome"], "yanked");
     assert_eq!(yanked["from"], "2.0.0");
     assert_eq!(yanked["detail"], "back to 1.0.0");
+    let seen: Value = serde_json::from_str(&crate::fleet::baton(&[
+        "rollout",
+        "status",
+        "--from",
+        out.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let two = seen["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "2.0.0")
+        .unwrap();
+    assert_eq!(two["yanked"], 1, "{seen}");
     let releases = baton.dir.path().join("releases");
     assert_eq!(lines(releases.join(".yanked")), vec!["2.0.0"]);
     assert_eq!(status(&baton)["yanked"][0], "2.0.0");

@@ -230,20 +230,22 @@ impl Core {
             .values()
             .map(|w| {
                 let on_trial = self.trials.watches(w.id);
-                let (state, since) = match w.state {
-                    State::Starting if on_trial => ("starting (on trial)", None),
-                    State::Starting => ("starting", None),
-                    State::Serving { since } if on_trial => ("on trial", Some(since)),
-                    State::Serving { since } => ("ready", Some(since)),
-                    State::Draining { .. } => ("draining", None),
-                    State::Killed => ("killed", None),
+                let (state, since, draining) = match w.state {
+                    State::Starting if on_trial => ("starting (on trial)", None, None),
+                    State::Starting => ("starting", None, None),
+                    State::Serving { since } if on_trial => ("on trial", Some(since), None),
+                    State::Serving { since } => ("ready", Some(since), None),
+                    State::Draining { since, .. } => ("draining", None, Some(since)),
+                    State::Killed => ("killed", None, None),
                 };
+                let secs = |t: Instant| self.now.saturating_duration_since(t).as_secs();
                 reply::WorkerStatus {
                     id: w.id,
                     pid: w.pid,
                     release: w.release.clone(),
                     state: state.to_owned(),
-                    ready_for_secs: since.map(|s| self.now.saturating_duration_since(s).as_secs()),
+                    ready_for_secs: since.map(secs),
+                    draining_for_secs: draining.map(secs),
                 }
             })
             .collect();

@@ -174,8 +174,9 @@ impl Core {
                     State::Serving { since } => CarriedState::Serving {
                         for_ms: now.saturating_duration_since(since).as_millis() as u64,
                     },
-                    State::Draining { deadline } => CarriedState::Draining {
+                    State::Draining { deadline, since } => CarriedState::Draining {
                         left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
+                        for_ms: now.saturating_duration_since(since).as_millis() as u64,
                     },
                     // Never carried: a re-exec waits while a worker starts.
                     State::Starting | State::Killed => CarriedState::Killed,
@@ -212,8 +213,11 @@ impl Core {
                         .checked_sub(Duration::from_millis(for_ms))
                         .unwrap_or(now),
                 },
-                CarriedState::Draining { left_ms } => State::Draining {
+                CarriedState::Draining { left_ms, for_ms } => State::Draining {
                     deadline: now + Duration::from_millis(left_ms),
+                    since: now
+                        .checked_sub(Duration::from_millis(for_ms))
+                        .unwrap_or(now),
                 },
                 CarriedState::Killed => State::Killed,
             };

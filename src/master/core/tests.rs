@@ -1287,3 +1287,20 @@ fn a_failed_way_back_from_a_yanked_release_reports_no_yank() {
     );
     assert!(!sim.status().trials.contains_key("2.0.0"));
 }
+
+#[test]
+fn status_shows_how_long_a_worker_has_drained() {
+    let mut sim = Sim::new(settings(), false);
+    sim.serving(None);
+    sim.signal(Sig::Hup);
+    sim.ready(2);
+    sim.after(Duration::from_secs(7));
+    let status = sim.status();
+    let old = status.workers.iter().find(|w| w.id == 1).unwrap();
+    assert_eq!(
+        (old.state.as_str(), old.draining_for_secs),
+        ("draining", Some(7))
+    );
+    let new = status.workers.iter().find(|w| w.id == 2).unwrap();
+    assert_eq!((new.ready_for_secs, new.draining_for_secs), (Some(7), None));
+}
