@@ -577,28 +577,33 @@ def s3():
     print(f"| `baton check` of a 256 MiB object: wall, peak RSS | {float(wall):.2f} s, {int(peak) / 1024:.1f} MiB |\n")
 
 
+def run_fleet_sim(port, cmd, timeout):
+    """Runs `cmd` (fleet_sim) against a moto server started on `port`; its JSON."""
+    import json
+    env = {**os.environ, **S3_ENV}
+    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"fleet_sim failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout)
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
 def fleet():
     """Fleet rollout: examples/fleet_sim.rs, 1 000 S3 fetchers against moto on loopback."""
-    import json
     subprocess.run(["cargo", "build", "--release", "--example", "fleet_sim"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sim = os.path.join(ROOT, "target/release/examples/fleet_sim")
     hosts, interval, jitter = 1000, 5, 5
     port = free_port()
-    env = {**os.environ, **S3_ENV}
-    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     cmd = [sim, "--endpoint", f"http://127.0.0.1:{port}", "--hosts", str(hosts),
            "--interval", str(interval), "--jitter", str(jitter)]
-    try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
-            raise RuntimeError(f"fleet_sim failed: {out.stderr[-2000:]}")
-        r = json.loads(out.stdout)
-    finally:
-        moto.terminate()
-        moto.wait()
+    r = run_fleet_sim(port, cmd, timeout=600)
     q = r["quiet"]
     print(f"### Fleet rollout: {hosts} hosts polling S3 (moto on loopback)\n")
     print(f"`ci/bench fleet` runs `{' '.join(['target/release/examples/fleet_sim'] + cmd[1:2] + ['http://127.0.0.1:PORT'] + cmd[3:])}`: "
@@ -638,20 +643,9 @@ def fleet_gate():
     schedule = os.environ.get("FLEET_SCHEDULE", "0s=1,40s=10,80s=50,120s=100")
     gate = "canary=1,max_failures=3"
     port = free_port()
-    env = {**os.environ, **S3_ENV}
-    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     cmd = [sim, "--scenario", "gate", "--endpoint", f"http://127.0.0.1:{port}", "--hosts", str(hosts),
            "--interval", interval, "--jitter", jitter, "--schedule", schedule, "--gate", gate]
-    try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=30)
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-        if out.returncode != 0:
-            raise RuntimeError(f"fleet_sim failed: {out.stderr[-2000:]}")
-        r = json.loads(out.stdout)
-    finally:
-        moto.terminate()
-        moto.wait()
+    r = run_fleet_sim(port, cmd, timeout=1200)
     with open(os.path.join(ROOT, "target/fleet_gate.json"), "w") as f:
         json.dump(r, f, indent=1)
     bad, good, yank = r["bad"], r["good"], r["yank"]

@@ -586,6 +586,28 @@ fn peak_per_second(times: &mut [u64]) -> usize {
     best
 }
 
+/// Creates the bucket at `endpoint` (moto, directly, not through the
+/// proxy) and names the publisher's destination in it.
+async fn bucket(endpoint: &str) -> Destination {
+    let shared = baton::fetchers::s3::config_loader()
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let admin = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .build(),
+    );
+    let _ = admin.create_bucket().bucket(BUCKET).send().await;
+    Destination::S3 {
+        bucket: BUCKET.into(),
+        prefix: "hello/".into(),
+        endpoint_url: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
@@ -626,23 +648,7 @@ async fn main() {
         sha256: Sha256::digest(&old_bytes).into(),
         full: a.full,
     });
-    let shared = baton::fetchers::s3::config_loader()
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await;
-    let admin = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .endpoint_url(&a.endpoint)
-            .force_path_style(true)
-            .build(),
-    );
-    let _ = admin.create_bucket().bucket(BUCKET).send().await;
-    let dest = Destination::S3 {
-        bucket: BUCKET.into(),
-        prefix: "hello/".into(),
-        endpoint_url: Some(a.endpoint.clone()),
-        region: Some("us-east-1".into()),
-    };
+    let dest = bucket(&a.endpoint).await;
     let publish = |rollout: u8, first: bool| Publish {
         to: dest.clone(),
         version: first.then(|| VERSION.to_owned()),

@@ -297,9 +297,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
     };
     let PublishArgs {
         to,
-        endpoint_url,
-        region,
-        api_url,
+        remote,
         version,
         rollout,
         expires,
@@ -312,7 +310,7 @@ fn publish(command: Command) -> anyhow::Result<()> {
         artifacts,
     } = *args;
     let p = baton::publish::Publish {
-        to: baton::publish::target::Destination::parse(&to, endpoint_url, region, api_url)?,
+        to: remote.destination(&to)?,
         version,
         artifacts: artifacts
             .iter()
@@ -648,15 +646,8 @@ struct PublishArgs {
     /// or `github:owner/repo@tag` (token in $GITHUB_TOKEN).
     #[arg(long)]
     to: String,
-    /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
-    #[arg(long)]
-    endpoint_url: Option<String>,
-    /// S3: the region (else from the environment or profile).
-    #[arg(long)]
-    region: Option<String>,
-    /// GitHub: the API's base URL (GitHub Enterprise: https://host/api/v3).
-    #[arg(long)]
-    api_url: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The release's version (semver); needed with artifacts.
     #[arg(long)]
     version: Option<String>,
@@ -708,12 +699,8 @@ enum RolloutCommand {
         /// A directory or `s3://bucket/prefix/` (as `baton publish --to`).
         #[arg(long)]
         from: String,
-        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// S3: the region (else from the environment or profile).
-        #[arg(long)]
-        region: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -741,38 +728,50 @@ enum RolloutCommand {
         /// Look again after this long (`1m`), until an error.
         #[arg(long)]
         every: Option<String>,
-        /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// S3: the region (else from the environment or profile).
-        #[arg(long)]
-        region: Option<String>,
-        /// GitHub: the API's base URL.
-        #[arg(long)]
-        api_url: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
+/// How to reach an S3 or GitHub target (`--to`, `--from`).
+#[derive(clap::Args, Debug, Clone)]
+struct RemoteArgs {
+    /// S3: a custom endpoint (MinIO, a local server), addressed path-style.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// S3: the region (else from the environment or profile).
+    #[arg(long)]
+    region: Option<String>,
+    /// GitHub: the API's base URL (GitHub Enterprise: https://host/api/v3).
+    #[arg(long)]
+    api_url: Option<String>,
+}
+
+impl RemoteArgs {
+    /// The target `to` names, reached this way.
+    fn destination(self, to: &str) -> anyhow::Result<baton::publish::target::Destination> {
+        Ok(baton::publish::target::Destination::parse(
+            to,
+            self.endpoint_url,
+            self.region,
+            self.api_url,
+        )?)
+    }
+}
+
 fn rollout(command: RolloutCommand) -> anyhow::Result<ExitCode> {
-    let (from, endpoint_url, region, json) = match command {
-        RolloutCommand::Status {
-            from,
-            endpoint_url,
-            region,
-            json,
-        } => (from, endpoint_url, region, json),
+    let (from, remote, json) = match command {
+        RolloutCommand::Status { from, remote, json } => (from, remote, json),
         RolloutCommand::Watch {
             prometheus,
             to,
             sign,
             once: _,
             every,
-            endpoint_url,
-            region,
-            api_url,
+            remote,
         } => {
             let watch = baton::publish::watch::Watch {
-                to: baton::publish::target::Destination::parse(&to, endpoint_url, region, api_url)?,
+                to: remote.destination(&to)?,
                 prometheus,
                 sign,
             };
@@ -784,7 +783,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<ExitCode> {
             return watch_rollout(&watch, every);
         }
     };
-    let dest = baton::publish::target::Destination::parse(&from, endpoint_url, region, None)?;
+    let dest = remote.destination(&from)?;
     let sink = dest.reports().map_err(anyhow::Error::msg)?;
     let status = runtime()?
         .block_on(baton::fleet::status::read(&sink, baton::publish::MANIFEST))

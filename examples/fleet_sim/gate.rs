@@ -43,7 +43,6 @@ use baton::fetchers::Fetcher;
 use baton::fleet::report::{version_key, Note, Outcome, Report, Sink, Stage};
 use baton::manifest::gate::Verdict;
 use baton::manifest::{rollout, Rollout};
-use baton::publish::target::Destination;
 use baton::publish::{parse_gate, parse_rollout, publish_report_async, Publish};
 use rand::Rng;
 use serde_json::json;
@@ -597,24 +596,8 @@ pub(super) async fn run(a: &Args) -> serde_json::Value {
         );
         paths.insert(*version, (path, sha256));
     }
-    let shared = baton::fetchers::s3::config_loader()
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await;
-    let admin = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .endpoint_url(&a.endpoint)
-            .force_path_style(true)
-            .build(),
-    );
-    let _ = admin.create_bucket().bucket(BUCKET).send().await;
     // The publisher talks to S3 directly, not through the proxy.
-    let dest = Destination::S3 {
-        bucket: BUCKET.into(),
-        prefix: "hello/".into(),
-        endpoint_url: Some(a.endpoint.clone()),
-        region: Some("us-east-1".into()),
-    };
+    let dest = super::bucket(&a.endpoint).await;
     let release = |version: &str, rollout: Rollout, patches: usize| Publish {
         to: dest.clone(),
         version: Some(version.to_owned()),

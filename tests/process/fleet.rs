@@ -18,6 +18,14 @@ use crate::trial::seed_release;
 
 /// Runs the `baton` CLI; panics with its output unless it succeeds.
 pub(crate) fn baton(args: &[&str]) -> String {
+    let (code, text) = baton_exit(args);
+    assert_eq!(code, 0, "baton {args:?} failed:\n{text}");
+    text
+}
+
+/// Runs the `baton` CLI: its exit code and its output (stdout, then
+/// stderr).
+pub(crate) fn baton_exit(args: &[&str]) -> (i32, String) {
     let out = Command::new(support::baton_bin())
         .args(args)
         .env_remove("BATON_KEY_PASSWORD")
@@ -28,8 +36,7 @@ pub(crate) fn baton(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "baton {args:?} failed:\n{text}");
-    text
+    (out.status.code().unwrap_or(-1), text)
 }
 
 /// A publisher's workspace: keys, artifacts, and the published directory.

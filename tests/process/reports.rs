@@ -364,6 +364,11 @@ fn wait_report_of(store: &Path, version: &str, outcome: &str, host: &str) -> Val
 /// A host serving a seeded 1.0.0 that reads `hello/manifest.json` in the
 /// `releases` bucket.
 fn s3_host(s3: &S3Server, host_id: &str) -> Baton {
+    s3_host_with(s3, host_id, ENV)
+}
+
+/// As [`s3_host`], with the environment `env` (its credentials).
+fn s3_host_with(s3: &S3Server, host_id: &str, env: &[(&str, &str)]) -> Baton {
     let dir = tempfile::tempdir().unwrap();
     seed_release(dir.path(), "1.0.0");
     let config = format!(
@@ -374,7 +379,7 @@ fn s3_host(s3: &S3Server, host_id: &str) -> Baton {
          host_id = \"{host_id}\"\nreport = true\n",
         s3.endpoint()
     );
-    let baton = Baton::start_with_env(dir, &config, ENV);
+    let baton = Baton::start_with_env(dir, &config, env);
     baton.wait_ready();
     baton
 }
@@ -495,24 +500,13 @@ fn an_s3_access_denied_report_write_changes_nothing_about_the_trial() {
     s3.bucket("releases");
     s3_offer(&s3, "2.0.0", &hello_bytes("2.0.0"), None);
     let (id, secret) = read_only_user(&s3);
-    let dir = tempfile::tempdir().unwrap();
-    seed_release(dir.path(), "1.0.0");
-    let config = format!(
-        "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
-         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
-         [fetch]\nsource = \"s3\"\nbucket = \"releases\"\nkey = \"hello/manifest.json\"\nregion = \"us-east-1\"\n\
-         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n\
-         host_id = \"{HOST}\"\nreport = true\n",
-        s3.endpoint()
-    );
     let env = [
         ("AWS_ACCESS_KEY_ID", id.as_str()),
         ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
         ("AWS_REGION", "us-east-1"),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
-    let baton = Baton::start_with_env(dir, &config, &env);
-    baton.wait_ready();
+    let baton = s3_host_with(&s3, HOST, &env);
     baton.wait_current("2.0.0-");
     support::wait_version(baton.addr(), "2.0.0");
     // Both reports (started, promoted) were refused, and wait for a retry.

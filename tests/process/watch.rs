@@ -5,12 +5,11 @@
 //! It fails closed: Prometheus down, or scraping no baton master, is an
 //! error (exit 1), never a healthy fleet.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fleet::Publisher;
+use crate::fleet::{baton_exit, Publisher};
 use crate::reports::{canaries_and_others, failing_build};
 use crate::support::prometheus::Prometheus;
 use crate::support::{self, Baton};
@@ -35,27 +34,18 @@ fn host(publisher: &Publisher, host_id: &str, key: &str) -> Baton {
 
 /// `baton rollout watch --once`: its exit code and output.
 fn watch(prometheus: &str, publisher: &Publisher) -> (i32, String) {
-    let out = Command::new(support::baton_bin())
-        .args([
-            "rollout",
-            "watch",
-            "--once",
-            "--prometheus",
-            prometheus,
-            "--to",
-        ])
-        .arg(publisher.out())
-        .arg("--sign")
-        .arg(publisher.key("k"))
-        .env_remove("BATON_KEY_PASSWORD")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let (out, key) = (publisher.out(), publisher.key("k"));
+    baton_exit(&[
+        "rollout",
+        "watch",
+        "--once",
+        "--prometheus",
+        prometheus,
+        "--to",
+        out.to_str().unwrap(),
+        "--sign",
+        &key,
+    ])
 }
 
 fn manifest(publisher: &Publisher) -> Value {

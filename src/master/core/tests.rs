@@ -257,9 +257,20 @@ fn exit_of(actions: &[Action]) -> Option<Stopped> {
 /// Puts `release` on trial the way the update loop and the store thread
 /// do; returns the trial worker's id.
 fn begin_trial(sim: &mut Sim, release: &Meta, current: Option<Meta>) -> u64 {
+    begin_trial_leaving(sim, release, current, None)
+}
+
+/// As [`begin_trial`], for a release that takes the host away from the
+/// yanked version `leaves`.
+fn begin_trial_leaving(
+    sim: &mut Sim,
+    release: &Meta,
+    current: Option<Meta>,
+    leaves: Option<&str>,
+) -> u64 {
     let actions = sim.on(Event::Installed {
         release: release.clone(),
-        leaves: None,
+        leaves: leaves.map(str::to_owned),
         hold: 7,
     });
     assert!(matches!(jobs(&actions)[..], [Job::BeginTrial(m, 1)] if m.id == release.id));
@@ -1231,14 +1242,8 @@ fn leaving_a_yanked_release_is_reported_once_promoted() {
     let back = meta("1.0.0");
     let mut sim = Sim::new(settings(), true);
     sim.serving(Some(yanked.clone()));
-    sim.on(Event::Installed {
-        release: back.clone(),
-        leaves: Some("2.0.0".to_owned()),
-        hold: 7,
-    });
-    let actions = sim.store_done(Done::TrialBegun(back.clone(), Ok(())), Some(yanked.clone()));
-    assert_eq!(notes(&actions)[0].outcome, Outcome::Started);
-    let id = spawned(&actions)[0];
+    let id = begin_trial_leaving(&mut sim, &back, Some(yanked.clone()), Some("2.0.0"));
+    assert_eq!(sim.status().trials["1.0.0"]["started"], 1);
     sim.ready(id);
     let actions = sim.after(SETTLE);
     assert!(matches!(jobs(&actions)[..], [Job::Promote(m)] if m.id == back.id));
@@ -1271,13 +1276,7 @@ fn a_failed_way_back_from_a_yanked_release_reports_no_yank() {
     let back = meta("1.0.0");
     let mut sim = Sim::new(settings(), true);
     sim.serving(Some(yanked.clone()));
-    sim.on(Event::Installed {
-        release: back.clone(),
-        leaves: Some("2.0.0".to_owned()),
-        hold: 7,
-    });
-    let actions = sim.store_done(Done::TrialBegun(back.clone(), Ok(())), Some(yanked.clone()));
-    let id = spawned(&actions)[0];
+    let id = begin_trial_leaving(&mut sim, &back, Some(yanked.clone()), Some("2.0.0"));
     let actions = sim.exit(id, exit_code(3));
     let n = notes(&actions);
     assert_eq!(n.len(), 1);
