@@ -336,7 +336,8 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut notes: mpsc::UnboundedReceiver<Note>, retry: Duration) {
-        let mut tick = tokio::time::interval(retry.max(Duration::from_millis(100)));
+        let period = retry.max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -344,6 +345,11 @@ impl Task {
                     Some(note) => {
                         let report = Report::new(note, &self.host_id, SystemTime::now());
                         if !self.sent.contains(&report.key()) {
+                            if self.pending.is_empty() {
+                                // A retry comes a full period after the
+                                // first write that fails, not at once.
+                                tick.reset();
+                            }
                             self.queue(report);
                             self.flush().await;
                         }
