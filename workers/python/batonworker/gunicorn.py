@@ -213,12 +213,15 @@ class ThreadWorker(gthread.ThreadWorker):
                 self.futures.remove(fut)
             self.murder_keepalived()
 
-    def finish_request(self, fs):
-        # gunicorn closes a connection whose response announced keep-alive
-        # when the worker stops while the request was in flight: the client
-        # may already be sending its next request. Keep it for the grace.
-        if self.alive or _shape() != "legacy" or fs.cancelled():
-            return super().finish_request(fs)
+    def finish_request(self, *args):
+        # gunicorn 20.1 to 23 close a connection whose response announced
+        # keep-alive when the worker stops while the request was in flight:
+        # the client may already be sending its next request. Keep it for
+        # the grace. (gunicorn 27 keeps it itself; its finish_request takes
+        # (conn, fs).)
+        if len(args) != 1 or self.alive or _shape() != "legacy" or args[0].cancelled():
+            return super().finish_request(*args)
+        fs = args[0]
         try:
             keepalive, conn = fs.result()
         except Exception:

@@ -144,7 +144,10 @@ def run(app, *, idle_grace=None, **kwargs):
 def main(argv=None):
     """``python -m batonworker.uvicorn [--idle-grace SECONDS] module:app
     [uvicorn options]``: uvicorn's own command line, on baton's sockets."""
-    import uvicorn.main as cli
+    import importlib
+
+    # The module, not the function uvicorn's package exports by that name.
+    cli = importlib.import_module("uvicorn.main")
 
     args = list(sys.argv[1:] if argv is None else argv)
     grace = None
@@ -171,6 +174,7 @@ def main(argv=None):
         except ValueError as e:
             sys.exit(str(e))
 
+    # uvicorn's command calls the module's run(): this one, on baton's sockets.
     cli.run = run_here
     cli.main.main(args=args, prog_name="python -m batonworker.uvicorn")
 
