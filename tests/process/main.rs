@@ -24,6 +24,7 @@ mod lifecycle;
 mod operate;
 mod pid1;
 mod python;
+mod python_helper;
 mod reexec;
 mod release;
 mod reload;
