@@ -83,6 +83,11 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets=None):
         await self.drain()
         await super().shutdown(sockets=sockets)
+        # uvicorn raises the stop signal again once it has shut down, so the
+        # process would die of it; a drained worker exits 0 instead.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
     async def drain(self):
         """Stops accepting, then waits until every connection has closed:
