@@ -865,6 +865,15 @@ def worker_kinds():
                   ("uvicorn 0.34 (`--fd 3`, `ready = \"delay:1s\"`)",
                    lambda: KindBaton(f"{venv}/uvicorn --fd 3 --no-access-log app:app", ready="delay:1s",
                                      files=[("app.py", ASGI_APP)]))]
+        # The same servers through the Python helper (workers/python, from
+        # the source tree: standard library only, nothing to install).
+        helper = f"env PYTHONPATH={os.path.join(ROOT, 'workers/python')}"
+        kinds += [("gunicorn 23 through the helper (`--worker-class batonworker.gunicorn.ThreadWorker`)",
+                   lambda: KindBaton(f"{helper} {venv}/gunicorn -w 2 -k batonworker.gunicorn.ThreadWorker "
+                                     f"--threads 8 --keep-alive 5 app:app", files=[("app.py", WSGI_APP)])),
+                  ("uvicorn 0.34 through the helper (`python -m batonworker.uvicorn`)",
+                   lambda: KindBaton(f"{helper} {venv}/python -m batonworker.uvicorn --no-access-log app:app",
+                                     files=[("app.py", ASGI_APP)]))]
     ab_cmd = ["-k", "-r", "-c", "50", "-n", "20000"]
     results = []
     for label, start in kinds:
