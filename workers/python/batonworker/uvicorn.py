@@ -168,10 +168,11 @@ def main(argv=None):
             grace = float(grace.rstrip("s"))
         except ValueError:
             sys.exit(f"batonworker.uvicorn: --idle-grace {grace!r} is not a number of seconds")
-    try:
-        batonworker.listeners()
-    except batonworker.ProtocolError as e:
-        sys.exit(str(e))
+    if "--help" not in args and "--version" not in args:
+        try:
+            batonworker.listeners()
+        except batonworker.ProtocolError as e:
+            sys.exit(str(e))
 
     def run_here(app, **kwargs):
         try:

@@ -300,5 +300,45 @@ class SettingsTest(unittest.TestCase):
                 del os.environ["BATONWORKER_IDLE_GRACE"]
 
 
+def _has(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+class DriversTest(unittest.TestCase):
+    @unittest.skipUnless(_has("uvicorn"), "uvicorn is not installed here")
+    def test_uvicorn_outside_baton_says_so(self):
+        code, _, err = run_child("""
+            import sys
+            sys.argv = ["batonworker.uvicorn", "app:app"]
+            import batonworker.uvicorn
+            batonworker.uvicorn.main()
+        """, {})
+        self.assertEqual(code, 1, err)
+        self.assertIn("LISTEN_FDS is not set", err)
+        self.assertIn("run under `baton run`", err)
+
+    @unittest.skipUnless(_has("gunicorn"), "gunicorn is not installed here")
+    def test_gunicorn_worker_class_knows_this_gunicorn(self):
+        code, out, err = run_child("""
+            import batonworker.gunicorn as g
+            print(g._shape())
+        """, {})
+        self.assertEqual(code, 0, err)
+        self.assertIn(out.strip(), ("legacy", "linger"))
+
+    @unittest.skipUnless(_has("gunicorn"), "gunicorn is not installed here")
+    def test_loading_the_gunicorn_worker_class_takes_notify_socket(self):
+        code, out, err = run_child("""
+            import os, batonworker
+            from gunicorn import util
+            cls = util.load_class("batonworker.gunicorn.ThreadWorker")
+            cls.setup()
+            print(os.environ.get("NOTIFY_SOCKET"), batonworker.notify_socket())
+        """, {"NOTIFY_SOCKET": "/run/x"})
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip(), "None /run/x")
+
+
 if __name__ == "__main__":
     unittest.main()
