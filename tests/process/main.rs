@@ -27,6 +27,7 @@ mod python;
 mod python_helper;
 mod reexec;
 mod release;
+mod release_workflow;
 mod reload;
 mod reports;
 mod s3;
