@@ -231,25 +231,69 @@ def cycle_latency():
 
 
 def idle():
-    b = Baton()
-    try:
-        time.sleep(1)
-        pid = b.proc.pid
-        rss = int(re.search(r"VmRSS:\s+(\d+) kB", open(f"/proc/{pid}/status").read()).group(1))
+    """The master's memory, threads and CPU at idle, serving the example from
+    a release, with the file source and with an S3 source (moto). BENCH_BATON
+    names another baton binary (a before/after comparison)."""
+    baton = os.environ.get("BENCH_BATON", BATON)
 
-        def cpu():
-            f = open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        c0 = cpu()
-        time.sleep(10)
-        c1 = cpu()
+    def status(pid):
+        text = open(f"/proc/{pid}/status").read()
+        kib = {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) for k in ("VmRSS", "RssAnon", "RssFile")}
+        names = sorted(open(f"/proc/{pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{pid}/task"))
+        return kib, names
+
+    def one(d, env):
+        proc = subprocess.Popen([baton, "run", "--config", os.path.join(d, "baton.toml")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            wait_until(lambda: get(port) == "hello 1.0.0" and current_version(d) == "1.0.0", timeout=60)
+            # Past the blocking pool's 10 s keep-alive and a few polls.
+            time.sleep(12)
+            c0 = proc_cpu(proc.pid)
+            time.sleep(10)
+            c1 = proc_cpu(proc.pid)
+            kib, names = status(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        return kib, names, (c1 - c0) * 1000
+
+    v1 = os.path.join(BINS, "hello-1.0.0")
+    results = []
+    d = tempfile.mkdtemp(prefix="baton-bench-idle-")
+    os.mkdir(os.path.join(d, "dist"))
+    publish_file(os.path.join(d, "dist/hello"), open(v1, "rb").read())
+    port = release_config(d, 'source = "file"\npath = "dist/hello"', settle="0s")
+    results.append(("file", *one(d, dict(os.environ))))
+    moto_port = free_port()
+    env = {**os.environ, **S3_ENV}
+    moto = subprocess.Popen([os.path.join(VENV, "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", moto_port), timeout=1).close() or True, timeout=30)
+        s3_put(endpoint, "hello/hello", v1, create=True)
+        d = tempfile.mkdtemp(prefix="baton-bench-idle-s3-")
+        port = release_config(d, f'source = "s3"\nbucket = "releases"\nkey = "hello/hello"\nregion = "us-east-1"\n'
+                                 f'endpoint_url = "{endpoint}"\nforce_path_style = true', settle="0s")
+        results.append(("s3 (moto)", *one(d, env)))
     finally:
-        b.stop()
+        moto.terminate()
+        moto.wait()
+    size = os.path.getsize(baton)
     print("### Master at idle\n")
-    print("| measure | value |")
-    print("|---|---|")
-    print(f"| RSS (VmRSS) | {rss / 1024:.1f} MiB |")
-    print(f"| CPU over 10 s | {(c1 - c0) * 1000:.0f} ms |\n")
+    print(f"`python3 ci/bench.py idle`: the master serving the example from a release it installed at "
+          f"start, 12 s after it started serving (the default 60 s interval: the start's check is the only "
+          f"one); binary {size / 1e6:.1f} MB. RssAnon and RssFile from /proc/PID/status; threads from "
+          f"/proc/PID/task/*/comm.\n")
+    print("| source | RSS (VmRSS) | RssAnon | RssFile | threads | CPU over 10 s |")
+    print("|---|---|---|---|---|---|")
+    for source, kib, names, cpu in results:
+        counts = {n: names.count(n) for n in names}
+        threads = ", ".join(f"{n} ×{c}" if c > 1 else n for n, c in counts.items())
+        print(f"| {source} | {kib['VmRSS'] / 1024:.1f} MiB | {kib['RssAnon'] / 1024:.1f} MiB "
+              f"| {kib['RssFile'] / 1024:.1f} MiB | {len(names)} ({threads}) | {cpu:.0f} ms |")
+    print()
 
 
 def proc_cpu(pid):
@@ -406,33 +450,104 @@ def pipeline():
     print(f"\nThe probe itself (`hello --probe`) takes {statistics.median(probe):.1f} ms (median of 10), included above.\n")
 
 
+def log_events(path):
+    """(wall-clock seconds, event) of each `event="…"` line of a master's text log."""
+    out = []
+    for stamp, event in re.findall(r'^(\S+)Z .*?event="(\w+)"', open(path).read(), re.M):
+        ts = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        out.append((ts + float("0." + stamp[20:]), event))
+    return out
+
+
+def floor_sample(artifact, work_dir, i):
+    """One sample of the parts of a file-drop upgrade no implementation
+    avoids, each timed on its own (ms): sha256 of the artifact (hashlib, 1 MiB
+    reads from the page cache), the probe (`<bin> --probe` with BATON_PROBE=1
+    and stdin from /dev/null, as baton runs it), and an install with fsync (a
+    copy into a new directory on the releases' filesystem, fsync of file and
+    directory, a rename, fsync of the parent)."""
+    import hashlib
+    t0 = time.monotonic()
+    h = hashlib.sha256()
+    with open(artifact, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.hexdigest()
+    sha = (time.monotonic() - t0) * 1000
+    t0 = time.monotonic()
+    subprocess.run([artifact, "--probe"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, env={**os.environ, "BATON_PROBE": "1"}, check=True)
+    probe = (time.monotonic() - t0) * 1000
+    staging = os.path.join(work_dir, f".floor-staging-{i}")
+    os.mkdir(staging)
+    t0 = time.monotonic()
+    with open(artifact, "rb") as src, open(os.path.join(staging, "hello"), "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    fd = os.open(staging, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    final = os.path.join(work_dir, f".floor-release-{i}")
+    os.rename(staging, final)
+    fd = os.open(work_dir, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    install = (time.monotonic() - t0) * 1000
+    shutil.rmtree(final)
+    return sha, probe, install
+
+
 def upgrade_latency():
-    print("### Upgrade latency\n")
-    print("| source | settle | publish → first response from the new version (on trial), median | min | max "
-          "| publish → `current` promoted, median | min | max | runs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    """Publish → first response from the new version, for the file source
+    (inotify) and an HTTP manifest polled every second; for the file source
+    also where the time goes (the master's log) and its floor. BENCH_BATON
+    names another baton binary; BENCH_UPGRADE=file skips the HTTP rows."""
     v1 = open(os.path.join(BINS, "hello-1.0.0"), "rb").read()
     v2 = open(os.path.join(BINS, "hello-2.0.0"), "rb").read()
+    rows, phases = [], None
 
-    def measure(d, port, publish, runs):
-        serve, promote = [], []
+    floors = []
+
+    def measure(d, port, prepare, runs, floor=False):
+        serve, promote, publishes = [], [], []
         wait_until(lambda: get(port) == "hello 1.0.0" and current_version(d) == "1.0.0", timeout=60)
         for i in range(runs):
             want, data = ("2.0.0", v2) if i % 2 == 0 else ("1.0.0", v1)
-            # The versions alternate, so the config allows downgrades.
-            t0 = time.monotonic()
-            publish(want, data)
+            # The versions alternate, so the config allows downgrades. The
+            # build is written first; the publish is its last step (the
+            # rename onto the watched path, the manifest).
+            publish = prepare(want, data)
+            time.sleep(0.2)
+            t0, wall = time.monotonic(), time.time()
+            publish()
             wait_until(lambda: get(port) == f"hello {want}", step=0.001)
             serve.append((time.monotonic() - t0) * 1000)
+            publishes.append((wall, serve[-1]))
             # The next publish waits for this trial to end: a candidate that
             # arrives during a trial waits for it.
             wait_until(lambda: current_version(d) == want, timeout=60, step=0.001)
             promote.append((time.monotonic() - t0) * 1000)
-        return serve, promote
+            if floor:
+                # The floor's parts, timed between the publishes, so that
+                # both see the same load on a shared machine.
+                time.sleep(0.2)
+                floors.append(floor_sample(os.path.join(BINS, f"hello-{want}"), os.path.join(d, "releases"), i))
+            time.sleep(0.2)
+        return serve, promote, publishes
 
-    def row(source, settle, serve, promote):
-        print(f"| {source} | {settle} | {statistics.median(serve):.0f} ms | {min(serve):.0f} ms | {max(serve):.0f} ms "
-              f"| {statistics.median(promote):.0f} ms | {min(promote):.0f} ms | {max(promote):.0f} ms | {len(serve)} |")
+    def run(source, settle, runs, d, port, prepare, env=None, floor=False):
+        log = os.path.join(d, "baton.log")
+        proc = subprocess.Popen([os.environ.get("BENCH_BATON", BATON), "run", "--config",
+                                 os.path.join(d, "baton.toml")],
+                                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+        try:
+            serve, promote, publishes = measure(d, port, prepare, runs, floor)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        rows.append((source, settle, serve, promote))
+        return log, publishes
 
     for settle, runs in (("0s", 10), ("10s", 5)):
         # File fetcher: inotify wakes the loop; the interval is only a fallback.
@@ -440,38 +555,87 @@ def upgrade_latency():
         os.mkdir(os.path.join(d, "dist"))
         publish_file(os.path.join(d, "dist/hello"), v1)
         port = release_config(d, 'source = "file"\npath = "dist/hello"\ninterval = "60s"', settle=settle)
-        proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            serve, promote = measure(d, port, lambda _v, data: publish_file(os.path.join(d, "dist/hello"), data), runs)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        row("file (inotify)", settle, serve, promote)
-    for settle, runs in (("0s", 5), ("10s", 5)):
+        def prepare(_version, data, d=d):
+            tmp = os.path.join(d, "hello.build")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o755)
+            return lambda: os.rename(tmp, os.path.join(d, "dist/hello"))
+        log, publishes = run("file (inotify)", settle, runs, d, port, prepare, floor=settle == "0s")
+        if settle == "0s":
+            phases = file_phases(log_events(log), publishes)
+    # BENCH_UPGRADE=file: the file source only.
+    for settle, runs in (("0s", 5), ("10s", 5)) if os.environ.get("BENCH_UPGRADE") != "file" else ():
         # HTTP manifest polled every second.
         d = tempfile.mkdtemp(prefix="baton-bench-up-")
         www = os.path.join(d, "www")
         os.mkdir(www)
         server = FileServer(www)
 
-        def publish(version, data):
+        def prepare(version, data, www=www):
             publish_file(os.path.join(www, f"hello-{version}"), data)
-            publish_file(os.path.join(www, "manifest.json"),
-                         ('{"version": "%s", "url": "hello-%s"}' % (version, version)).encode())
-        publish("1.0.0", v1)
+            return lambda: publish_file(os.path.join(www, "manifest.json"),
+                                        ('{"version": "%s", "url": "hello-%s"}' % (version, version)).encode())
+        prepare("1.0.0", v1)()
         port = release_config(d, f'source = "http"\nurl = "{server.url("manifest.json")}"\ninterval = "1s"',
                               settle=settle)
-        proc = subprocess.Popen([BATON, "run", "--config", os.path.join(d, "baton.toml")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            serve, promote = measure(d, port, publish, runs)
+            run("http manifest, interval 1 s", settle, runs, d, port, prepare)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
             server.stop()
-        row("http manifest, interval 1 s", settle, serve, promote)
+    sha, probe, install = (statistics.median(part) for part in zip(*floors))
+    ready = phases["worker started → READY=1"]
+    floor = sha + probe + install + ready
+    file_serve = statistics.median(rows[0][2])
+    size = os.path.getsize(os.path.join(BINS, "hello-2.0.0"))
+
+    print("### Upgrade latency\n")
+    print("| source | settle | publish → first response from the new version (on trial), median | min | max "
+          "| publish → `current` promoted, median | min | max | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for source, settle, serve, promote in rows:
+        print(f"| {source} | {settle} | {statistics.median(serve):.0f} ms | {min(serve):.0f} ms | {max(serve):.0f} ms "
+              f"| {statistics.median(promote):.0f} ms | {min(promote):.0f} ms | {max(promote):.0f} ms | {len(serve)} |")
+    print(f"\nThe file source (settle 0s, the example's {size / 1e6:.1f} MB build renamed into the watched path): "
+          f"where the time goes, from the master's log, and the floor, each part timed on its own between "
+          f"the publishes (medians of {len(rows[0][2])}).\n")
+    print("| phase (master's log) | median |")
+    print("|---|---|")
+    for name, ms in phases.items():
+        print(f"| {name} | {ms:.1f} ms |")
     print()
+    print("| floor part (timed alone) | median |")
+    print("|---|---|")
+    print(f"| sha256 of the artifact | {sha:.1f} ms |")
+    print(f"| probe (`hello --probe`) | {probe:.1f} ms |")
+    print(f"| install: copy, fsync file and directory, rename, fsync parent | {install:.1f} ms |")
+    print(f"| worker start → READY=1 (master's log) | {ready:.1f} ms |")
+    print(f"| **floor** | **{floor:.1f} ms** |")
+    print(f"| publish → new version serving, median | {file_serve:.1f} ms |")
+    print(f"| above the floor | {file_serve - floor:.1f} ms ({file_serve / floor:.2f}× the floor) |\n")
+
+
+def file_phases(events, publishes):
+    """Medians (ms) of the phases of each publish, from the master's log."""
+    names = [("candidate_found", "publish → candidate noticed"),
+             ("release_installed", "noticed → installed (stage with sha256, probe, install with fsync)"),
+             ("worker_started", "installed → worker started (trial recorded, spawn)"),
+             ("worker_ready", "worker started → READY=1")]
+    out = {label: [] for _, label in names}
+    out["READY=1 → first response seen by the client"] = []
+    for wall, serve in publishes:
+        t, ok = wall, True
+        for event, label in names:
+            at = next((ts for ts, e in events if e == event and ts >= t), None)
+            if at is None:
+                ok = False
+                break
+            out[label].append((at - t) * 1000)
+            t = at
+        if ok:
+            out["READY=1 → first response seen by the client"].append(wall + serve / 1000 - t)
+    out["READY=1 → first response seen by the client"] = [x * 1000 for x in out["READY=1 → first response seen by the client"]]
+    return {k: statistics.median(v) for k, v in out.items() if v}
 
 
 def lo_bytes():

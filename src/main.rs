@@ -273,9 +273,14 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// One thread runs every task (the master's event loop included); file
+/// operations hop to tokio's blocking threads, which exit after 2 s idle
+/// (tokio's default is 10 s) so that an idle master is down to its own
+/// threads soon after a check.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .context("cannot start the async runtime")
 }

@@ -113,7 +113,9 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
     Ok(crate::fsutil::fsync_dir(dir)?)
 }
 
-fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
+/// Writes a release's metadata in `dir`; fsynced with `sync` (without,
+/// the caller fsyncs it with the rest of the release).
+fn write_meta(dir: &Path, meta: &Meta, sync: bool) -> Result<(), Error> {
     let path = dir.join(META);
     let mut f = std::fs::File::create(&path).map_err(io("write", &path))?;
     f.write_all(
@@ -121,25 +123,56 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
             .expect("serializable")
             .as_bytes(),
     )
-    .and_then(|_| f.sync_all())
+    .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
     .map_err(io("write", &path))
 }
 
+/// How many fsyncs [`fsync_tree`] has in flight at once.
+const FSYNC_THREADS: usize = 4;
+
 /// fsyncs every regular file and directory under `dir` (links are not
-/// followed), then `dir` itself.
+/// followed) and `dir` itself, several at a time: the filesystem's journal
+/// then commits them together, where one after the other each fsync waits
+/// for a commit of its own.
 fn fsync_tree(dir: &Path) -> Result<(), Error> {
-    for entry in std::fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io("read", &path))?;
-        if kind.is_dir() {
-            fsync_tree(&path)?;
-        } else if kind.is_file() {
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync", &path))?;
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+        for entry in std::fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io("read", &path))?;
+            if kind.is_dir() {
+                walk(&path, out)?;
+            } else if kind.is_file() {
+                out.push(path);
+            }
         }
+        out.push(dir.to_owned());
+        Ok(())
     }
-    fsync_dir(dir)
+    let mut paths = Vec::new();
+    walk(dir, &mut paths)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fsync_next = || -> Result<(), Error> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(path) = paths.get(i) else {
+                return Ok(());
+            };
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync", path))?;
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..paths.len().min(FSYNC_THREADS))
+            .map(|_| scope.spawn(fsync_next))
+            .collect();
+        let mine = fsync_next();
+        helpers
+            .into_iter()
+            .map(|h| h.join().expect("an fsync thread does not panic"))
+            .chain([mine])
+            .collect()
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -341,7 +374,7 @@ impl Store {
     /// `current` does not move: only the master promotes a release, after
     /// its trial.
     pub fn install(&self, staging: tempfile::TempDir, meta: &Meta) -> Result<(), Error> {
-        write_meta(staging.path(), meta)?;
+        write_meta(staging.path(), meta, false)?;
         // Every unpacked file and directory, not only the binary: after a
         // power cut a release directory must not hold empty files.
         fsync_tree(staging.path())?;
@@ -476,7 +509,7 @@ impl Store {
             drop(staging);
         } else {
             if !staging.path().join(META).exists() {
-                write_meta(staging.path(), meta)?;
+                write_meta(staging.path(), meta, true)?;
             }
             let staged = staging.keep();
             std::fs::rename(&staged, &target).map_err(io("rename into place", &target))?;

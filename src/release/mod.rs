@@ -400,9 +400,22 @@ impl Pipeline {
                 });
             }
         }
+        // The binary's bytes go to the disk while its probe runs; the
+        // install's fsync then finds little left to do (and meets any
+        // error again).
+        let flushing = install.then(|| {
+            let binary = binary.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&binary).and_then(|f| f.sync_all())
+            })
+        });
         let version = self
             .version(&binary, &info, current.as_ref(), leaving.is_some())
-            .await?;
+            .await;
+        if let Some(flushing) = flushing {
+            let _ = flushing.await;
+        }
+        let version = version?;
         let meta = Meta {
             id: Store::id_for(version.as_deref(), &sha256),
             version,

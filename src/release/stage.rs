@@ -1,6 +1,8 @@
 //! Streams a candidate into a temp file beside the releases (mode 0600),
 //! hashing it on the fly, under a size cap and a time limit. Memory stays
-//! flat: one 64 KiB buffer whatever the size.
+//! flat: one 256 KiB buffer (and the file's own) whatever the size. The
+//! file is not fsynced here: an install fsyncs what it keeps, and a check
+//! or a patch's download keeps nothing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use super::Error;
 use crate::fetchers::Body;
 use crate::fsutil::IoError;
 
-const CHUNK: usize = 64 << 10;
+/// Each read and write is a hop to a blocking thread: 256 KiB takes a
+/// 24 MB build in about a hundred, where 64 KiB took four hundred.
+const CHUNK: usize = 256 << 10;
 
 /// A complete download.
 pub struct Staged {
@@ -83,7 +87,6 @@ pub async fn stage(
             progress(size);
         }
         out.flush().await.map_err(io_err)?;
-        out.sync_all().await.map_err(io_err)?;
         Ok((hasher.finalize().into(), size))
     };
     let (sha256, size) = tokio::time::timeout(limit, copy)
