@@ -103,7 +103,7 @@ mod sockets;
 mod sys;
 mod time;
 mod url;
-mod version;
+pub mod version;
 mod worker;
 
 use std::future::Future;
@@ -331,6 +331,7 @@ where
                 verify: options.verify,
                 control: config::Control::default(),
                 hooks: config::Hooks::default(),
+                self_channel: None,
             };
             match rt.block_on(master::run_library(config, options.reexec_on_upgrade))? {
                 master::Stopped::Graceful => Ok(()),

@@ -6,9 +6,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// This build's version: the crate's, unless `BATON_BUILD_VERSION` named
+/// another when it was built (the tests build a second baton that way, to
+/// upgrade baton through its own `[self]` channel).
+const VERSION: &str = match option_env!("BATON_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Keeps a network service up while it upgrades its own binary.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Log lines as `text` or `json` (one object per line, with `event`,
     /// `release`, `version`, `worker` and `error` as top-level keys).
@@ -146,6 +154,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_TRIPPED: u8 = 3;
 
 fn main() -> ExitCode {
+    baton::version::set_own(VERSION);
     let cli = Cli::parse();
     let log_format = match cli.log_format {
         Some(format) => format,

@@ -13,3 +13,17 @@ pub fn parse_version(text: &str) -> Option<semver::Version> {
 pub fn probe_version(line: &str) -> Option<semver::Version> {
     line.split_whitespace().rev().find_map(parse_version)
 }
+
+/// The version of baton this process runs, as `baton --version` prints it.
+/// The `baton` executable sets it at start ([`set_own`]); otherwise the
+/// crate's version.
+pub fn own() -> &'static str {
+    OWN.get().map_or(env!("CARGO_PKG_VERSION"), String::as_str)
+}
+
+/// Sets the version [`own`] returns (once; later calls are ignored).
+pub fn set_own(version: &str) {
+    let _ = OWN.set(version.to_owned());
+}
+
+static OWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -13,6 +13,7 @@ mod fetch;
 mod hooks;
 mod program;
 mod releases;
+mod self_channel;
 mod verify;
 
 use std::fmt;
@@ -27,6 +28,7 @@ pub use self::fetch::{Fetch, Secret, Source};
 pub use self::hooks::{Hook, Hooks};
 pub use self::program::{Listen, ListenAddr, Program, Ready, Signal};
 pub use self::releases::{Health, HealthCheck, Releases, TRIAL_ATTEMPTS_DEFAULT};
+pub use self::self_channel::SelfChannel;
 pub use self::verify::{parse_size, Verify, MAX_ENTRIES_DEFAULT, MAX_UNPACKED_FACTOR};
 pub use crate::fsutil::parse_sha256;
 pub use crate::time::{parse_duration, MAX_DURATION};
@@ -36,6 +38,7 @@ use self::fetch::RawFetch;
 use self::hooks::RawHooks;
 use self::program::RawProgram;
 use self::releases::RawReleases;
+use self::self_channel::RawSelf;
 use self::verify::RawVerify;
 
 /// A configuration error: the file could not be read, is not valid TOML, or a
@@ -96,6 +99,8 @@ pub struct Config {
     pub control: Control,
     /// Commands run around installs, promotions and rollbacks: `[hooks]`.
     pub hooks: Hooks,
+    /// baton's own channel: `[self]`.
+    pub self_channel: Option<SelfChannel>,
 }
 
 /// The file as written, one raw struct per section.
@@ -116,6 +121,11 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     hooks: RawHooks,
+    /// `[self]` for serde: only its name; [`RawSelf::read`] reads it.
+    #[serde(rename = "self")]
+    _self: Option<IgnoredAny>,
+    #[serde(skip)]
+    self_channel: Option<RawSelf>,
 }
 
 impl RawConfig {
@@ -137,8 +147,19 @@ impl RawConfig {
             .map(RawFetch::read)
             .transpose()
             .map_err(with_input)?;
+        let self_channel = doc
+            .get_ref()
+            .get("self")
+            .cloned()
+            .map(RawSelf::read)
+            .transpose()
+            .map_err(with_input)?;
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(with_input)?;
-        Ok(RawConfig { fetch, ..raw })
+        Ok(RawConfig {
+            fetch,
+            self_channel,
+            ..raw
+        })
     }
 }
 
@@ -186,6 +207,10 @@ impl Config {
                 ));
             }
         }
+        let self_channel = raw
+            .self_channel
+            .map(|s| s.parse(base, releases.is_some()))
+            .transpose()?;
         Ok(Config {
             program,
             releases,
@@ -193,6 +218,7 @@ impl Config {
             verify: raw.verify.parse()?,
             control: raw.control.parse(base)?,
             hooks: raw.hooks.parse(base)?,
+            self_channel,
         })
     }
 }

@@ -97,7 +97,7 @@ pub(super) struct RawVerify {
 /// A string, or a list of them.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }

@@ -211,6 +211,25 @@ fn release(meta: Option<&crate::release::Meta>) -> String {
 fn render_status(out: &mut String, s: &reply::Status) {
     use std::fmt::Write as _;
     let _ = writeln!(out, "master     pid {}, up {}s", s.pid, s.uptime_secs);
+    let b = &s.baton;
+    let _ = writeln!(
+        out,
+        "baton      {}{}",
+        b.version,
+        b.channel
+            .as_deref()
+            .map(|c| format!(", self-upgrades from {c}"))
+            .unwrap_or_default()
+    );
+    if let Some(v) = &b.on_trial {
+        let _ = writeln!(out, "baton      on trial: {v}");
+    }
+    for f in &b.failed {
+        let _ = writeln!(out, "baton      failed self-upgrade {f}");
+    }
+    if let Some(c) = &b.last_check {
+        let _ = writeln!(out, "baton      last check {c}");
+    }
     for w in &s.workers {
         let state = match w.draining_for_secs {
             Some(secs) => format!("{} {secs}s", w.state),

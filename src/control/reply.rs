@@ -53,6 +53,30 @@ pub struct Status {
     /// The trial reports' writer, with `[fetch] report`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports: Option<Reports>,
+    /// baton itself: its version and, with `[self]`, its own channel.
+    #[serde(default)]
+    pub baton: Baton,
+}
+
+/// baton itself, in a [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baton {
+    /// The version the master runs.
+    pub version: String,
+    /// baton's own channel (`[self]`), described.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A new baton on trial: its version, kept once it has stayed up for
+    /// `self.settle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_trial: Option<String>,
+    /// Self-upgrades that failed, each `<version>: <why>`; never taken
+    /// again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// How the last check of baton's own channel ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
 }
 
 /// The trial reports' writer, in a [`Status`].

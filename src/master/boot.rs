@@ -62,9 +62,26 @@ pub(super) async fn boot(
         verify,
         control,
         hooks,
+        self_channel,
     } = config;
     let signals = prepare()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("baton"));
+    // A self-upgrade under way: this master is the new build on trial, or
+    // the previous one started again after the new one died.
+    let own_dir = releases
+        .as_ref()
+        .filter(|_| self_channel.is_some())
+        .map(|r| super::self_update::store_dir(&r.dir));
+    let own_start = match &own_dir {
+        Some(dir) => super::self_update::start(dir, &exe),
+        None => super::self_update::Start::None,
+    };
+    // The executable systemd or supervisord starts: a new build on trial
+    // runs from baton's store, and `reexec` goes back to this path.
+    let exe = match &own_start {
+        super::self_update::Start::OnTrial(record) => record.home.clone(),
+        super::self_update::Start::None => exe,
+    };
     // What a previous master handed over across its `execve`, if this is
     // one; its workers are claimed before the reaper could take them.
     let mut inherited = reexec::take().map_err(Error::Reexec)?;
@@ -150,6 +167,7 @@ pub(super) async fn boot(
             fetch,
             verify,
             hooks,
+            self_channel,
             path: config_path,
         },
         sockets,
@@ -177,9 +195,21 @@ pub(super) async fn boot(
         holds: BTreeMap::new(),
         next_token: 0,
         metrics_task: listeners.metrics_task,
+        baton: None,
         _held: (listeners.control, lock, reaper),
     };
     driver.reporter = super::driver::reporter(driver.config.fetch.as_ref(), driver.store.as_ref());
+    if let (Some(channel), Some(dir)) = (&driver.config.self_channel, &own_dir) {
+        driver.baton = super::self_update::launch(
+            channel,
+            dir,
+            own_start,
+            &driver.exe,
+            driver.config.path.as_deref(),
+            driver.child_env.clone(),
+            driver.outbox.selfs.clone(),
+        );
+    }
     let current = driver.store.as_ref().and_then(Store::current);
     let adopted = match inherited {
         Some(Inherited::Full(doc)) => Some(adopt_full(&mut driver, *doc, claimed, &mut taker)),
@@ -248,6 +278,7 @@ fn channels(
     let (health_tx, health) = mpsc::unbounded_channel();
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (reexec_tx, reexec) = mpsc::unbounded_channel();
+    let (selfs_tx, selfs) = mpsc::unbounded_channel();
     let outbox = Outbox {
         exits: exits_tx,
         ready: ready_tx,
@@ -255,6 +286,7 @@ fn channels(
         health: health_tx,
         reports: reports_tx,
         reexec: reexec_tx,
+        selfs: selfs_tx,
     };
     let inbox = Inbox {
         signals,
@@ -267,6 +299,7 @@ fn channels(
         control: control_rx,
         reports,
         reexec,
+        selfs,
     };
     (outbox, inbox, control_tx)
 }

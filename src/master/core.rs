@@ -226,6 +226,8 @@ struct Reexec {
     waiting: Option<String>,
     /// When waiting for the master to be idle gives up.
     deadline: Instant,
+    /// A new build of baton from `[self]`: a self-upgrade.
+    upgrade: Option<Box<crate::master::self_update::Ready>>,
 }
 
 /// The state that crosses the master's `execve` (see `reexec`).
@@ -392,6 +394,7 @@ impl Core {
             } => self.on_control(request, reply, disk),
             Event::Checked(report) => self.on_check(report),
             Event::ReexecChecked(checked) => self.on_reexec_checked(checked),
+            Event::SelfReady(up) => self.self_ready(*up),
             Event::ExecFailed { error, reply } => {
                 tracing::error!(event = "reexec_failed", error = %error, "{error}");
                 self.notice(Notice::Ready(

@@ -22,7 +22,7 @@ use super::notify::{NotifyServer, Supervisor};
 use super::reexec::{self, Document, Handover};
 use super::store_io::{Finished, StoreIo};
 use super::worker::{Exit, Launcher, Worker};
-use super::{health, ready, update, Stopped};
+use super::{health, ready, self_update, update, Stopped};
 use crate::child_env::ChildEnv;
 use crate::config::{Config, Fetch, Hooks, Program, Releases, Verify};
 use crate::control::Request;
@@ -37,6 +37,9 @@ pub(super) struct Running {
     pub fetch: Option<Fetch>,
     pub verify: Verify,
     pub hooks: Hooks,
+    /// `[self]` as read at start (a change applies at the next start or
+    /// re-exec).
+    pub self_channel: Option<crate::config::SelfChannel>,
     /// The config file, when there is one to reload.
     pub path: Option<PathBuf>,
 }
@@ -62,6 +65,8 @@ pub(super) struct Inbox {
     pub control: mpsc::UnboundedReceiver<Incoming>,
     pub reports: mpsc::UnboundedReceiver<update::CheckReport>,
     pub reexec: mpsc::UnboundedReceiver<reexec::Checked>,
+    /// New builds of baton from `[self]`.
+    pub selfs: mpsc::UnboundedReceiver<self_update::Ready>,
 }
 
 /// The sending ends tasks are given.
@@ -73,6 +78,7 @@ pub(super) struct Outbox {
     pub health: mpsc::UnboundedSender<health::Report>,
     pub reports: mpsc::UnboundedSender<update::CheckReport>,
     pub reexec: mpsc::UnboundedSender<reexec::Checked>,
+    pub selfs: mpsc::UnboundedSender<self_update::Ready>,
 }
 
 /// The descriptors a re-exec hands over besides the sockets and workers.
@@ -115,6 +121,8 @@ pub(super) struct Driver {
     pub next_token: Token,
     /// The metrics task.
     pub metrics_task: Option<tokio::task::JoinHandle<()>>,
+    /// baton's own store and loop, with `[self]`.
+    pub baton: Option<self_update::Own>,
     /// Held for the master's life: the control server (the socket file
     /// goes with it), the releases directory's lock, the orphan reaper.
     pub _held: (
@@ -167,6 +175,7 @@ impl Driver {
                 Some(incoming) = inbox.control.recv() => Got::Control(incoming),
                 Some(report) = inbox.reports.recv() => got(Event::Checked(report)),
                 Some(checked) = inbox.reexec.recv() => got(Event::ReexecChecked(checked)),
+                Some(up) = inbox.selfs.recv() => got(Event::SelfReady(Box::new(up))),
                 msg = inbox.notify.recv() => match msg {
                     Ok(msg) => got(Event::Notify(msg)),
                     Err(e) => {
@@ -315,6 +324,7 @@ impl Driver {
                 reply,
                 asked,
                 carry,
+                upgrade,
             } => {
                 // The wall-clock time it was asked at, for the next
                 // master's report of how long the re-exec took.
@@ -324,7 +334,13 @@ impl Driver {
                     .unwrap_or_default()
                     .saturating_sub(ago)
                     .as_millis() as u64;
-                let error = self.exec(&binary, reply, asked_at_ms, *carry);
+                let error = match self.begin_self_trial(upgrade.as_deref()) {
+                    Ok(()) => self.exec(&binary, reply, asked_at_ms, *carry),
+                    Err(e) => e,
+                };
+                if let (Some(up), Some(s)) = (&upgrade, &self.baton) {
+                    self_update::exec_failed(s.store.dir(), up, &error);
+                }
                 return self.dispatch(Event::ExecFailed { error, reply });
             }
             Action::PostHook {
@@ -442,8 +458,21 @@ impl Driver {
 
     /// What `request` shows of the releases directory.
     fn disk(&self, request: &Request) -> Disk {
+        let baton = match request {
+            Request::Status => self_update::status(
+                self.baton.as_ref().map(|s| s.store.dir()),
+                self.config.self_channel.as_ref(),
+                self.baton
+                    .as_ref()
+                    .map_or(&Default::default(), |s| &*s.last_check),
+            ),
+            _ => Default::default(),
+        };
         let Some(store) = &self.store else {
-            return Disk::default();
+            return Disk {
+                baton,
+                ..Disk::default()
+            };
         };
         let sorted = |set: std::collections::HashSet<String>| {
             let mut v: Vec<String> = set.into_iter().collect();
@@ -471,6 +500,7 @@ impl Driver {
                         pending: c.pending.load(Relaxed),
                     }
                 }),
+                baton,
             },
             Request::Rollback => Disk {
                 current: store.current(),
@@ -666,6 +696,20 @@ impl Driver {
         }
         summary.push("program settings apply to the workers started from now on".to_owned());
         Ok((summary.join("; "), retired))
+    }
+
+    /// Writes the self-upgrade record before the `execve` into a new build
+    /// of baton.
+    fn begin_self_trial(&self, upgrade: Option<&self_update::Ready>) -> Result<(), String> {
+        let (Some(up), Some(s)) = (upgrade, &self.baton) else {
+            return Ok(());
+        };
+        self_update::begin(s.store.dir(), up, &self.exe, s.settle).map_err(|e| {
+            format!(
+                "self-upgrade to baton {} refused: cannot write its record: {e}",
+                up.version
+            )
+        })
     }
 
     /// Executes the new binary with the core's `carry`; returns only when

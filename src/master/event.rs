@@ -69,6 +69,8 @@ pub(crate) struct Disk {
     pub yanked: Vec<String>,
     /// The trial reports' writer's counters, with `[fetch] report`.
     pub reports: Option<crate::control::reply::Reports>,
+    /// baton itself (for `status`).
+    pub baton: crate::control::reply::Baton,
 }
 
 /// What start-up found, for the core's first decision.
@@ -211,6 +213,8 @@ pub(crate) enum Event {
     Checked(CheckReport),
     /// The checks of a re-exec's new binary ended.
     ReexecChecked(super::reexec::Checked),
+    /// `[self]` offers a new build of baton that passed its checks.
+    SelfReady(Box<super::self_update::Ready>),
     /// `execve` failed; the master runs on.
     ExecFailed {
         /// What failed.
@@ -322,6 +326,8 @@ pub(crate) enum Action {
         asked: std::time::Instant,
         /// The state that crosses.
         carry: Box<Carry>,
+        /// The new build of baton, for a self-upgrade.
+        upgrade: Option<Box<super::self_update::Ready>>,
     },
     /// Run a `post_promote` or `post_rollback` hook.
     PostHook {

@@ -17,6 +17,7 @@ pub(crate) mod metrics;
 mod notify;
 mod ready;
 mod reexec;
+mod self_update;
 mod store_io;
 mod trial;
 mod update;

@@ -236,7 +236,7 @@ impl Store {
             in_place: Some(target.to_owned()),
         };
         match store.current() {
-            None if target.is_file() => store.adopt(target)?,
+            None if target.is_file() => store.adopt(target, None)?,
             // A crash between the swap of `current` and the replacement of
             // the target: finish the replacement.
             Some(current)
@@ -249,14 +249,48 @@ impl Store {
         Ok(store)
     }
 
+    /// baton's own store (`[self]`): its builds under `dir`
+    /// (`<releases dir>/.baton/`), named `baton`, the newest two kept, with
+    /// `home` (the executable systemd or supervisord starts) replaced
+    /// atomically when one is promoted.
+    pub fn for_self(dir: &Path, home: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        Ok(Store {
+            dir: dir.to_owned(),
+            binary: "baton".to_owned(),
+            keep: 2,
+            in_place: Some(home.to_owned()),
+        })
+    }
+
+    /// Makes the executable at `home` (see [`Store::for_self`]) the current
+    /// release, of `version`, unless `current` already has its bytes (a
+    /// first start, or a package manager replaced it).
+    pub fn adopt_home(&self, version: &str) -> Result<(), Error> {
+        let Some(home) = self.in_place.clone() else {
+            return Ok(());
+        };
+        for left in self.sweep()? {
+            tracing::info!("removed {} left by an interrupted install", left.display());
+        }
+        let (sha256, _) = crate::fsutil::hash_file(&home)?;
+        if self
+            .current()
+            .is_none_or(|c| c.sha256 != hex::encode(sha256))
+        {
+            self.adopt(&home, Some(version))?;
+        }
+        Ok(())
+    }
+
     /// Records the binary found at `target` as the current release.
-    fn adopt(&self, target: &Path) -> Result<(), Error> {
+    fn adopt(&self, target: &Path, version: Option<&str>) -> Result<(), Error> {
         let (sha256, size) = crate::fsutil::hash_file(target)?;
         let staging = self.staging()?;
         link_or_copy(target, &self.binary_in(staging.path()))?;
         let meta = Meta {
-            id: Store::id_for(None, &sha256),
-            version: None,
+            id: Store::id_for(version, &sha256),
+            version: version.map(str::to_owned),
             sha256: hex::encode(sha256),
             size,
             source: format!("{} as found at first start", target.display()),

@@ -9,7 +9,7 @@ use crate::support::{self, Baton};
 
 /// supervisord and supervisorctl: from `BATON_TEST_SUPERVISOR_BIN` (a
 /// directory; ci/test installs supervisor there), else from PATH.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     let path = match std::env::var_os("BATON_TEST_SUPERVISOR_BIN") {
         Some(dir) => PathBuf::from(dir).join(name),
         None => PathBuf::from(name),
@@ -96,23 +96,6 @@ fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
         .status()
         .unwrap();
     assert!(status.success());
-    struct Shutdown(PathBuf);
-    impl Drop for Shutdown {
-        fn drop(&mut self) {
-            let pid = std::fs::read_to_string(self.0.with_file_name("supervisord.pid"))
-                .unwrap_or_default();
-            let _ = Command::new(tool("supervisorctl"))
-                .arg("-c")
-                .arg(&self.0)
-                .arg("shutdown")
-                .output();
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                support::wait_for_quietly(Duration::from_secs(30), || {
-                    support::process_state(pid).is_none()
-                });
-            }
-        }
-    }
     let _shutdown = Shutdown(conf.clone());
 
     let pid_of = || {
@@ -166,4 +149,23 @@ fn supervisorctl_signal_sigusr2_cycles_under_supervisord() {
         0,
         "supervisord saw baton exit: {events}"
     );
+}
+
+/// Shuts supervisord (started with this config) down when dropped.
+pub(crate) struct Shutdown(pub(crate) PathBuf);
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        let pid =
+            std::fs::read_to_string(self.0.with_file_name("supervisord.pid")).unwrap_or_default();
+        let _ = Command::new(tool("supervisorctl"))
+            .arg("-c")
+            .arg(&self.0)
+            .arg("shutdown")
+            .output();
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            support::wait_for_quietly(Duration::from_secs(30), || {
+                support::process_state(pid).is_none()
+            });
+        }
+    }
 }

@@ -41,7 +41,24 @@ impl Core {
             checked: false,
             waiting: None,
             deadline: self.now + REEXEC_WAIT_LIMIT,
+            upgrade: None,
         }
+    }
+
+    /// `[self]` offers a new build of baton that passed its checks:
+    /// re-execute into it once nothing is half-done.
+    pub(super) fn self_ready(&mut self, up: crate::master::self_update::Ready) {
+        if self.reexec.is_some() || self.stopping.is_some() {
+            tracing::info!(
+                "baton {} waits: a re-exec is under way or the master is stopping",
+                up.version
+            );
+            return;
+        }
+        let mut pending = self.pending_reexec(up.binary.clone(), None);
+        pending.checked = true;
+        pending.upgrade = Some(Box::new(up));
+        self.reexec = Some(pending);
     }
 
     /// The checks of the new binary ended.
@@ -105,8 +122,13 @@ impl Core {
             if now >= pending.deadline {
                 let error = format!(
                     "reexec refused: the master was not idle for {}s ({why}); \
-                     it runs on as it was, ask again",
-                    REEXEC_WAIT_LIMIT.as_secs()
+                     it runs on as it was, {}",
+                    REEXEC_WAIT_LIMIT.as_secs(),
+                    if pending.upgrade.is_some() {
+                        "and the self-upgrade is tried again at the next check"
+                    } else {
+                        "ask again"
+                    }
                 );
                 tracing::error!(event = "reexec_failed", error = %error, "{error}");
                 return answer_refusal(self, error);
@@ -124,6 +146,7 @@ impl Core {
             reply: pending.reply,
             asked: pending.asked,
             carry: Box::new(carry),
+            upgrade: pending.upgrade,
         });
     }
 
@@ -315,7 +338,7 @@ impl Core {
             "ok": true,
             "pid": self.fixed.pid,
             "binary": self.fixed.exe,
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::version::own(),
             "workers": adopted,
             "took_ms": took_ms,
         });

@@ -945,6 +945,53 @@ fn a_reexec_waits_until_nothing_is_half_done() {
 }
 
 #[test]
+fn a_self_upgrade_execs_into_the_new_build_once_nothing_is_half_done() {
+    let mut sim = Sim::with(settings(), false, true);
+    sim.serving(None);
+    // A cycle is under way when the new build of baton is ready.
+    sim.control(Request::Restart, 32, Disk::default());
+    let up = crate::master::self_update::Ready {
+        version: "9.9.9".to_owned(),
+        binary: PathBuf::from("/srv/releases/.baton/9.9.9-abcdef12/baton"),
+        release: meta("9.9.9-abcdef12"),
+    };
+    let actions = sim.on(Event::SelfReady(Box::new(up.clone())));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Exec { .. } | Action::CheckReexec(_))),
+        "checked already, and it waits for the cycle: {actions:?}"
+    );
+    // A second offer while one is pending changes nothing.
+    sim.on(Event::SelfReady(Box::new(up)));
+    let actions = sim.ready(2);
+    let execs: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Exec {
+                binary,
+                reply,
+                upgrade,
+                ..
+            } => Some((
+                binary.clone(),
+                *reply,
+                upgrade.as_ref().map(|u| u.version.clone()),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        execs,
+        vec![(
+            PathBuf::from("/srv/releases/.baton/9.9.9-abcdef12/baton"),
+            None,
+            Some("9.9.9".to_owned())
+        )]
+    );
+}
+
+#[test]
 fn a_reexec_is_refused_after_its_wait_limit() {
     let mut sim = Sim::with(settings(), true, true);
     sim.boot(Boot {
