@@ -13,6 +13,10 @@
 //! delay; `GET /stream?ms=<ms>` streams its answer over that long;
 //! `GET /healthz` answers 200, or 503 while a file `unhealthy-<version>`
 //! exists in the working directory (for health-gated trials).
+//! `GET /ws` is a WebSocket echo and `GET /events?ms=<ms>` a server-sent
+//! event stream of the version; both tell their client to reconnect when
+//! this worker begins to drain (WebSocket close code 1012, a last
+//! `event: restart`): see `hello/longlived.rs`.
 
 use std::time::Duration;
 
@@ -20,6 +24,9 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+
+#[path = "hello/longlived.rs"]
+mod longlived;
 
 /// Baked in at build time: two builds give two versions.
 const VERSION: &str = match option_env!("HELLO_VERSION") {
@@ -30,7 +37,8 @@ const VERSION: &str = match option_env!("HELLO_VERSION") {
 #[derive(Deserialize)]
 struct Params {
     sleep: Option<u64>,
-    /// For `/stream`: spread the answer over this many milliseconds.
+    /// For `/stream`: spread the answer over this many milliseconds; for
+    /// `/events`: the time between two ticks.
     ms: Option<u64>,
 }
 
@@ -128,6 +136,8 @@ fn main() -> std::process::ExitCode {
         let app = Router::new()
             .route("/", get(hello))
             .route("/stream", get(stream))
+            .route("/ws", get(longlived::ws))
+            .route("/events", get(longlived::events))
             .route("/healthz", get(healthz));
         worker.ready()?;
         server.serve(listener, app, worker.shutdown()).await

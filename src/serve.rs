@@ -24,6 +24,11 @@
 //!   (default 1 s), never in the instant after a response;
 //! - requests in flight finish.
 //!
+//! Long-lived connections (a WebSocket, a server-sent event stream, a gRPC
+//! stream) learn the moment draining begins from the [`Draining`] every
+//! request carries in its extensions, and tell their clients to reconnect
+//! (docs/library.md, "Long-lived connections").
+//!
 //! With [`Server::tls`] (a configuration from [`tls::config_from_pem`]),
 //! each connection's TLS handshake runs in its own task, bounded by
 //! [`HANDSHAKE_TIMEOUT`], and ALPN picks the protocol.
@@ -45,11 +50,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+mod draining;
 pub mod tls;
+
+pub use draining::Draining;
 
 /// The default idle grace period.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
@@ -85,7 +93,7 @@ impl Accept for tokio::net::UnixListener {
 /// Serves `service` (an axum `Router`, or any tower service over hyper's
 /// request body) on `listener` until `shutdown` resolves, then drains as the
 /// module docs describe, with the default idle grace. Returns when every
-/// connection has closed.
+/// connection has closed and every [`Draining`] a handler kept is dropped.
 pub async fn http<L, S, B>(
     listener: L,
     service: S,
@@ -167,6 +175,10 @@ impl Server {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (drain_tx, drain_rx) = watch::channel(false);
+        // Each request's Draining holds a sender: the loop returns once
+        // the last one (an upgraded connection's, say) is dropped.
+        let (hold_tx, mut hold_rx) = mpsc::channel::<()>(1);
+        let token = Draining::new(drain_rx.clone(), hold_tx);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -176,7 +188,7 @@ impl Server {
                 accepted = poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
                     Ok(io) => {
                         let conn = Arc::new(ConnState::new());
-                        let svc = DrainService { inner: service.clone(), conn: conn.clone(), draining: drain_rx.clone() };
+                        let svc = DrainService { inner: service.clone(), conn: conn.clone(), draining: token.clone() };
                         let (draining, grace) = (drain_rx.clone(), self.idle_grace);
                         match &self.tls {
                             None => {
@@ -206,6 +218,8 @@ impl Server {
         drop(listener);
         let _ = drain_tx.send(true);
         while conns.join_next().await.is_some() {}
+        drop(token);
+        let _ = hold_rx.recv().await;
         Ok(())
     }
 }
@@ -305,7 +319,7 @@ impl ConnState {
 struct DrainService<S> {
     inner: S,
     conn: Arc<ConnState>,
-    draining: watch::Receiver<bool>,
+    draining: Draining,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for DrainService<S>
@@ -320,9 +334,10 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Tracked<B>>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let mut inner = self.inner.clone();
         let draining = self.draining.clone();
+        req.extensions_mut().insert(draining.clone());
         let version = req.version();
         if version == http::Version::HTTP_2 {
             self.conn.h2.store(true, Ordering::SeqCst);
@@ -340,7 +355,7 @@ where
                     _active: active,
                 });
                 // HTTP/2 drains by GOAWAY and has no Connection header.
-                if *draining.borrow() && version != http::Version::HTTP_2 {
+                if draining.is_draining() && version != http::Version::HTTP_2 {
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
