@@ -32,6 +32,7 @@ mod release_workflow;
 mod reload;
 mod reports;
 mod s3;
+mod self_upgrade;
 mod supervisord;
 mod tls;
 mod trial;
