@@ -23,6 +23,12 @@ use super::github_api::{
 };
 use super::{BoxFuture, Candidate, Error, Fetcher, Info};
 use crate::config::{Fetch, Source, Verify};
+use error::Who;
+
+/// GitHub's error replies and octocrab's errors as one line with what to
+/// do, shared with `baton publish --to github:`.
+#[path = "github_error.rs"]
+pub mod error;
 
 /// Pages of releases read at most in semver mode (100 per page).
 const MAX_PAGES: usize = 10;
@@ -46,6 +52,8 @@ pub struct GithubFetcher {
     paused_until: Option<Instant>,
     /// `fetch.timeout`: the deadline for each whole small body and reply.
     timeout: std::time::Duration,
+    /// Whether a token is sent (the advice on a 401, 403 or 404 differs).
+    has_token: bool,
 }
 
 impl GithubFetcher {
@@ -77,6 +85,7 @@ impl GithubFetcher {
             .map(|t| t.expose().to_owned())
             .or_else(|| std::env::var(token_env).ok())
             .filter(|t| !t.trim().is_empty());
+        let has_token = token.is_some();
         if let Some(token) = token {
             builder = builder.personal_token(token);
         }
@@ -84,6 +93,7 @@ impl GithubFetcher {
             .build()
             .map_err(|e| Error::Other(format!("cannot build the GitHub client: {e}")))?;
         Ok(GithubFetcher {
+            has_token,
             client,
             owner: owner.to_owned(),
             repo: name.to_owned(),
@@ -139,7 +149,15 @@ async fn get_with(
         .await
         .map_err(|e| Error::Request {
             url: format!("{api_url}{path}"),
-            source: Box::new(std::io::Error::other(crate::errors::display_chain(&e))),
+            // Error statuses are replies, read by `status_error`: what
+            // fails here got no reply (unreachable, timed out).
+            source: Box::new(std::io::Error::other(error::explain(
+                &e,
+                "the API",
+                api_url,
+                true,
+                Who::Source,
+            ))),
         })
 }
 
@@ -245,22 +263,44 @@ impl GithubFetcher {
                 if exists {
                     Error::Refused(format!("repository {repo} has no published release"))
                 } else {
-                    Error::Refused(format!(
-                        "repository {repo} not found at {}, or the token cannot see it (404)",
-                        self.url("")
-                    ))
+                    Error::Refused(self.repo_not_found(&repo))
                 }
             }
             StatusCode::NOT_FOUND if path.contains("/releases") && !path.contains("/assets/") => {
-                Error::Refused(format!(
-                    "repository {repo} not found at {}, or the token cannot see it (404)",
-                    self.url("")
-                ))
+                Error::Refused(self.repo_not_found(&repo))
             }
+            // Not a rate limit (above): the token lacks a permission, or
+            // the organization restricts it (SAML SSO, IP allow list).
+            StatusCode::FORBIDDEN => Error::Refused(error::explain_reply(
+                &error::Reply {
+                    status: 403,
+                    ..error::Reply::default()
+                },
+                &format!("repository {repo} at {}", self.url("")),
+                self.has_token,
+                Who::Source,
+            )),
             _ => Error::Status {
                 url: self.url(path),
                 status: status.as_u16(),
             },
+        }
+    }
+
+    /// A 404 for the repository: it does not exist, the token cannot see
+    /// it, or there is no token and it is private.
+    fn repo_not_found(&self, repo: &str) -> String {
+        if self.has_token {
+            format!(
+                "repository {repo} not found at {}, or the token cannot see it (404)",
+                self.url("")
+            )
+        } else {
+            format!(
+                "repository {repo} not found at {} (404), and no token is set: a private \
+                 repository needs fetch.token or fetch.token_env",
+                self.url("")
+            )
         }
     }
 

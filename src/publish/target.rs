@@ -630,17 +630,9 @@ mod github {
                         .name(tag)
                         .send()
                         .await
-                        .map_err(|e| {
-                            target.fail("create the release", "", crate::errors::display_chain(&e))
-                        })?
+                        .map_err(|e| target.api_fail("create the release", "", &e))?
                 }
-                Err(e) => {
-                    return Err(target.fail(
-                        "read the release",
-                        "",
-                        crate::errors::display_chain(&e),
-                    ))
-                }
+                Err(e) => return Err(target.api_fail("read the release", "", &e)),
             };
             target.release_id = release.id.into_inner();
             target.assets = release
@@ -651,24 +643,50 @@ mod github {
             Ok(target)
         }
 
-        fn fail(&self, what: &str, name: &str, reason: impl std::fmt::Display) -> Error {
-            let hint = if self.has_token {
-                String::new()
-            } else {
-                format!(" (${TOKEN_ENV} is not set)")
-            };
-            let at = if name.is_empty() {
+        /// Where `name` is (the release itself when empty).
+        fn at(&self, name: &str) -> String {
+            if name.is_empty() {
                 let Destination::Github { tag, .. } = &self.dest else {
                     unreachable!()
                 };
                 format!("github:{}/{}@{tag}", self.owner, self.repo)
             } else {
                 self.dest.show(name)
+            }
+        }
+
+        fn fail(&self, what: &str, name: &str, reason: impl std::fmt::Display) -> Error {
+            let hint = if self.has_token {
+                String::new()
+            } else {
+                format!(" (${TOKEN_ENV} is not set)")
             };
             Error::Remote {
-                what: format!("{what} {at}"),
+                what: format!("{what} {}", self.at(name)),
                 reason: format!("{reason}{hint}"),
             }
+        }
+
+        /// A failed API call, explained on one line with what to do
+        /// ([`crate::fetchers::github::error`]).
+        fn api_fail(&self, what: &str, name: &str, e: &octocrab::Error) -> Error {
+            let Destination::Github { api_url, .. } = &self.dest else {
+                unreachable!()
+            };
+            Error::Remote {
+                what: format!("{what} {}", self.at(name)),
+                reason: self.explain(e, api_url),
+            }
+        }
+
+        fn explain(&self, e: &octocrab::Error, api_url: &str) -> String {
+            crate::fetchers::github::error::explain(
+                e,
+                &format!("repository {}/{}", self.owner, self.repo),
+                api_url,
+                self.has_token,
+                crate::fetchers::github::error::Who::Publisher,
+            )
         }
 
         /// The response to downloading asset `name`, `None` when the
@@ -684,13 +702,21 @@ mod github {
                 .client
                 ._get_with_headers(path.as_str(), Some(headers))
                 .await
-                .map_err(|e| self.fail("download", name, crate::errors::display_chain(&e)))?;
+                .map_err(|e| self.api_fail("download", name, &e))?;
             if !response.status().is_success() {
-                return Err(self.fail(
-                    "download",
-                    name,
-                    format!("the API answered {}", response.status()),
-                ));
+                let reply = crate::fetchers::github::error::Reply {
+                    status: response.status().as_u16(),
+                    ..Default::default()
+                };
+                return Err(Error::Remote {
+                    what: format!("download {}", self.at(name)),
+                    reason: crate::fetchers::github::error::explain_reply(
+                        &reply,
+                        &format!("asset {name} of {}", self.at("")),
+                        self.has_token,
+                        crate::fetchers::github::error::Who::Publisher,
+                    ),
+                });
             }
             Ok(Some(response))
         }
@@ -756,9 +782,7 @@ mod github {
                         .release_assets()
                         .delete(id)
                         .await
-                        .map_err(|e| {
-                            self.fail("delete the old", name, crate::errors::display_chain(&e))
-                        })?;
+                        .map_err(|e| self.api_fail("delete the old", name, &e))?;
                     self.assets.retain(|(n, _)| n != name);
                 }
                 let asset = self
@@ -768,7 +792,7 @@ mod github {
                     .upload_asset(self.release_id, name, bytes::Bytes::from(bytes))
                     .send()
                     .await
-                    .map_err(|e| self.fail("upload", name, crate::errors::display_chain(&e)))?;
+                    .map_err(|e| self.api_fail("upload", name, &e))?;
                 self.assets.push((name.to_owned(), asset.id.into_inner()));
                 Ok(())
             })

@@ -487,3 +487,166 @@ fn publish_to_a_github_release_then_a_host_upgrades() {
         "artifact, signature, manifest and the publisher's history, then signature and manifest again"
     );
 }
+
+/// `baton publish --to github:acme/hello@v2.0.0` against `api_url` that
+/// fails: its error line, once checked to be the only one and no dump.
+fn publish_fails(api_url: &str, token: Option<&str>) -> String {
+    let p = crate::fleet::Publisher::new();
+    p.keygen("release");
+    let mut command = std::process::Command::new(support::baton_bin());
+    command
+        .args([
+            "publish",
+            "--to",
+            "github:acme/hello@v2.0.0",
+            "--api-url",
+            api_url,
+            "--version",
+            "2.0.0",
+            "--sign",
+            &p.key("release"),
+            &p.artifact("2.0.0"),
+        ])
+        .env_remove("BATON_KEY_PASSWORD")
+        .env_remove("GITHUB_TOKEN");
+    if let Some(token) = token {
+        command.env("GITHUB_TOKEN", token);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the publish succeeded:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("baton: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{stderr}");
+    for dump in [
+        "Documentation URL",
+        "GitHubError",
+        "Service Error",
+        "status_code",
+        "backtrace",
+    ] {
+        assert!(!stderr.contains(dump), "{dump:?} in:\n{stderr}");
+    }
+    errors[0].to_owned()
+}
+
+/// An address nothing listens on.
+fn closed_api_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+#[test]
+fn publish_without_a_token_to_a_private_repository_names_the_token() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    let said = publish_fails(&gh.api_url(), None);
+    assert!(
+        said.ends_with(
+            "repository acme/hello not found (404), and no token is set: a private \
+             repository needs $GITHUB_TOKEN"
+        ),
+        "{said}"
+    );
+}
+
+#[test]
+fn publish_with_a_rejected_token_says_so() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    let said = publish_fails(&gh.api_url(), Some("ghp_revoked"));
+    assert_eq!(
+        said,
+        "baton: cannot read the release github:acme/hello@v2.0.0: GitHub rejected the token \
+         (401 Bad credentials) for repository acme/hello; $GITHUB_TOKEN must hold a valid, \
+         unexpired token"
+    );
+}
+
+#[test]
+fn publish_to_a_missing_repository_says_so() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    gh.remove_repo();
+    let said = publish_fails(&gh.api_url(), Some(TOKEN));
+    assert_eq!(
+        said,
+        "baton: cannot create the release github:acme/hello@v2.0.0: repository acme/hello \
+         not found (404): check its name, or the token in $GITHUB_TOKEN cannot see it"
+    );
+}
+
+#[test]
+fn publish_when_rate_limited_says_when_to_try_again() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    gh.fault(Some(Fault::RateLimit403(120)));
+    let said = publish_fails(&gh.api_url(), Some(TOKEN));
+    assert!(
+        said.starts_with(
+            "baton: cannot read the release github:acme/hello@v2.0.0: GitHub rate limit \
+             reached (403) for repository acme/hello; try again in 1"
+        ) && said.ends_with(" s"),
+        "{said}"
+    );
+    gh.fault(Some(Fault::RateLimit429(30)));
+    let said = publish_fails(&gh.api_url(), Some(TOKEN));
+    assert!(
+        said.ends_with(
+            "GitHub rate limit reached (429) for repository acme/hello; try again in 30 s"
+        ),
+        "{said}"
+    );
+}
+
+#[test]
+fn publish_to_an_unreachable_api_names_the_cause() {
+    let url = closed_api_url();
+    let said = publish_fails(&url, Some(TOKEN));
+    assert_eq!(
+        said,
+        format!(
+            "baton: cannot read the release github:acme/hello@v2.0.0: cannot reach the GitHub \
+             API at {url}: Connection refused (os error 111); check --api-url and the network"
+        )
+    );
+}
+
+#[test]
+fn an_unreachable_api_is_named_in_the_log() {
+    let gh = FakeGithub::start(None);
+    let url = closed_api_url();
+    let config = config(&gh, "acme/hello", "", "").replace(&gh.api_url(), &url);
+    let baton = Baton::start(tempfile::tempdir().unwrap(), &config);
+    baton.wait_count(
+        &format!(
+            "cannot reach the GitHub API at {url}: Connection refused (os error 111); check \
+             fetch.api_url and the network"
+        ),
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(!baton.log().contains("Service Error"), "{}", baton.log());
+}
+
+#[test]
+fn a_private_repository_without_a_token_names_the_token_settings() {
+    let gh = FakeGithub::start(Some(TOKEN));
+    publish(&gh, "1.0.0");
+    let baton = Baton::start(
+        tempfile::tempdir().unwrap(),
+        &config(&gh, "acme/hello", "", ""),
+    );
+    baton.wait_count(
+        "repository acme/hello not found at http://127.0.0.1",
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(
+        baton.log().contains(
+            "(404), and no token is set: a private repository needs fetch.token or fetch.token_env"
+        ),
+        "{}",
+        baton.log()
+    );
+}
