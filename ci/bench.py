@@ -101,8 +101,8 @@ def cycler(baton, count, every, delay=0.3):
     return t
 
 
-def ab(args, port):
-    out = subprocess.run(["ab", *args, f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
+def ab(args, port, scheme="http"):
+    out = subprocess.run(["ab", *args, f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True)
     text = out.stdout + out.stderr
     failed = re.search(r"Failed requests:\s+(\d+)", text)
     complete = re.search(r"Complete requests:\s+(\d+)", text)
@@ -116,9 +116,9 @@ def ab(args, port):
     }
 
 
-def wrk(port, seconds, conns=100):
+def wrk(port, seconds, conns=100, scheme="http"):
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", f"{scheme}://127.0.0.1:{port}/"],
         capture_output=True, text=True,
     )
     text = out.stdout
@@ -1068,6 +1068,135 @@ def worker_kinds():
               f"{statistics.median(we):.0f} [{min(we)}–{max(we)}] / {statistics.median(wt):.0f} "
               f"[{statistics.median(wcy):.0f}] |")
     print()
+    protocol_kinds()
+
+
+class ProtoBaton(KindBaton):
+    """A KindBaton whose worker plain HTTP cannot ask (TLS, gRPC): the
+    first worker is awaited through the master's log instead."""
+
+    def __init__(self, command, files=()):
+        self.dir = tempfile.mkdtemp(prefix="baton-bench-proto-")
+        for name, text in files:
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        self.version = "1.0.0"
+        self.write_version()
+        run = os.path.join(self.dir, "run.sh")
+        with open(run, "w") as f:
+            f.write(f'#!/bin/sh\nv=$(cat version)\nexec {command}\n')
+        os.chmod(run, 0o755)
+        self.port = free_port()
+        with open(os.path.join(self.dir, "baton.toml"), "w") as f:
+            f.write(f'[program]\ncommand = "./run.sh"\nlisten = ["127.0.0.1:{self.port}"]\n'
+                    f'ready_timeout = "30s"\ndrain_timeout = "30s"\n')
+        self.log = open(os.path.join(self.dir, "baton.log"), "w+")
+        self.proc = subprocess.Popen([BATON, "run", "--config", os.path.join(self.dir, "baton.toml")],
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_until(lambda: "worker is ready" in self.log_text(), timeout=30)
+
+
+def h2load(url, *args):
+    """h2load (nghttp2): failed (which includes errored and timed out) of
+    the requests it meant to make, and how many of those it never started:
+    with `-n`, a client whose connection gets GOAWAY stops there and counts
+    all its remaining requests failed (it does not reconnect); with `-D` it
+    reconnects. The rest of the failed are streams GOAWAY refused, which
+    an HTTP/2 client that retries sends again."""
+    out = subprocess.run(["h2load", "-c", "20", "-m", "10", *args, url], capture_output=True, text=True)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out.stdout)
+    if not m:
+        raise RuntimeError(f"h2load: {out.stdout}{out.stderr}")
+    total, started, _, ok, failed, _, _ = map(int, m.groups())
+    return {"failed": failed, "total": total, "ok": ok, "never_started": total - started}
+
+
+def grpc_load(port, calls=None, seconds=None):
+    """tests/process/scripts/grpc_client.py (grpcio, 20 threads) until
+    `calls` calls or `seconds`: (failed, total)."""
+    import json
+    scratch = tempfile.mkdtemp(prefix="baton-bench-grpc-")
+    progress, stop = os.path.join(scratch, "progress"), os.path.join(scratch, "stop")
+    client = subprocess.Popen([os.path.join(ROOT, "target/venv/bin/python"),
+                               os.path.join(ROOT, "tests/process/scripts/grpc_client.py"),
+                               f"127.0.0.1:{port}", progress, stop, "20"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + (seconds or 120)
+    while time.monotonic() < end and client.poll() is None:
+        try:
+            with open(progress) as f:
+                c = json.load(f)
+            if calls and c["ok"] + c["failed"] >= calls:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    open(stop, "w").close()
+    out, _ = client.communicate(timeout=60)
+    c = json.loads(out)
+    return {"failed": c["failed"], "total": c["ok"] + c["failed"], "errors": c["errors"]}
+
+
+def protocol_kinds():
+    """The Rust helper over HTTP/2, TLS and gRPC under the same cycles as
+    worker_kinds: a fixed count of requests under 5 cycles in turn (50 ms
+    gaps), then 10 s under 5 cycles 0.5 s apart."""
+    hello = os.path.join(BINS, "hello-$v")
+    rows = []
+    tls_dir = tempfile.mkdtemp(prefix="baton-bench-tls-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", os.path.join(tls_dir, "key.pem"), "-out", os.path.join(tls_dir, "cert.pem")],
+                   check=True, capture_output=True)
+    tls = f"{hello} --tls-cert {tls_dir}/cert.pem --tls-key {tls_dir}/key.pem"
+    kinds = [("Rust helper, HTTP/2 cleartext (`h2load -c 20 -m 10`, no retry after GOAWAY)",
+              lambda: ProtoBaton(hello),
+              lambda b: h2load(f"http://127.0.0.1:{b.port}/", "-n", "20000"),
+              lambda b: h2load(f"http://127.0.0.1:{b.port}/", "-D", "10")),
+             ("Rust helper, TLS (`examples/hello --tls-cert`; `ab -k` and `wrk` over https)",
+              lambda: ProtoBaton(tls),
+              lambda b: ab(["-k", "-r", "-c", "50", "-n", "20000"], b.port, "https"),
+              lambda b: wrk(b.port, 10, scheme="https")),
+             ]
+    if os.path.exists(os.path.join(ROOT, "target/venv/bin/python")) and \
+            subprocess.call([os.path.join(ROOT, "target/venv/bin/python"), "-c", "import grpc_health"],
+                            stderr=subprocess.DEVNULL) == 0 and os.path.exists(os.path.join(BINS, "grpc")):
+        kinds.append(("gRPC (`examples/grpc`, tonic health; grpcio client, 20 threads, transparent retry)",
+                      lambda: ProtoBaton(os.path.join(BINS, "grpc")),
+                      lambda b: grpc_load(b.port, calls=20000),
+                      lambda b: grpc_load(b.port, seconds=10)))
+    for label, start, first, second in kinds:
+        f1, t1, c1, f2, t2, c2, n1, n2 = [], [], [], [], [], [], [], []
+        for _ in range(RUNS):
+            b = start()
+            try:
+                r, c = cycles_in_turn(b, 5, 0.05, lambda: first(b))
+                w, cw = cycles_in_turn(b, 5, 0.5, lambda: second(b))
+            finally:
+                b.stop()
+            f1.append(r["failed"] if r.get("failed") is not None else r["complete"])
+            t1.append(r.get("total", r.get("complete")))
+            c1.append(c)
+            f2.append(w["failed"] if "failed" in w else sum(w["socket_errors"]) + w["non2xx"])
+            t2.append(w["total"])
+            c2.append(cw)
+            n1.append(r.get("never_started"))
+            n2.append(w.get("never_started"))
+        rows.append((label, f1, t1, c1, f2, t2, c2, n1, n2))
+    print("### HTTP/2, TLS and gRPC under the same cycles\n")
+    print(f"The same two phases as above, with each protocol's own load generator: 20 000 requests (h2load "
+          f"`-n 20000`, ab, or grpcio calls) under 5 cycles in turn, then 10 s (h2load `-D 10`, wrk, grpcio) "
+          f"under 5 cycles 0.5 s apart; median of {RUNS} runs, [min–max]; cycles during the load in brackets. "
+          f"`python3 ci/bench.py kinds_protocols`.\n")
+    print("| worker | phase 1: failed / requests [cycles] | phase 2: failed / requests [cycles] |")
+    print("|---|---|---|")
+    def never(ns):
+        return "" if None in ns else f" (never started: {statistics.median(ns):.0f} [{min(ns)}–{max(ns)}])"
+    for label, f1, t1, c1, f2, t2, c2, n1, n2 in rows:
+        print(f"| {label} | {statistics.median(f1):.0f} [{min(f1)}–{max(f1)}]{never(n1)} / "
+              f"{statistics.median(t1):.0f} [{statistics.median(c1):.0f}] | {statistics.median(f2):.0f} "
+              f"[{min(f2)}–{max(f2)}]{never(n2)} / {statistics.median(t2):.0f} [{statistics.median(c2):.0f}] |")
+    print()
 
 
 def wrk_latency(port, seconds, conns=50):
@@ -1352,7 +1481,7 @@ def soak():
 if __name__ == "__main__":
     sections = {"zero": zero_downtime, "overhead": overhead, "latency": cycle_latency, "idle": idle,
                 "pipeline": pipeline, "upgrade": upgrade_latency, "poll": poll_cost, "s3": s3,
-                "build": build_cost, "kinds": worker_kinds, "health": health_cost,
+                "build": build_cost, "kinds": worker_kinds, "kinds_protocols": protocol_kinds, "health": health_cost,
                 "reexec": reexec_cost, "delta": delta, "fleet": fleet, "fleet_gate": fleet_gate, "soak": soak}
     # The build section rebuilds everything twice: run it on its own.
     which = sys.argv[1:] or [k for k in sections if k != "build"]
