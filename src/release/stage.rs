@@ -1,6 +1,6 @@
 //! Streams a candidate into a temp file beside the releases (mode 0600),
 //! hashing it on the fly, under a size cap and a time limit. Memory stays
-//! flat: one 1 MiB buffer (and the file's own) whatever the size. The
+//! flat: one 256 KiB buffer (and the file's own) whatever the size. The
 //! file is not fsynced here: an install fsyncs what it keeps, and a check
 //! or a patch's download keeps nothing.
 
@@ -14,10 +14,12 @@ use super::Error;
 use crate::fetchers::Body;
 use crate::fsutil::IoError;
 
-/// Each read and write is a hop to a blocking thread, and on a busy
-/// machine each hop waits for a CPU: 1 MiB takes a 24 MB build in two
-/// dozen, where 64 KiB took four hundred.
-const CHUNK: usize = 1 << 20;
+/// Each read and write is a hop to a blocking thread: 256 KiB takes a
+/// 24 MB build in about a hundred, where 64 KiB took four hundred. 1 MiB
+/// helped a little more on a busy machine, but left the idle master with
+/// 0.9 MiB more heap after an S3 download (BENCHMARKS.md, "Master at
+/// idle").
+const CHUNK: usize = 256 << 10;
 
 /// A complete download.
 pub struct Staged {
