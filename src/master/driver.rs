@@ -459,13 +459,13 @@ impl Driver {
     /// What `request` shows of the releases directory.
     fn disk(&self, request: &Request) -> Disk {
         let baton = match request {
-            Request::Status => self_update::status(
+            Request::Status => Box::new(self_update::status(
                 self.baton.as_ref().map(|s| s.store.dir()),
                 self.config.self_channel.as_ref(),
                 self.baton
                     .as_ref()
                     .map_or(&Default::default(), |s| &*s.last_check),
-            ),
+            )),
             _ => Default::default(),
         };
         let Some(store) = &self.store else {

@@ -70,7 +70,7 @@ pub(crate) struct Disk {
     /// The trial reports' writer's counters, with `[fetch] report`.
     pub reports: Option<crate::control::reply::Reports>,
     /// baton itself (for `status`).
-    pub baton: crate::control::reply::Baton,
+    pub baton: Box<crate::control::reply::Baton>,
 }
 
 /// What start-up found, for the core's first decision.

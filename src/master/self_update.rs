@@ -475,7 +475,7 @@ pub(super) async fn run(with: Loop) {
                     "baton {} from {source} passed its checks; the master re-executes into it",
                     up.version
                 );
-                let _ = ready.send(up);
+                let _ = ready.send(*up);
             }
             Ok(Checked::Nothing) => note("nothing new".to_owned()),
             Ok(Checked::Skipped(why)) => note(why),
@@ -500,7 +500,7 @@ pub(super) async fn run(with: Loop) {
 /// refused.
 enum Checked {
     /// A build ready to run.
-    Ready(Ready),
+    Ready(Box<Ready>),
     /// Nothing new.
     Nothing,
     /// A build that failed before, skipped.
@@ -542,11 +542,11 @@ async fn check(
         ))
     };
     match super::reexec::check(&binary, config).await {
-        Ok(line) if line == format!("baton {version}") => Ok(Checked::Ready(Ready {
+        Ok(line) if line == format!("baton {version}") => Ok(Checked::Ready(Box::new(Ready {
             version: version.clone(),
             binary,
             release,
-        })),
+        }))),
         Ok(line) => refuse(format!(
             "`--version` printed {line:?}, but its manifest names version {version}"
         )),

@@ -272,7 +272,7 @@ impl Core {
             checks: s.checks.clone(),
             trials: s.trials.clone(),
             reports: disk.reports,
-            baton: disk.baton,
+            baton: *disk.baton,
             counters: reply::Counters {
                 cycles: s.cycles,
                 crash_restarts: s.crash_restarts,
