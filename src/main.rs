@@ -121,6 +121,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The watchdog of a self-upgrade, started by the master before it
+    /// re-executes into a new build of baton (internal).
+    #[command(hide = true)]
+    SelfWatchdog {
+        /// The master's PID.
+        #[arg(long)]
+        pid: u32,
+        /// The self-upgrade record.
+        #[arg(long)]
+        record: PathBuf,
+        /// How long the new build has to reach its serving loop.
+        #[arg(long)]
+        within_ms: u64,
+    },
     /// Print a shell completion script: `baton completions bash >
     /// /etc/bash_completion.d/baton` (zsh: into a `$fpath` dir as `_baton`;
     /// fish: `~/.config/fish/completions/baton.fish`).
@@ -172,6 +186,16 @@ fn main() -> ExitCode {
             config
         }
         Command::Keygen { key } => return exit(keygen(key)),
+        Command::SelfWatchdog {
+            pid,
+            record,
+            within_ms,
+        } => {
+            let within = std::time::Duration::from_millis(*within_ms);
+            return exit(
+                baton::master::self_watchdog(*pid, record, within).map_err(anyhow::Error::msg),
+            );
+        }
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -225,6 +249,7 @@ fn main() -> ExitCode {
             ..
         } => check_json(config, install),
         Command::Keygen { .. }
+        | Command::SelfWatchdog { .. }
         | Command::Completions { .. }
         | Command::Publish(_)
         | Command::Rollout { .. }

@@ -709,7 +709,9 @@ impl Driver {
                 "self-upgrade to baton {} refused: cannot write its record: {e}",
                 up.version
             )
-        })
+        })?;
+        self_update::start_watchdog(&self.exe, s.store.dir(), s.settle);
+        Ok(())
     }
 
     /// Executes the new binary with the core's `carry`; returns only when

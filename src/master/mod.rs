@@ -18,6 +18,7 @@ mod notify;
 mod ready;
 mod reexec;
 mod self_update;
+pub use self_update::watchdog as self_watchdog;
 mod store_io;
 mod trial;
 mod update;

@@ -64,6 +64,9 @@ pub(super) struct SelfTrial {
     pub settle_ms: u64,
     /// Starts of the new build so far.
     pub starts: u32,
+    /// The new build reached its serving loop.
+    #[serde(default)]
+    pub serving: bool,
     /// When it was written, seconds since the epoch.
     pub at: u64,
 }
@@ -223,9 +226,62 @@ pub(super) fn begin(
             from: crate::version::own().to_owned(),
             settle_ms: settle.as_millis() as u64,
             starts: 0,
+            serving: false,
             at: crate::time::unix_now(),
         },
     )
+}
+
+/// Starts the watchdog of a self-upgrade (`home self-watchdog`, a child
+/// that outlives the `execve`): a new build that has not reached its
+/// serving loop within `within` is killed, so that the supervisor starts
+/// the previous baton, which records it failed.
+pub(super) fn start_watchdog(home: &Path, dir: &Path, within: Duration) {
+    let spawned = std::process::Command::new(home)
+        .arg("self-watchdog")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg("--record")
+        .arg(dir.join(TRIAL_FILE))
+        .arg("--within-ms")
+        .arg(within.as_millis().to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "cannot start the self-upgrade watchdog {}: {e}; a new baton that hangs before it \
+             serves is not stopped",
+            home.display()
+        );
+    }
+}
+
+/// The watchdog itself (`baton self-watchdog`): waits up to `within` for
+/// the record at `record` to say its build serves, or to go; kills `pid`
+/// with SIGKILL when neither happened.
+pub fn watchdog(pid: u32, record: &Path, within: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let read = std::fs::read(record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SelfTrial>(&b).ok());
+        match read {
+            None => return Ok(()),
+            Some(r) if r.serving => return Ok(()),
+            Some(r) if std::time::Instant::now() >= deadline => {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+                    .map_err(|e| format!("cannot kill the master {pid}: {e}"))?;
+                return Err(format!(
+                    "baton {} did not reach its serving loop within {}: killed the master \
+                     (pid {pid}) so that its supervisor starts the previous baton",
+                    r.version,
+                    humantime::format_duration(within)
+                ));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// The `execve` into a new build failed: it is failed, and the record goes.
@@ -239,6 +295,7 @@ pub(super) fn exec_failed(dir: &Path, upgrade: &Ready, why: &str) {
         from: crate::version::own().to_owned(),
         settle_ms: 0,
         starts: 0,
+        serving: false,
         at: crate::time::unix_now(),
     };
     fail(dir, &record, &format!("its exec failed: {why}"));
@@ -369,6 +426,14 @@ pub(super) fn launch(
     };
     let task = tokio::spawn(async move {
         if let Start::OnTrial(record) = start {
+            // The loop runs: the watchdog the old master left stands down.
+            let record = SelfTrial {
+                serving: true,
+                ..record
+            };
+            if let Err(e) = write(with.store.dir(), &record) {
+                tracing::error!("cannot update the self-upgrade record: {e}");
+            }
             let settle = Duration::from_millis(record.settle_ms);
             tracing::info!(
                 event = "self_trial",
@@ -568,6 +633,7 @@ mod tests {
             from: "0.1.0".into(),
             settle_ms: 1000,
             starts,
+            serving: false,
             at: 0,
         }
     }

@@ -230,6 +230,20 @@ fn a_bad_signature_or_a_wrong_version_changes_nothing() {
 
 #[test]
 fn a_new_baton_that_dies_after_its_exec_falls_back_under_supervisord() {
+    falls_back_under_supervisord("echo 'the new baton dies' >&2; exit 70");
+}
+
+#[test]
+fn a_new_baton_that_hangs_after_its_exec_is_stopped_and_falls_back() {
+    // It never reaches its serving loop: the watchdog the old master left
+    // kills it after self.settle, and supervisord starts the previous one.
+    falls_back_under_supervisord("echo 'the new baton hangs' >&2; exec sleep 600");
+}
+
+/// A new baton that passes the checks (`--version`, `validate`), then runs
+/// `as_master` when it runs as the master; supervisord starts the previous
+/// baton, which records the version failed and never takes it again.
+fn falls_back_under_supervisord(as_master: &str) {
     let publisher = Publisher::new();
     let public = publisher.keygen("self");
     let dir = tempfile::tempdir().unwrap();
@@ -247,14 +261,12 @@ fn a_new_baton_that_dies_after_its_exec_falls_back_under_supervisord() {
         config(&publisher, &public).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
     )
     .unwrap();
-    // A new baton that passes the checks (`--version`, `validate`) and
-    // dies as soon as it runs as the master.
     let crashing = publisher.path("baton");
     support::script(
         &crashing,
         &format!(
             "case \"$1\" in\n  --version) echo 'baton 9.9.9' ;;\n  validate) exec {} \"$@\" ;;\n  \
-             *) echo 'the new baton dies' >&2; exit 70 ;;\nesac",
+             *) {as_master} ;;\nesac",
             support::baton_bin().display()
         ),
     );
@@ -337,6 +349,6 @@ fn a_new_baton_that_dies_after_its_exec_falls_back_under_supervisord() {
     assert_eq!(
         events.matches("exited: baton").count(),
         1,
-        "the new baton died once, and only once: {events}"
+        "the new baton ended once, and only once: {events}"
     );
 }
