@@ -6,8 +6,8 @@
 //! never a `Debug` dump nor octocrab's multi-line display.
 //!
 //! The github source ([`crate::fetchers::github`]) and `baton publish --to
-//! github:` ([`crate::publish::target`]) both use it; each says how its token is
-//! set ([`Who`]).
+//! github:` (the publish module's GitHub target) both use it; each says how
+//! its token is set ([`Who`]).
 
 /// Who is asking, for the advice: how the token is set and what it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -585,11 +585,15 @@ mod tests {
         let mut n = note(Outcome::Started);
         n.version = format!("1.0.{}", PENDING_LIMIT + 10);
         reporter.send(n);
-        while reporter.counters().written.load(Ordering::Relaxed) < PENDING_LIMIT as u64 {
+        // The pending count is updated once the whole flush is done.
+        let c = reporter.counters();
+        while c.written.load(Ordering::Relaxed) < PENDING_LIMIT as u64
+            || c.pending.load(Ordering::Relaxed) != 0
+        {
             assert!(std::time::Instant::now() < deadline, "writes not retried");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(reporter.counters().pending.load(Ordering::Relaxed), 0);
+        assert_eq!(c.written.load(Ordering::Relaxed), PENDING_LIMIT as u64);
         let written = |v: usize| {
             dir.path()
                 .join(format!("reports/1.0.{v}/started/h1.json"))
