@@ -6,13 +6,12 @@
 //! without it they are built here with `go` into `target/go-bins`, and the
 //! tests are skipped only when there is no `go` either.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::support::client::Client;
 use crate::support::{self, Baton, Load, LoadMode};
 
 /// The directory holding `hello-<v>` (the helper) and `shutdown-<v>` (the
@@ -177,9 +176,9 @@ fn go_helper_answers_close_on_open_connections_and_closes_idle_ones_after_the_gr
             "no `Connection: close` within 15 s of the drain"
         );
     }
-    busy.expect_eof();
+    busy.expect_eof("the connection");
     // The idle connection is closed cleanly, and not before the grace.
-    idle.expect_eof();
+    idle.expect_eof("the connection");
     assert!(
         idle_since.elapsed() >= Duration::from_secs(1),
         "an idle connection was closed before its 1 s grace"
@@ -217,61 +216,5 @@ fn go_plain_shutdown_contrast_is_measured() {
             report.errors.first()
         );
         assert!(report.versions.len() >= 2, "{:?}", report.versions);
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection, never retried.
-struct Client {
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Client {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// One request: (the server said close, trimmed body). Panics on any
-    /// error or a non-200 status: a reset is a failed request.
-    fn get(&mut self) -> (bool, String) {
-        self.reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            .expect("send a request");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read the status");
-        assert!(line.starts_with("HTTP/1.1 200"), "status line {line:?}");
-        let (mut length, mut close) = (0, false);
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("read a header");
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').expect("a header");
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            } else if name.eq_ignore_ascii_case("connection") {
-                close |= value.to_ascii_lowercase().contains("close");
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).expect("read the body");
-        (close, String::from_utf8(body).unwrap().trim().to_owned())
-    }
-
-    /// The server closes the connection cleanly: EOF, not a reset.
-    fn expect_eof(&mut self) {
-        let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(rest.is_empty(), "unexpected data {rest:?}"),
-            Err(e) => panic!("want a clean close, got {e}"),
-        }
     }
 }

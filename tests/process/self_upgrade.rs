@@ -52,6 +52,17 @@ fn config(publisher: &Publisher, key: &str) -> String {
     )
 }
 
+/// `baton publish` of `artifact` as baton `version`, signed with `key`.
+fn publish(publisher: &Publisher, version: &str, key: &str, artifact: &Path) {
+    publisher.publish(&[
+        "--version",
+        version,
+        "--sign",
+        &publisher.key(key),
+        artifact.to_str().unwrap(),
+    ]);
+}
+
 fn status(dir: &Path) -> Value {
     serde_json::from_str(&ok(dir, &["status", "--json"])).unwrap()
 }
@@ -119,13 +130,7 @@ fn baton_upgrades_itself_from_its_channel_keeping_pid_and_workers_under_load() {
 
     std::fs::copy(new_baton(), publisher.path("baton")).unwrap();
     let artifact = publisher.path("baton");
-    publisher.publish(&[
-        "--version",
-        "9.9.9",
-        "--sign",
-        &publisher.key("self"),
-        artifact.to_str().unwrap(),
-    ]);
+    publish(&publisher, "9.9.9", "self", &artifact);
     // The master re-executes into the new build, then keeps it after its
     // settle: the executable it was started from is the new build.
     let new_digest = digest(&new_baton());
@@ -183,13 +188,7 @@ fn a_bad_signature_or_a_wrong_version_changes_nothing() {
     // Signed with a key the channel does not trust.
     std::fs::copy(new_baton(), publisher.path("baton")).unwrap();
     let artifact = publisher.path("baton");
-    publisher.publish(&[
-        "--version",
-        "9.9.9",
-        "--sign",
-        &publisher.key("other"),
-        artifact.to_str().unwrap(),
-    ]);
+    publish(&publisher, "9.9.9", "other", &artifact);
     let s = wait_self_checks(&d, 2);
     let said = s["baton"]["last_check"].as_str().unwrap_or_default();
     assert!(
@@ -201,13 +200,7 @@ fn a_bad_signature_or_a_wrong_version_changes_nothing() {
     assert_eq!(digest(&home), old_digest);
 
     // Signed by the right key, but the build names another version.
-    publisher.publish(&[
-        "--version",
-        "9.9.10",
-        "--sign",
-        &publisher.key("self"),
-        artifact.to_str().unwrap(),
-    ]);
+    publish(&publisher, "9.9.10", "self", &artifact);
     let said = support::wait_for(
         "the check of the build that names another version",
         Duration::from_secs(30),
@@ -296,13 +289,7 @@ fn falls_back_under_supervisord(as_master: &str) {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     support::wait_version(addr, "1.0.0");
 
-    publisher.publish(&[
-        "--version",
-        "9.9.9",
-        "--sign",
-        &publisher.key("self"),
-        crashing.to_str().unwrap(),
-    ]);
+    publish(&publisher, "9.9.9", "self", &crashing);
     // The new baton dies after its exec; supervisord starts the executable
     // it knows, the previous baton, which records 9.9.9 as failed.
     let failed = support::wait_for(

@@ -1,6 +1,7 @@
 //! Helpers shared by the process tests: temp dirs, the example binaries in
 //! two versions, a running `baton` master, and the load generator.
 
+pub mod client;
 pub mod github;
 pub mod http;
 pub mod load;
