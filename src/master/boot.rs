@@ -66,22 +66,6 @@ pub(super) async fn boot(
     } = config;
     let signals = prepare()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("baton"));
-    // A self-upgrade under way: this master is the new build on trial, or
-    // the previous one started again after the new one died.
-    let own_dir = releases
-        .as_ref()
-        .filter(|_| self_channel.is_some())
-        .map(|r| super::self_update::store_dir(&r.dir));
-    let own_start = match &own_dir {
-        Some(dir) => super::self_update::start(dir, &exe),
-        None => super::self_update::Start::None,
-    };
-    // The executable systemd or supervisord starts: a new build on trial
-    // runs from baton's store, and `reexec` goes back to this path.
-    let exe = match &own_start {
-        super::self_update::Start::OnTrial(record) => record.home.clone(),
-        super::self_update::Start::None => exe,
-    };
     // What a previous master handed over across its `execve`, if this is
     // one; its workers are claimed before the reaper could take them.
     let mut inherited = reexec::take().map_err(Error::Reexec)?;
@@ -147,6 +131,22 @@ pub(super) async fn boot(
         Some((store, lock, found)) => (Some(store), Some(lock), found),
         None => (None, None, Found::default()),
     };
+    // A self-upgrade under way (read under the releases directory's lock):
+    // this master is the new build on trial, or the previous one started
+    // again after the new one died.
+    let own_dir = releases
+        .as_ref()
+        .map(|r| super::self_update::store_dir(&r.dir));
+    let own_start = match &own_dir {
+        Some(dir) => super::self_update::start(dir, &exe, inherited.is_some()),
+        None => super::self_update::Start::None,
+    };
+    // The executable systemd or supervisord starts: a new build on trial
+    // runs from baton's store, and `reexec` goes back to this path.
+    let exe = match &own_start {
+        super::self_update::Start::OnTrial(record) => record.home.clone(),
+        super::self_update::Start::None => exe,
+    };
     let fixed = Fixed {
         reloadable: config_path.is_some(),
         self_upgrade,
@@ -199,9 +199,9 @@ pub(super) async fn boot(
         _held: (listeners.control, lock, reaper),
     };
     driver.reporter = super::driver::reporter(driver.config.fetch.as_ref(), driver.store.as_ref());
-    if let (Some(channel), Some(dir)) = (&driver.config.self_channel, &own_dir) {
+    if let Some(dir) = &own_dir {
         driver.baton = super::self_update::launch(
-            channel,
+            driver.config.self_channel.as_ref(),
             dir,
             own_start,
             &driver.exe,

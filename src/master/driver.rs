@@ -459,13 +459,7 @@ impl Driver {
     /// What `request` shows of the releases directory.
     fn disk(&self, request: &Request) -> Disk {
         let baton = match request {
-            Request::Status => Box::new(self_update::status(
-                self.baton.as_ref().map(|s| s.store.dir()),
-                self.config.self_channel.as_ref(),
-                self.baton
-                    .as_ref()
-                    .map_or(&Default::default(), |s| &*s.last_check),
-            )),
+            Request::Status => Box::new(self_update::status(self.baton.as_ref())),
             _ => Default::default(),
         };
         let Some(store) = &self.store else {
@@ -710,7 +704,10 @@ impl Driver {
                 up.version
             )
         })?;
-        self_update::start_watchdog(&self.exe, s.store.dir(), s.settle);
+        // The bound on reaching the serving loop: settle, and never less
+        // than a busy machine needs to start a master.
+        let within = s.settle.max(std::time::Duration::from_secs(15));
+        self_update::start_watchdog(&self.exe, s.store.dir(), within);
         Ok(())
     }
 

@@ -91,7 +91,10 @@ pub(super) enum Start {
 /// Reads the self-upgrade record at a master's start (see the module
 /// docs); the previous baton records a failed one here. Never fails the
 /// start: what cannot be read or written is logged.
-pub(super) fn start(dir: &Path, exe: &Path) -> Start {
+/// `reexeced`: this master was started by a re-exec, so a record for
+/// another build is a re-exec asked for during the trial (`baton reexec`
+/// runs home), which abandons the trial without failing the build.
+pub(super) fn start(dir: &Path, exe: &Path, reexeced: bool) -> Start {
     let path = dir.join(TRIAL_FILE);
     let record: SelfTrial = match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -115,6 +118,21 @@ pub(super) fn start(dir: &Path, exe: &Path) -> Start {
         }
     };
     if !same_file(exe, &record.binary) {
+        let kept = crate::fsutil::hash_file(exe)
+            .is_ok_and(|(sha256, _)| hex::encode(sha256) == record.sha256);
+        if kept || reexeced {
+            tracing::warn!(
+                "{} the self-upgrade to baton {}: its record goes",
+                if kept {
+                    "home already runs"
+                } else {
+                    "a re-exec during its trial abandons"
+                },
+                record.version
+            );
+            remove_record(dir);
+            return Start::None;
+        }
         fail(
             dir,
             &record,
@@ -154,16 +172,29 @@ fn fail(dir: &Path, record: &SelfTrial, why: &str) {
         record.version,
         record.version
     );
-    let marked = Store::for_self(dir, &record.home).and_then(|s| s.mark_failed(&record.sha256));
-    if let Err(e) = marked {
-        tracing::error!(
+    match Store::for_self(dir, &record.home) {
+        Ok(store) => record_failed(&store, &record.version, Some(&record.sha256), why),
+        Err(e) => tracing::error!(
             "cannot record the failed self-upgrade: {}",
+            crate::errors::display_chain(&e)
+        ),
+    }
+    remove_record(dir);
+}
+
+/// Records a build of baton as failed: its digest in the store's failed
+/// list (never installed again), and the version with why for `status`.
+fn record_failed(store: &Store, version: &str, sha256: Option<&str>, why: &str) {
+    if let Some(Err(e)) = sha256.map(|sha256| store.mark_failed(sha256)) {
+        tracing::error!(
+            "cannot record the failed build's digest: {}",
             crate::errors::display_chain(&e)
         );
     }
+    let dir = store.dir();
     let mut failed = read_failed(dir);
     failed.push(Failed {
-        version: record.version.clone(),
+        version: version.to_owned(),
         why: why.to_owned(),
         at: crate::time::unix_now(),
     });
@@ -175,6 +206,9 @@ fn fail(dir: &Path, record: &SelfTrial, why: &str) {
     {
         tracing::error!("cannot record the failed self-upgrade: {e}");
     }
+}
+
+fn remove_record(dir: &Path) {
     if let Err(e) = std::fs::remove_file(dir.join(TRIAL_FILE)) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::error!("cannot remove the self-upgrade record: {e}");
@@ -237,6 +271,7 @@ pub(super) fn begin(
 /// serving loop within `within` is killed, so that the supervisor starts
 /// the previous baton, which records it failed.
 pub(super) fn start_watchdog(home: &Path, dir: &Path, within: Duration) {
+    use std::os::unix::process::CommandExt;
     let spawned = std::process::Command::new(home)
         .arg("self-watchdog")
         .arg("--pid")
@@ -246,6 +281,8 @@ pub(super) fn start_watchdog(home: &Path, dir: &Path, within: Duration) {
         .arg("--within-ms")
         .arg(within.as_millis().to_string())
         .stdin(std::process::Stdio::null())
+        // A group of its own: the master's reaper takes it once it ends.
+        .process_group(0)
         .spawn();
     if let Err(e) = spawned {
         tracing::warn!(
@@ -268,6 +305,11 @@ pub fn watchdog(pid: u32, record: &Path, within: Duration) -> Result<(), String>
         match read {
             None => return Ok(()),
             Some(r) if r.serving => return Ok(()),
+            Some(_) if nix::unistd::getppid().as_raw() as u32 != pid => {
+                // The master is gone (this watchdog was handed to another
+                // parent): the supervisor restarts the previous baton.
+                return Ok(());
+            }
             Some(r) if std::time::Instant::now() >= deadline => {
                 let pid = nix::unistd::Pid::from_raw(pid as i32);
                 nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
@@ -319,18 +361,19 @@ pub(super) async fn keep(store: Store, record: SelfTrial) -> Result<(), String> 
 }
 
 /// What `status` shows of baton itself.
-pub(super) fn status(
-    dir: Option<&Path>,
-    channel: Option<&SelfChannel>,
-    last_check: &Mutex<Option<String>>,
-) -> crate::control::reply::Baton {
+pub(super) fn status(own: Option<&Own>) -> crate::control::reply::Baton {
     let mut baton = crate::control::reply::Baton {
         version: crate::version::own().to_owned(),
-        channel: channel.map(|c| describe(&c.fetch)),
-        last_check: last_check.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        channel: own.and_then(|o| o.described.clone()),
+        last_check: own.and_then(|o| {
+            o.last_check
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }),
         ..Default::default()
     };
-    if let Some(dir) = dir {
+    if let Some(dir) = own.map(|o| o.store.dir()) {
         baton.on_trial = std::fs::read(dir.join(TRIAL_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<SelfTrial>(&b).ok())
@@ -370,6 +413,8 @@ pub(super) struct Own {
     pub settle: Duration,
     /// How the last check ended, for `status`.
     pub last_check: Arc<Mutex<Option<String>>>,
+    /// The channel, described (for `status`).
+    pub described: Option<String>,
     /// The loop (after keeping a new build on trial).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -380,11 +425,13 @@ impl Drop for Own {
     }
 }
 
-/// Opens baton's own store and starts its loop; a new build on trial
-/// (`start`) is kept first, once it has stayed up for its settle. `None`
-/// (logged) when the store cannot be opened: the service is not touched.
+/// Opens baton's own store and starts its loop (with `[self]`); a new
+/// build on trial (`start`) is marked serving (the old master's watchdog
+/// stands down) and kept once it has stayed up for its settle, with or
+/// without `[self]` in the config now. `None` (logged) without `[self]`,
+/// or when the store cannot be opened: the service is not touched.
 pub(super) fn launch(
-    channel: &SelfChannel,
+    channel: Option<&SelfChannel>,
     dir: &Path,
     start: Start,
     home: &Path,
@@ -393,7 +440,7 @@ pub(super) fn launch(
     ready: mpsc::UnboundedSender<Ready>,
 ) -> Option<Own> {
     let opened = Store::for_self(dir, home).and_then(|store| {
-        if matches!(start, Start::None) {
+        if matches!(start, Start::None) && channel.is_some() {
             store.adopt_home(crate::version::own())?;
         }
         Ok(store)
@@ -409,66 +456,104 @@ pub(super) fn launch(
             return None;
         }
     };
-    let Some(config) = config else {
-        tracing::error!(
-            "[self] needs a master started by `baton run --config F` (a new baton is checked              with `validate --config F`); no self-upgrades"
-        );
-        return None;
+    let trial = match start {
+        Start::OnTrial(record) => Some(serving(store.dir(), record)),
+        Start::None => None,
     };
-    let last_check = Arc::new(Mutex::new(None));
-    let with = Loop {
-        channel: channel.clone(),
-        store: store.clone(),
-        config: config.to_owned(),
-        child_env,
-        ready,
-        last_check: last_check.clone(),
-    };
-    let task = tokio::spawn(async move {
-        if let Start::OnTrial(record) = start {
-            // The loop runs: the watchdog the old master left stands down.
-            let record = SelfTrial {
-                serving: true,
-                ..record
-            };
-            if let Err(e) = write(with.store.dir(), &record) {
-                tracing::error!("cannot update the self-upgrade record: {e}");
-            }
-            let settle = Duration::from_millis(record.settle_ms);
-            tracing::info!(
-                event = "self_trial",
-                version = %record.version,
-                "baton {} runs on trial: it replaces {} once it has been up for {}",
-                record.version,
-                record.home.display(),
-                humantime::format_duration(settle)
+    let with = match (channel, config) {
+        (Some(channel), Some(config)) => Some(Loop {
+            channel: channel.clone(),
+            store: store.clone(),
+            config: config.to_owned(),
+            child_env,
+            ready,
+            last_check: Arc::new(Mutex::new(None)),
+        }),
+        (Some(_), None) => {
+            tracing::error!(
+                "[self] needs a master started by `baton run --config F` (a new baton is \
+                 checked with `validate --config F`); no self-upgrades"
             );
-            tokio::time::sleep(settle).await;
-            match keep(with.store.clone(), record.clone()).await {
-                Ok(()) => tracing::info!(
-                    event = "self_upgraded",
-                    version = %record.version,
-                    "baton {} kept: {} now runs it (baton {} stays in {})",
-                    record.version,
-                    record.home.display(),
-                    record.from,
-                    with.store.dir().display()
-                ),
-                Err(e) => tracing::error!(
-                    "cannot keep baton {}: {e}; it runs on, and {} stays as it was",
-                    record.version,
-                    record.home.display()
-                ),
-            }
+            None
         }
-        run(with).await
+        (None, _) => None,
+    };
+    if trial.is_none() && with.is_none() {
+        return None;
+    }
+    let last_check = with
+        .as_ref()
+        .map_or_else(Default::default, |w| w.last_check.clone());
+    let described = channel.map(|c| describe(&c.fetch));
+    let settle = channel.map_or(Duration::ZERO, |c| c.settle);
+    let kept_in = store.clone();
+    let task = tokio::spawn(async move {
+        if let Some(record) = trial {
+            keep_after_settle(kept_in, record).await;
+        }
+        if let Some(with) = with {
+            run(with).await
+        }
     });
     Some(Own {
         store,
-        settle: channel.settle,
+        settle,
         last_check,
+        described,
         task,
     })
+}
+
+/// Marks the record: the new build reached its serving loop.
+fn serving(dir: &Path, record: SelfTrial) -> SelfTrial {
+    let record = SelfTrial {
+        serving: true,
+        ..record
+    };
+    if let Err(e) = write(dir, &record) {
+        tracing::error!(
+            "cannot mark the self-upgrade record serving: {e}; the watchdog stops this \
+             master after self.settle"
+        );
+    }
+    record
+}
+
+/// Waits out the new build's settle, then keeps it; a build that cannot
+/// replace home is failed (with why), so that no later start takes it
+/// for one that died.
+async fn keep_after_settle(store: Store, record: SelfTrial) {
+    let settle = Duration::from_millis(record.settle_ms);
+    tracing::info!(
+        event = "self_trial",
+        version = %record.version,
+        "baton {} runs on trial: it replaces {} once it has been up for {}",
+        record.version,
+        record.home.display(),
+        humantime::format_duration(settle)
+    );
+    tokio::time::sleep(settle).await;
+    let dir = store.dir().to_owned();
+    match keep(store, record.clone()).await {
+        Ok(()) => tracing::info!(
+            event = "self_upgraded",
+            version = %record.version,
+            "baton {} kept: {} now runs it (baton {} stays in {})",
+            record.version,
+            record.home.display(),
+            record.from,
+            dir.display()
+        ),
+        Err(e) => fail(
+            &dir,
+            &record,
+            &format!(
+                "it stayed up, but cannot replace {}: {e}; it runs until the master is \
+                 started again, which runs the previous baton",
+                record.home.display()
+            ),
+        ),
+    }
 }
 
 /// A new build of baton that passed every check: the core re-executes
@@ -541,16 +626,22 @@ pub(super) async fn run(with: Loop) {
                     up.version
                 );
                 let _ = ready.send(*up);
+                // Offered again at the next check, should the master not
+                // take it now (busy past its wait, or stopping).
+                fetcher.retry();
             }
             Ok(Checked::Nothing) => note("nothing new".to_owned()),
             Ok(Checked::Skipped(why)) => note(why),
-            Err(e) => {
+            Err(Refusal { why, again }) => {
                 tracing::error!(
                     event = "self_check_failed",
-                    error = %e,
-                    "[self] {source}: {e}; baton runs on as it is"
+                    error = %why,
+                    "[self] {source}: {why}; baton runs on as it is"
                 );
-                note(format!("refused: {e}"));
+                note(format!("refused: {why}"));
+                if again {
+                    fetcher.retry();
+                }
             }
         }
         let wait = channel.fetch.interval;
@@ -572,18 +663,31 @@ enum Checked {
     Skipped(String),
 }
 
+/// Why a check refused a build, and whether to offer it again at the next
+/// check (a passing cause: a download, a config mid-edit).
+struct Refusal {
+    why: String,
+    again: bool,
+}
+
 /// One check of baton's own channel: a build ready to run, nothing new, or
 /// why a build was refused.
 async fn check(
     fetcher: &mut dyn crate::fetchers::Fetcher,
     pipeline: &Pipeline,
     config: &Path,
-) -> Result<Checked, String> {
+) -> Result<Checked, Refusal> {
     let candidate = match fetcher.check().await {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(Checked::Nothing),
-        Err(e) => return Err(crate::errors::display_chain(&e)),
+        Err(e) => {
+            return Err(Refusal {
+                why: crate::errors::display_chain(&e),
+                again: e.is_transient(),
+            })
+        }
     };
+    let stated = candidate.info.version.clone();
     let release = match pipeline.run(candidate, true, &|_| {}).await {
         Ok(Outcome::Installed(meta)) => meta,
         Ok(Outcome::Leaves { release, .. }) => release,
@@ -592,19 +696,47 @@ async fn check(
                 "skipped: sha256 {sha256} failed before"
             )))
         }
-        Ok(_) => return Ok(Checked::Nothing),
-        Err(e) => return Err(crate::errors::display_chain(&e)),
+        Ok(Outcome::NotInRollout(decision)) => {
+            return Ok(Checked::Skipped(format!("not in the rollout: {decision}")))
+        }
+        Ok(Outcome::HeldByGate { why, .. }) => {
+            return Ok(Checked::Skipped(format!("held by its gate: {why}")))
+        }
+        Ok(Outcome::Yanked { version }) => {
+            return Ok(Checked::Skipped(format!("skipped: {version} is yanked")))
+        }
+        Ok(Outcome::Unchanged(_) | Outcome::Verified(_)) => return Ok(Checked::Nothing),
+        Err(e) => {
+            let why = crate::errors::display_chain(&e);
+            if let Some(version) = stated.as_deref().filter(|_| e.is_probe()) {
+                // Its `--version` run failed or named another version: the
+                // build's fault (shown by `status`; its bytes are not
+                // offered again while the source is unchanged).
+                record_failed(pipeline.store(), version, None, &why);
+            }
+            return Err(Refusal {
+                why,
+                again: e.is_transient(),
+            });
+        }
     };
     let store = pipeline.store();
     let binary = store.binary_in(&store.dir().join(&release.id));
-    let version = release.version.clone().unwrap_or_default();
+    let Some(version) = release.version.clone() else {
+        return Err(Refusal {
+            why: format!(
+                "the build {} names no version; baton takes only versioned builds of itself",
+                release.id
+            ),
+            again: false,
+        });
+    };
     let refuse = |why: String| {
-        if let Err(e) = store.mark_failed(&release.sha256) {
-            tracing::error!("cannot record sha256 {} as failed: {e}", release.sha256);
-        }
-        Err(format!(
-            "baton {version} refused: {why}; it is not taken again"
-        ))
+        record_failed(store, &version, Some(&release.sha256), &why);
+        Err(Refusal {
+            why: format!("baton {version} refused: {why}; it is not taken again"),
+            again: false,
+        })
     };
     match super::reexec::check(&binary, config).await {
         Ok(line) if line == format!("baton {version}") => Ok(Checked::Ready(Box::new(Ready {
@@ -615,6 +747,11 @@ async fn check(
         Ok(line) => refuse(format!(
             "`--version` printed {line:?}, but its manifest names version {version}"
         )),
+        // The config may be mid-edit: not the build's fault for certain.
+        Err(why) if why.contains(" validate --config ") => Err(Refusal {
+            why: format!("baton {version} waits: {why}; it is checked again at the next check"),
+            again: true,
+        }),
         Err(why) => refuse(why),
     }
 }
@@ -644,25 +781,32 @@ mod tests {
         let new = dir.path().join("new");
         std::fs::write(&new, b"x").unwrap();
         write(dir.path(), &record(&new, Path::new("/usr/bin/baton"), 0)).unwrap();
-        let Start::OnTrial(r) = start(dir.path(), &new) else {
+        let Start::OnTrial(r) = start(dir.path(), &new, false) else {
             panic!("not on trial")
         };
         assert_eq!(r.starts, 1);
         assert!(dir.path().join(TRIAL_FILE).exists(), "the record stays");
     }
 
-    #[test]
-    fn the_previous_baton_started_again_records_the_new_one_failed() {
+    #[tokio::test]
+    async fn the_previous_baton_started_again_records_the_new_one_failed() {
         let dir = tempfile::tempdir().unwrap();
         let (new, old) = (dir.path().join("new"), dir.path().join("old"));
         std::fs::write(&new, b"x").unwrap();
         std::fs::write(&old, b"y").unwrap();
         write(dir.path(), &record(&new, &old, 1)).unwrap();
-        assert!(matches!(start(dir.path(), &old), Start::None));
+        assert!(matches!(start(dir.path(), &old, false), Start::None));
         assert!(!dir.path().join(TRIAL_FILE).exists(), "the record goes");
         let store = Store::for_self(dir.path(), &old).unwrap();
         assert!(store.failed().contains(&"ab".repeat(32)));
-        let shown = status(Some(dir.path()), None, &Mutex::new(None));
+        let own = Own {
+            store: Store::for_self(dir.path(), &old).unwrap(),
+            settle: Duration::ZERO,
+            last_check: Default::default(),
+            described: None,
+            task: tokio::spawn(async {}),
+        };
+        let shown = status(Some(&own));
         assert_eq!(shown.failed.len(), 1);
         assert!(shown.failed[0].starts_with("9.9.9: "), "{:?}", shown.failed);
         assert!(shown.on_trial.is_none());
@@ -672,7 +816,10 @@ mod tests {
     fn a_record_that_cannot_be_read_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(TRIAL_FILE), b"{not json").unwrap();
-        assert!(matches!(start(dir.path(), Path::new("/x")), Start::None));
+        assert!(matches!(
+            start(dir.path(), Path::new("/x"), false),
+            Start::None
+        ));
         assert!(!dir.path().join(TRIAL_FILE).exists());
     }
 }
