@@ -638,15 +638,24 @@ impl Driver {
             self.retired.push((self.generations, old));
             retired = Some(self.generations);
         }
-        // `[control]` is bound at start: a change needs a restart.
+        // `[control]` is bound at start: a change needs a restart. `[self]`
+        // (its key above all) is read at start and at each re-exec.
         let Config {
             program,
             releases,
             fetch,
             verify,
             hooks,
+            self_channel,
             ..
         } = new;
+        if format!("{self_channel:?}") != format!("{:?}", self.config.self_channel) {
+            tracing::warn!(
+                "[self] changed: it applies at the next start or re-exec (`baton reexec`); \
+                 the running master keeps checking baton's channel as it was"
+            );
+            summary.push("[self] changes apply at the next start or re-exec".to_owned());
+        }
         warn_http_ready(&program);
         self.child_env = ChildEnv::new(&program, fetch.as_ref());
         self.checker = checker(releases.as_ref(), &self.sockets, &self.child_env, &program);
