@@ -29,6 +29,7 @@ SIGTERM: SIGINT and SIGQUIT make gunicorn's arbiter stop at once.
 
 import errno
 import os
+import select
 import selectors
 import socket
 import threading
@@ -213,6 +214,20 @@ class ThreadWorker(gthread.ThreadWorker):
                 self.futures.remove(fut)
             self.murder_keepalived()
 
+    def murder_keepalived(self):
+        # A connection whose time is up but whose client has just sent its
+        # next request is not idle: closing it would reset that request.
+        # Give it a moment, so that the poller hands the request over.
+        if _shape() == "legacy":
+            now = time.time()
+            with self._lock:
+                for conn in self._keep:
+                    if conn.timeout > now:
+                        break
+                    if _readable(conn.sock):
+                        conn.timeout = now + 0.5
+        return super().murder_keepalived()
+
     def finish_request(self, *args):
         # gunicorn 20.1 to 23 close a connection whose response announced
         # keep-alive when the worker stops while the request was in flight:
@@ -238,6 +253,14 @@ class ThreadWorker(gthread.ThreadWorker):
         except Exception:
             self.nr_conns -= 1
             conn.close()
+
+
+def _readable(sock):
+    """Whether a request (or the client's close) waits on ``sock``."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _drain_pipe(fileobj):
