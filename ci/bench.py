@@ -943,8 +943,10 @@ class KindBaton:
     version named in the file `version`; flip() writes the other version and
     sends SIGHUP. The same interface as Baton for under_cycles."""
 
+    prefix = "baton-bench-kind-"
+
     def __init__(self, command, ready="notify", files=()):
-        self.dir = tempfile.mkdtemp(prefix="baton-bench-kind-")
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
         for name, text in files:
             with open(os.path.join(self.dir, name), "w") as f:
                 f.write(text)
@@ -956,11 +958,16 @@ class KindBaton:
         os.chmod(run, 0o755)
         self.port = free_port()
         with open(os.path.join(self.dir, "baton.toml"), "w") as f:
-            f.write(f'[program]\ncommand = "./run.sh"\nlisten = ["127.0.0.1:{self.port}"]\nready = "{ready}"\n'
+            ready_line = f'ready = "{ready}"\n' if ready else ""
+            f.write(f'[program]\ncommand = "./run.sh"\nlisten = ["127.0.0.1:{self.port}"]\n{ready_line}'
                     f'ready_timeout = "30s"\ndrain_timeout = "30s"\n')
         self.log = open(os.path.join(self.dir, "baton.log"), "w+")
         self.proc = subprocess.Popen([BATON, "run", "--config", os.path.join(self.dir, "baton.toml")],
                                      stdout=subprocess.DEVNULL, stderr=self.log)
+        self.wait_first()
+
+    def wait_first(self):
+        """Waits until the first worker serves."""
         wait_until(lambda: get(self.port) == "hello 1.0.0", timeout=30)
 
     def write_version(self):
@@ -1075,24 +1082,12 @@ class ProtoBaton(KindBaton):
     """A KindBaton whose worker plain HTTP cannot ask (TLS, gRPC): the
     first worker is awaited through the master's log instead."""
 
+    prefix = "baton-bench-proto-"
+
     def __init__(self, command, files=()):
-        self.dir = tempfile.mkdtemp(prefix="baton-bench-proto-")
-        for name, text in files:
-            with open(os.path.join(self.dir, name), "w") as f:
-                f.write(text)
-        self.version = "1.0.0"
-        self.write_version()
-        run = os.path.join(self.dir, "run.sh")
-        with open(run, "w") as f:
-            f.write(f'#!/bin/sh\nv=$(cat version)\nexec {command}\n')
-        os.chmod(run, 0o755)
-        self.port = free_port()
-        with open(os.path.join(self.dir, "baton.toml"), "w") as f:
-            f.write(f'[program]\ncommand = "./run.sh"\nlisten = ["127.0.0.1:{self.port}"]\n'
-                    f'ready_timeout = "30s"\ndrain_timeout = "30s"\n')
-        self.log = open(os.path.join(self.dir, "baton.log"), "w+")
-        self.proc = subprocess.Popen([BATON, "run", "--config", os.path.join(self.dir, "baton.toml")],
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        super().__init__(command, ready=None, files=files)
+
+    def wait_first(self):
         wait_until(lambda: "worker is ready" in self.log_text(), timeout=30)
 
 

@@ -7,7 +7,6 @@
 //! `Cancelled` (see docs/library.md).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{self, Baton};
@@ -39,18 +38,7 @@ fn grpc_calls_lose_nothing_across_cycles() {
     baton.wait_ready();
     let scratch = tempfile::tempdir().unwrap();
     let (progress, stop) = (scratch.path().join("progress"), scratch.path().join("stop"));
-    let python = PathBuf::from(
-        std::env::var_os("BATON_TEST_MOTO_BIN").expect("BATON_TEST_MOTO_BIN (ci/test sets it)"),
-    )
-    .join("python");
-    let client = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/process/scripts/grpc_client.py"))
-        .arg(baton.addr().to_string())
-        .args([&progress, &stop])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = support::python_client("grpc_client.py", baton.addr(), &progress, &stop);
     let ok_so_far = || -> u64 {
         std::fs::read(&progress)
             .ok()

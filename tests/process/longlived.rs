@@ -7,8 +7,6 @@
 //! new version, and the old worker exits at once rather than at
 //! `drain_timeout`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -46,18 +44,7 @@ fn websocket_clients_are_told_to_reconnect_and_reach_the_new_version() {
     let baton = start();
     let scratch = tempfile::tempdir().unwrap();
     let (progress, stop) = (scratch.path().join("progress"), scratch.path().join("stop"));
-    let python = PathBuf::from(
-        std::env::var_os("BATON_TEST_MOTO_BIN").expect("BATON_TEST_MOTO_BIN (ci/test sets it)"),
-    )
-    .join("python");
-    let client = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/process/scripts/ws_client.py"))
-        .arg(baton.addr().to_string())
-        .args([&progress, &stop])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = support::python_client("ws_client.py", baton.addr(), &progress, &stop);
     let seen = || -> serde_json::Value {
         std::fs::read(&progress)
             .ok()

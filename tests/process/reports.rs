@@ -461,10 +461,7 @@ fn on_s3_the_gate_reads_the_canarys_failure_and_rollout_status_shows_it() {
 /// Creates IAM users on moto (boto3 from the test venv): `host` may read
 /// the bucket and list it, nothing else. Returns its key pair.
 fn read_only_user(s3: &S3Server) -> (String, String) {
-    let python = std::path::PathBuf::from(
-        std::env::var_os("BATON_TEST_MOTO_BIN").expect("BATON_TEST_MOTO_BIN (ci/test sets it)"),
-    )
-    .join("python");
+    let python = support::venv_python();
     let script = r#"
 import json, sys, boto3
 iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",

@@ -77,6 +77,16 @@ fn try_status(dir: &Path) -> Option<Value> {
         .flatten()
 }
 
+/// The workers' PIDs a `status` names.
+fn worker_pids(status: &Value) -> Vec<Value> {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].clone())
+        .collect()
+}
+
 fn digest(path: &Path) -> String {
     hex::encode(sha256(&std::fs::read(path).unwrap()))
 }
@@ -119,12 +129,7 @@ fn baton_upgrades_itself_from_its_channel_keeping_pid_and_workers_under_load() {
             .is_some_and(|c| c.contains("manifest.json")),
         "{before}"
     );
-    let workers: Vec<Value> = before["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].clone())
-        .collect();
+    let workers = worker_pids(&before);
     let load = Load::start(baton.addr(), 8, LoadMode::KeepAlive);
     load.wait_more(200);
 
@@ -135,7 +140,7 @@ fn baton_upgrades_itself_from_its_channel_keeping_pid_and_workers_under_load() {
     // settle: the executable it was started from is the new build.
     let new_digest = digest(&new_baton());
     support::wait_for("the new baton to be kept", Duration::from_secs(60), || {
-        let s = status(&d);
+        let s = try_status(&d)?;
         (s["baton"]["version"] == "9.9.9"
             && s["baton"]["on_trial"].is_null()
             && digest(&home) == new_digest)
@@ -151,13 +156,7 @@ fn baton_upgrades_itself_from_its_channel_keeping_pid_and_workers_under_load() {
         Some(u64::from(baton.pid())),
         "same PID"
     );
-    let still: Vec<Value> = after["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].clone())
-        .collect();
-    assert_eq!(still, workers, "the same workers serve");
+    assert_eq!(worker_pids(&after), workers, "the same workers serve");
     assert_eq!(after["counters"]["reexecs"], 1, "{after}");
     assert_eq!(support::version(baton.addr()), "1.0.0");
     let exe = std::fs::read_link(format!("/proc/{}/exe", baton.pid())).unwrap();

@@ -518,3 +518,30 @@ pub fn wait_listening(log: &Path) -> SocketAddr {
         })
     })
 }
+
+/// The test venv's python (`BATON_TEST_MOTO_BIN`, set by ci/test): it has
+/// moto, boto3, grpcio and websockets.
+pub fn venv_python() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("BATON_TEST_MOTO_BIN").expect("BATON_TEST_MOTO_BIN (ci/test sets it)"),
+    )
+    .join("python")
+}
+
+/// Starts `tests/process/scripts/<script> <addr> <progress> <stop>` on the
+/// venv's python, its output piped: a client that writes its progress to a
+/// file and ends once `stop` exists.
+pub fn python_client(script: &str, addr: SocketAddr, progress: &Path, stop: &Path) -> Child {
+    Command::new(venv_python())
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/process/scripts")
+                .join(script),
+        )
+        .arg(addr.to_string())
+        .args([progress, stop])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
