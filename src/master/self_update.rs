@@ -117,7 +117,7 @@ pub(super) fn start(dir: &Path, exe: &Path, reexeced: bool) -> Start {
             return Start::None;
         }
     };
-    if !same_file(exe, &record.binary) {
+    if !same_path(exe, &record.binary) {
         let kept = crate::fsutil::hash_file(exe)
             .is_ok_and(|(sha256, _)| hex::encode(sha256) == record.sha256);
         if kept || reexeced {
@@ -398,7 +398,9 @@ fn describe(fetch: &crate::config::Fetch) -> String {
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+/// Whether two paths name the same place (not the same bytes: home is a
+/// hard link of the build it keeps, and must not count as it).
+fn same_path(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
