@@ -5,9 +5,10 @@
 //! when, and writes it on a task of its own, so a slow or failing store
 //! never blocks, delays or changes a trial, a promotion or a rollback. A
 //! write that fails is logged with its cause, counted, and retried every
-//! fetch interval while fewer than [`PENDING_LIMIT`] wait; a report already
-//! written (recorded in `releases/.reports`) is never written again, also
-//! by a restarted master.
+//! fetch interval while fewer than [`PENDING_LIMIT`] wait. What waits is
+//! kept in `releases/.reports-pending`, so a restarted master writes it; a
+//! report already written (recorded in `releases/.reports`) is never
+//! written again, also by a restarted master.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,11 @@ pub const STDERR_LIMIT: usize = 512;
 pub const DETAIL_LIMIT: usize = 1024;
 /// The file in the releases directory listing the reports written.
 const SENT: &str = ".reports";
+/// The file in the releases directory keeping the reports that wait for a
+/// retry, one JSON object a line.
+const PENDING: &str = ".reports-pending";
+/// The longest line of [`PENDING`] read back; a longer one is skipped.
+const PENDING_LINE_LIMIT: usize = 8 * 1024;
 
 /// What a trial came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -295,14 +301,19 @@ impl Reporter {
     pub fn start(sink: Sink, host_id: String, releases_dir: &Path, retry: Duration) -> Reporter {
         let (notes, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
+        let sent = read_sent(&releases_dir.join(SENT));
+        let pending_file = releases_dir.join(PENDING);
+        let pending = read_pending(&pending_file, &sent);
         let task = Task {
             sink,
             host_id,
             sent_file: releases_dir.join(SENT),
-            sent: read_sent(&releases_dir.join(SENT)),
-            pending: VecDeque::new(),
+            sent,
+            pending_file,
+            pending,
             counters: counters.clone(),
         };
+        task.count_pending();
         tokio::spawn(task.run(rx, retry));
         Reporter { notes, counters }
     }
@@ -325,11 +336,57 @@ fn read_sent(path: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The reports an earlier master left waiting, oldest first, without those
+/// written since; a line that does not read as a report (torn, edited,
+/// oversized) is skipped with a warning, and at most [`PENDING_LIMIT`] are
+/// kept.
+fn read_pending(path: &Path, sent: &BTreeSet<String>) -> VecDeque<Report> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return VecDeque::new(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the trial reports left waiting in {}: {e}; they are not written",
+                path.display()
+            );
+            return VecDeque::new();
+        }
+    };
+    let mut pending = VecDeque::new();
+    let mut seen = BTreeSet::new();
+    let mut skipped = 0;
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let report = (line.len() <= PENDING_LINE_LIMIT)
+            .then(|| serde_json::from_slice::<Report>(line).ok())
+            .flatten();
+        match report {
+            Some(r) => {
+                let key = r.key();
+                if !sent.contains(&key) && seen.insert(key) {
+                    pending.push_back(r);
+                }
+            }
+            None => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            "{skipped} line(s) of {} are not trial reports; skipped",
+            path.display()
+        );
+    }
+    while pending.len() > PENDING_LIMIT {
+        pending.pop_front();
+    }
+    pending
+}
+
 struct Task {
     sink: Sink,
     host_id: String,
     sent_file: PathBuf,
     sent: BTreeSet<String>,
+    pending_file: PathBuf,
     pending: VecDeque<Report>,
     counters: Arc<Counters>,
 }
@@ -339,6 +396,13 @@ impl Task {
         let period = retry.max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.pending.is_empty() {
+            tracing::info!(
+                "{} trial report(s) an earlier master left waiting are written now",
+                self.pending.len()
+            );
+            self.flush().await;
+        }
         loop {
             tokio::select! {
                 note = notes.recv() => match note {
@@ -351,6 +415,7 @@ impl Task {
                                 tick.reset();
                             }
                             self.queue(report);
+                            self.record_pending().await;
                             self.flush().await;
                         }
                     }
@@ -410,6 +475,7 @@ impl Task {
             }
         }
         self.count_pending();
+        self.record_pending().await;
     }
 
     fn count_pending(&self) {
@@ -418,25 +484,55 @@ impl Task {
             .store(self.pending.len() as u64, Ordering::Relaxed);
     }
 
-    /// Records the reports written, so that none is written twice (off
-    /// the event loop: the write is fsynced).
+    /// Records the reports written, so that none is written twice.
     async fn record_sent(&self) {
         let mut text = String::new();
         for key in &self.sent {
             text.push_str(key);
             text.push('\n');
         }
-        let path = self.sent_file.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            crate::fsutil::write_atomic(&path, text.as_bytes(), ".staging-", None)
-                .map_err(|e| crate::errors::display_chain(&e))
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        if let Err(e) = written {
+        if let Err(e) = keep(self.sent_file.clone(), Some(text)).await {
             tracing::warn!("cannot record the trial reports written: {e}");
         }
     }
+
+    /// Keeps the reports that wait, for a restarted master (the file is
+    /// removed when none waits).
+    async fn record_pending(&self) {
+        let text = (!self.pending.is_empty()).then(|| {
+            let mut text = String::new();
+            for report in &self.pending {
+                if let Ok(line) = serde_json::to_string(report) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            text
+        });
+        if let Err(e) = keep(self.pending_file.clone(), text).await {
+            tracing::warn!(
+                "cannot keep the {} trial report(s) that wait for a restarted master: {e}",
+                self.pending.len()
+            );
+        }
+    }
+}
+
+/// Writes `text` to `path` atomically and fsynced, or removes `path` when
+/// there is none (off the event loop).
+async fn keep(path: PathBuf, text: Option<String>) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || match text {
+        Some(text) => crate::fsutil::write_atomic(&path, text.as_bytes(), ".staging-", None)
+            .map_err(|e| crate::errors::display_chain(&e)),
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot remove {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        },
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -602,5 +698,95 @@ mod tests {
         assert!(written(PENDING_LIMIT + 10), "the newest is written");
         assert!(!written(10), "the oldest were dropped");
         assert!(written(11));
+    }
+
+    #[tokio::test]
+    async fn reports_left_waiting_are_written_by_the_next_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().join("releases");
+        std::fs::create_dir(&releases).unwrap();
+        let store = dir.path().join("store");
+        // A file where the reports directory would be: every write fails.
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("reports"), b"").unwrap();
+        let first = Reporter::start(
+            Sink::Dir(store.clone()),
+            "h1".to_owned(),
+            &releases,
+            Duration::from_secs(3600),
+        );
+        first.send(note(Outcome::Started));
+        let mut failed = note(Outcome::Failed);
+        failed.stage = Some(Stage::Start);
+        failed.detail = Some("exit status 3".to_owned());
+        first.send(failed);
+        let kept = releases.join(PENDING);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read_pending(&kept, &BTreeSet::new()).len() < 2
+            || first.counters().pending.load(Ordering::Relaxed) < 2
+        {
+            assert!(std::time::Instant::now() < deadline, "nothing kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The master is gone; the store heals.
+        drop(first);
+        std::fs::remove_file(store.join("reports")).unwrap();
+        let second = Reporter::start(
+            Sink::Dir(store.clone()),
+            "h1".to_owned(),
+            &releases,
+            Duration::from_secs(3600),
+        );
+        let failed = store.join("reports/2.0.0/failed/h1.json");
+        let started = store.join("reports/2.0.0/started/h1.json");
+        while !(failed.exists() && started.exists()) || kept.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiting reports not written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let report: Report = serde_json::from_slice(&std::fs::read(&failed).unwrap()).unwrap();
+        assert_eq!(report.stage, Some(Stage::Start));
+        assert_eq!(report.detail.as_deref(), Some("exit status 3"));
+        assert_eq!(second.counters().written.load(Ordering::Relaxed), 2);
+        assert_eq!(second.counters().pending.load(Ordering::Relaxed), 0);
+        // Written, they are not kept for a third master.
+        assert!(read_pending(&kept, &read_sent(&releases.join(SENT))).is_empty());
+    }
+
+    #[test]
+    fn a_waiting_list_is_read_as_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PENDING);
+        let line = |version: &str, outcome| {
+            let mut n = note(outcome);
+            n.version = version.to_owned();
+            serde_json::to_string(&Report::new(n, "h1", SystemTime::now())).unwrap()
+        };
+        let mut text = String::new();
+        for i in 0..PENDING_LIMIT + 5 {
+            text.push_str(&line(&format!("1.0.{i}"), Outcome::Started));
+            text.push('\n');
+        }
+        text.push_str(&line("1.0.0", Outcome::Started)); // twice
+        text.push('\n');
+        text.push_str(&line("3.0.0", Outcome::Promoted)); // written since
+        text.push('\n');
+        text.push_str(&format!(
+            "{{\"pad\": \"{}\"}}\n",
+            "x".repeat(PENDING_LINE_LIMIT)
+        ));
+        text.push_str("{\"host_id\": \"h1\", \"bu"); // torn
+        std::fs::write(&path, text).unwrap();
+        let sent = BTreeSet::from(["reports/3.0.0/promoted/h1.json".to_owned()]);
+        let pending = read_pending(&path, &sent);
+        assert_eq!(pending.len(), PENDING_LIMIT, "bounded");
+        assert_eq!(pending[0].version, "1.0.5", "the oldest are dropped");
+        assert_eq!(
+            pending.back().unwrap().version,
+            format!("1.0.{}", PENDING_LIMIT + 4)
+        );
+        assert!(read_pending(&dir.path().join("none"), &sent).is_empty());
     }
 }
