@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Core, Fixed, Settings};
 use super::driver::{Driver, Fds, Inbox, Outbox, Responder, Running};
-use super::event::{Adopted, Boot, Event};
+use super::event::{Adopted, Boot, Event, Recorded};
 use super::notify::{NotifyServer, Supervisor};
 use super::reexec::{self, Inherited, Taker};
 use super::store_io::StoreIo;
-use super::trial::{self, Interrupted};
+use super::trial::{self, Fallback, Interrupted};
 use super::worker::{Tail, Worker};
 use super::{control, health, metrics, Error};
 use crate::child_env::ChildEnv;
@@ -239,6 +239,7 @@ pub(super) async fn boot(
         waiting_for_release,
         retry: found.retry,
         stranded: found.stranded,
+        recorded: found.recorded,
         updater,
         hold,
         adopted,
@@ -492,6 +493,8 @@ struct Found {
     retry: Option<(Meta, u32, Duration)>,
     /// Why nothing can serve: the only release was quarantined.
     stranded: Option<String>,
+    /// The trial record kept, or found promoted, for the core.
+    recorded: Option<Recorded>,
 }
 
 /// Opens the releases directory (or the in-place state directory), takes
@@ -523,21 +526,38 @@ fn open_store(
     if let Some(trial) = store.trial() {
         if resuming_trial == Some(trial.id.as_str()) {
             tracing::info!("release {} stays on trial across the re-exec", trial.id);
+            found.recorded = Some(Recorded::Kept(trial));
             return Ok((store, lock, found));
         }
         let current = store.current();
         let promoted = current.as_ref().is_some_and(|c| c.id == trial.id);
-        match trial::interrupted(trial.attempts, promoted, current.is_some(), limit) {
-            Interrupted::Promoted => tracing::info!(
-                "release {} had been promoted when the master stopped",
-                trial.id
-            ),
+        let fallback = match (&current, &trial.leaves) {
+            (None, _) => Fallback::Nothing,
+            (Some(_), Some(_)) => Fallback::Yanked,
+            (Some(_), None) => Fallback::Current,
+        };
+        match trial::interrupted(trial.attempts, promoted, fallback, limit) {
+            Interrupted::Promoted => {
+                tracing::info!(
+                    "release {} had been promoted when the master stopped",
+                    trial.id
+                );
+                found.recorded = Some(Recorded::Promoted(trial.clone()));
+            }
             Interrupted::Fail => {
                 tracing::error!(
                     "release {} was on trial when the master stopped; counting its trial as \
-                     failed: sha256 {} will not be installed again",
+                     failed: sha256 {} will not be installed again{}",
                     trial.id,
-                    trial.sha256
+                    trial.sha256,
+                    match &trial.leaves {
+                        Some(yanked) => format!(
+                            " (its trial, the way back from the yanked version {yanked}, was \
+                             interrupted {} times; the yanked release serves on)",
+                            trial.attempts
+                        ),
+                        None => String::new(),
+                    }
                 );
                 if let Err(e) = store.mark_failed(&trial.sha256) {
                     // Serve `current` anyway; the record stays and is settled at
@@ -556,14 +576,22 @@ fn open_store(
                         event = "trial_interrupted",
                         release = %trial.id,
                         "release {} was on trial when the master stopped (attempt {} of {limit}) \
-                         and no other release is installed: trying it again in {}",
+                         and {}: trying it again in {}",
                         trial.id,
                         trial.attempts,
+                        match &trial.leaves {
+                            Some(yanked) => format!(
+                                "it is the way back from the yanked version {yanked}, which \
+                                 serves meanwhile"
+                            ),
+                            None => "no other release is installed".to_owned(),
+                        },
                         humantime::format_duration(after)
                     );
                     // The record stays: a master killed before the retry
                     // begins finds the same count.
                     found.retry = Some((meta, attempt, after));
+                    found.recorded = Some(Recorded::Kept(trial));
                     return Ok((store, lock, found));
                 }
                 None => tracing::warn!(

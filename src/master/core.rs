@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::control::refuse;
-use super::event::{Action, Adopted, AfterReload, Boot, Disk, Event, Notice, Reloaded, Sig, Token};
+use super::event::{
+    Action, Adopted, AfterReload, Boot, Disk, Event, Notice, Recorded, Reloaded, Sig, Token,
+};
 use super::notify;
 use super::reexec::{CarriedState, CarriedWorker};
 use super::store_io::{Done, Job};
@@ -26,7 +28,7 @@ use crate::config::{Program, Ready, Releases};
 use crate::control::{reply, Request};
 use crate::fleet::{Note, Outcome, Stage};
 use crate::protocol::describe_exit;
-use crate::release::Meta;
+use crate::release::{Meta, TrialContext};
 
 mod control;
 mod reexec;
@@ -472,16 +474,18 @@ impl Core {
             None => false,
         };
         if let Some((release, attempt, after)) = boot.retry {
-            // Begun again once its record counts the attempt, after the wait;
-            // its worker is the first to start.
+            // Begun again once its record counts the attempt, after the
+            // wait; with nothing else to serve (no `current`, or a yanked
+            // one that serves meanwhile) its worker is the first to start.
             if self.trials.begin_attempt(release, attempt).is_ok() {
-                self.waiting_for_release = true;
+                self.waiting_for_release = self.current.is_none();
                 self.trial_retry_at = Some(self.now + after);
             }
         }
+        self.recorded(boot.recorded);
         if resumed && !self.workers.is_empty() {
             // The adopted workers serve on.
-        } else if self.trial_retry_at.is_some() {
+        } else if self.trial_retry_at.is_some() && self.current.is_none() {
             // The interrupted first trial starts the first worker.
         } else if self.stranded.is_some() {
             // Said loudly at start-up; `baton status` and metrics say it too.
@@ -885,7 +889,8 @@ impl Core {
                     "release {}: recording attempt {attempt} at its trial",
                     release.id
                 );
-                self.store_job(Job::BeginTrial(release, attempt));
+                let context = self.trial_context(&release, attempt);
+                self.store_job(Job::BeginTrial(release, context));
             }
         }
         if self.promote_retry_at.is_some_and(|t| t <= now) {

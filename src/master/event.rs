@@ -15,7 +15,7 @@ use super::store_io::{Done, Job};
 use super::update::CheckReport;
 use super::worker::Tail;
 use crate::control::Request;
-use crate::release::Meta;
+use crate::release::{Meta, TrialRecord};
 
 /// Something the driver keeps on the core's behalf and names by number:
 /// a control request's reply channel, or the hold an installed release
@@ -91,6 +91,19 @@ pub(crate) struct Boot {
     pub hold: Option<Token>,
     /// What a previous master handed over across its `execve`.
     pub adopted: Option<Adopted>,
+    /// The trial record start-up kept or found promoted: its `from` and
+    /// `leaves` feed the trial's reports.
+    pub recorded: Option<Recorded>,
+}
+
+/// A trial record a previous master left.
+#[derive(Debug, Clone)]
+pub(crate) enum Recorded {
+    /// The trial goes on (resumed across a re-exec, or retried).
+    Kept(TrialRecord),
+    /// `current` names its release: the promotion's rename happened
+    /// before the previous master died, its reports did not.
+    Promoted(TrialRecord),
 }
 
 /// Workers a previous master handed over across its `execve`.

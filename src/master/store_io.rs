@@ -5,14 +5,14 @@
 
 use tokio::sync::mpsc;
 
-use crate::release::{Error, Meta, Store};
+use crate::release::{Error, Meta, Store, TrialContext};
 
 /// A write to the releases directory.
 #[derive(Debug)]
 pub(crate) enum Job {
-    /// Record durably that a release is on trial, as the trial's n-th
-    /// attempt.
-    BeginTrial(Meta, u32),
+    /// Record durably that a release is on trial: which attempt, from
+    /// what, leaving which yanked version.
+    BeginTrial(Meta, TrialContext),
     /// Swap `current` to the release, then clear the trial record.
     Promote(Meta),
     /// Record the release's digest as failed, then clear the trial record.
@@ -102,8 +102,8 @@ impl StoreIo {
 
 fn run(store: &Store, job: Job) -> Done {
     match job {
-        Job::BeginTrial(meta, attempt) => {
-            let r = store.begin_trial(&meta, attempt);
+        Job::BeginTrial(meta, context) => {
+            let r = store.begin_trial(&meta, &context);
             Done::TrialBegun(meta, r)
         }
         Job::Promote(meta) => {

@@ -341,32 +341,49 @@ pub(crate) enum Interrupted {
     },
 }
 
+/// What a host whose trial was interrupted has to serve besides the
+/// release on trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// Nothing: no `current`.
+    Nothing,
+    /// A `current` that a signed manifest yanked: the trial was the way
+    /// back from it.
+    Yanked,
+    /// A `current` to go back to.
+    Current,
+}
+
 /// Decides on an interrupted trial: `attempts` were begun (the record's
 /// count), `promoted` says whether `current` names the release, `fallback`
-/// whether another release is there to serve, and `limit` is `[releases]
+/// what else there is to serve, and `limit` is `[releases]
 /// trial_attempts`. Interrupted trials are counted, as A/B boot counting
-/// does, not judged at once: only a host with something else to serve
-/// fails one immediately.
+/// does, not judged at once: only a host with a good release to serve
+/// fails one immediately. The way back from a yanked release is retried
+/// too, while the yanked release serves; once its attempts are used up it
+/// fails, and the yanked release keeps serving.
 pub(crate) fn interrupted(
     attempts: u32,
     promoted: bool,
-    fallback: bool,
+    fallback: Fallback,
     limit: u32,
 ) -> Interrupted {
     if promoted {
         return Interrupted::Promoted;
     }
-    if fallback {
-        return Interrupted::Fail;
-    }
-    if attempts >= limit {
-        return Interrupted::Quarantine {
-            why: format!(
-                "its trial was interrupted by the master's death {attempts} time{} with no \
-                 other release to serve",
-                if attempts == 1 { "" } else { "s" }
-            ),
-        };
+    match fallback {
+        Fallback::Current => return Interrupted::Fail,
+        Fallback::Yanked if attempts >= limit => return Interrupted::Fail,
+        Fallback::Nothing if attempts >= limit => {
+            return Interrupted::Quarantine {
+                why: format!(
+                    "its trial was interrupted by the master's death {attempts} time{} with no \
+                     other release to serve",
+                    if attempts == 1 { "" } else { "s" }
+                ),
+            }
+        }
+        Fallback::Yanked | Fallback::Nothing => {}
     }
     let doublings = attempts.saturating_sub(1).min(16);
     let after = crate::time::backoff(INTERRUPTED_BACKOFF_MIN, doublings, INTERRUPTED_BACKOFF_MAX);
@@ -547,28 +564,60 @@ mod tests {
 
     #[test]
     fn an_interrupted_trial_with_a_current_fails_closed() {
-        assert_eq!(interrupted(1, false, true, 3), Interrupted::Fail);
+        assert_eq!(
+            interrupted(1, false, Fallback::Current, 3),
+            Interrupted::Fail
+        );
         // However many attempts are left.
-        assert_eq!(interrupted(1, false, true, 100), Interrupted::Fail);
+        assert_eq!(
+            interrupted(1, false, Fallback::Current, 100),
+            Interrupted::Fail
+        );
+    }
+
+    #[test]
+    fn the_way_back_from_a_yanked_release_is_retried_then_fails() {
+        assert_eq!(
+            interrupted(1, false, Fallback::Yanked, 3),
+            Interrupted::Retry {
+                attempt: 2,
+                after: Duration::from_secs(1)
+            }
+        );
+        // The yanked release serves on: never quarantined, never stranded.
+        assert_eq!(
+            interrupted(3, false, Fallback::Yanked, 3),
+            Interrupted::Fail
+        );
+        assert_eq!(
+            interrupted(2, true, Fallback::Yanked, 3),
+            Interrupted::Promoted
+        );
     }
 
     #[test]
     fn a_promoted_release_left_only_its_record() {
-        assert_eq!(interrupted(1, true, true, 3), Interrupted::Promoted);
-        assert_eq!(interrupted(3, true, false, 3), Interrupted::Promoted);
+        assert_eq!(
+            interrupted(1, true, Fallback::Current, 3),
+            Interrupted::Promoted
+        );
+        assert_eq!(
+            interrupted(3, true, Fallback::Nothing, 3),
+            Interrupted::Promoted
+        );
     }
 
     #[test]
     fn an_interrupted_first_trial_is_retried_with_back_off() {
         assert_eq!(
-            interrupted(1, false, false, 3),
+            interrupted(1, false, Fallback::Nothing, 3),
             Interrupted::Retry {
                 attempt: 2,
                 after: Duration::from_secs(1)
             }
         );
         assert_eq!(
-            interrupted(2, false, false, 3),
+            interrupted(2, false, Fallback::Nothing, 3),
             Interrupted::Retry {
                 attempt: 3,
                 after: Duration::from_secs(2)
@@ -576,7 +625,7 @@ mod tests {
         );
         // The wait is capped, whatever the limit.
         assert_eq!(
-            interrupted(40, false, false, u32::MAX),
+            interrupted(40, false, Fallback::Nothing, u32::MAX),
             Interrupted::Retry {
                 attempt: 41,
                 after: INTERRUPTED_BACKOFF_MAX
@@ -585,7 +634,7 @@ mod tests {
         // A record from before attempts were counted reads as 1; a
         // corrupt 0 is no better.
         assert_eq!(
-            interrupted(0, false, false, 3),
+            interrupted(0, false, Fallback::Nothing, 3),
             Interrupted::Retry {
                 attempt: 2,
                 after: Duration::from_secs(1)
@@ -595,7 +644,7 @@ mod tests {
 
     #[test]
     fn the_last_interrupted_attempt_quarantines() {
-        match interrupted(3, false, false, 3) {
+        match interrupted(3, false, Fallback::Nothing, 3) {
             Interrupted::Quarantine { why } => assert_eq!(
                 why,
                 "its trial was interrupted by the master's death 3 times with no other \
@@ -604,7 +653,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            interrupted(1, false, false, 1),
+            interrupted(1, false, Fallback::Nothing, 1),
             Interrupted::Quarantine { .. }
         ));
     }
@@ -613,7 +662,7 @@ mod tests {
     fn a_real_failure_of_a_retried_first_release_stays_a_failure() {
         // The retry is an ordinary trial: its crash is a verdict, not
         // another interruption.
-        let Interrupted::Retry { attempt, .. } = interrupted(1, false, false, 3) else {
+        let Interrupted::Retry { attempt, .. } = interrupted(1, false, Fallback::Nothing, 3) else {
             panic!("a first trial is retried");
         };
         let mut r = Trials::new(SETTLE, None);

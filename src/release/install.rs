@@ -41,6 +41,26 @@ pub struct TrialRecord {
     /// attempts were counted read as 1).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// The version the host ran when the trial began, for the reports a
+    /// later master writes about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The yanked version this trial takes the host away from: a later
+    /// master retries the way back and reports `yanked` once it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<String>,
+}
+
+/// What a trial record says besides the release: see [`TrialRecord`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrialContext {
+    /// Which attempt at the trial this is (1 unless the master's death
+    /// interrupted earlier ones).
+    pub attempt: u32,
+    /// The version the host ran before.
+    pub from: Option<String>,
+    /// The yanked version the trial leaves.
+    pub leaves: Option<String>,
 }
 
 fn one() -> u32 {
@@ -457,15 +477,17 @@ impl Store {
     }
 
     /// Records that release `meta.id` is on trial, durably, before its worker
-    /// starts, as the trial's `attempts`-th attempt: a master that dies
+    /// starts, as the trial's `context.attempt`-th attempt: a master that dies
     /// during the trial finds the record at its next start and decides
     /// from it (see `master::rollout::interrupted`).
-    pub fn begin_trial(&self, meta: &Meta, attempts: u32) -> Result<(), Error> {
+    pub fn begin_trial(&self, meta: &Meta, context: &TrialContext) -> Result<(), Error> {
         let record = TrialRecord {
             id: meta.id.clone(),
             sha256: meta.sha256.clone(),
             started_at: crate::time::unix_now(),
-            attempts,
+            attempts: context.attempt,
+            from: context.from.clone(),
+            leaves: context.leaves.clone(),
         };
         self.write_atomic(
             TRIAL,

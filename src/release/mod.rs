@@ -19,7 +19,7 @@ use crate::config::Verify;
 use crate::fetchers::{Candidate, Info};
 use crate::fsutil::IoError;
 pub use cohort::{Admission, Decision};
-pub use install::{AppliedPatch, Lock, Meta, Store, TrialRecord};
+pub use install::{AppliedPatch, Lock, Meta, Store, TrialContext, TrialRecord};
 
 /// Why a candidate was not installed.
 #[derive(Debug, thiserror::Error)]

@@ -24,18 +24,22 @@ use crate::trial::seed_release;
 fn host(publisher: &Publisher, host_id: &str, key: Option<&str>, settle: &str) -> Baton {
     let dir = tempfile::tempdir().unwrap();
     seed_release(dir.path(), "1.0.0");
+    let baton = Baton::start(dir, &host_config(publisher, host_id, key, settle));
+    baton.wait_ready();
+    baton
+}
+
+/// The config of a host reading `publisher`'s manifest.
+fn host_config(publisher: &Publisher, host_id: &str, key: Option<&str>, settle: &str) -> String {
     let verify = key
         .map(|k| format!("[verify]\nminisign_key = \"{k}\"\n"))
         .unwrap_or_default();
-    let config = format!(
+    format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
          drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"{settle}\"\n\
          [fetch]\nsource = \"file\"\npath = \"{}\"\ninterval = \"200ms\"\nhost_id = \"{host_id}\"\nreport = true\n{verify}",
         publisher.out().join("manifest.json").display()
-    );
-    let baton = Baton::start(dir, &config);
-    baton.wait_ready();
-    baton
+    )
 }
 
 /// A publisher with 1.0.0 then 2.0.0 published, signed with key `k`;
@@ -241,4 +245,59 @@ fn a_host_on_trial_of_the_yanked_version_ends_its_trial() {
     let sha2 = hex::encode(sha256(&crate::release::hello_bytes("2.0.0")));
     assert!(baton.failed().contains(&sha2));
     assert!(status(&baton)["on_trial"].is_null());
+}
+
+#[test]
+fn a_way_back_cut_short_by_the_masters_death_is_retried_and_reported() {
+    let (publisher, public) = publisher("100");
+    let key = publisher.key("k");
+    // A host that already runs 2.0.0, with 1.0.0 installed before it.
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    std::fs::remove_file(dir.path().join("releases/current")).unwrap();
+    seed_release(dir.path(), "2.0.0");
+    // A settle far longer than the test: the kill lands inside it.
+    let baton = Baton::start(
+        dir,
+        &host_config(&publisher, "back-host", Some(&public), "10m"),
+    );
+    baton.wait_ready();
+    assert_eq!(support::version(baton.addr()), "2.0.0");
+    publisher.publish(&["--yank", "2.0.0", "--sign", &key]);
+    let record = support::wait_for(
+        "the way back's trial record",
+        Duration::from_secs(30),
+        || read_json(&baton.dir.path().join("releases/.trial")),
+    );
+    assert_eq!(record["leaves"], "2.0.0", "{record}");
+    assert_eq!(record["from"], "2.0.0", "{record}");
+    support::wait_version(baton.addr(), "1.0.0");
+    let dir = baton.kill9();
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        host_config(&publisher, "back-host", Some(&public), "1s"),
+    )
+    .unwrap();
+    let baton = Baton::restart(dir);
+    // The way back is tried again (the yanked release serves meanwhile),
+    // not failed: the host does not stay on the yanked release.
+    baton.wait_current("1.0.0-");
+    support::wait_version(baton.addr(), "1.0.0");
+    let out = publisher.out();
+    let yanked = support::wait_for("the yanked report", Duration::from_secs(30), || {
+        read_json(&out.join("reports/2.0.0/yanked/back-host.json"))
+    });
+    assert_eq!(yanked["detail"], "back to 1.0.0");
+    let promoted = support::wait_for("the promoted report", Duration::from_secs(30), || {
+        read_json(&out.join("reports/1.0.0/promoted/back-host.json"))
+    });
+    assert_eq!(
+        promoted["from"], "2.0.0",
+        "the record kept what the host ran"
+    );
+    support::wait_for("the trial record to go", Duration::from_secs(20), || {
+        (!baton.trial_recorded()).then_some(())
+    });
+    assert!(baton.failed().is_empty(), "{:?}", baton.failed());
+    assert_eq!(status(&baton)["trials"]["2.0.0"]["yanked"], 1);
 }

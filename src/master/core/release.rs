@@ -341,7 +341,8 @@ impl Core {
                     self.out.push(Action::Release(old));
                 }
                 self.leaving = leaves.map(|v| (release.id.clone(), v));
-                self.store_job(Job::BeginTrial(release, 1));
+                let context = self.trial_context(&release, 1);
+                self.store_job(Job::BeginTrial(release, context));
             }
             Err(release) => {
                 tracing::info!(
@@ -419,6 +420,54 @@ impl Core {
 }
 
 impl Core {
+    /// What the trial record of `release`'s `attempt`-th attempt says
+    /// besides the release: the version it replaces and the yanked one it
+    /// leaves, so that a later master reports them.
+    pub(super) fn trial_context(&self, release: &Meta, attempt: u32) -> TrialContext {
+        let from = match &self.trial_from {
+            Some((id, from)) if *id == release.id => from.clone(),
+            _ => self
+                .current
+                .as_ref()
+                .filter(|c| c.id != release.id)
+                .map(version_of),
+        };
+        TrialContext {
+            attempt,
+            from,
+            leaves: self
+                .leaving
+                .as_ref()
+                .filter(|(id, _)| *id == release.id)
+                .map(|(_, v)| v.clone()),
+        }
+    }
+
+    /// Takes over what a previous master's trial record says: a kept
+    /// trial's `from` and yanked version for its reports; for one whose
+    /// promotion the master's death cut short, the reports it never wrote
+    /// (a report already written is not written again).
+    pub(super) fn recorded(&mut self, recorded: Option<Recorded>) {
+        match recorded {
+            Some(Recorded::Kept(record)) => {
+                self.leaving = record.leaves.map(|v| (record.id.clone(), v));
+                self.trial_from = Some((record.id, record.from));
+            }
+            Some(Recorded::Promoted(record)) => {
+                let Some(current) = self.current.clone().filter(|c| c.id == record.id) else {
+                    return;
+                };
+                self.trial_from = Some((record.id, record.from));
+                self.report(&current, Outcome::Promoted, None);
+                if let Some(yanked) = record.leaves {
+                    self.report_yanked(yanked, version_of(&current));
+                }
+                self.trial_from = None;
+            }
+            None => {}
+        }
+    }
+
     /// Counts and reports that the host left the yanked `version` for
     /// `to`: the report's `from` is the yanked version it ran.
     fn report_yanked(&mut self, version: String, to: String) {

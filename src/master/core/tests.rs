@@ -7,6 +7,7 @@ use std::process::ExitStatus;
 
 use super::*;
 use crate::control::Request;
+use crate::release::TrialRecord;
 
 const SETTLE: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -273,7 +274,17 @@ fn begin_trial_leaving(
         leaves: leaves.map(str::to_owned),
         hold: 7,
     });
-    assert!(matches!(jobs(&actions)[..], [Job::BeginTrial(m, 1)] if m.id == release.id));
+    match jobs(&actions)[..] {
+        [Job::BeginTrial(m, c)] => {
+            assert_eq!((m.id.as_str(), c.attempt), (release.id.as_str(), 1));
+            assert_eq!(
+                c.leaves.as_deref(),
+                leaves,
+                "the record names the yanked version"
+            );
+        }
+        _ => panic!("no trial recorded: {actions:?}"),
+    }
     let actions = sim.store_done(Done::TrialBegun(release.clone(), Ok(())), current);
     let ids = spawned(&actions);
     assert_eq!(ids.len(), 1, "{actions:?}");
@@ -828,7 +839,9 @@ fn a_release_installed_during_a_trial_waits_for_it() {
     assert!(matches!(jobs(&actions)[..], [Job::Fail(_)]));
     let actions = sim.store_done(Done::Failed(meta("2.0.0"), Ok(())), Some(current));
     assert!(actions.iter().any(|a| matches!(a, Action::Release(7))));
-    assert!(matches!(jobs(&actions)[..], [Job::BeginTrial(m, 1)] if m.id == "4.0.0"));
+    assert!(
+        matches!(jobs(&actions)[..], [Job::BeginTrial(m, c)] if m.id == "4.0.0" && c.attempt == 1)
+    );
 }
 
 #[test]
@@ -865,7 +878,9 @@ fn an_interrupted_first_trial_is_recorded_again_after_its_wait() {
     });
     assert!(actions.is_empty(), "{actions:?}");
     let actions = sim.after(Duration::from_secs(1));
-    assert!(matches!(jobs(&actions)[..], [Job::BeginTrial(m, 2)] if m.id == first.id));
+    assert!(
+        matches!(jobs(&actions)[..], [Job::BeginTrial(m, c)] if m.id == first.id && c.attempt == 2)
+    );
     let actions = sim.store_done(Done::TrialBegun(first.clone(), Ok(())), None);
     assert_eq!(spawned(&actions), vec![1]);
 }
@@ -1315,6 +1330,115 @@ fn leaving_a_yanked_release_is_reported_once_promoted() {
     assert_eq!(n[1].from.as_deref(), Some("2.0.0"));
     assert_eq!(n[1].detail.as_deref(), Some("back to 1.0.0"));
     assert_eq!(sim.status().trials["2.0.0"]["yanked"], 1);
+}
+
+fn record(id: &str, attempts: u32, from: Option<&str>, leaves: Option<&str>) -> TrialRecord {
+    TrialRecord {
+        id: id.to_owned(),
+        sha256: meta(id).sha256,
+        started_at: 0,
+        attempts,
+        from: from.map(str::to_owned),
+        leaves: leaves.map(str::to_owned),
+    }
+}
+
+#[test]
+fn an_interrupted_way_back_from_a_yank_is_retried_while_the_yanked_release_serves() {
+    let yanked = meta("2.0.0");
+    let back = meta("1.0.0");
+    let mut sim = Sim::new(settings(), true);
+    let actions = sim.boot(Boot {
+        current: Some(yanked.clone()),
+        retry: Some((back.clone(), 2, Duration::from_secs(1))),
+        recorded: Some(Recorded::Kept(record(
+            "1.0.0",
+            1,
+            Some("2.0.0"),
+            Some("2.0.0"),
+        ))),
+        updater: true,
+        hold: Some(4),
+        ..Boot::default()
+    });
+    assert_eq!(
+        spawned(&actions),
+        vec![1],
+        "the yanked release serves meanwhile"
+    );
+    sim.ready(1);
+    let actions = sim.after(Duration::from_secs(1));
+    match jobs(&actions)[..] {
+        [Job::BeginTrial(m, c)] => {
+            assert_eq!((m.id.as_str(), c.attempt), ("1.0.0", 2));
+            assert_eq!(c.leaves.as_deref(), Some("2.0.0"));
+            assert_eq!(c.from.as_deref(), Some("2.0.0"));
+        }
+        _ => panic!("no attempt recorded: {actions:?}"),
+    }
+    let actions = sim.store_done(Done::TrialBegun(back.clone(), Ok(())), Some(yanked.clone()));
+    assert_eq!(
+        spawned(&actions),
+        vec![2],
+        "a graceful cycle onto the way back"
+    );
+    sim.ready(2);
+    let actions = sim.after(SETTLE);
+    assert!(matches!(jobs(&actions)[..], [Job::Promote(m)] if m.id == back.id));
+    let actions = sim.store_done(
+        Done::Promoted(back.clone(), Ok(Some(yanked.id.clone()))),
+        Some(back.clone()),
+    );
+    let n = notes(&actions);
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!(
+        (n[0].outcome, n[0].from.as_deref()),
+        (Outcome::Promoted, Some("2.0.0"))
+    );
+    assert_eq!(
+        (n[1].outcome, n[1].version.as_str()),
+        (Outcome::Yanked, "2.0.0")
+    );
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Release(4))),
+        "the update loop goes on"
+    );
+}
+
+#[test]
+fn a_promotion_cut_short_by_the_masters_death_is_reported_at_the_next_start() {
+    let back = meta("1.0.0");
+    let mut sim = Sim::new(settings(), true);
+    let actions = sim.boot(Boot {
+        current: Some(back.clone()),
+        recorded: Some(Recorded::Promoted(record(
+            "1.0.0",
+            1,
+            Some("2.0.0"),
+            Some("2.0.0"),
+        ))),
+        updater: true,
+        ..Boot::default()
+    });
+    assert_eq!(spawned(&actions), vec![1]);
+    let n = notes(&actions);
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!(
+        (n[0].outcome, n[0].version.as_str(), n[0].from.as_deref()),
+        (Outcome::Promoted, "1.0.0", Some("2.0.0"))
+    );
+    assert_eq!(
+        (n[1].outcome, n[1].detail.as_deref()),
+        (Outcome::Yanked, Some("back to 1.0.0"))
+    );
+    // A record of another release than `current` names reports nothing.
+    let mut sim = Sim::new(settings(), true);
+    let actions = sim.boot(Boot {
+        current: Some(meta("0.9.0")),
+        recorded: Some(Recorded::Promoted(record("1.0.0", 1, None, None))),
+        ..Boot::default()
+    });
+    assert!(notes(&actions).is_empty());
 }
 
 #[test]
