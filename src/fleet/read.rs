@@ -75,15 +75,22 @@ impl Sink {
             }
             let read = match known.get(&key) {
                 Some(read) => read,
-                None => {
-                    let body = self.get(&key, REPORT_LIMIT).await?;
-                    let parsed = body.and_then(|b| serde_json::from_slice::<Report>(&b).ok());
-                    let read = parsed
-                        .filter(|r| r.outcome == Outcome::Failed && &r.version == version)
-                        .map(|r| reason(&r));
-                    known.put(key, read.clone());
-                    read
-                }
+                // The failure counts from its key: a body that cannot be
+                // read only costs its reason (read again at the next poll).
+                None => match self.get(&key, REPORT_LIMIT, true).await {
+                    Ok(body) => {
+                        let parsed = body.and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+                        let read = parsed
+                            .filter(|r| r.outcome == Outcome::Failed && &r.version == version)
+                            .map(|r| reason(&r));
+                        known.put(key, read.clone());
+                        read
+                    }
+                    Err(e) => {
+                        tracing::debug!("a failure report's reason is not read: {e}");
+                        None
+                    }
+                },
             };
             let reason = read.unwrap_or_else(|| {
                 reports.skipped += 1;
@@ -151,12 +158,20 @@ impl Sink {
         Ok((found, skipped))
     }
 
-    /// A small file's bytes; `None` when it is over `cap` bytes or gone.
-    pub(super) async fn get(&self, key: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
+    /// A small file's bytes; `None` when it is over `cap` bytes, gone or
+    /// not a regular file. In a directory, `key` is a report written by
+    /// anyone who may write under `reports/` when `report` says so: a
+    /// symbolic link is then not followed.
+    pub(super) async fn get(
+        &self,
+        key: &str,
+        cap: u64,
+        report: bool,
+    ) -> Result<Option<Vec<u8>>, String> {
         match self {
             Sink::Dir(base) => {
                 let path = base.join(key);
-                tokio::task::spawn_blocking(move || read_small(&path, cap))
+                tokio::task::spawn_blocking(move || read_small(&path, cap, !report))
                     .await
                     .map_err(|e| format!("the read task failed: {e}"))?
             }
@@ -225,14 +240,31 @@ fn list_dir(dir: &Path) -> Result<(Vec<(String, SystemTime)>, usize), String> {
     Ok((keys, more))
 }
 
-/// A file's bytes when it is at most `cap` bytes.
-fn read_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
+/// A file's bytes when it is a regular file of at most `cap` bytes; `None`
+/// for one that is gone, larger, not a regular file (a FIFO would block
+/// its reader, a device would feed it for ever), or a symbolic link unless
+/// `follow` says so.
+fn read_small(path: &Path, cap: u64, follow: bool) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
-    let file = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
+    let regular = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .is_file();
+    if !regular {
+        return Ok(None);
+    }
     let mut bytes = Vec::new();
     file.take(cap + 1)
         .read_to_end(&mut bytes)
@@ -308,6 +340,31 @@ mod tests {
         assert_eq!(reports.started.len(), 1);
         let none = sink.read("9.9.9").await.unwrap();
         assert!(none.failed.is_empty() && none.promoted.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_fifo_a_device_a_link_or_a_directory_is_skipped_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let failed = base.join("reports/2.0.0/failed");
+        std::fs::create_dir_all(&failed).unwrap();
+        // A FIFO nobody writes to would block an open() for ever.
+        nix::unistd::mkfifo(&failed.join("fifo.json"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", failed.join("zero.json")).unwrap();
+        std::fs::write(base.join("secret"), b"{\"not\": \"yours\"}").unwrap();
+        std::os::unix::fs::symlink(base.join("secret"), failed.join("link.json")).unwrap();
+        std::fs::create_dir(failed.join("dir.json")).unwrap();
+        let sink = Sink::Dir(base.to_owned());
+        let reports = tokio::time::timeout(std::time::Duration::from_secs(20), sink.read("2.0.0"))
+            .await
+            .expect("no report is waited on")
+            .unwrap();
+        assert_eq!(reports.failed.len(), 4, "each still counts as a failure");
+        assert_eq!(reports.skipped, 4, "and none is read");
+        assert!(reports
+            .failed
+            .iter()
+            .all(|s| s.reason.as_deref() == Some("an unreadable report")));
     }
 
     #[tokio::test]

@@ -63,7 +63,7 @@ const MANIFEST_LIMIT: u64 = 1 << 20;
 /// Reads every version's reports under `sink`, judged by the gate of the
 /// manifest beside them (`manifest`, its name), when there is one.
 pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> {
-    let manifest = sink.get(manifest, MANIFEST_LIMIT).await?;
+    let manifest = sink.get(manifest, MANIFEST_LIMIT, false).await?;
     let manifest = manifest.as_deref();
     let manifest = manifest
         .map(|bytes| {

@@ -145,6 +145,10 @@ pub struct Counts {
     pub promoted: u32,
     /// Trials started and not ended (nor silent yet).
     pub running: u32,
+    /// Reports skipped: malformed, oversized, not a regular file, or past
+    /// a listing's bound (a skipped failure still counts as one).
+    #[serde(default)]
+    pub skipped: u32,
 }
 
 /// Whether the gate lets a host take the release.
@@ -180,6 +184,7 @@ impl Gate {
         let mut counts = Counts {
             failed: failed_hosts.len() as u32,
             promoted: reports.promoted.len() as u32,
+            skipped: u32::try_from(reports.skipped).unwrap_or(u32::MAX),
             ..Counts::default()
         };
         for s in &reports.started {

@@ -270,6 +270,8 @@ pub struct Pipeline {
     reports: Option<crate::fleet::Sink>,
     /// Failure reasons already read from the reports.
     reasons: crate::fleet::read::Reasons,
+    /// The skipped reports last logged, by version: said once per change.
+    skipped_said: std::sync::Mutex<Option<(String, usize)>>,
 }
 
 impl Pipeline {
@@ -283,6 +285,7 @@ impl Pipeline {
             scratch: None,
             reports: None,
             reasons: Default::default(),
+            skipped_said: Default::default(),
         }
     }
 
@@ -514,13 +517,18 @@ impl Pipeline {
         };
         match sink.read_with(version, &self.reasons).await {
             Ok(reports) => {
-                if reports.skipped > 0 {
+                let now = (version.to_owned(), reports.skipped);
+                let mut said = self.skipped_said.lock().unwrap_or_else(|e| e.into_inner());
+                if reports.skipped > 0 && said.as_ref() != Some(&now) {
                     tracing::warn!(
-                        "{} report(s) of {version} skipped: malformed, oversized or past a \
-                         listing's bound",
+                        event = "reports_skipped",
+                        "{} report(s) of {version} skipped: malformed, oversized, not a regular \
+                         file or past a listing's bound (a skipped failure still counts)",
                         reports.skipped
                     );
                 }
+                *said = Some(now);
+                drop(said);
                 match gate.verdict(&reports, std::time::SystemTime::now()) {
                     crate::manifest::gate::Verdict::Open(_) => None,
                     crate::manifest::gate::Verdict::Held { counts, why } => Some(held(counts, why)),

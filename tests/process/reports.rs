@@ -523,3 +523,88 @@ fn an_s3_access_denied_report_write_changes_nothing_about_the_trial() {
         "credentials are never logged"
     );
 }
+
+#[test]
+fn hostile_reports_are_skipped_and_counted_and_never_stall_a_host() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path();
+    offer(store, "1.0.0", &hello_bytes("1.0.0"));
+    let (_, others) = canaries_and_others(&["2.0.0"], 50, 1);
+    let other = host_named(store, &others[0]);
+    // What a hostile writer under `reports/` leaves: garbage, a body past
+    // the cap, a FIFO (an open would wait for ever), a link to a device,
+    // a directory, and more promotions than a listing reads.
+    let failed = store.join("reports/2.0.0/failed");
+    std::fs::create_dir_all(&failed).unwrap();
+    std::fs::write(failed.join("junk.json"), b"{not json").unwrap();
+    std::fs::write(failed.join("big.json"), vec![b' '; 1 << 20]).unwrap();
+    nix::unistd::mkfifo(&failed.join("fifo.json"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", failed.join("zero.json")).unwrap();
+    std::fs::create_dir(failed.join("dir.json")).unwrap();
+    let promoted = store.join("reports/2.0.0/promoted");
+    std::fs::create_dir_all(&promoted).unwrap();
+    for i in 0..1200 {
+        std::fs::write(promoted.join(format!("p{i}.json")), b"{}").unwrap();
+    }
+    std::fs::write(promoted.join("notes.txt"), b"not a report").unwrap();
+    let gate = serde_json::json!({"canary": 50, "max_failures": 3, "min_promoted": 1});
+    offer_gated(store, "2.0.0", &hello_bytes("2.0.0"), Some(gate));
+    // Every entry under failed/ counts: the host is held, and polls on.
+    let held = |baton: &Baton| {
+        status_of(baton)["checks"]["held_by_gate"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    support::wait_for("the host held by the gate", Duration::from_secs(30), || {
+        (held(&other) >= 1).then_some(())
+    });
+    let first = held(&other);
+    support::wait_for(
+        "later polls, not a stalled one",
+        Duration::from_secs(30),
+        || (held(&other) >= first + 2).then_some(()),
+    );
+    let check: Value = serde_json::from_str(&ok(other.dir.path(), &["check", "--json"])).unwrap();
+    assert_eq!(check["outcome"], "held_by_gate", "{check}");
+    let counts = &check["gate"]["counts"];
+    assert_eq!(counts["failed"], 5, "{check}");
+    assert!(
+        counts["skipped"].as_u64() >= Some(6),
+        "unread bodies and listing bounds: {check}"
+    );
+    // 1 000 listed (one may be notes.txt, not a report), the rest unread.
+    let promoted = counts["promoted"].as_u64().unwrap();
+    assert!(
+        (999..=1000).contains(&promoted),
+        "a listing is bounded: {check}"
+    );
+    assert!(
+        !store
+            .join(format!("reports/2.0.0/started/{}.json", others[0]))
+            .exists(),
+        "a held host never starts the release"
+    );
+    assert_eq!(support::version(other.addr()), "1.0.0");
+    let seen: Value = serde_json::from_str(&crate::fleet::baton(&[
+        "rollout",
+        "status",
+        "--from",
+        store.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let two = &seen["versions"][0];
+    assert_eq!(
+        (two["version"].as_str(), two["failed"].as_u64()),
+        (Some("2.0.0"), Some(5))
+    );
+    assert!(two["skipped"].as_u64() >= Some(6), "{seen}");
+    // The hostile failures are cleared: the gate opens on the promotions.
+    std::fs::remove_dir_all(&failed).unwrap();
+    other.wait_current("2.0.0-");
+    support::wait_version(other.addr(), "2.0.0");
+}
+
+fn status_of(baton: &Baton) -> Value {
+    serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap()
+}
