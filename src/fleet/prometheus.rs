@@ -83,7 +83,7 @@ impl Prometheus {
         let url = format!("{}/api/v1/query", self.base);
         let fail =
             |why: String| format!("cannot read Prometheus at {} ({query}): {why}", self.base);
-        let response = self
+        let mut response = self
             .client
             .get(&url)
             .query(&[("query", query)])
@@ -91,12 +91,17 @@ impl Prometheus {
             .await
             .map_err(|e| fail(crate::errors::display_chain(&e)))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        let mut bytes = Vec::new();
+        // Read up to the cap, never the whole of an answer past it.
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| fail(crate::errors::display_chain(&e)))?;
-        if bytes.len() > ANSWER_LIMIT {
-            return Err(fail(format!("the answer is over {ANSWER_LIMIT} bytes")));
+            .map_err(|e| fail(crate::errors::display_chain(&e)))?
+        {
+            if bytes.len() + chunk.len() > ANSWER_LIMIT {
+                return Err(fail(format!("the answer is over {ANSWER_LIMIT} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
             fail(format!(
@@ -206,4 +211,58 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 that answers every request with `body`.
+    async fn answering(body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_cap_is_refused_without_reading_it_whole() {
+        let base = answering(vec![b' '; ANSWER_LIMIT + 1]).await;
+        let e = Prometheus::new(&base)
+            .unwrap()
+            .query("up")
+            .await
+            .unwrap_err();
+        assert!(e.contains("over 4194304 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_fails_closed_with_its_words() {
+        let base = answering(
+            br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#.to_vec(),
+        )
+        .await;
+        let e = Prometheus::new(&base)
+            .unwrap()
+            .query("up{")
+            .await
+            .unwrap_err();
+        assert!(e.contains("bad_data: parse error"), "{e}");
+        assert!(Prometheus::new("ftp://x").is_err());
+    }
 }
