@@ -67,6 +67,9 @@ pub const PASSWORD_ENV: &str = "BATON_KEY_PASSWORD";
 /// The publisher's release history beside the manifest (see the module
 /// docs); hosts never read it.
 pub const HISTORY: &str = "releases.json";
+/// The history's detached minisign signature, written by a signed publish:
+/// a yank takes artifact digests from the history only when it verifies.
+pub const HISTORY_SIGNATURE: &str = "releases.json.minisig";
 /// How many releases [`HISTORY`] keeps, newest first.
 pub const HISTORY_KEEP: usize = 10;
 /// How many earlier releases `baton publish` makes patches from when not
@@ -338,10 +341,18 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         .prefix("baton-publish-")
         .tempdir()
         .map_err(io("create", &std::env::temp_dir()))?;
-    let (mut doc, mut uploads) = if !p.yank.is_empty() {
+    let (mut doc, mut uploads) = if !p.yank.is_empty() && p.artifacts.is_empty() {
         let old = target.read(MANIFEST).await?;
         let history = target.read(HISTORY).await?;
-        let doc = yank(p, old, old_signature.as_deref(), history, key.as_ref(), now)?;
+        let history_signature = target.read(HISTORY_SIGNATURE).await?;
+        let doc = yank(
+            p,
+            old,
+            old_signature.as_deref(),
+            history.map(|h| (h, history_signature)),
+            key.as_ref(),
+            now,
+        )?;
         (doc, Vec::new())
     } else if p.artifacts.is_empty() {
         let old = target.read(MANIFEST).await?;
@@ -357,26 +368,33 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         let (mut doc, uploads) = fresh(p, now)?;
         // The fleet's gate is a policy, not a release's, and a yank stands
         // until a person lifts it: both carry over.
-        if let Some(old) = target.read(MANIFEST).await? {
-            let old = serde_json::from_slice::<Document>(&old).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} does not parse ({e}), so its gate and yanked list cannot be carried \
-                     over; remove it to start afresh",
-                    p.to.show(MANIFEST)
-                ))
-            })?;
+        let old = match target.read(MANIFEST).await? {
+            Some(old) => carried(
+                &p.to.show(MANIFEST),
+                &old,
+                old_signature.as_deref(),
+                key.as_ref(),
+            )?,
+            None => None,
+        };
+        if let Some(old) = old {
             if p.gate.is_none() {
                 doc.gate = old.gate;
             }
             doc.yanked = old.yanked;
-            let version = doc.version.as_deref().unwrap_or_default();
-            if yank::listed(&doc.yanked, version) {
-                return Err(Error::Invalid(format!(
-                    "version {version} is yanked at {}: hosts refuse it for good; publish a \
-                     new version",
-                    p.to.show(MANIFEST)
-                )));
-            }
+        }
+        let version = doc.version.clone().unwrap_or_default();
+        if yank::listed(&doc.yanked, &version) {
+            return Err(Error::Invalid(format!(
+                "version {version} is yanked at {}: hosts refuse it for good; publish a new \
+                 version",
+                p.to.show(MANIFEST)
+            )));
+        }
+        // A yank with the artifacts of the release to go back to: they are
+        // hashed here, not taken from the history.
+        if !p.yank.is_empty() {
+            yank::add(p, &mut doc, key.is_some())?;
         }
         (doc, uploads)
     };
@@ -434,28 +452,25 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     };
     let mut bytes = serde_json::to_vec_pretty(&doc).expect("a manifest serializes");
     bytes.push(b'\n');
-    let signature = match &key {
-        Some((sk, pk)) => {
-            let comment = format!(
-                "baton manifest {} published {}",
-                doc.version.as_deref().unwrap_or("?"),
-                doc.published_at.as_deref().unwrap_or("?")
-            );
-            let sig = minisign::sign(
-                Some(pk),
-                sk,
-                std::io::Cursor::new(&bytes),
-                Some(&comment),
-                None,
-            )
-            .map_err(|e| Error::Key {
-                path: p.sign.clone().unwrap_or_default(),
-                reason: format!("cannot sign: {e}"),
-            })?;
-            Some(sig.into_string().into_bytes())
-        }
-        None => None,
-    };
+    let published = format!(
+        "{} published {}",
+        doc.version.as_deref().unwrap_or("?"),
+        doc.published_at.as_deref().unwrap_or("?")
+    );
+    let signature = key
+        .as_ref()
+        .map(|k| sign(p, k, &bytes, &format!("baton manifest {published}")))
+        .transpose()?;
+    // The history is signed too: a yank names artifacts from it.
+    let history = history
+        .map(|h| -> Result<_, Error> {
+            let signature = key
+                .as_ref()
+                .map(|k| sign(p, k, &h, &format!("baton release history {published}")))
+                .transpose()?;
+            Ok((h, signature))
+        })
+        .transpose()?;
     // Artifacts, then patches (in that order in `uploads`).
     for upload in &uploads {
         target
@@ -469,8 +484,12 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     // The history only after the manifest: a publish that failed before it
     // must not list a release hosts never saw (a later publish would spend
     // a patch on it). Hosts never read it, so losing it costs only patches.
-    if let Some(history) = history {
-        if let Err(e) = target.put_bytes(HISTORY, history).await {
+    if let Some((history, signature)) = history {
+        let mut written = target.put_bytes(HISTORY, history).await;
+        if let (Ok(()), Some(signature)) = (&written, signature) {
+            written = target.put_bytes(HISTORY_SIGNATURE, signature).await;
+        }
+        if let Err(e) = written {
             let warning = format!(
                 "cannot record this release in {}: {}; the next publish makes no patch from it",
                 p.to.show(HISTORY),
@@ -482,6 +501,28 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     }
     report.document = doc;
     Ok(report)
+}
+
+/// A minisign signature of `bytes` by `key` (`p.sign`), with `comment`
+/// trusted.
+fn sign(
+    p: &Publish,
+    (sk, pk): &(minisign::SecretKey, minisign::PublicKey),
+    bytes: &[u8],
+    comment: &str,
+) -> Result<Vec<u8>, Error> {
+    let sig = minisign::sign(
+        Some(pk),
+        sk,
+        std::io::Cursor::new(bytes),
+        Some(comment),
+        None,
+    )
+    .map_err(|e| Error::Key {
+        path: p.sign.clone().unwrap_or_default(),
+        reason: format!("cannot sign: {e}"),
+    })?;
+    Ok(sig.into_string().into_bytes())
 }
 
 /// An artifact or a patch to upload, hashed before.
@@ -1123,13 +1164,58 @@ fn current(
                 .into(),
         )
     })?;
-    if let (Some((_, pk)), Some(sig)) = (key, signature) {
-        let sig =
-            std::str::from_utf8(sig).map_err(|_| fail("its signature is not UTF-8 text".into()))?;
-        manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
-            .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
+    match (key, signature) {
+        (Some((_, pk)), Some(sig)) => {
+            let sig = std::str::from_utf8(sig)
+                .map_err(|_| fail("its signature is not UTF-8 text".into()))?;
+            manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
+                .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
+        }
+        (Some(_), None) => {
+            return Err(fail(
+                "it is not signed, and signing it now would vouch for bytes nobody signed \
+                 (whoever can write the store could have written them); publish the artifacts \
+                 with --sign to start signing"
+                    .into(),
+            ))
+        }
+        (None, _) => {}
     }
     serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a manifest: {e}")))
+}
+
+/// What a fresh publish carries over from the target's manifest `old`:
+/// its gate and yanked list, when `old` is as trusted as what is being
+/// published (signed with this key when signing; anything when not).
+/// Otherwise nothing is carried, and the log says so.
+fn carried(
+    shown: &str,
+    old: &[u8],
+    signature: Option<&[u8]>,
+    key: Option<&(minisign::SecretKey, minisign::PublicKey)>,
+) -> Result<Option<Document>, Error> {
+    let doc = serde_json::from_slice::<Document>(old).map_err(|e| {
+        Error::Invalid(format!(
+            "{shown} does not parse ({e}), so its gate and yanked list cannot be carried over; \
+             remove it to start afresh"
+        ))
+    })?;
+    let Some((_, pk)) = key else {
+        return Ok(Some(doc));
+    };
+    let verified = signature
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .is_some_and(|s| manifest::verify_signature(old, s, &[pk.to_base64()]).is_ok());
+    if verified {
+        return Ok(Some(doc));
+    }
+    if doc.gate.is_some() || !doc.yanked.is_empty() {
+        tracing::warn!(
+            "{shown} is not signed by this key: its gate and yanked list are not carried over \
+             into a signed manifest (pass --gate again; yank again with --yank)"
+        );
+    }
+    Ok(None)
 }
 
 /// Copies `from` to `to` through a temp file beside it; returns its sha256
@@ -1361,13 +1447,84 @@ mod tests {
         let m = load_signed(&out, &public);
         assert_eq!(m.version.as_deref(), Some("2.1.0"));
         assert!(m.yanks("2.0.0") && m.yanks("1.1.0"));
-        // Artifacts and a yank do not mix.
+        // The history's digests are signed again only when its own
+        // signature verifies: a store writer cannot slip in an artifact.
+        let history = out.join(HISTORY);
+        let honest = std::fs::read_to_string(&history).unwrap();
+        let forged = honest.replacen(
+            &hex::encode(Sha256::digest(b"1.0.0")),
+            &hex::encode(Sha256::digest(b"evil")),
+            1,
+        );
+        assert_ne!(forged, honest);
+        std::fs::write(&history, &forged).unwrap();
+        let err = publish(&yank(&["2.1.0"], None)).unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        std::fs::remove_file(out.join(HISTORY_SIGNATURE)).unwrap();
+        let err = publish(&yank(&["2.1.0"], None)).unwrap_err();
+        assert!(err.to_string().contains("is not signed"), "{err}");
+        assert_eq!(load_signed(&out, &public).version.as_deref(), Some("2.1.0"));
+        // With the artifacts in hand, a yank hashes them itself.
         let err = publish(&Publish {
             artifacts: vec![(None, dir.path().join("hello-1.0.0"))],
-            ..yank(&["2.1.0"], None)
+            ..yank(&["2.1.0"], Some("2.1.0"))
         })
         .unwrap_err();
-        assert!(err.to_string().contains("takes no artifacts"), "{err}");
+        assert!(err.to_string().contains("yanked itself"), "{err}");
+        publish(&Publish {
+            artifacts: vec![(None, dir.path().join("hello-1.0.0"))],
+            ..yank(&["2.1.0"], Some("1.0.0"))
+        })
+        .unwrap();
+        let m = load_signed(&out, &public);
+        assert_eq!(m.version.as_deref(), Some("1.0.0"));
+        assert_eq!(m.sha256, Some(Sha256::digest(b"1.0.0").into()));
+        assert_eq!(m.rollout, Rollout::Percent(100));
+        assert!(m.yanks("2.1.0") && m.yanks("2.0.0") && m.yanks("1.1.0"));
+        assert!(m.gate.is_some(), "the gate carries over");
+        // The history written by it is signed again: a later yank works.
+        assert!(out.join(HISTORY_SIGNATURE).exists());
+    }
+
+    #[test]
+    fn an_unsigned_manifest_is_not_signed_by_a_re_sign_nor_carried_into_a_signed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.sec");
+        let public = keygen(&key).unwrap();
+        let out = dir.path().join("out");
+        let art = dir.path().join("hello-1.0.0");
+        std::fs::write(&art, b"1.0.0").unwrap();
+        // Unsigned, with a gate and a yank whoever wrote it chose.
+        publish(&Publish {
+            gate: Some(parse_gate("canary=100,max_failures=1000").unwrap()),
+            ..release(&out, "1.0.0", &art, 0)
+        })
+        .unwrap();
+        let resign = Publish {
+            to: target::Destination::Dir(out.clone()),
+            rollout: Some(Rollout::Percent(50)),
+            sign: Some(key.clone()),
+            ..Publish::default()
+        };
+        let err = publish(&resign).unwrap_err();
+        assert!(err.to_string().contains("not signed"), "{err}");
+        let err = publish(&Publish {
+            yank: vec!["0.9.0".into()],
+            ..resign.clone()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("not signed"), "{err}");
+        // A signed publish of artifacts starts afresh: no gate carried.
+        let art2 = dir.path().join("hello-1.1.0");
+        std::fs::write(&art2, b"1.1.0").unwrap();
+        publish(&Publish {
+            sign: Some(key.clone()),
+            ..release(&out, "1.1.0", &art2, 0)
+        })
+        .unwrap();
+        let m = load_signed(&out, &public);
+        assert_eq!(m.version.as_deref(), Some("1.1.0"));
+        assert!(m.gate.is_none(), "an unsigned gate is not signed into it");
     }
 
     /// `len` bytes of deterministic noise (incompressible).

@@ -153,7 +153,9 @@ impl Prometheus {
                 self.base
             ));
         }
-        let v = escape(version);
+        // Masters export the version as reports name it (`v2.0.0` is
+        // `2.0.0`), whatever the manifest wrote.
+        let v = escape(&super::report::version_key(version));
         let outcomes = self
             .query(&format!(
                 "max by (instance, outcome) (last_over_time(baton_trials_total{{version=\"{v}\"}}[{WINDOW}]))"

@@ -50,6 +50,16 @@ impl Reasons {
     }
 }
 
+/// One listing of an outcome's reports.
+pub(super) struct Listed {
+    /// (host id, time, key) of each `<host>.json`.
+    pub found: Vec<(String, SystemTime, String)>,
+    /// Entries not named `<host>.json`, and the one past the bound.
+    pub skipped: usize,
+    /// The listing stopped at [`LIST_LIMIT`]: there are more.
+    pub cut: bool,
+}
+
 impl Sink {
     /// The reports of `version`; an error when a listing cannot be read
     /// (the caller holds: a gate fails closed).
@@ -62,9 +72,10 @@ impl Sink {
     pub async fn read_with(&self, version: &str, known: &Reasons) -> Result<Reports, String> {
         let version = &super::report::version_key(version);
         let mut reports = Reports::default();
-        let (failed, more) = self.list(version, Outcome::Failed).await?;
-        reports.skipped += more;
-        for (i, (host_id, at, key)) in failed.into_iter().enumerate() {
+        let failed = self.list(version, Outcome::Failed).await?;
+        reports.skipped += failed.skipped;
+        reports.failures_cut = failed.cut;
+        for (i, (host_id, at, key)) in failed.found.into_iter().enumerate() {
             if i >= REASONS_READ {
                 reports.failed.push(Seen {
                     host_id,
@@ -102,12 +113,17 @@ impl Sink {
                 reason: Some(reason),
             });
         }
-        let (promoted, more) = self.list(version, Outcome::Promoted).await?;
-        reports.skipped += more;
-        reports.promoted = promoted.into_iter().map(|(host, _, _)| host).collect();
-        let (started, more) = self.list(version, Outcome::Started).await?;
-        reports.skipped += more;
+        let promoted = self.list(version, Outcome::Promoted).await?;
+        reports.skipped += promoted.skipped;
+        reports.promoted = promoted
+            .found
+            .into_iter()
+            .map(|(host, _, _)| host)
+            .collect();
+        let started = self.list(version, Outcome::Started).await?;
+        reports.skipped += started.skipped;
         reports.started = started
+            .found
             .into_iter()
             .map(|(host_id, at, _)| Seen {
                 host_id,
@@ -118,13 +134,8 @@ impl Sink {
         Ok(reports)
     }
 
-    /// The reports listed under `reports/<version>/<outcome>/`: (host id,
-    /// time, key); and how many were left out or not named `<host>.json`.
-    pub(super) async fn list(
-        &self,
-        version: &str,
-        outcome: Outcome,
-    ) -> Result<(Vec<(String, SystemTime, String)>, usize), String> {
+    /// The reports listed under `reports/<version>/<outcome>/`.
+    pub(super) async fn list(&self, version: &str, outcome: Outcome) -> Result<Listed, String> {
         let dir = format!("reports/{}/{}/", path_safe(version), outcome.as_str());
         let (keys, more) = match self {
             Sink::Dir(base) => {
@@ -144,18 +155,23 @@ impl Sink {
                 (keys, usize::from(more))
             }
         };
-        let mut skipped = more;
-        let mut found = Vec::new();
+        let mut listed = Listed {
+            found: Vec::new(),
+            skipped: more,
+            cut: more > 0,
+        };
         for (name, at) in keys {
             match name
                 .strip_suffix(".json")
                 .filter(|h| !h.is_empty() && !h.contains('/'))
             {
-                Some(host) => found.push((host.to_owned(), at, format!("{dir}{name}"))),
-                None => skipped += 1,
+                Some(host) => listed
+                    .found
+                    .push((host.to_owned(), at, format!("{dir}{name}"))),
+                None => listed.skipped += 1,
             }
         }
-        Ok((found, skipped))
+        Ok(listed)
     }
 
     /// A small file's bytes; `None` when it is over `cap` bytes, gone or

@@ -78,7 +78,7 @@ pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> 
     let mut versions = Vec::new();
     for version in sink.versions().await? {
         let reports = sink.read(&version).await?;
-        let (yanked, more) = sink
+        let yanked = sink
             .list(
                 &super::report::version_key(&version),
                 super::Outcome::Yanked,
@@ -113,12 +113,12 @@ pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> 
             promoted: counts.promoted,
             failed: counts.failed,
             silent: counts.silent,
-            yanked: yanked.len(),
+            yanked: yanked.found.len(),
             reasons: by_reason
                 .into_iter()
                 .map(|(reason, hosts)| Reason { reason, hosts })
                 .collect(),
-            skipped: reports.skipped + more,
+            skipped: reports.skipped + yanked.skipped,
             gate: gate.map(|_| verdict),
         });
     }

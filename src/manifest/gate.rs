@@ -132,6 +132,8 @@ pub struct Reports {
     pub started: Vec<Seen>,
     /// Reports skipped: malformed, oversized, or past a listing's bound.
     pub skipped: usize,
+    /// The listing of `failed/` stopped at its bound: `failed` is a floor.
+    pub failures_cut: bool,
 }
 
 /// The counts a verdict was reached on.
@@ -149,6 +151,10 @@ pub struct Counts {
     /// a listing's bound (a skipped failure still counts as one).
     #[serde(default)]
     pub skipped: u32,
+    /// More failures were reported than a listing reads: `failed` is a
+    /// floor, and the gate holds.
+    #[serde(default)]
+    pub failures_cut: bool,
 }
 
 /// Whether the gate lets a host take the release.
@@ -185,6 +191,7 @@ impl Gate {
             failed: failed_hosts.len() as u32,
             promoted: reports.promoted.len() as u32,
             skipped: u32::try_from(reports.skipped).unwrap_or(u32::MAX),
+            failures_cut: reports.failures_cut,
             ..Counts::default()
         };
         for s in &reports.started {
@@ -238,6 +245,14 @@ impl Gate {
     fn failures_hold(&self, counts: &Counts) -> Vec<String> {
         let ended = counts.failed + counts.promoted;
         let mut held = Vec::new();
+        if counts.failures_cut {
+            held.push(format!(
+                "at least {} failed trial{}, more than one listing of failed/ reads: the gate \
+                 cannot count them all",
+                counts.failed,
+                plural(counts.failed)
+            ));
+        }
         if counts.failed >= self.max_failures {
             held.push(format!(
                 "{} failed trial{} (max_failures {})",
@@ -341,6 +356,27 @@ mod tests {
         assert!(
             matches!(g.verdict(&r, now), Verdict::Held { ref why, .. } if why.contains("18 % of ended trials failed"))
         );
+    }
+
+    #[test]
+    fn failures_past_a_listings_bound_hold_whatever_the_limits() {
+        let g = gate(u32::MAX, 100, 0);
+        let now = SystemTime::now();
+        let mut r = Reports::default();
+        for h in 0..3 {
+            r.promoted.insert(format!("p{h}"));
+        }
+        r.failed.push(seen("f0", 0, None, now));
+        assert!(matches!(g.verdict(&r, now), Verdict::Open(_)));
+        r.failures_cut = true;
+        let Verdict::Held { counts, why } = g.verdict(&r, now) else {
+            panic!("a count that is only a floor holds");
+        };
+        assert!(
+            counts.failures_cut && why.contains("at least 1 failed trial"),
+            "{why}"
+        );
+        assert!(g.trips(&counts), "the watch halts on it too");
     }
 
     #[test]

@@ -559,6 +559,14 @@ fn open_store(
                         None => String::new(),
                     }
                 );
+                found.recorded = Some(Recorded::Failed {
+                    record: trial.clone(),
+                    release: store.release(&trial.id).map(Box::new),
+                    why: format!(
+                        "the master died during the trial (attempt {}), which counts as a failure",
+                        trial.attempts
+                    ),
+                });
                 if let Err(e) = store.mark_failed(&trial.sha256) {
                     // Serve `current` anyway; the record stays and is settled at
                     // the next start.
@@ -607,6 +615,11 @@ fn open_store(
                     trial.id
                 );
                 tracing::error!(event = "release_quarantined", release = %trial.id, "{text}");
+                found.recorded = Some(Recorded::Failed {
+                    record: trial.clone(),
+                    release: store.release(&trial.id).map(Box::new),
+                    why: format!("quarantined: {why}"),
+                });
                 if let Err(e) = store.quarantine(&trial.sha256) {
                     tracing::error!(
                         "cannot record release {} as quarantined: {}",

@@ -104,6 +104,16 @@ pub(crate) enum Recorded {
     /// `current` names its release: the promotion's rename happened
     /// before the previous master died, its reports did not.
     Promoted(TrialRecord),
+    /// The master's death ended the trial without promotion: failed, or
+    /// quarantined (`why`); `release` is its directory's record, if any.
+    Failed {
+        /// The record.
+        record: TrialRecord,
+        /// The release on trial.
+        release: Option<Box<Meta>>,
+        /// What became of it.
+        why: String,
+    },
 }
 
 /// Workers a previous master handed over across its `execve`.

@@ -25,47 +25,94 @@ pub fn listed(list: &[String], version: &str) -> bool {
         .any(|y| crate::version::parse_version(y).as_ref() == Some(&v))
 }
 
-/// The manifest a yank publishes, from the target's manifest `old` (its
-/// signature must verify with the signing key) and its `history`.
-pub(super) fn yank(
-    p: &Publish,
-    old: Option<Vec<u8>>,
-    old_signature: Option<&[u8]>,
-    history: Option<Vec<u8>>,
-    key: Option<&(minisign::SecretKey, minisign::PublicKey)>,
-    now: SystemTime,
-) -> Result<Document, Error> {
-    let invalid = |text: String| Err(Error::Invalid(text));
-    if !p.artifacts.is_empty() {
-        return invalid(
-            "--yank takes no artifacts: it names an earlier release from the target's history \
-             (or the one --version names)"
-                .into(),
-        );
+/// Adds `p.yank` to `doc`'s yanked list: `doc` is a fresh publish of the
+/// release to go back to, with its artifacts (`--yank V --version W
+/// ARTIFACT…`); every host goes back unless `--rollout` says otherwise.
+pub(super) fn add(p: &Publish, doc: &mut Document, signed: bool) -> Result<(), Error> {
+    if !signed {
+        return Err(needs_a_key());
     }
-    if key.is_none() {
-        return invalid(
-            "--yank needs --sign KEY: hosts honour a yank only in a signed manifest".into(),
-        );
+    doc.yanked = with_yanks(p, std::mem::take(&mut doc.yanked))?;
+    let version = doc.version.clone().unwrap_or_default();
+    if listed(&doc.yanked, &version) {
+        return Err(Error::Invalid(format!(
+            "--version {version} is yanked itself"
+        )));
     }
-    let old = current(&p.to.show(MANIFEST), old, old_signature, key)?;
-    let mut yanked = old.yanked.clone();
+    if p.rollout.is_none() {
+        doc.rollout = Some(Rollout::Percent(100));
+    }
+    Ok(())
+}
+
+fn needs_a_key() -> Error {
+    Error::Invalid("--yank needs --sign KEY: hosts honour a yank only in a signed manifest".into())
+}
+
+/// `yanked` with `p.yank` added (each once, as semver).
+fn with_yanks(p: &Publish, mut yanked: Vec<String>) -> Result<Vec<String>, Error> {
     for v in &p.yank {
         if crate::version::parse_version(v).is_none() {
-            return invalid(format!("--yank {v:?} is not a semver version"));
+            return Err(Error::Invalid(format!(
+                "--yank {v:?} is not a semver version"
+            )));
         }
         if !listed(&yanked, v) {
             yanked.push(v.trim().to_owned());
         }
     }
+    Ok(yanked)
+}
+
+/// The manifest a yank publishes, from the target's manifest `old` (its
+/// signature must verify with the signing key) and its `history` with
+/// that history's signature (which must verify too: the manifest signs
+/// the digests it takes from there).
+pub(super) fn yank(
+    p: &Publish,
+    old: Option<Vec<u8>>,
+    old_signature: Option<&[u8]>,
+    history: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    key: Option<&(minisign::SecretKey, minisign::PublicKey)>,
+    now: SystemTime,
+) -> Result<Document, Error> {
+    let invalid = |text: String| Err(Error::Invalid(text));
+    let Some((_, pk)) = key else {
+        return Err(needs_a_key());
+    };
+    let old = current(&p.to.show(MANIFEST), old, old_signature, key)?;
+    let yanked = with_yanks(p, old.yanked.clone())?;
     let shown = p.to.show(super::HISTORY);
+    let by_hand = "publish the release to go back to with its artifacts instead: \
+                   baton publish --to TARGET --yank V --version W --sign KEY ARTIFACT…";
     let history: History = match history {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Invalid(format!("{shown} is not a release history: {e}")))?,
+        Some((bytes, signature)) => {
+            let verified = signature
+                .as_deref()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(|s| crate::manifest::verify_signature(&bytes, s, &[pk.to_base64()]));
+            match verified {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return invalid(format!(
+                        "{shown}'s signature does not verify with this key ({e}): its digests \
+                         are not signed again; {by_hand}"
+                    ))
+                }
+                None => {
+                    return invalid(format!(
+                        "{shown} is not signed (it was written by an unsigned publish, or before \
+                         histories were signed), so its digests are not signed again; {by_hand}"
+                    ))
+                }
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Invalid(format!("{shown} is not a release history: {e}")))?
+        }
         None => {
             return invalid(format!(
-                "there is no release history at {shown}, so no earlier release to go back to: \
-                 publish the release to go back to with --version and its artifacts, then yank"
+                "there is no release history at {shown}, so no earlier release to go back to; \
+                 {by_hand}"
             ))
         }
     };

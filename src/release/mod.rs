@@ -419,6 +419,16 @@ impl Pipeline {
             let _ = flushing.await;
         }
         let version = version?;
+        // A source that states no version (a bare binary, a manifest
+        // without one) learns it from the probe: a yanked one goes no
+        // further.
+        if let Some(v) = version.as_deref().filter(|_| info.version.is_none()) {
+            if self.store.is_yanked(v)? {
+                return Ok(Outcome::Yanked {
+                    version: v.to_owned(),
+                });
+            }
+        }
         let meta = Meta {
             id: Store::id_for(version.as_deref(), &sha256),
             version,

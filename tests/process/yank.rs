@@ -301,3 +301,46 @@ fn a_way_back_cut_short_by_the_masters_death_is_retried_and_reported() {
     assert!(baton.failed().is_empty(), "{:?}", baton.failed());
     assert_eq!(status(&baton)["trials"]["2.0.0"]["yanked"], 1);
 }
+
+#[test]
+fn a_yanked_version_offered_without_a_stated_version_is_refused_after_its_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_release(dir.path(), "1.0.0");
+    // A yank this host learned earlier.
+    std::fs::write(dir.path().join("releases/.yanked"), "2.0.0\n").unwrap();
+    // A bare binary: only its probe says it is 2.0.0.
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    std::fs::copy(support::hello("2.0.0"), dir.path().join("dist/hello")).unwrap();
+    let config = "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\n\
+                  ready_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\n\
+                  [fetch]\nsource = \"file\"\npath = \"dist/hello\"\ninterval = \"200ms\"\n";
+    let baton = Baton::start(dir, config);
+    baton.wait_ready();
+    let check = support::wait_for(
+        "a check of the bare binary",
+        Duration::from_secs(30),
+        || {
+            let status = status(&baton);
+            (status["checks"]["skipped"].as_u64() >= Some(1)).then(|| status["last_check"].clone())
+        },
+    );
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("version 2.0.0 was yanked"),
+        "{check}"
+    );
+    assert!(baton.current().unwrap().starts_with("1.0.0-"));
+    assert_eq!(support::version(baton.addr()), "1.0.0");
+    let installed: Vec<String> = std::fs::read_dir(baton.dir.path().join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("2.0.0"))
+        .collect();
+    assert!(
+        installed.is_empty(),
+        "nothing of 2.0.0 is installed: {installed:?}"
+    );
+}

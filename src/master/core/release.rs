@@ -382,6 +382,9 @@ impl Core {
         outcome: Outcome,
         failure: Option<(Stage, String, Option<String>)>,
     ) {
+        // One name per version in metrics and reports: `v2.0.0` is `2.0.0`
+        // (what `rollout watch` asks Prometheus for).
+        let version = crate::fleet::report::version_key(&version);
         // What ran before: as it was when the trial began (a promotion
         // has already moved `current` when it is reported).
         let from = match (&self.trial_from, id) {
@@ -446,7 +449,8 @@ impl Core {
     /// Takes over what a previous master's trial record says: a kept
     /// trial's `from` and yanked version for its reports; for one whose
     /// promotion the master's death cut short, the reports it never wrote
-    /// (a report already written is not written again).
+    /// (a report already written is not written again); for one the
+    /// master's death failed, its `failed` report.
     pub(super) fn recorded(&mut self, recorded: Option<Recorded>) {
         match recorded {
             Some(Recorded::Kept(record)) => {
@@ -464,6 +468,23 @@ impl Core {
                 }
                 self.trial_from = None;
             }
+            Some(Recorded::Failed {
+                record,
+                release,
+                why,
+            }) => {
+                let version = release
+                    .as_ref()
+                    .map_or_else(|| record.id.clone(), |m| version_of(m));
+                self.trial_from = Some((record.id.clone(), record.from));
+                self.report_version(
+                    version,
+                    Some(&record.id),
+                    Outcome::Failed,
+                    Some((Stage::Settle, why, None)),
+                );
+                self.trial_from = None;
+            }
             None => {}
         }
     }
@@ -471,6 +492,7 @@ impl Core {
     /// Counts and reports that the host left the yanked `version` for
     /// `to`: the report's `from` is the yanked version it ran.
     fn report_yanked(&mut self, version: String, to: String) {
+        let version = crate::fleet::report::version_key(&version);
         *self
             .status
             .trials

@@ -1299,6 +1299,16 @@ fn a_yank_seen_during_a_trial_ends_it_at_the_yank_stage() {
 }
 
 #[test]
+fn a_version_written_with_a_v_is_counted_under_its_semver_name() {
+    let mut sim = Sim::new(settings(), true);
+    sim.serving(Some(meta("1.0.0")));
+    begin_trial(&mut sim, &meta("v2.0.0"), Some(meta("1.0.0")));
+    // `rollout watch` asks Prometheus for version="2.0.0".
+    assert_eq!(sim.status().trials["2.0.0"]["started"], 1);
+    assert!(!sim.status().trials.contains_key("v2.0.0"));
+}
+
+#[test]
 fn leaving_a_yanked_release_is_reported_once_promoted() {
     let yanked = meta("2.0.0");
     let back = meta("1.0.0");
@@ -1439,6 +1449,35 @@ fn a_promotion_cut_short_by_the_masters_death_is_reported_at_the_next_start() {
         ..Boot::default()
     });
     assert!(notes(&actions).is_empty());
+}
+
+#[test]
+fn a_trial_the_masters_death_failed_is_reported_failed_at_the_next_start() {
+    let mut sim = Sim::new(settings(), true);
+    let actions = sim.boot(Boot {
+        current: Some(meta("1.0.0")),
+        recorded: Some(Recorded::Failed {
+            record: record("2.0.0", 1, Some("1.0.0"), None),
+            release: Some(Box::new(meta("2.0.0"))),
+            why: "the master died during the trial (attempt 1)".to_owned(),
+        }),
+        updater: true,
+        ..Boot::default()
+    });
+    assert_eq!(spawned(&actions), vec![1], "current serves");
+    let n = notes(&actions);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(
+        (
+            n[0].outcome,
+            n[0].version.as_str(),
+            n[0].from.as_deref(),
+            n[0].stage
+        ),
+        (Outcome::Failed, "2.0.0", Some("1.0.0"), Some(Stage::Settle))
+    );
+    assert!(n[0].detail.as_deref().unwrap().contains("master died"));
+    assert_eq!(sim.status().trials["2.0.0"]["failed"], 1);
 }
 
 #[test]
