@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::manifest::rollout;
 
@@ -292,6 +292,8 @@ pub struct Counters {
 pub struct Reporter {
     notes: mpsc::UnboundedSender<Note>,
     counters: Arc<Counters>,
+    /// Closed when the task has ended (its sender is dropped with it).
+    ended: watch::Receiver<()>,
 }
 
 impl Reporter {
@@ -299,23 +301,57 @@ impl Reporter {
     /// are recorded in `releases_dir`, failed writes are retried every
     /// `retry`.
     pub fn start(sink: Sink, host_id: String, releases_dir: &Path, retry: Duration) -> Reporter {
+        Reporter::start_after(None, sink, host_id, releases_dir, retry)
+    }
+
+    /// As [`Reporter::start`], taking over from `previous` (a reload that
+    /// moved the reports): the new task starts once the old one has ended
+    /// (dropping `previous` ends it after its write in progress), so that
+    /// one task at a time keeps the lists in `releases_dir`; the reports
+    /// the old one left waiting are written by the new one.
+    pub fn start_after(
+        previous: Option<Reporter>,
+        sink: Sink,
+        host_id: String,
+        releases_dir: &Path,
+        retry: Duration,
+    ) -> Reporter {
         let (notes, rx) = mpsc::unbounded_channel();
+        let (alive, ended) = watch::channel(());
         let counters = Arc::new(Counters::default());
-        let sent = read_sent(&releases_dir.join(SENT));
-        let pending_file = releases_dir.join(PENDING);
-        let pending = read_pending(&pending_file, &sent);
-        let task = Task {
-            sink,
-            host_id,
-            sent_file: releases_dir.join(SENT),
-            sent,
-            pending_file,
-            pending,
-            counters: counters.clone(),
-        };
-        task.count_pending();
-        tokio::spawn(task.run(rx, retry));
-        Reporter { notes, counters }
+        let releases_dir = releases_dir.to_owned();
+        let task_counters = counters.clone();
+        let before = previous.map(|p| {
+            let ended = p.ended.clone();
+            drop(p);
+            ended
+        });
+        tokio::spawn(async move {
+            if let Some(mut before) = before {
+                // Err once its sender is gone: the old task has ended.
+                while before.changed().await.is_ok() {}
+            }
+            let sent = read_sent(&releases_dir.join(SENT));
+            let pending_file = releases_dir.join(PENDING);
+            let pending = read_pending(&pending_file, &sent);
+            let task = Task {
+                sink,
+                host_id,
+                sent_file: releases_dir.join(SENT),
+                sent,
+                pending_file,
+                pending,
+                counters: task_counters,
+            };
+            task.count_pending();
+            task.run(rx, retry).await;
+            drop(alive);
+        });
+        Reporter {
+            notes,
+            counters,
+            ended,
+        }
     }
 
     /// Queues a report of `note`.
@@ -728,10 +764,11 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "nothing kept");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The master is gone; the store heals.
-        drop(first);
+        // The store heals; a new writer takes over (a reload, or the next
+        // master: the files are all it reads).
         std::fs::remove_file(store.join("reports")).unwrap();
-        let second = Reporter::start(
+        let second = Reporter::start_after(
+            Some(first),
             Sink::Dir(store.clone()),
             "h1".to_owned(),
             &releases,

@@ -198,7 +198,8 @@ pub(super) async fn boot(
         baton: None,
         _held: (listeners.control, lock, reaper),
     };
-    driver.reporter = super::driver::reporter(driver.config.fetch.as_ref(), driver.store.as_ref());
+    driver.reporter =
+        super::driver::reporter(driver.config.fetch.as_ref(), driver.store.as_ref(), None);
     if let Some(dir) = &own_dir {
         driver.baton = super::self_update::launch(
             driver.config.self_channel.as_ref(),

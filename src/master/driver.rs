@@ -499,6 +499,7 @@ impl Driver {
             Request::Rollback => Disk {
                 current: store.current(),
                 previous: store.previous(),
+                yanked: sorted(store.yanked()),
                 ..Disk::default()
             },
             _ => Disk::default(),
@@ -660,23 +661,12 @@ impl Driver {
         self.child_env = ChildEnv::new(&program, fetch.as_ref());
         self.checker = checker(releases.as_ref(), &self.sockets, &self.child_env, &program);
         // The reports' place follows the source: any change of it, of
-        // `report` or of the host id makes a new writer (the old one's
-        // waiting reports go with it, said in the log).
+        // `report` or of the host id makes a new writer, which takes over
+        // once the old one has ended (with the reports it left waiting).
         let place = |f: &Fetch| (f.report, f.host_id.clone(), format!("{:?}", f.source));
         if fetch.as_ref().map(place) != self.config.fetch.as_ref().map(place) {
-            if let Some(old) = &self.reporter {
-                let waiting = old
-                    .counters()
-                    .pending
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if waiting > 0 {
-                    tracing::warn!(
-                        "the reload changed where trial reports go; {waiting} report(s) that \
-                         waited for a retry are dropped"
-                    );
-                }
-            }
-            self.reporter = reporter(fetch.as_ref(), self.store.as_ref());
+            let old = self.reporter.take();
+            self.reporter = reporter(fetch.as_ref(), self.store.as_ref(), old);
         }
         self.config.program = program;
         self.config.releases = releases;
@@ -757,6 +747,7 @@ impl Driver {
 pub(super) fn reporter(
     fetch: Option<&Fetch>,
     store: Option<&Store>,
+    previous: Option<crate::fleet::Reporter>,
 ) -> Option<crate::fleet::Reporter> {
     let (fetch, store) = (fetch?, store?);
     let sink = crate::fleet::Sink::of(fetch)?;
@@ -766,7 +757,8 @@ pub(super) fn reporter(
                 "trial reports of host {host_id} go to {}",
                 sink.describe("reports/")
             );
-            Some(crate::fleet::Reporter::start(
+            Some(crate::fleet::Reporter::start_after(
+                previous,
                 sink,
                 host_id,
                 store.dir(),

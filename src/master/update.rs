@@ -216,8 +216,18 @@ pub(crate) async fn run(
     } = with.clone();
     let source = fetcher.describe();
     if let Some(gate) = gate {
-        tracing::info!("{source}: checks resume when the running trial ends");
-        let _ = gate.await;
+        tracing::info!("{source}: new releases wait until the running trial ends");
+        // Still polled for a signed yank of the release on trial.
+        wait_for_trial(
+            &fetch,
+            &mut *fetcher,
+            &source,
+            "the running trial",
+            gate,
+            &check_now,
+            &reports,
+        )
+        .await;
     }
     let mut failures: u32 = 0;
     // Why the gate held at the last check: said again only when it changes.
@@ -415,7 +425,7 @@ async fn try_release(
         &with.fetch,
         fetcher,
         source,
-        &id,
+        &format!("the trial of release {id}"),
         trial,
         &with.check_now,
         reports,
@@ -436,23 +446,32 @@ fn jitter(fetch: &Fetch) -> Duration {
     }
 }
 
-/// Waits until the trial of `id` ends, still polling the source. A newer
-/// candidate is not staged meanwhile (its checks must run against the
-/// release the trial leaves in `current`): it is logged, handed back to
-/// the fetcher, and checked as soon as the trial ends. Returns whether one
-/// waits.
+/// Waits until `trial` ends, still polling the source. A newer candidate
+/// is not staged meanwhile (its checks must run against the release the
+/// trial leaves in `current`): it is logged once, handed back to the
+/// fetcher when the trial ends, and checked then. Polling goes on until
+/// then, so that a signed yank published after it (or after any other
+/// change) still reaches the master, which ends a trial of a yanked
+/// version. Returns whether a candidate waits.
 async fn wait_for_trial(
     fetch: &Fetch,
     fetcher: &mut dyn Fetcher,
     source: &str,
-    id: &str,
+    trial_of: &str,
     mut trial: oneshot::Receiver<()>,
     check_now: &Notify,
     reports: &mpsc::UnboundedSender<CheckReport>,
 ) -> bool {
+    let mut waiting = false;
     loop {
         tokio::select! {
-            _ = &mut trial => return false,
+            _ = &mut trial => {
+                if waiting {
+                    // The fetcher saw it: offer it again now.
+                    fetcher.retry();
+                }
+                return waiting;
+            }
             _ = tokio::time::sleep(fetch.interval + jitter(fetch)) => {}
             _ = check_now.notified() => tracing::info!(event = "check", "checking {source} now"),
             _ = fetcher.changed() => {}
@@ -471,15 +490,13 @@ async fn wait_for_trial(
                     });
                 }
                 tracing::info!(
-                    "new candidate from {source}{} waits for the trial of release {id} to end",
+                    "new candidate from {source}{} waits for {trial_of} to end",
                     describe_version(&candidate)
                 );
-                report(reports, "waiting", format!("for the trial of release {id}"));
-                drop(candidate);
-                fetcher.retry();
-                let _ = trial.await;
-                return true;
+                report(reports, "waiting", format!("for {trial_of} to end"));
+                waiting = true;
             }
+            Ok(None) if waiting => report(reports, "waiting", format!("for {trial_of} to end")),
             Ok(None) => report(reports, "nothing_new", source.to_owned()),
             Err(e) => {
                 let error = crate::errors::display_chain(&e);

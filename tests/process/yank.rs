@@ -232,6 +232,10 @@ fn a_host_on_trial_of_the_yanked_version_ends_its_trial() {
         .then_some(())
     });
     support::wait_version(baton.addr(), "2.0.0");
+    // Another change comes first (a re-sign): the host notes it waits for
+    // the trial, and keeps polling.
+    publisher.publish(&["--rollout", "90", "--sign", &key]);
+    wait_checks(&baton, "waiting");
     publisher.publish(&["--yank", "2.0.0", "--sign", &key]);
     let failed = support::wait_for("the trial's end", Duration::from_secs(30), || {
         read_json(&publisher.out().join("reports/2.0.0/failed/trial-host.json"))

@@ -58,6 +58,19 @@ impl Core {
                 Some(previous) if disk.current.as_ref().is_some_and(|c| c.id == previous.id) => {
                     refused(format!("previous and current both name {}", previous.id))
                 }
+                Some(previous)
+                    if previous.version.as_deref().is_some_and(|v| {
+                        disk.yanked
+                            .iter()
+                            .any(|y| super::release::same_version(y, v))
+                    }) =>
+                {
+                    refused(format!(
+                        "previous names release {}, whose version a signed manifest yanked \
+                         (`baton upgrade --force` forgets the yank first)",
+                        previous.id
+                    ))
+                }
                 Some(previous) => {
                     tracing::info!(event = "rollback_started", release = %previous.id, "control: rolling back to release {}", previous.id);
                     self.rolling_back = Some(previous);

@@ -747,6 +747,23 @@ fn a_rollback_is_refused_without_a_previous_or_during_a_trial() {
         .as_str()
         .unwrap()
         .contains("there is no previous release"));
+    // Not onto a yanked release: the next check would take the host away
+    // again, and hold the release it left.
+    let actions = sim.control(
+        Request::Rollback,
+        3,
+        Disk {
+            current: Some(current.clone()),
+            previous: Some(meta("1.5.0")),
+            yanked: vec!["v1.5.0".to_owned()],
+            ..Disk::default()
+        },
+    );
+    assert!(replies(&actions)[0].1["error"]
+        .as_str()
+        .unwrap()
+        .contains("a signed manifest yanked"));
+    assert!(spawned(&actions).is_empty());
     begin_trial(&mut sim, &meta("3.0.0"), Some(current));
     let actions = sim.control(
         Request::Rollback,
