@@ -483,8 +483,9 @@ fn publish_to_a_github_release_then_a_host_upgrades() {
     assert_eq!(gh.leaked_auth(), 0, "the token went to the storage host");
     assert_eq!(
         gh.seen("/uploads/").iter().filter(|&&s| s == 201).count(),
-        6,
-        "artifact, signature, manifest and the publisher's history, then signature and manifest again"
+        7,
+        "artifact, signature, manifest, the publisher's history and its signature, then signature \
+         and manifest again"
     );
 }
 

@@ -184,6 +184,7 @@ fn the_workflow_publish_step_makes_a_release_a_host_accepts() {
         "manifest.json".to_owned(),
         "manifest.json.minisig".to_owned(),
         "releases.json".to_owned(),
+        "releases.json.minisig".to_owned(),
     ];
     want.sort();
     assert_eq!(names, want);
