@@ -423,7 +423,7 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     // Check what hosts will check, before anything is replaced (and before
     // patches take their time; again with them).
     let check = |doc: &Document| {
-        manifest::Manifest::from_document(doc.clone(), key.is_some())
+        manifest::Manifest::from_document_anywhere(doc.clone(), key.is_some())
             .map(drop)
             .map_err(|e| Error::Invalid(format!("the manifest would be refused: {e}")))
     };

@@ -1,7 +1,8 @@
 //! Reading a version's reports for its gate: one listing each of
 //! `failed/`, `promoted/` and `started/`, each bounded to [`LIST_LIMIT`]
-//! keys. Reports are untrusted input. Every key under `failed/` counts as
-//! a failure, whatever its body says: a body is read only to give the
+//! keys. Reports are untrusted input. Every `<host>.json` key under
+//! `failed/` counts as a failure, whatever its body says (other names are
+//! skipped, dot files in a directory never listed): a body is read only to give the
 //! reason, at most [`REASONS_READ`] of them and each at most
 //! [`REPORT_LIMIT`] bytes, and one that is malformed or oversized is
 //! counted as skipped (its failure still counts), never trusted and never

@@ -69,7 +69,7 @@ pub async fn read(sink: &Sink, manifest: &str) -> Result<RolloutStatus, String> 
         .map(|bytes| {
             let doc: Document = serde_json::from_slice(bytes)
                 .map_err(|e| format!("the manifest is not a manifest: {e}"))?;
-            Manifest::from_document(doc, false)
+            Manifest::from_document_anywhere(doc, false)
                 .map_err(|e| format!("the manifest does not check: {e}"))
         })
         .transpose()?;

@@ -311,8 +311,34 @@ impl Manifest {
         Manifest::from_document(doc, signed)
     }
 
-    /// Checks a parsed document.
+    /// Checks a parsed document, picking the artifact for [`TARGET`].
     pub fn from_document(doc: Document, signed: bool) -> Result<Manifest, Error> {
+        Manifest::from_document_on(doc, signed, TARGET)
+    }
+
+    /// Checks a parsed document as a host of any target it serves would
+    /// (a publisher's or an operator's machine may be of another one):
+    /// every target's artifact, then the manifest with [`TARGET`]'s when
+    /// it has one, else the first target's.
+    pub fn from_document_anywhere(doc: Document, signed: bool) -> Result<Manifest, Error> {
+        let targets: Vec<String> = doc
+            .targets
+            .as_ref()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        for target in &targets {
+            Manifest::from_document_on(doc.clone(), signed, target)?;
+        }
+        let on = if doc.url.is_some() || targets.iter().any(|t| t == TARGET) {
+            TARGET
+        } else {
+            targets.first().map_or(TARGET, String::as_str)
+        };
+        Manifest::from_document_on(doc.clone(), signed, on)
+    }
+
+    /// Checks a parsed document, picking the artifact for `target`.
+    pub fn from_document_on(doc: Document, signed: bool, target: &str) -> Result<Manifest, Error> {
         let field = |field: &'static str, reason: String| Error::Field { field, reason };
         let time =
             |name: &'static str, text: &Option<String>| -> Result<Option<SystemTime>, Error> {
@@ -346,7 +372,7 @@ impl Manifest {
             }
         }
         let yanked = yanked_versions(&doc)?;
-        let chosen = doc.targets.as_ref().and_then(|t| t.get(TARGET));
+        let chosen = doc.targets.as_ref().and_then(|t| t.get(target));
         let (url, sha256, size, binary_sha256, patches) = match (chosen, &doc.url) {
             (Some(a), _) => (
                 a.url.clone(),

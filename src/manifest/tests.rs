@@ -186,6 +186,24 @@ fn targets_pick_this_host() {
 }
 
 #[test]
+fn a_publisher_or_operator_of_another_target_checks_every_target() {
+    let d = serde_json::json!({"version": "1.0.0", "rollout": 10, "targets": {
+        "sparc-sun-solaris": {"url": "x", "sha256": "ef".repeat(32)},
+        "zz-other": {"url": "y", "sha256": "ab".repeat(32)}}});
+    let doc: Document = serde_json::from_value(d).unwrap();
+    let m = Manifest::from_document_anywhere(doc.clone(), false).unwrap();
+    assert_eq!((m.url.as_str(), m.version.as_deref()), ("x", Some("1.0.0")));
+    assert_eq!(m.percent_at(SystemTime::now()), 10);
+    // Any target's artifact that a host of it would refuse is refused.
+    let d = serde_json::json!({"version": "1.0.0", "targets": {
+        "sparc-sun-solaris": {"url": "x", "sha256": "ef".repeat(32)},
+        "zz-other": {"url": "y", "sha256": "not hex"}}});
+    let doc: Document = serde_json::from_value(d).unwrap();
+    let err = Manifest::from_document_anywhere(doc, false).unwrap_err();
+    assert!(err.to_string().contains("not hex"), "{err}");
+}
+
+#[test]
 fn schedules_count_from_published_at() {
     let d = serde_json::json!({
         "url": "a",

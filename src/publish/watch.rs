@@ -96,7 +96,7 @@ pub async fn look(w: &Watch) -> Result<Look, Error> {
         Some(&key),
     )?;
     let halted = doc.rollout == Some(Rollout::Percent(0));
-    let manifest = Manifest::from_document(doc, true)
+    let manifest = Manifest::from_document_anywhere(doc, true)
         .map_err(|e| Error::Invalid(format!("{} is refused: {e}", w.to.show(MANIFEST))))?;
     let version = manifest.version.clone().unwrap_or_default();
     let gate = manifest.gate.ok_or_else(|| {
