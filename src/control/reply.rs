@@ -50,6 +50,12 @@ pub struct Status {
     /// `failed`).
     #[serde(default)]
     pub trials: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Failed trials by version, then stage (`probe`, `start`, …).
+    #[serde(default)]
+    pub trial_failures: BTreeMap<String, BTreeMap<String, u64>>,
+    /// This host's id for rollouts, with a `[fetch]` source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
     /// The trial reports' writer, with `[fetch] report`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports: Option<Reports>,

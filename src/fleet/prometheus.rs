@@ -1,9 +1,11 @@
 //! The fleet's trials as Prometheus saw them, for stores that cannot take
 //! reports (a static HTTP site, a GitHub release): every master exports
-//! `baton_trials_total{version,outcome}` and `baton_stranded`, and a
+//! `baton_trials_total{version,outcome}`, `baton_trial_failures_total
+//! {version,stage}`, `baton_host_info{host_id}` and `baton_stranded`, and a
 //! Prometheus server scrapes them. This reads one version's trials through
 //! its HTTP query API (`/api/v1/query`) as the gate reads reports: a host
-//! is a scrape `instance`; it failed, was promoted or started when its
+//! is a scrape `instance`, named by its `host_id` when it exports one, and
+//! a failure says its stages; it failed, was promoted or started when its
 //! counter for that outcome is above 0 within [`WINDOW`] (so a master that
 //! died and went stale still counts); a started trial whose counter
 //! already existed `silent_after` ago and has no outcome now is silent.
@@ -172,6 +174,34 @@ impl Prometheus {
             .filter(|(_, n)| *n > 0.0)
             .filter_map(|(m, _)| m.get("instance").cloned())
             .collect();
+        // Where trials failed, and who each instance is: masters of this
+        // version export both; older ones neither (then the instance, and
+        // no stage, stand in).
+        let mut stages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let failures = self
+            .query(&format!(
+                "max by (instance, stage) (last_over_time(baton_trial_failures_total{{version=\"{v}\"}}[{WINDOW}]))"
+            ))
+            .await?;
+        for (labels, n) in failures {
+            if let (Some(instance), Some(stage), true) =
+                (labels.get("instance"), labels.get("stage"), n > 0.0)
+            {
+                stages
+                    .entry(instance.clone())
+                    .or_default()
+                    .insert(stage.clone());
+            }
+        }
+        let ids: BTreeMap<String, String> = self
+            .query(&format!(
+                "max by (instance, host_id) (last_over_time(baton_host_info[{WINDOW}]))"
+            ))
+            .await?
+            .into_iter()
+            .filter_map(|(m, _)| Some((m.get("instance")?.clone(), m.get("host_id")?.clone())))
+            .collect();
+        let host = |instance: &String| ids.get(instance).unwrap_or(instance).clone();
         let mut reports = Reports::default();
         for (labels, n) in outcomes {
             let (Some(instance), Some(outcome)) = (labels.get("instance"), labels.get("outcome"))
@@ -184,15 +214,21 @@ impl Prometheus {
             }
             match outcome.as_str() {
                 "failed" => reports.failed.push(Seen {
-                    host_id: instance.clone(),
+                    host_id: host(instance),
                     at: now,
-                    reason: Some("failed (baton_trials_total)".into()),
+                    reason: Some(match stages.get(instance) {
+                        Some(at) => format!(
+                            "failed at {}",
+                            at.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                        None => "failed (baton_trials_total)".into(),
+                    }),
                 }),
                 "promoted" => {
-                    reports.promoted.insert(instance.clone());
+                    reports.promoted.insert(host(instance));
                 }
                 "started" => reports.started.push(Seen {
-                    host_id: instance.clone(),
+                    host_id: host(instance),
                     at: if started_long_ago.contains(instance) {
                         now.checked_sub(silent_after).unwrap_or(now)
                     } else {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::report::{path_safe, Outcome, Report, Sink};
+use super::report::{path_safe, Outcome, Report, Sink, Stage};
 use crate::manifest::gate::{Reports, Seen};
 
 /// The most keys one listing reads.
@@ -200,11 +200,7 @@ impl Sink {
 
 /// A failure's reason in one line: `start exit code 3 "cannot open database"`.
 fn reason(r: &Report) -> String {
-    let stage = r
-        .stage
-        .and_then(|s| serde_json::to_value(s).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into());
+    let stage = r.stage.map_or("unknown", Stage::as_str).to_owned();
     let detail = r.detail.as_deref().map(|d| {
         d.rsplit(": ")
             .next()
@@ -292,7 +288,7 @@ fn read_small(path: &Path, cap: u64, follow: bool) -> Result<Option<Vec<u8>>, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::report::{Note, Stage};
+    use crate::fleet::report::Note;
 
     fn write(base: &Path, key: &str, bytes: &[u8]) {
         let path = base.join(key);

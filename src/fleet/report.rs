@@ -81,6 +81,21 @@ pub enum Stage {
     Yank,
 }
 
+impl Stage {
+    /// Its name in reports and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Probe => "probe",
+            Stage::PreInstall => "pre_install",
+            Stage::Start => "start",
+            Stage::Ready => "ready",
+            Stage::Settle => "settle",
+            Stage::Health => "health",
+            Stage::Yank => "yank",
+        }
+    }
+}
+
 /// What the master says happened to a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {

@@ -195,6 +195,9 @@ pub(crate) struct Status {
     /// Trial events by version and outcome (`baton_trials_total`).
     #[serde(default)]
     pub trials: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Failed trials by version and stage (`baton_trial_failures_total`).
+    #[serde(default)]
+    pub trial_failures: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Control requests waiting for an outcome.

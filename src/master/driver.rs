@@ -485,6 +485,9 @@ impl Driver {
                 held: sorted(store.held()),
                 quarantined: sorted(store.quarantined()),
                 yanked: sorted(store.yanked()),
+                host_id: self.config.fetch.as_ref().and_then(|f| {
+                    crate::release::cohort::host_id(store, f.host_id.as_deref()).ok()
+                }),
                 reports: self.reporter.as_ref().map(|r| {
                     use std::sync::atomic::Ordering::Relaxed;
                     let c = r.counters();

@@ -69,6 +69,8 @@ pub(crate) struct Disk {
     pub yanked: Vec<String>,
     /// The trial reports' writer's counters, with `[fetch] report`.
     pub reports: Option<crate::control::reply::Reports>,
+    /// This host's id for rollouts, with a `[fetch]` source.
+    pub host_id: Option<String>,
     /// baton itself (for `status`).
     pub baton: Box<crate::control::reply::Baton>,
 }

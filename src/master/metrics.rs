@@ -208,6 +208,33 @@ pub(crate) fn render(status: &reply::Status) -> String {
                 .inc_by(*n);
         }
     }
+    let failures = Family::<Labels, Counter>::default();
+    registry.register(
+        "baton_trial_failures",
+        "Failed trials on this host, by version and stage (probe, pre_install, start, ready, \
+         settle, health, yank)",
+        failures.clone(),
+    );
+    for (version, stages) in &status.trial_failures {
+        for (stage, n) in stages {
+            failures
+                .get_or_create(&vec![
+                    ("version".to_owned(), version.clone()),
+                    ("stage".to_owned(), stage.clone()),
+                ])
+                .inc_by(*n);
+        }
+    }
+    if let Some(id) = &status.host_id {
+        let info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "baton_host_info",
+            "This host's id for rollouts and reports (always 1)",
+            info.clone(),
+        );
+        info.get_or_create(&vec![("host_id".to_owned(), id.clone())])
+            .set(1);
+    }
     if let Some(reports) = &status.reports {
         counter(
             &mut registry,
@@ -346,6 +373,8 @@ mod tests {
                 [("failed".to_owned(), 1), ("started".to_owned(), 1)].into(),
             )]
             .into(),
+            trial_failures: [("2.0.0".to_owned(), [("start".to_owned(), 1)].into())].into(),
+            host_id: Some("web-7".into()),
             ..Default::default()
         };
         let text = render(&status);
@@ -353,6 +382,8 @@ mod tests {
             "baton_upgrades_total{result=\"promoted\"} 2",
             "baton_checks_total{result=\"error\"} 5",
             "baton_trials_total{version=\"2.0.0\",outcome=\"failed\"} 1",
+            "baton_trial_failures_total{version=\"2.0.0\",stage=\"start\"} 1",
+            "baton_host_info{host_id=\"web-7\"} 1",
             "baton_stranded 1",
             "baton_workers{state=\"starting\"} 1",
             "baton_workers{state=\"on_trial\"} 0",

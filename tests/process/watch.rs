@@ -107,6 +107,12 @@ fn a_watch_halts_a_release_its_canaries_failed_and_fails_closed() {
     });
     assert!(text.contains("2.0.0: gate tripped: 2 failed"), "{text}");
     assert!(text.contains("2 failed trials (max_failures 2)"), "{text}");
+    // Named by host id, with where they failed.
+    assert!(
+        text.contains(&format!("{} {}: failed at start", canaries[0], canaries[1]))
+            || text.contains(&format!("{} {}: failed at start", canaries[1], canaries[0])),
+        "{text}"
+    );
     assert!(text.contains("halted"), "{text}");
     let m = manifest(&publisher);
     assert_eq!(

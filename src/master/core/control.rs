@@ -284,6 +284,8 @@ impl Core {
             last_failure: s.last_failure.clone(),
             checks: s.checks.clone(),
             trials: s.trials.clone(),
+            trial_failures: s.trial_failures.clone(),
+            host_id: disk.host_id,
             reports: disk.reports,
             baton: *disk.baton,
             counters: reply::Counters {

@@ -411,6 +411,15 @@ impl Core {
             Some((stage, detail, stderr)) => (Some(stage), Some(detail), stderr),
             None => (None, None, None),
         };
+        if let (Outcome::Failed, Some(stage)) = (outcome, stage) {
+            *self
+                .status
+                .trial_failures
+                .entry(version.clone())
+                .or_default()
+                .entry(stage.as_str().to_owned())
+                .or_default() += 1;
+        }
         self.out.push(Action::Report(Note {
             version,
             from,

@@ -1495,6 +1495,7 @@ fn a_trial_the_masters_death_failed_is_reported_failed_at_the_next_start() {
     );
     assert!(n[0].detail.as_deref().unwrap().contains("master died"));
     assert_eq!(sim.status().trials["2.0.0"]["failed"], 1);
+    assert_eq!(sim.status().trial_failures["2.0.0"]["settle"], 1);
 }
 
 #[test]
