@@ -302,10 +302,21 @@ pub struct Counters {
     pub pending: AtomicU64,
 }
 
+/// What the reporter's task is told.
+#[derive(Debug)]
+enum Message {
+    /// Report this.
+    Note(Note),
+    /// `current` names `version`: if its trial was reported started and
+    /// never ended, its promotion's report was lost with the master that
+    /// made it (between the promotion and the report's record): report it.
+    Serving(String),
+}
+
 /// Writes reports on a task of its own.
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    notes: mpsc::UnboundedSender<Note>,
+    notes: mpsc::UnboundedSender<Message>,
     counters: Arc<Counters>,
     /// Closed when the task has ended (its sender is dropped with it).
     ended: watch::Receiver<()>,
@@ -371,7 +382,14 @@ impl Reporter {
 
     /// Queues a report of `note`.
     pub fn send(&self, note: Note) {
-        let _ = self.notes.send(note);
+        let _ = self.notes.send(Message::Note(note));
+    }
+
+    /// Says that `current` names `version` at start-up: a trial of it that
+    /// was reported started and never ended was promoted (only a promotion
+    /// moves `current` to a release on trial), and is reported so.
+    pub fn serving(&self, version: &str) {
+        let _ = self.notes.send(Message::Serving(version.to_owned()));
     }
 
     /// The counters.
@@ -443,7 +461,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut notes: mpsc::UnboundedReceiver<Note>, retry: Duration) {
+    async fn run(mut self, mut notes: mpsc::UnboundedReceiver<Message>, retry: Duration) {
         let period = retry.max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -456,8 +474,11 @@ impl Task {
         }
         loop {
             tokio::select! {
-                note = notes.recv() => match note {
-                    Some(note) => {
+                message = notes.recv() => match message {
+                    Some(message) => {
+                        let Some(note) = self.note_of(message) else {
+                            continue;
+                        };
                         let report = Report::new(note, &self.host_id, SystemTime::now());
                         if !self.sent.contains(&report.key()) {
                             if self.pending.is_empty() {
@@ -475,6 +496,45 @@ impl Task {
                 _ = tick.tick(), if !self.pending.is_empty() => self.flush().await,
             }
         }
+    }
+
+    /// The note a message asks for, if any.
+    fn note_of(&self, message: Message) -> Option<Note> {
+        let version = match message {
+            Message::Note(note) => return Some(note),
+            Message::Serving(version) => version,
+        };
+        let known = |outcome| {
+            let note = Note {
+                version: version.clone(),
+                from: None,
+                outcome,
+                stage: None,
+                detail: None,
+                stderr: None,
+            };
+            let key = Report::new(note, &self.host_id, SystemTime::UNIX_EPOCH).key();
+            self.sent.contains(&key) || self.pending.iter().any(|r| r.key() == key)
+        };
+        let unended =
+            known(Outcome::Started) && !known(Outcome::Promoted) && !known(Outcome::Failed);
+        unended.then(|| {
+            tracing::info!(
+                "version {version} serves, and its trial was reported started but never ended: \
+                 its promotion is reported now"
+            );
+            Note {
+                version: version.clone(),
+                from: None,
+                outcome: Outcome::Promoted,
+                stage: None,
+                detail: Some(
+                    "promoted before the previous master stopped; reported at the next start"
+                        .to_owned(),
+                ),
+                stderr: None,
+            }
+        })
     }
 
     fn queue(&mut self, report: Report) {
@@ -840,5 +900,49 @@ mod tests {
             format!("1.0.{}", PENDING_LIMIT + 4)
         );
         assert!(read_pending(&dir.path().join("none"), &sent).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_promotion_whose_report_died_with_its_master_is_reported_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().join("releases");
+        std::fs::create_dir(&releases).unwrap();
+        let store = dir.path().join("store");
+        // The previous master reported 2.0.0 started, and 1.0.0 started
+        // and promoted; it died before 2.0.0's promotion was kept.
+        std::fs::write(
+            releases.join(SENT),
+            "reports/2.0.0/started/h1.json\nreports/1.0.0/started/h1.json\n\
+             reports/1.0.0/promoted/h1.json\n",
+        )
+        .unwrap();
+        let reporter = Reporter::start(
+            Sink::Dir(store.clone()),
+            "h1".to_owned(),
+            &releases,
+            Duration::from_secs(3600),
+        );
+        reporter.serving("1.0.0"); // ended: nothing
+        reporter.serving("3.0.0"); // never started: nothing
+        reporter.serving("v2.0.0");
+        let promoted = store.join("reports/2.0.0/promoted/h1.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !promoted.exists() {
+            assert!(std::time::Instant::now() < deadline, "no report written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let report: Report = serde_json::from_slice(&std::fs::read(&promoted).unwrap()).unwrap();
+        assert!(report.detail.unwrap().contains("previous master"));
+        // The same message again writes nothing more.
+        reporter.serving("2.0.0");
+        reporter.send(note(Outcome::Yanked));
+        let yanked = store.join("reports/2.0.0/yanked/h1.json");
+        while !yanked.exists() {
+            assert!(std::time::Instant::now() < deadline, "no report written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reporter.counters().written.load(Ordering::Relaxed), 2);
+        assert!(!store.join("reports/1.0.0").exists());
+        assert!(!store.join("reports/3.0.0").exists());
     }
 }

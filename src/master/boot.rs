@@ -212,6 +212,11 @@ pub(super) async fn boot(
         );
     }
     let current = driver.store.as_ref().and_then(Store::current);
+    if let (Some(reporter), Some(current), None) = (&driver.reporter, &current, &found.recorded) {
+        // A promotion whose report died with the previous master (the
+        // record was gone, the report not yet kept) is reported now.
+        reporter.serving(current.version.as_deref().unwrap_or(&current.id));
+    }
     let adopted = match inherited {
         Some(Inherited::Full(doc)) => Some(adopt_full(&mut driver, *doc, claimed, &mut taker)),
         Some(Inherited::Core(core, why)) => {
