@@ -608,3 +608,32 @@ fn hostile_reports_are_skipped_and_counted_and_never_stall_a_host() {
 fn status_of(baton: &Baton) -> Value {
     serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap()
 }
+
+#[test]
+fn a_trial_its_masters_death_failed_is_reported_failed_by_the_next_master() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path();
+    offer(store, "1.0.0", &hello_bytes("1.0.0"));
+    // A settle far longer than the test: the kill lands inside it.
+    let baton = host_named_with(store, HOST, "10m");
+    offer(store, "2.0.0", &hello_bytes("2.0.0"));
+    wait_report(store, "2.0.0", "started");
+    support::wait_version(baton.addr(), "2.0.0");
+    let dir = baton.kill9();
+    let baton = Baton::restart(dir);
+    // `current` (1.0.0) serves; the trial is failed and said so.
+    let failed = wait_report(store, "2.0.0", "failed");
+    assert_eq!(failed["stage"], "settle", "{failed}");
+    assert_eq!(failed["from"], "1.0.0", "{failed}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("master died"),
+        "{failed}"
+    );
+    support::wait_version(baton.addr(), "1.0.0");
+    let status: Value = serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap();
+    assert_eq!(status["trial_failures"]["2.0.0"]["settle"], 1, "{status}");
+    assert_eq!(status["host_id"], HOST);
+}
