@@ -132,6 +132,29 @@ async fn answer(
 }
 
 /// The metrics for a status snapshot (see `Master::status`).
+/// Registers counter `name` labelled by `version` and `label`, from
+/// `counts` (version, then label value).
+fn by_version(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    for (version, by) in counts {
+        for (value, n) in by {
+            family
+                .get_or_create(&vec![
+                    ("version".to_owned(), version.clone()),
+                    (label.to_owned(), value.clone()),
+                ])
+                .inc_by(*n);
+        }
+    }
+}
+
 pub(crate) fn render(status: &reply::Status) -> String {
     let mut registry = Registry::default();
     let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
@@ -192,39 +215,21 @@ pub(crate) fn render(status: &reply::Status) -> String {
             .get_or_create(&vec![("result".to_owned(), result.to_owned())])
             .inc_by(n);
     }
-    let trials = Family::<Labels, Counter>::default();
-    registry.register(
+    by_version(
+        &mut registry,
         "baton_trials",
-        "Trial events on this host, by version and outcome (started, promoted, failed)",
-        trials.clone(),
+        "Trial events on this host, by version and outcome (started, promoted, failed, yanked)",
+        "outcome",
+        &status.trials,
     );
-    for (version, outcomes) in &status.trials {
-        for (outcome, n) in outcomes {
-            trials
-                .get_or_create(&vec![
-                    ("version".to_owned(), version.clone()),
-                    ("outcome".to_owned(), outcome.clone()),
-                ])
-                .inc_by(*n);
-        }
-    }
-    let failures = Family::<Labels, Counter>::default();
-    registry.register(
+    by_version(
+        &mut registry,
         "baton_trial_failures",
         "Failed trials on this host, by version and stage (probe, pre_install, start, ready, \
          settle, health, yank)",
-        failures.clone(),
+        "stage",
+        &status.trial_failures,
     );
-    for (version, stages) in &status.trial_failures {
-        for (stage, n) in stages {
-            failures
-                .get_or_create(&vec![
-                    ("version".to_owned(), version.clone()),
-                    ("stage".to_owned(), stage.clone()),
-                ])
-                .inc_by(*n);
-        }
-    }
     if let Some(id) = &status.host_id {
         let info = Family::<Labels, Gauge>::default();
         registry.register(

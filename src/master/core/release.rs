@@ -400,25 +400,13 @@ impl Core {
         if let (Outcome::Started, Some(id)) = (outcome, id) {
             self.trial_from = Some((id.to_owned(), from.clone()));
         }
-        *self
-            .status
-            .trials
-            .entry(version.clone())
-            .or_default()
-            .entry(outcome.as_str().to_owned())
-            .or_default() += 1;
+        bump(&mut self.status.trials, &version, outcome.as_str());
         let (stage, detail, stderr) = match failure {
             Some((stage, detail, stderr)) => (Some(stage), Some(detail), stderr),
             None => (None, None, None),
         };
         if let (Outcome::Failed, Some(stage)) = (outcome, stage) {
-            *self
-                .status
-                .trial_failures
-                .entry(version.clone())
-                .or_default()
-                .entry(stage.as_str().to_owned())
-                .or_default() += 1;
+            bump(&mut self.status.trial_failures, &version, stage.as_str());
         }
         self.out.push(Action::Report(Note {
             version,
@@ -502,13 +490,7 @@ impl Core {
     /// `to`: the report's `from` is the yanked version it ran.
     fn report_yanked(&mut self, version: String, to: String) {
         let version = crate::fleet::report::version_key(&version);
-        *self
-            .status
-            .trials
-            .entry(version.clone())
-            .or_default()
-            .entry(Outcome::Yanked.as_str().to_owned())
-            .or_default() += 1;
+        bump(&mut self.status.trials, &version, Outcome::Yanked.as_str());
         self.out.push(Action::Report(Note {
             from: Some(version.clone()),
             version,
@@ -518,6 +500,16 @@ impl Core {
             stderr: None,
         }));
     }
+}
+
+/// Counts one event of `version` under `what` (`baton_trials_total` and
+/// its kin).
+fn bump(counts: &mut BTreeMap<String, BTreeMap<String, u64>>, version: &str, what: &str) {
+    *counts
+        .entry(version.to_owned())
+        .or_default()
+        .entry(what.to_owned())
+        .or_default() += 1;
 }
 
 /// Whether two version texts name the same version: as semver when both
