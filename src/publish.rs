@@ -370,6 +370,7 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         // until a person lifts it: both carry over.
         let old = match target.read(MANIFEST).await? {
             Some(old) => carried(
+                p,
                 &p.to.show(MANIFEST),
                 &old,
                 old_signature.as_deref(),
@@ -443,7 +444,14 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         )
         .await;
         check(&doc)?;
-        history.map(|mut h| {
+        // A signed history vouches for every release it lists: one this
+        // key did not sign starts afresh (it served for patches only).
+        let trusted = match &key {
+            Some((_, pk)) => history_verifies(&p.to, &mut *target, pk, &mut report).await,
+            None => true,
+        };
+        history.map(|h| {
+            let mut h = if trusted { h } else { History::default() };
             record(&mut h, &doc, &uploads, &binaries);
             let mut bytes = serde_json::to_vec_pretty(&h).expect("a history serializes");
             bytes.push(b'\n');
@@ -501,6 +509,41 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     }
     report.document = doc;
     Ok(report)
+}
+
+/// Whether the target's history is signed by `pk` (or there is none):
+/// when it is not, the signed history written next lists only the
+/// release being published, and the report says why.
+async fn history_verifies(
+    to: &target::Destination,
+    target: &mut dyn target::Target,
+    pk: &minisign::PublicKey,
+    report: &mut Report,
+) -> bool {
+    let (bytes, signature) = match (
+        target.read(HISTORY).await,
+        target.read(HISTORY_SIGNATURE).await,
+    ) {
+        (Ok(None), _) => return true,
+        (Ok(Some(bytes)), Ok(signature)) => (bytes, signature),
+        _ => (Vec::new(), None),
+    };
+    let verified = signature
+        .as_deref()
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .is_some_and(|s| manifest::verify_signature(&bytes, s, &[pk.to_base64()]).is_ok());
+    if !verified {
+        warn(
+            report,
+            format!(
+                "{} is not signed by this key (an unsigned publish, a key rotation, or an edit): \
+                 a new signed history starts with this release, and a yank to an earlier one \
+                 needs its artifacts in hand",
+                to.show(HISTORY)
+            ),
+        );
+    }
+    verified
 }
 
 /// A minisign signature of `bytes` by `key` (`p.sign`), with `comment`
@@ -1187,8 +1230,11 @@ fn current(
 /// What a fresh publish carries over from the target's manifest `old`:
 /// its gate and yanked list, when `old` is as trusted as what is being
 /// published (signed with this key when signing; anything when not).
-/// Otherwise nothing is carried, and the log says so.
+/// Otherwise nothing is carried, and a gate or a yank that would be
+/// dropped without a word refuses the publish (a key rotation, the first
+/// signed publish of a store): `p` must state them again.
 fn carried(
+    p: &Publish,
     shown: &str,
     old: &[u8],
     signature: Option<&[u8]>,
@@ -1209,11 +1255,27 @@ fn carried(
     if verified {
         return Ok(Some(doc));
     }
-    if doc.gate.is_some() || !doc.yanked.is_empty() {
-        tracing::warn!(
-            "{shown} is not signed by this key: its gate and yanked list are not carried over \
-             into a signed manifest (pass --gate again; yank again with --yank)"
-        );
+    let gate_dropped = doc.gate.is_some() && p.gate.is_none();
+    let yanks_dropped: Vec<&String> = doc
+        .yanked
+        .iter()
+        .filter(|v| !yank::listed(&p.yank, v))
+        .collect();
+    if gate_dropped || !yanks_dropped.is_empty() {
+        let mut state = Vec::new();
+        if gate_dropped {
+            state.push("its gate (--gate …)".to_owned());
+        }
+        if !yanks_dropped.is_empty() {
+            let list: Vec<&str> = yanks_dropped.iter().map(|v| v.as_str()).collect();
+            state.push(format!("its yanks (--yank {})", list.join(" --yank ")));
+        }
+        return Err(Error::Invalid(format!(
+            "{shown} is not signed by this key (a key rotation, or a store signed for the first \
+             time), so nothing in it is carried into a signed manifest: state {} again, or \
+             remove it to start afresh",
+            state.join(" and ")
+        )));
     }
     Ok(None)
 }
@@ -1514,17 +1576,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("not signed"), "{err}");
-        // A signed publish of artifacts starts afresh: no gate carried.
+        // A signed publish of artifacts carries nothing from it, and does
+        // not drop its gate without a word: the gate is stated again.
         let art2 = dir.path().join("hello-1.1.0");
         std::fs::write(&art2, b"1.1.0").unwrap();
-        publish(&Publish {
+        let signed = Publish {
             sign: Some(key.clone()),
             ..release(&out, "1.1.0", &art2, 0)
+        };
+        let err = publish(&signed).unwrap_err();
+        assert!(err.to_string().contains("state its gate (--gate"), "{err}");
+        publish(&Publish {
+            gate: Some(parse_gate("canary=5,max_failures=2").unwrap()),
+            ..signed
         })
         .unwrap();
         let m = load_signed(&out, &public);
         assert_eq!(m.version.as_deref(), Some("1.1.0"));
-        assert!(m.gate.is_none(), "an unsigned gate is not signed into it");
+        assert_eq!(
+            m.gate.unwrap().max_failures,
+            2,
+            "the gate stated, not the unsigned one"
+        );
+        // The unsigned history is not signed into the new one.
+        let history: History =
+            serde_json::from_slice(&std::fs::read(out.join(HISTORY)).unwrap()).unwrap();
+        let versions: Vec<&str> = history
+            .releases
+            .iter()
+            .map(|r| r.version.as_str())
+            .collect();
+        assert_eq!(versions, vec!["1.1.0"]);
     }
 
     /// `len` bytes of deterministic noise (incompressible).

@@ -32,8 +32,11 @@ const SENT: &str = ".reports";
 /// The file in the releases directory keeping the reports that wait for a
 /// retry, one JSON object a line.
 const PENDING: &str = ".reports-pending";
-/// The longest line of [`PENDING`] read back; a longer one is skipped.
-const PENDING_LINE_LIMIT: usize = 8 * 1024;
+/// How long a new writer waits for the one it replaces to end.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(60);
+/// The longest line of [`PENDING`] read back; a longer one is skipped (a
+/// report's text, escaped as JSON, is at most 6 × its cut length).
+const PENDING_LINE_LIMIT: usize = 64 * 1024;
 
 /// What a trial came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -332,7 +335,8 @@ impl Reporter {
 
     /// As [`Reporter::start`], taking over from `previous` (a reload that
     /// moved the reports): the new task starts once the old one has ended
-    /// (dropping `previous` ends it after its write in progress), so that
+    /// (dropping `previous` ends it after the flush under way; a minute at
+    /// most is waited), so that
     /// one task at a time keeps the lists in `releases_dir`; the reports
     /// the old one left waiting are written by the new one.
     pub fn start_after(
@@ -354,8 +358,17 @@ impl Reporter {
         });
         tokio::spawn(async move {
             if let Some(mut before) = before {
-                // Err once its sender is gone: the old task has ended.
-                while before.changed().await.is_ok() {}
+                // Err once its sender is gone: the old task has ended (it
+                // finishes the flush under way: a hung store is not waited
+                // on for ever).
+                let ended = async { while before.changed().await.is_ok() {} };
+                if tokio::time::timeout(HANDOVER_LIMIT, ended).await.is_err() {
+                    tracing::warn!(
+                        "the previous trial report writer has not ended after {}s; the new one \
+                         starts anyway",
+                        HANDOVER_LIMIT.as_secs()
+                    );
+                }
             }
             let sent = read_sent(&releases_dir.join(SENT));
             let pending_file = releases_dir.join(PENDING);
@@ -557,6 +570,7 @@ impl Task {
     /// the gate); the first write that fails ends the try, and the rest
     /// waits for the next one.
     async fn flush(&mut self) {
+        let before = self.pending.len();
         while let Some(report) = self.pending.pop_back() {
             let key = report.key();
             match self.sink.write(&report).await {
@@ -586,7 +600,9 @@ impl Task {
             }
         }
         self.count_pending();
-        self.record_pending().await;
+        if self.pending.len() != before {
+            self.record_pending().await;
+        }
     }
 
     fn count_pending(&self) {
@@ -732,7 +748,7 @@ mod tests {
         );
         reporter.send(note(Outcome::Started));
         let written = store.join("reports/2.0.0/started/h1.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !written.exists() {
             assert!(std::time::Instant::now() < deadline, "no report written");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -776,7 +792,7 @@ mod tests {
         }
         // Each note's arrival tries one write (the newest), which fails.
         let all_tried = (PENDING_LIMIT + 10) as u64;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while reporter.counters().failed.load(Ordering::Relaxed) < all_tried {
             assert!(std::time::Instant::now() < deadline, "writes not tried");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -832,9 +848,10 @@ mod tests {
         failed.detail = Some("exit status 3".to_owned());
         first.send(failed);
         let kept = releases.join(PENDING);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Both writes were tried (and failed) and both reports are kept.
         while read_pending(&kept, &BTreeSet::new()).len() < 2
-            || first.counters().pending.load(Ordering::Relaxed) < 2
+            || first.counters().failed.load(Ordering::Relaxed) < 2
         {
             assert!(std::time::Instant::now() < deadline, "nothing kept");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -926,7 +943,7 @@ mod tests {
         reporter.serving("3.0.0"); // never started: nothing
         reporter.serving("v2.0.0");
         let promoted = store.join("reports/2.0.0/promoted/h1.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !promoted.exists() {
             assert!(std::time::Instant::now() < deadline, "no report written");
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -41,6 +41,10 @@ pub struct TrialRecord {
     /// attempts were counted read as 1).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// The release's version, for the reports a later master writes
+    /// about it (its directory may be gone by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The version the host ran when the trial began, for the reports a
     /// later master writes about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -486,6 +490,7 @@ impl Store {
             sha256: meta.sha256.clone(),
             started_at: crate::time::unix_now(),
             attempts: context.attempt,
+            version: meta.version.clone(),
             from: context.from.clone(),
             leaves: context.leaves.clone(),
         };

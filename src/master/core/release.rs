@@ -471,8 +471,10 @@ impl Core {
                 why,
             }) => {
                 let version = release
-                    .as_ref()
-                    .map_or_else(|| record.id.clone(), |m| version_of(m));
+                    .as_deref()
+                    .map(version_of)
+                    .or(record.version.clone())
+                    .unwrap_or_else(|| record.id.clone());
                 self.trial_from = Some((record.id.clone(), record.from));
                 self.report_version(
                     version,

@@ -1365,6 +1365,7 @@ fn record(id: &str, attempts: u32, from: Option<&str>, leaves: Option<&str>) -> 
         sha256: meta(id).sha256,
         started_at: 0,
         attempts,
+        version: Some(id.to_owned()),
         from: from.map(str::to_owned),
         leaves: leaves.map(str::to_owned),
     }
