@@ -336,9 +336,9 @@ impl Reporter {
     /// As [`Reporter::start`], taking over from `previous` (a reload that
     /// moved the reports): the new task starts once the old one has ended
     /// (dropping `previous` ends it after the flush under way; a minute at
-    /// most is waited), so that
-    /// one task at a time keeps the lists in `releases_dir`; the reports
-    /// the old one left waiting are written by the new one.
+    /// most is waited), so that one task at a time keeps the lists in
+    /// `releases_dir`; the reports the old one left waiting are written by
+    /// the new one.
     pub fn start_after(
         previous: Option<Reporter>,
         sink: Sink,
