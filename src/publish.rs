@@ -432,7 +432,7 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     let history = if p.artifacts.is_empty() {
         None
     } else {
-        let history = read_history(&p.to, &mut *target, &mut report).await;
+        let (history, read) = read_history(&p.to, &mut *target, &mut report).await.unzip();
         let binaries = make_patches(
             p,
             &mut *target,
@@ -447,7 +447,10 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
         // A signed history vouches for every release it lists: one this
         // key did not sign starts afresh (it served for patches only).
         let trusted = match &key {
-            Some((_, pk)) => history_verifies(&p.to, &mut *target, pk, &mut report).await,
+            Some((_, pk)) => {
+                let read = read.flatten();
+                history_verifies(&p.to, &mut *target, read.as_deref(), pk, &mut report).await
+            }
             None => true,
         };
         history.map(|h| {
@@ -511,27 +514,35 @@ pub async fn publish_report_async(p: &Publish) -> Result<Report, Error> {
     Ok(report)
 }
 
-/// Whether the target's history is signed by `pk` (or there is none):
-/// when it is not, the signed history written next lists only the
+/// Whether `signature` is a minisign signature of `bytes` by `pk`, and if
+/// not, why.
+pub(super) fn verify_with(
+    bytes: &[u8],
+    signature: &[u8],
+    pk: &minisign::PublicKey,
+) -> Result<(), String> {
+    let signature =
+        std::str::from_utf8(signature).map_err(|_| "the signature is not UTF-8 text".to_owned())?;
+    manifest::verify_signature(bytes, signature, &[pk.to_base64()])
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether the target's history, `bytes` as read (none: there is no
+/// history), is signed by `pk`: when it is not, the signed history written next lists only the
 /// release being published, and the report says why.
 async fn history_verifies(
     to: &target::Destination,
     target: &mut dyn target::Target,
+    bytes: Option<&[u8]>,
     pk: &minisign::PublicKey,
     report: &mut Report,
 ) -> bool {
-    let (bytes, signature) = match (
-        target.read(HISTORY).await,
-        target.read(HISTORY_SIGNATURE).await,
-    ) {
-        (Ok(None), _) => return true,
-        (Ok(Some(bytes)), Ok(signature)) => (bytes, signature),
-        _ => (Vec::new(), None),
+    let Some(bytes) = bytes else {
+        return true;
     };
-    let verified = signature
-        .as_deref()
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .is_some_and(|s| manifest::verify_signature(&bytes, s, &[pk.to_base64()]).is_ok());
+    let signature = target.read(HISTORY_SIGNATURE).await.ok().flatten();
+    let verified = signature.is_some_and(|s| verify_with(bytes, &s, pk).is_ok());
     if !verified {
         warn(
             report,
@@ -661,18 +672,19 @@ fn skip(report: &mut Report, text: String) {
     report.skipped.push(text);
 }
 
-/// The history at the target: empty when there is none, or when it is not
-/// one (said in a warning; it is then replaced). `None` when it cannot be
-/// read: then no patch is made and the history is left alone.
+/// The history at the target, and its bytes as read: empty when there is
+/// none, or when it is not one (said in a warning; it is then replaced).
+/// `None` when it cannot be read: then no patch is made and the history
+/// is left alone.
 async fn read_history(
     to: &target::Destination,
     target: &mut dyn target::Target,
     report: &mut Report,
-) -> Option<History> {
+) -> Option<(History, Option<Vec<u8>>)> {
     match target.read(HISTORY).await {
-        Ok(None) => Some(History::default()),
+        Ok(None) => Some((History::default(), None)),
         Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-            Ok(history) => Some(history),
+            Ok(history) => Some((history, Some(bytes))),
             Err(e) => {
                 warn(
                     report,
@@ -681,7 +693,7 @@ async fn read_history(
                         to.show(HISTORY)
                     ),
                 );
-                Some(History::default())
+                Some((History::default(), Some(bytes)))
             }
         },
         Err(e) => {
@@ -1208,12 +1220,8 @@ fn current(
         )
     })?;
     match (key, signature) {
-        (Some((_, pk)), Some(sig)) => {
-            let sig = std::str::from_utf8(sig)
-                .map_err(|_| fail("its signature is not UTF-8 text".into()))?;
-            manifest::verify_signature(&bytes, sig, &[pk.to_base64()])
-                .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?;
-        }
+        (Some((_, pk)), Some(sig)) => verify_with(&bytes, sig, pk)
+            .map_err(|e| fail(format!("its signature does not verify with this key: {e}")))?,
         (Some(_), None) => {
             return Err(fail(
                 "it is not signed, and signing it now would vouch for bytes nobody signed \
@@ -1249,9 +1257,7 @@ fn carried(
     let Some((_, pk)) = key else {
         return Ok(Some(doc));
     };
-    let verified = signature
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .is_some_and(|s| manifest::verify_signature(old, s, &[pk.to_base64()]).is_ok());
+    let verified = signature.is_some_and(|s| verify_with(old, s, pk).is_ok());
     if verified {
         return Ok(Some(doc));
     }

@@ -163,13 +163,19 @@ impl Report {
 
     /// Its key below the manifest's directory or prefix.
     pub fn key(&self) -> String {
-        format!(
-            "reports/{}/{}/{}.json",
-            path_safe(&self.version),
-            self.outcome.as_str(),
-            path_safe(&self.host_id)
-        )
+        report_key(&self.version, self.outcome, &self.host_id)
     }
+}
+
+/// The key of `host_id`'s `outcome` report of `version` (as reports name
+/// it: [`version_key`]).
+fn report_key(version: &str, outcome: Outcome, host_id: &str) -> String {
+    format!(
+        "reports/{}/{}/{}.json",
+        path_safe(version),
+        outcome.as_str(),
+        path_safe(host_id)
+    )
 }
 
 /// A version as reports name it: semver without a leading `v` (`v2.0.0`
@@ -517,16 +523,9 @@ impl Task {
             Message::Note(note) => return Some(note),
             Message::Serving(version) => version,
         };
+        let named = version_key(&version);
         let known = |outcome| {
-            let note = Note {
-                version: version.clone(),
-                from: None,
-                outcome,
-                stage: None,
-                detail: None,
-                stderr: None,
-            };
-            let key = Report::new(note, &self.host_id, SystemTime::UNIX_EPOCH).key();
+            let key = report_key(&named, outcome, &self.host_id);
             self.sent.contains(&key) || self.pending.iter().any(|r| r.key() == key)
         };
         let unended =

@@ -529,7 +529,12 @@ fn open_store(
     }
     let mut found = Found::default();
     let limit = releases.map_or(crate::config::TRIAL_ATTEMPTS_DEFAULT, |r| r.trial_attempts);
-    if let Some(trial) = store.trial() {
+    if let Some(mut trial) = store.trial() {
+        // Records written before they named the version: from the
+        // release's directory, while it is there.
+        if trial.version.is_none() {
+            trial.version = store.release(&trial.id).and_then(|m| m.version);
+        }
         if resuming_trial == Some(trial.id.as_str()) {
             tracing::info!("release {} stays on trial across the re-exec", trial.id);
             found.recorded = Some(Recorded::Kept(trial));
@@ -567,7 +572,6 @@ fn open_store(
                 );
                 found.recorded = Some(Recorded::Failed {
                     record: trial.clone(),
-                    release: store.release(&trial.id).map(Box::new),
                     why: format!(
                         "the master died during the trial (attempt {}), which counts as a failure",
                         trial.attempts
@@ -623,7 +627,6 @@ fn open_store(
                 tracing::error!(event = "release_quarantined", release = %trial.id, "{text}");
                 found.recorded = Some(Recorded::Failed {
                     record: trial.clone(),
-                    release: store.release(&trial.id).map(Box::new),
                     why: format!("quarantined: {why}"),
                 });
                 if let Err(e) = store.quarantine(&trial.sha256) {

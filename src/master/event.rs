@@ -107,12 +107,10 @@ pub(crate) enum Recorded {
     /// before the previous master died, its reports did not.
     Promoted(TrialRecord),
     /// The master's death ended the trial without promotion: failed, or
-    /// quarantined (`why`); `release` is its directory's record, if any.
+    /// quarantined (`why`).
     Failed {
         /// The record.
         record: TrialRecord,
-        /// The release on trial.
-        release: Option<Box<Meta>>,
         /// What became of it.
         why: String,
     },

@@ -87,12 +87,8 @@ pub(super) fn yank(
                    baton publish --to TARGET --yank V --version W --sign KEY ARTIFACT…";
     let history: History = match history {
         Some((bytes, signature)) => {
-            let verified = signature
-                .as_deref()
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .map(|s| crate::manifest::verify_signature(&bytes, s, &[pk.to_base64()]));
-            match verified {
-                Some(Ok(_)) => {}
+            match signature.map(|s| super::verify_with(&bytes, &s, pk)) {
+                Some(Ok(())) => {}
                 Some(Err(e)) => {
                     return invalid(format!(
                         "{shown}'s signature does not verify with this key ({e}): its digests \

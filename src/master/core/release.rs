@@ -465,16 +465,8 @@ impl Core {
                 }
                 self.trial_from = None;
             }
-            Some(Recorded::Failed {
-                record,
-                release,
-                why,
-            }) => {
-                let version = release
-                    .as_deref()
-                    .map(version_of)
-                    .or(record.version.clone())
-                    .unwrap_or_else(|| record.id.clone());
+            Some(Recorded::Failed { record, why }) => {
+                let version = record.version.clone().unwrap_or_else(|| record.id.clone());
                 self.trial_from = Some((record.id.clone(), record.from));
                 self.report_version(
                     version,

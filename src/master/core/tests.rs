@@ -1476,7 +1476,6 @@ fn a_trial_the_masters_death_failed_is_reported_failed_at_the_next_start() {
         current: Some(meta("1.0.0")),
         recorded: Some(Recorded::Failed {
             record: record("2.0.0", 1, Some("1.0.0"), None),
-            release: Some(Box::new(meta("2.0.0"))),
             why: "the master died during the trial (attempt 1)".to_owned(),
         }),
         updater: true,
