@@ -207,6 +207,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `a` and `b` hold the same bytes: the same file, or copies (a
+/// running executable is replaced by a copy, never a link, so a library
+/// master must not take its own copy for an unfinished replacement and
+/// rewrite the executable it runs from at every start).
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    if same_file(a, b) {
+        return true;
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    if size(a).is_none() || size(a) != size(b) {
+        return false;
+    }
+    let hash = |p: &Path| crate::fsutil::hash_file(p).ok().map(|(sha256, _)| sha256);
+    hash(a).is_some_and(|h| Some(h) == hash(b))
+}
+
 /// Hard-links `from` to `to`, or copies it where links are not possible.
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), Error> {
     if std::fs::hard_link(from, to).is_ok() {
@@ -264,7 +280,7 @@ impl Store {
             // A crash between the swap of `current` and the replacement of
             // the target: finish the replacement.
             Some(current)
-                if !same_file(target, &store.dir.join(&current.id).join(&store.binary)) =>
+                if !same_bytes(target, &store.dir.join(&current.id).join(&store.binary)) =>
             {
                 store.replace_target(&current.id)?
             }
@@ -750,5 +766,46 @@ impl Store {
         all.sort();
         all.dedup();
         self.write_atomic(name, format!("{}\n", all.join("\n")).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn an_in_place_target_that_is_a_copy_of_current_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app");
+        std::fs::write(&target, b"build one").unwrap();
+        Store::in_place(&target).unwrap();
+        // A running executable is replaced by a copy (self-replace), not a
+        // link: the next start must not take it for an unfinished swap.
+        let copy = dir.path().join(".app.copy");
+        std::fs::copy(&target, &copy).unwrap();
+        std::fs::rename(&copy, &target).unwrap();
+        let before = inode(&target);
+        Store::in_place(&target).unwrap();
+        assert_eq!(inode(&target), before, "the target was rewritten");
+    }
+
+    #[test]
+    fn an_in_place_target_left_behind_by_a_crash_is_replaced_by_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app");
+        std::fs::write(&target, b"build one").unwrap();
+        Store::in_place(&target).unwrap();
+        // The same size, other bytes (a new file: the target is linked to
+        // the release's copy): `current` names build one.
+        let other = dir.path().join(".app.other");
+        std::fs::write(&other, b"build two").unwrap();
+        std::fs::rename(&other, &target).unwrap();
+        Store::in_place(&target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"build one");
     }
 }

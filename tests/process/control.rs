@@ -135,11 +135,13 @@ fn rollback_under_load_holds_the_release_it_left() {
 #[test]
 fn restart_waits_for_its_cycle() {
     let (_server, baton) = serving();
-    let before = baton.children();
+    let pids = || -> Vec<u32> { baton.children().iter().map(|&(pid, _)| pid).collect() };
+    let before = pids();
     let out = ok(baton.dir.path(), &["restart"]);
     assert!(out.starts_with("restarted: serving with worker 2"), "{out}");
     support::wait_for("the old worker to exit", Duration::from_secs(20), || {
-        (baton.children().len() == 1 && baton.children() != before).then_some(())
+        let now = pids();
+        (now.len() == 1 && now != before).then_some(())
     });
 }
 
