@@ -113,6 +113,7 @@ pub(crate) fn is_manifest(name: &str, content_type: Option<&str>) -> bool {
 /// The token by which a source knows an object it offered before: `kind`
 /// and the object's identifying parts, `:`-separated. Equal tokens mean
 /// the same object, so a poll that finds it again offers nothing.
+#[cfg_attr(not(any(feature = "github", feature = "s3")), allow(dead_code))]
 pub(crate) fn change_token(kind: &str, parts: &[&dyn std::fmt::Display]) -> String {
     let mut token = kind.to_owned();
     for part in parts {

@@ -5,6 +5,7 @@
 //! the other hosts, see how a release fares. Where the store is read-only,
 //! [`prometheus`] reads the same trials from the fleet's metrics.
 
+mod beneath;
 pub mod prometheus;
 pub mod read;
 pub mod report;

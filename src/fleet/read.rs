@@ -140,8 +140,8 @@ impl Sink {
         let dir = format!("reports/{}/{}/", path_safe(version), outcome.as_str());
         let (keys, more) = match self {
             Sink::Dir(base) => {
-                let path = base.join(&dir);
-                tokio::task::spawn_blocking(move || list_dir(&path))
+                let (base, rel) = (base.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || list_dir(&base, &rel))
                     .await
                     .map_err(|e| format!("the listing task failed: {e}"))??
             }
@@ -177,8 +177,8 @@ impl Sink {
 
     /// A small file's bytes; `None` when it is over `cap` bytes, gone or
     /// not a regular file. In a directory, `key` is a report written by
-    /// anyone who may write under `reports/` when `report` says so: a
-    /// symbolic link is then not followed.
+    /// anyone who may write under `reports/` when `report` says so: no
+    /// symbolic link below the store's directory is then followed.
     pub(super) async fn get(
         &self,
         key: &str,
@@ -187,10 +187,18 @@ impl Sink {
     ) -> Result<Option<Vec<u8>>, String> {
         match self {
             Sink::Dir(base) => {
-                let path = base.join(key);
-                tokio::task::spawn_blocking(move || read_small(&path, cap, !report))
-                    .await
-                    .map_err(|e| format!("the read task failed: {e}"))?
+                let (base, key) = (base.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || match key.rsplit_once('/') {
+                    Some((parent, name)) if report => {
+                        match super::beneath::open_dir(&base, parent, false)? {
+                            Some(dir) => dir.read_small(name, cap),
+                            None => Ok(None),
+                        }
+                    }
+                    _ => read_small(&base.join(&key), cap),
+                })
+                .await
+                .map_err(|e| format!("the read task failed: {e}"))?
             }
             #[cfg(feature = "s3")]
             Sink::S3 { at, prefix } => at.get_small(&format!("{prefix}{key}"), cap).await,
@@ -223,66 +231,34 @@ fn reason(r: &Report) -> String {
     text
 }
 
-/// The entries of `dir` (none when it does not exist), at most
-/// [`LIST_LIMIT`]; how many more there were.
-fn list_dir(dir: &Path) -> Result<(Vec<(String, SystemTime)>, usize), String> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+/// The entries of `base/rel` (none when it does not exist), at most
+/// [`LIST_LIMIT`]; how many more there were. A link under `base` is
+/// refused, not followed.
+fn list_dir(base: &Path, rel: &str) -> Result<(Vec<(String, SystemTime)>, usize), String> {
+    let Some(dir) = super::beneath::open_dir(base, rel, false)? else {
+        return Ok((Vec::new(), 0));
     };
-    let mut keys = Vec::new();
-    let mut more = 0;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        if keys.len() == LIST_LIMIT {
-            // Past the bound: say there were more, and read no further.
-            more = 1;
-            break;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let at = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        keys.push((name, at));
-    }
-    Ok((keys, more))
+    let (entries, more) = dir.list(LIST_LIMIT)?;
+    let keys = entries.into_iter().map(|e| (e.name, e.at)).collect();
+    Ok((keys, usize::from(more)))
 }
 
 /// A file's bytes when it is a regular file of at most `cap` bytes; `None`
-/// for one that is gone, larger, not a regular file (a FIFO would block
-/// its reader, a device would feed it for ever), or a symbolic link unless
-/// `follow` says so.
-fn read_small(path: &Path, cap: u64, follow: bool) -> Result<Option<Vec<u8>>, String> {
-    use std::io::Read;
+/// for one that is gone, larger, or not a regular file (a FIFO would block
+/// its reader, a device would feed it for ever). Links are followed: this
+/// reads the store's own files, not reports.
+fn read_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nofollow | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path);
     let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let regular = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .is_file();
-    if !regular {
-        return Ok(None);
-    }
-    let mut bytes = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok((bytes.len() as u64 <= cap).then_some(bytes))
+    super::beneath::read_capped(file, cap, &path.display().to_string())
 }
 
 #[cfg(test)]
@@ -378,6 +354,27 @@ mod tests {
             .failed
             .iter()
             .all(|s| s.reason.as_deref() == Some("an unreadable report")));
+    }
+
+    #[tokio::test]
+    async fn a_linked_reports_directory_is_refused_and_the_error_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("h1.json"), b"{}").unwrap();
+        std::fs::create_dir_all(base.join("reports/2.0.0")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.join("reports/2.0.0/promoted")).unwrap();
+        let sink = Sink::Dir(base.to_owned());
+        let refused = sink.read("2.0.0").await.unwrap_err();
+        assert!(
+            refused.contains("reports/2.0.0/promoted") && refused.contains("symbolic link"),
+            "{refused}"
+        );
+        // A whole `reports` made a link: neither read nor written through.
+        std::fs::remove_dir_all(base.join("reports")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.join("reports")).unwrap();
+        assert!(sink.read("2.0.0").await.is_err());
+        assert!(sink.versions().await.is_err());
     }
 
     #[tokio::test]

@@ -283,13 +283,13 @@ impl Sink {
         let body = serde_json::to_vec(report).expect("a report serializes");
         match self {
             Sink::Dir(dir) => {
-                let path = dir.join(&key);
+                let dir = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    let parent = path.parent().expect("a report's directory");
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-                    crate::fsutil::write_atomic(&path, &body, ".report-", Some(0o644))
-                        .map_err(|e| crate::errors::display_chain(&e))
+                    let (parent, name) = key.rsplit_once('/').expect("a report's directory");
+                    // Never through a link: the store's writers shape it.
+                    super::beneath::open_dir(&dir, parent, true)?
+                        .expect("created")
+                        .write_atomic(name, &body, 0o644)
                 })
                 .await
                 .map_err(|e| format!("the write task failed: {e}"))?

@@ -175,18 +175,22 @@ impl RolloutStatus {
 impl Sink {
     /// The versions that have reports.
     pub async fn versions(&self) -> Result<Vec<String>, String> {
-        let mut versions = match self {
+        let mut versions: Vec<String> = match self {
             Sink::Dir(dir) => {
-                let reports = dir.join("reports");
-                match std::fs::read_dir(&reports) {
-                    Ok(entries) => entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                    Err(e) => return Err(format!("cannot list {}: {e}", reports.display())),
-                }
+                let (dir, limit) = (dir.clone(), super::read::LIST_LIMIT);
+                let listed = tokio::task::spawn_blocking(move || {
+                    match super::beneath::open_dir(&dir, "reports", false)? {
+                        Some(reports) => reports.list(limit).map(|(entries, _)| entries),
+                        None => Ok(Vec::new()),
+                    }
+                })
+                .await
+                .map_err(|e| format!("the listing task failed: {e}"))??;
+                listed
+                    .into_iter()
+                    .filter(|e| e.is_dir)
+                    .map(|e| e.name)
+                    .collect()
             }
             #[cfg(feature = "s3")]
             Sink::S3 { at, prefix } => at.list_dirs(&format!("{prefix}reports/")).await?,

@@ -76,7 +76,7 @@ fn keepalive_connection_after_a_streaming_response_gets_a_reply() {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     writer
-        .write_all(b"GET /stream?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(b"GET /stream?ms=6000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     support::point(&link, &support::hello("2.0.0"));
@@ -159,7 +159,7 @@ fn slow_request_finishes_on_the_old_worker() {
         .unwrap();
     assert_eq!(read_reply(&mut reader).1, "hello 1.0.0\n");
     stream
-        .write_all(b"GET /?sleep=2000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(b"GET /?sleep=6000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     support::point(&link, &support::hello("2.0.0"));
     baton.cycle();

@@ -261,7 +261,7 @@ fn s3_host(s3: &S3Server) -> Baton {
         dir,
         &config(&format!(
             "source = \"s3\"\nbucket = \"releases\"\nkey = \"hello/manifest.json\"\nregion = \"us-east-1\"\n\
-             endpoint_url = \"{}\"\nforce_path_style = true\ntimeout = \"5s\"",
+             endpoint_url = \"{}\"\nforce_path_style = true\ntimeout = \"30s\"",
             s3.endpoint()
         )),
         ENV,

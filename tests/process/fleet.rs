@@ -95,11 +95,22 @@ impl Publisher {
 }
 
 /// Serves every file of `dir` at `/<name>` (again after each publish:
-/// changed files get new validators).
+/// changed files get new validators). The manifest comes last, as a
+/// publish writes it: a host that polls meanwhile never reads a manifest
+/// naming an artifact or patch not served yet.
 pub(crate) fn serve(server: &HttpServer, dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        server.body(&format!("/{name}"), std::fs::read(entry.path()).unwrap());
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|n| match n.as_str() {
+        "manifest.json" => 2,
+        "manifest.json.minisig" => 1,
+        _ => 0,
+    });
+    for name in names {
+        server.body(&format!("/{name}"), std::fs::read(dir.join(&name)).unwrap());
     }
 }
 

@@ -258,7 +258,7 @@ fn release_without_matching_asset_lists_the_assets() {
 #[test]
 fn rate_limit_403_pauses_polling_and_says_so_once() {
     let baton = keeps_serving("GitHub rate limit reached (403", |gh| {
-        gh.fault(Some(Fault::RateLimit403(3)))
+        gh.fault(Some(Fault::RateLimit403(30)))
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(

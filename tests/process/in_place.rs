@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::{self, Baton, Load, LoadMode};
 
 fn drop_in(dir: &std::path::Path, version: &str) {
-    std::fs::copy(support::hello(version), dir.join("dist/.hello")).unwrap();
+    support::copy_executable(&support::hello(version), &dir.join("dist/.hello"));
     std::fs::rename(dir.join("dist/.hello"), dir.join("dist/hello")).unwrap();
 }
 
@@ -17,7 +17,7 @@ fn daemon_replaces_a_plain_binary_in_place() {
     for d in ["bin", "dist"] {
         std::fs::create_dir(dir.path().join(d)).unwrap();
     }
-    std::fs::copy(support::hello("1.0.0"), dir.path().join("bin/hello")).unwrap();
+    support::copy_executable(&support::hello("1.0.0"), &dir.path().join("bin/hello"));
     let root = dir.path().to_owned();
     let baton = Baton::start(
         dir,
@@ -51,7 +51,7 @@ fn library_mode_replaces_its_own_executable_with_self_replace() {
         std::fs::create_dir(dir.path().join(d)).unwrap();
     }
     let exe = dir.path().join("app/hello");
-    std::fs::copy(support::hello("1.0.0"), &exe).unwrap();
+    support::copy_executable(&support::hello("1.0.0"), &exe);
     let log = dir.path().join("hello.log");
     // Another test thread forking while the copy was open for writing makes
     // the file briefly "busy"; retry that case.

@@ -73,11 +73,12 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         "the slow request to reach the worker",
         Duration::from_secs(5),
         || {
-            // The accept queue is empty once the worker took the connection.
-            (tcp_established_to(addr) >= 1).then_some(())
+            // Accepted by the worker, not just queued: a connection still
+            // in the backlog has no socket inode yet. Once accepted, the
+            // drain's grace lets its request arrive.
+            (tcp_accepted_to(addr) >= 1).then_some(())
         },
     );
-    std::thread::sleep(Duration::from_millis(100));
     baton.signal(libc::SIGTERM);
     let reply = slow
         .join()
@@ -95,15 +96,16 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     );
 }
 
-/// Established connections to `addr` (from /proc/net/tcp).
-fn tcp_established_to(addr: std::net::SocketAddr) -> usize {
+/// Established connections to `addr` that its server accepted (from
+/// /proc/net/tcp: one still in the accept queue has inode 0).
+fn tcp_accepted_to(addr: std::net::SocketAddr) -> usize {
     let port = format!(":{:04X}", addr.port());
     std::fs::read_to_string("/proc/net/tcp")
         .unwrap_or_default()
         .lines()
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&port) && f[3] == "01"
+            f.len() > 9 && f[1].ends_with(&port) && f[3] == "01" && f[9] != "0"
         })
         .count()
 }
@@ -158,10 +160,12 @@ fn fifty_cycles_leak_no_fd_and_leave_no_zombie() {
     });
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
-    assert_eq!(
-        baton.fd_count(),
-        fds,
-        "the master's fd count changed over 50 cycles"
+    // An exited worker's stderr pipe closes shortly after it is reaped.
+    let back = support::wait_for_quietly(Duration::from_secs(10), || baton.fd_count() <= fds);
+    assert!(
+        back,
+        "the master's fd count grew over 50 cycles: {} from {fds}",
+        baton.fd_count()
     );
     assert!(
         baton.children().iter().all(|(_, state)| *state != 'Z'),

@@ -36,11 +36,11 @@ fn baton_as_pid_1_serves_reaps_orphans_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir(root.join("bin")).unwrap();
-    // The worker leaves an orphan that exits three seconds later, then becomes
+    // The worker leaves an orphan that exits ten seconds later, then becomes
     // the hello server (exec keeps its PID, as LISTEN_PID requires).
     support::script(
         &root.join("bin/orphaner"),
-        &format!("(sleep 3 &)\nexec {}", support::hello("1.0.0").display()),
+        &format!("(sleep 10 &)\nexec {}", support::hello("1.0.0").display()),
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -95,7 +95,7 @@ fn baton_as_pid_1_serves_reaps_orphans_and_stops_on_sigterm() {
     });
     // The orphan was adopted by baton (no init above it), exits, and is
     // reaped: no zombie stays among baton's children.
-    support::wait_for("baton to adopt the orphan", Duration::from_secs(5), || {
+    support::wait_for("baton to adopt the orphan", Duration::from_secs(10), || {
         support::children(baton)
             .iter()
             .any(|(pid, _)| comm(*pid) == "sleep")
@@ -103,7 +103,7 @@ fn baton_as_pid_1_serves_reaps_orphans_and_stops_on_sigterm() {
     });
     support::wait_for(
         "the worker's orphan to exit and be reaped",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || {
             let kids = support::children(baton);
             let sleeping = kids.iter().any(|(pid, _)| comm(*pid) == "sleep");

@@ -258,7 +258,8 @@ fn helpers_answer_close_on_open_connections_and_close_idle_ones_after_the_grace(
         assert_eq!(idle.get(), (false, "hello 1.0.0".to_owned()), "{what}");
         std::fs::write(&server.version_file, "2.0.0").unwrap();
         server.baton.cycle();
-        // The drain began at most a poll (20 ms) before this.
+        // The drain began a poll (20 ms) before this, or more on a busy
+        // machine: the grace check below allows half a second for that.
         let drain_seen = Instant::now();
         let start = Instant::now();
         loop {
@@ -279,7 +280,7 @@ fn helpers_answer_close_on_open_connections_and_close_idle_ones_after_the_grace(
         busy.expect_eof(what);
         idle.expect_eof(what);
         assert!(
-            drain_seen.elapsed() >= Duration::from_millis(800),
+            drain_seen.elapsed() >= Duration::from_millis(500),
             "{what}: an idle connection was closed {:?} after the drain began, before its 1 s grace",
             drain_seen.elapsed()
         );

@@ -241,7 +241,7 @@ fn reexec_during_a_trial_keeps_the_trial_and_promotes_it() {
     let binary = install_baton(dir.path());
     let config = format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
-         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"4s\"\n\
+         drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"15s\"\n\
          [fetch]\nsource = \"http\"\nurl = \"{}\"\ninterval = \"200ms\"\n",
         server.url("/manifest.json")
     );

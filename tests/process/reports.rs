@@ -126,15 +126,23 @@ fn a_promoted_and_a_failed_trial_are_reported_beside_the_manifest() {
     assert!(!store.join("reports/3.0.0/promoted").exists());
     // Written once: the record survives a restart, so a new master that
     // settles the same history writes nothing again.
-    let recorded = std::fs::read_to_string(baton.dir.path().join("releases/.reports")).unwrap();
-    for key in [
+    // The record is written just after the report itself: wait for it.
+    let keys = [
         "reports/2.0.0/started/web-7.json",
         "reports/2.0.0/promoted/web-7.json",
         "reports/3.0.0/started/web-7.json",
         "reports/3.0.0/failed/web-7.json",
-    ] {
-        assert!(recorded.lines().any(|l| l == key), "{key} in {recorded}");
-    }
+    ];
+    let record = baton.dir.path().join("releases/.reports");
+    let recorded = support::wait_for_quietly(Duration::from_secs(30), || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|text| keys.iter().all(|k| text.lines().any(|l| l == *k)))
+    });
+    assert!(
+        recorded,
+        "every report in {}",
+        std::fs::read_to_string(&record).unwrap_or_default()
+    );
 }
 
 #[test]
@@ -165,7 +173,7 @@ fn an_s3_host_reports_under_the_manifests_prefix() {
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
          drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
          [fetch]\nsource = \"s3\"\nbucket = \"releases\"\nkey = \"hello/hello\"\nregion = \"us-east-1\"\n\
-         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"30s\"\n\
          host_id = \"{HOST}\"\nreport = true\n",
         s3.endpoint()
     );
@@ -375,7 +383,7 @@ fn s3_host_with(s3: &S3Server, host_id: &str, env: &[(&str, &str)]) -> Baton {
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\n\
          drain_timeout = \"10s\"\n[releases]\nbinary = \"hello\"\nsettle = \"300ms\"\n\
          [fetch]\nsource = \"s3\"\nbucket = \"releases\"\nkey = \"hello/manifest.json\"\nregion = \"us-east-1\"\n\
-         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"30s\"\n\
          host_id = \"{host_id}\"\nreport = true\n",
         s3.endpoint()
     );

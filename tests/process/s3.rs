@@ -15,7 +15,7 @@ fn config(endpoint: &str, what: &str, extra: &str) -> String {
     format!(
         "[program]\ncommand = \"releases/current/hello\"\nlisten = [\"127.0.0.1:0\"]\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n\
          [releases]\nbinary = \"hello\"\nsettle = \"500ms\"\n[fetch]\nsource = \"s3\"\nbucket = \"releases\"\n{what}\nregion = \"us-east-1\"\n\
-         endpoint_url = \"{endpoint}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"5s\"\n{extra}\n"
+         endpoint_url = \"{endpoint}\"\nforce_path_style = true\ninterval = \"200ms\"\ntimeout = \"30s\"\n{extra}\n"
     )
 }
 

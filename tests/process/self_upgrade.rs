@@ -38,7 +38,7 @@ fn new_baton() -> PathBuf {
 fn home(dir: &Path) -> PathBuf {
     let home = dir.join("bin/baton");
     std::fs::create_dir_all(home.parent().unwrap()).unwrap();
-    std::fs::copy(support::baton_bin(), &home).unwrap();
+    support::copy_executable(&support::baton_bin(), &home);
     home
 }
 

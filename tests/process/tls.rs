@@ -85,6 +85,10 @@ fn tls_serves_h2_and_http1_by_alpn_and_a_cycle_picks_up_a_renewed_certificate() 
     support::wait_for("the renewed certificate", Duration::from_secs(30), || {
         get(&client(&baton, second.clone(), false), &url).ok()
     });
+    // Until the old worker is gone it may still take a connection.
+    support::wait_for("the old worker to exit", Duration::from_secs(20), || {
+        (baton.children().len() == 1).then_some(())
+    });
     let old = get(&client(&baton, first.clone(), false), &url).unwrap_err();
     assert!(
         old.contains("certificate") || old.contains("Certificate"),

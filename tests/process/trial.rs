@@ -94,7 +94,7 @@ fn assert_back_on_one(baton: &Baton, current: &str) {
 #[test]
 fn trial_runs_from_its_own_directory_and_is_promoted_after_settle() {
     // A settle long enough to look at the trial, short enough to wait for.
-    let (server, baton) = serving("4s");
+    let (server, baton) = serving("10s");
     let one = baton.current().unwrap();
     publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
@@ -325,7 +325,7 @@ fn list(dir: &Path) -> Vec<String> {
 
 #[test]
 fn newer_candidate_during_a_trial_waits_for_it_to_end() {
-    let (server, baton) = serving("3s");
+    let (server, baton) = serving("10s");
     publish(&server, "2.0.0", "hello-2.0.0", hello_bytes("2.0.0"));
     support::wait_version(baton.addr(), "2.0.0");
     // 3.0.0 probes fine and then fails at start.
@@ -340,7 +340,7 @@ fn newer_candidate_during_a_trial_waits_for_it_to_end() {
     );
     // 2.0.0's trial ends on its own; then 3.0.0 is checked against it, tried
     // and fails, and 2.0.0 stays current.
-    support::wait_for("3.0.0 to fail its trial", Duration::from_secs(30), || {
+    support::wait_for("3.0.0 to fail its trial", Duration::from_secs(60), || {
         baton.failed().contains(&sha3).then_some(())
     });
     assert!(baton.current().unwrap().starts_with("2.0.0-"));

@@ -68,6 +68,14 @@ pub fn point(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).unwrap();
 }
 
+/// Copies an executable with `cp`, not in this process: a fork by another
+/// test thread never inherits the new file open for writing, which would
+/// make its exec fail with ETXTBSY ("text file busy").
+pub fn copy_executable(from: &Path, to: &Path) {
+    let copied = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(copied.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// Writes an executable shell script.
 pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -208,14 +216,18 @@ impl Baton {
         let log_path = baton.log.clone();
         let child = baton.child.as_mut().unwrap();
         baton.addr = wait_for("the master to listen", Duration::from_secs(10), || {
+            // Exited is checked first and the log read after: a master
+            // that listened and then died quickly still gives its address.
+            let exited = child.try_wait().ok().flatten();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("baton exited with {status} before listening:\n{log}");
-            }
-            log.lines().find_map(|l| {
+            let addr = log.lines().find_map(|l| {
                 let rest = l.split("listening on ").nth(1)?;
                 rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            })
+            });
+            if let (None, Some(status)) = (addr, exited) {
+                panic!("baton exited with {status} before listening:\n{log}");
+            }
+            addr
         })
         .into();
         baton
@@ -355,7 +367,7 @@ impl Baton {
         self.wait_count(
             "asking worker to drain",
             drains + 1,
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         );
     }
 

@@ -73,6 +73,14 @@ impl Prometheus {
         super::wait_for("prometheus to be ready", Duration::from_secs(60), || {
             matches!(super::get(addr, "/-/ready"), Ok((200, _))).then_some(())
         });
+        // Ready is not scraped: a query before the first scrape of every
+        // target would find masters missing.
+        super::wait_for("every target scraped", Duration::from_secs(60), || {
+            let (code, body) = super::get(addr, "/api/v1/query?query=count(up%3D%3D1)").ok()?;
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let up = answer["data"]["result"][0]["value"][1].as_str()?.to_owned();
+            (code == 200 && up == targets.len().to_string()).then_some(())
+        });
         p
     }
 
