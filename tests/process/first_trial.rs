@@ -120,7 +120,7 @@ fn a_first_release_that_kills_its_master_at_each_start_is_quarantined() {
         digest_list(&dir, ".failed").is_empty(),
         "nothing proved it bad"
     );
-    assert!(!baton.trial_recorded());
+    baton.wait_trial_ended();
     assert_eq!(baton.current(), None);
     let human = ok(&dir, &["status"]);
     assert!(human.contains("STRANDED   release 1.0.0-"), "{human}");

@@ -100,7 +100,7 @@ fn a_failing_pre_install_hook_refuses_the_release_and_it_is_not_retried() {
     assert_eq!(baton.count("schema of 2.0.0 is incompatible"), 1);
     assert_eq!(support::version(baton.addr()), "1.0.0");
     assert_eq!(baton.current().as_deref(), Some(one.as_str()));
-    assert!(!baton.trial_recorded());
+    baton.wait_trial_ended();
     assert!(baton.leftovers().is_empty(), "{:?}", baton.leftovers());
     let s = status(baton.dir.path());
     assert_eq!(s["failed"], serde_json::json!([sha_hex("2.0.0")]));

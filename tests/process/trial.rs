@@ -119,7 +119,7 @@ fn trial_runs_from_its_own_directory_and_is_promoted_after_settle() {
             .to_string_lossy(),
         one
     );
-    assert!(!baton.trial_recorded());
+    baton.wait_trial_ended();
     assert!(baton.failed().is_empty());
     assert!(baton
         .dir
@@ -173,7 +173,7 @@ fn kill9_while_the_trial_worker_starts_fails_the_trial_at_restart() {
     support::wait_version(baton.addr(), "1.0.0");
     assert_eq!(baton.current(), Some(one));
     assert!(baton.failed().contains(&sha), "{:?}", baton.failed());
-    assert!(!baton.trial_recorded());
+    baton.wait_trial_ended();
     assert!(baton.leftovers().is_empty(), "{:?}", baton.leftovers());
 }
 
@@ -210,7 +210,7 @@ fn kill9_after_the_promotion_rename_keeps_the_promoted_release() {
     baton.wait_ready();
     support::wait_version(baton.addr(), "2.0.0");
     assert_eq!(baton.current(), Some(two));
-    assert!(!baton.trial_recorded());
+    baton.wait_trial_ended();
     assert!(baton.failed().is_empty(), "{:?}", baton.failed());
 }
 

@@ -310,6 +310,14 @@ impl Baton {
         self.dir.path().join("releases/.trial").exists()
     }
 
+    /// Waits for the trial record to go: a trial's end is recorded in
+    /// steps (`current` or the failed list first, then the record).
+    pub fn wait_trial_ended(&self) {
+        wait_for("the trial record to go", Duration::from_secs(10), || {
+            (!self.trial_recorded()).then_some(())
+        });
+    }
+
     /// Temp files and staging dirs left in the releases directory.
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.path().join("releases"))
