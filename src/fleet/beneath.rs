@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -65,7 +64,7 @@ pub(super) fn open_dir(base: &Path, rel: &str, create: bool) -> Result<Option<Di
             Ok(next) => next,
             Err(Errno::ENOENT) if !create => return Ok(None),
             Err(Errno::ENOENT) => {
-                match nix::sys::stat::mkdirat(&fd, part, Mode::from_bits_truncate(0o755)) {
+                match nix::sys::stat::mkdirat(&fd, part, Mode::from_bits_truncate(0o777)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(format!("cannot create {}: {e}", walked.display())),
                 }
@@ -80,31 +79,29 @@ pub(super) fn open_dir(base: &Path, rel: &str, create: bool) -> Result<Option<Di
 fn not_a_dir(path: &Path, e: Errno) -> String {
     match e {
         Errno::ELOOP | Errno::ENOTDIR => format!(
-            "refused {}: not a directory (a symbolic link under the store is not followed)",
+            "refused {}: a symbolic link or a file, not a directory (no link under the \
+             store is followed)",
             path.display()
         ),
         e => format!("cannot open {}: {e}", path.display()),
     }
 }
 
-/// Temp names are unique within the process; `O_EXCL` keeps two processes
-/// apart.
-static TEMP: AtomicU64 = AtomicU64::new(0);
-
 impl Dir {
     /// Writes `name` so that a reader sees the old file or the new one:
-    /// a temp file (`.<prefix>…`) created here, never through a link,
-    /// written with `mode`, fsynced and renamed over `name`; then the
-    /// directory is fsynced. The temp file goes when a step fails.
+    /// a temp file (`.report-<random>`) created here, never through a link
+    /// and never another writer's, written with `mode`, fsynced and renamed
+    /// over `name`; then the directory is fsynced. The temp file goes when
+    /// a step fails.
     pub(super) fn write_atomic(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), String> {
-        let tmp = format!(
-            ".report-{}-{}",
-            std::process::id(),
-            TEMP.fetch_add(1, Ordering::Relaxed)
-        );
         let shown = format!("{}/{name}", self.shown);
-        let written = (|| {
-            let fd = nix::fcntl::openat(
+        let mode = Mode::from_bits_truncate(mode);
+        // Random names: hosts sharing the store may share a PID (each
+        // master PID 1 in its container). A name taken is tried again.
+        let mut created = None;
+        for _ in 0..16 {
+            let tmp = format!(".report-{}", hex::encode(rand::random::<[u8; 8]>()));
+            match nix::fcntl::openat(
                 &self.fd,
                 tmp.as_str(),
                 OFlag::O_WRONLY
@@ -112,36 +109,46 @@ impl Dir {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(mode),
-            )?;
+                mode,
+            ) {
+                Ok(fd) => {
+                    created = Some((tmp, fd));
+                    break;
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(format!("cannot write {shown}: {e}")),
+            }
+        }
+        let Some((tmp, fd)) = created else {
+            return Err(format!("cannot write {shown}: no free temp name"));
+        };
+        let written = (|| {
             // The umask narrowed the mode at creation.
-            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))?;
+            nix::sys::stat::fchmod(&fd, mode)?;
             let mut file = std::fs::File::from(fd);
             file.write_all(bytes).map_err(io_errno)?;
             file.sync_all().map_err(io_errno)?;
-            nix::fcntl::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
-            nix::unistd::fsync(&self.fd)
+            nix::fcntl::renameat(&self.fd, tmp.as_str(), &self.fd, name)
         })();
-        written.map_err(|e| {
+        if let Err(e) = written {
+            // Ours: this call created it.
             let _ = nix::unistd::unlinkat(
                 &self.fd,
                 tmp.as_str(),
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
-            format!("cannot write {shown}: {e}")
-        })
+            return Err(format!("cannot write {shown}: {e}"));
+        }
+        nix::unistd::fsync(&self.fd).map_err(|e| format!("cannot write {shown}: {e}"))
     }
 
     /// The entries (dot files left out), at most `limit`; whether there
     /// were more. An entry that is gone by the time it is looked at is left
     /// out.
     pub(super) fn list(&self, limit: usize) -> Result<(Vec<Entry>, bool), String> {
-        let dup = self
-            .fd
-            .try_clone()
+        // An open of its own: a listing never moves this one's offset.
+        let mut dir = nix::dir::Dir::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| format!("cannot list {}: {e}", self.shown))?;
-        let mut dir =
-            nix::dir::Dir::from_fd(dup).map_err(|e| format!("cannot list {}: {e}", self.shown))?;
         let mut found = Vec::new();
         for entry in dir.iter() {
             let entry = entry.map_err(|e| format!("cannot list {}: {e}", self.shown))?;

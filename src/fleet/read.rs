@@ -188,14 +188,15 @@ impl Sink {
         match self {
             Sink::Dir(base) => {
                 let (base, key) = (base.clone(), key.to_owned());
-                tokio::task::spawn_blocking(move || match key.rsplit_once('/') {
-                    Some((parent, name)) if report => {
-                        match super::beneath::open_dir(&base, parent, false)? {
-                            Some(dir) => dir.read_small(name, cap),
-                            None => Ok(None),
-                        }
+                tokio::task::spawn_blocking(move || {
+                    if !report {
+                        return read_small(&base.join(&key), cap);
                     }
-                    _ => read_small(&base.join(&key), cap),
+                    let (parent, name) = key.rsplit_once('/').unwrap_or(("", &key));
+                    match super::beneath::open_dir(&base, parent, false)? {
+                        Some(dir) => dir.read_small(name, cap),
+                        None => Ok(None),
+                    }
                 })
                 .await
                 .map_err(|e| format!("the read task failed: {e}"))?

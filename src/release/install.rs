@@ -211,16 +211,28 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// running executable is replaced by a copy, never a link, so a library
 /// master must not take its own copy for an unfinished replacement and
 /// rewrite the executable it runs from at every start).
-fn same_bytes(a: &Path, b: &Path) -> bool {
+/// `b_sha256`, when known, is `b`'s digest, so only `a` is read.
+fn same_bytes(a: &Path, b: &Path, b_sha256: Option<&str>) -> bool {
     if same_file(a, b) {
         return true;
     }
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-    if size(a).is_none() || size(a) != size(b) {
+    let a_size = size(a);
+    if a_size.is_none() || a_size != size(b) {
         return false;
     }
-    let hash = |p: &Path| crate::fsutil::hash_file(p).ok().map(|(sha256, _)| sha256);
-    hash(a).is_some_and(|h| Some(h) == hash(b))
+    let hash = |p: &Path| {
+        crate::fsutil::hash_file(p)
+            .ok()
+            .map(|(d, _)| hex::encode(d))
+    };
+    let Some(a_sha256) = hash(a) else {
+        return false;
+    };
+    match b_sha256 {
+        Some(known) => a_sha256 == known,
+        None => hash(b).is_some_and(|d| d == a_sha256),
+    }
 }
 
 /// Hard-links `from` to `to`, or copies it where links are not possible.
@@ -280,7 +292,11 @@ impl Store {
             // A crash between the swap of `current` and the replacement of
             // the target: finish the replacement.
             Some(current)
-                if !same_bytes(target, &store.dir.join(&current.id).join(&store.binary)) =>
+                if !same_bytes(
+                    target,
+                    &store.dir.join(&current.id).join(&store.binary),
+                    current.binary_sha256.as_deref(),
+                ) =>
             {
                 store.replace_target(&current.id)?
             }
