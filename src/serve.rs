@@ -415,3 +415,113 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SETTINGS: u8 = 4;
+    const HEADERS: u8 = 1;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const WINDOW_UPDATE: u8 = 8;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// Answers every request with `ok`.
+    #[derive(Clone)]
+    struct Answer;
+
+    impl tower_service::Service<Request<Incoming>> for Answer {
+        type Response = Response<http_body_util::Full<&'static [u8]>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Incoming>) -> Self::Future {
+            std::future::ready(Ok(Response::new(http_body_util::Full::new(&b"ok"[..]))))
+        }
+    }
+
+    /// `GET /` with `:authority: a`, HPACK without the dynamic table.
+    const REQUEST: [u8; 6] = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+
+    async fn next_frame(c: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0; len];
+        c.read_exact(&mut payload).await.ok()?;
+        Some((head[3], head[4], stream, payload))
+    }
+
+    /// A graceful HTTP/2 shutdown sends GOAWAY(max) and a PING; a client
+    /// that opened a stream before it saw them (grpcio does: HEADERS, then
+    /// the stream's WINDOW_UPDATE) must see that stream ignored, not the
+    /// connection failed with PROTOCOL_ERROR, which fails every call still
+    /// being answered on it.
+    #[tokio::test]
+    async fn a_stream_opened_during_the_goaway_round_trip_fails_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = Answer;
+        let server = tokio::spawn(http(listener, service, async {
+            let _ = stopped.await;
+        }));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        hello.extend(frame(HEADERS, 0x5, 1, &REQUEST));
+        c.write_all(&hello).await.unwrap();
+        // Stream 1 answered: the connection is known to speak HTTP/2.
+        let answered = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some((kind, flags, stream, _)) = next_frame(&mut c).await {
+                if kind == SETTINGS && flags & 1 == 0 {
+                    c.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
+                }
+                if stream == 1 && flags & 1 == 1 && kind != SETTINGS && kind != PING {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(answered.await.unwrap(), "stream 1 was not answered");
+        stop.send(()).unwrap();
+        let mut errors = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some((kind, flags, _, payload)) = next_frame(&mut c).await {
+                match kind {
+                    PING if flags & 1 == 0 => {
+                        // The ACK, then a stream the client had begun.
+                        let mut burst = frame(PING, 1, 0, &payload);
+                        burst.extend(frame(HEADERS, 0x4, 3, &REQUEST));
+                        burst.extend(frame(WINDOW_UPDATE, 0, 3, &5u32.to_be_bytes()));
+                        burst.extend(frame(0, 1, 3, &[]));
+                        c.write_all(&burst).await.unwrap();
+                    }
+                    GOAWAY => errors.push(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+                    _ => {}
+                }
+            }
+        });
+        ended.await.expect("the connection closes once drained");
+        assert!(!errors.is_empty(), "no GOAWAY was sent");
+        assert!(
+            errors.iter().all(|&code| code == 0),
+            "GOAWAY error codes {errors:?} (1 is PROTOCOL_ERROR)"
+        );
+        server.abort();
+    }
+}
