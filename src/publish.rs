@@ -529,8 +529,8 @@ pub(super) fn verify_with(
 }
 
 /// Whether the target's history, `bytes` as read (none: there is no
-/// history), is signed by `pk`: when it is not, the signed history written next lists only the
-/// release being published, and the report says why.
+/// history), is signed by `pk`. When it is not, the signed history written
+/// next lists only the release being published, and the report says why.
 async fn history_verifies(
     to: &target::Destination,
     target: &mut dyn target::Target,

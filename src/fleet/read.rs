@@ -371,7 +371,7 @@ mod tests {
             refused.contains("reports/2.0.0/promoted") && refused.contains("symbolic link"),
             "{refused}"
         );
-        // A whole `reports` made a link: neither read nor written through.
+        // A whole `reports` made a link: neither read nor listed.
         std::fs::remove_dir_all(base.join("reports")).unwrap();
         std::os::unix::fs::symlink(outside.path(), base.join("reports")).unwrap();
         assert!(sink.read("2.0.0").await.is_err());

@@ -665,6 +665,16 @@ async fn keep(path: PathBuf, text: Option<String>) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Waits up to a minute for `done`, else fails naming `what` it
+    /// waited for.
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn note(outcome: Outcome) -> Note {
         Note {
             version: "2.0.0".to_owned(),
@@ -747,11 +757,7 @@ mod tests {
         );
         reporter.send(note(Outcome::Started));
         let written = store.join("reports/2.0.0/started/h1.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !written.exists() {
-            assert!(std::time::Instant::now() < deadline, "no report written");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("a report written", || written.exists()).await;
         let report: Report = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
         assert_eq!(report.outcome, Outcome::Started);
         assert_eq!(report.from.as_deref(), Some("1.0.0"));
@@ -766,10 +772,7 @@ mod tests {
         again.send(note(Outcome::Started));
         again.send(note(Outcome::Promoted));
         let promoted = store.join("reports/2.0.0/promoted/h1.json");
-        while !promoted.exists() {
-            assert!(std::time::Instant::now() < deadline, "no report written");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("a report written", || promoted.exists()).await;
         assert!(!written.exists(), "a report is written once");
     }
 
@@ -791,11 +794,10 @@ mod tests {
         }
         // Each note's arrival tries one write (the newest), which fails.
         let all_tried = (PENDING_LIMIT + 10) as u64;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while reporter.counters().failed.load(Ordering::Relaxed) < all_tried {
-            assert!(std::time::Instant::now() < deadline, "writes not tried");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("every write tried", || {
+            reporter.counters().failed.load(Ordering::Relaxed) >= all_tried
+        })
+        .await;
         assert_eq!(
             reporter.counters().pending.load(Ordering::Relaxed),
             PENDING_LIMIT as u64
@@ -809,12 +811,11 @@ mod tests {
         reporter.send(n);
         // The pending count is updated once the whole flush is done.
         let c = reporter.counters();
-        while c.written.load(Ordering::Relaxed) < PENDING_LIMIT as u64
-            || c.pending.load(Ordering::Relaxed) != 0
-        {
-            assert!(std::time::Instant::now() < deadline, "writes not retried");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("the writes retried", || {
+            c.written.load(Ordering::Relaxed) >= PENDING_LIMIT as u64
+                && c.pending.load(Ordering::Relaxed) == 0
+        })
+        .await;
         assert_eq!(c.written.load(Ordering::Relaxed), PENDING_LIMIT as u64);
         let written = |v: usize| {
             dir.path()
@@ -847,14 +848,12 @@ mod tests {
         failed.detail = Some("exit status 3".to_owned());
         first.send(failed);
         let kept = releases.join(PENDING);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // Both writes were tried (and failed) and both reports are kept.
-        while read_pending(&kept, &BTreeSet::new()).len() < 2
-            || first.counters().failed.load(Ordering::Relaxed) < 2
-        {
-            assert!(std::time::Instant::now() < deadline, "nothing kept");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("both reports kept", || {
+            read_pending(&kept, &BTreeSet::new()).len() >= 2
+                && first.counters().failed.load(Ordering::Relaxed) >= 2
+        })
+        .await;
         // The store heals; a new writer takes over (a reload, or the next
         // master: the files are all it reads).
         std::fs::remove_file(store.join("reports")).unwrap();
@@ -867,13 +866,10 @@ mod tests {
         );
         let failed = store.join("reports/2.0.0/failed/h1.json");
         let started = store.join("reports/2.0.0/started/h1.json");
-        while !(failed.exists() && started.exists()) || kept.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the waiting reports not written"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("the waiting reports written", || {
+            failed.exists() && started.exists() && !kept.exists()
+        })
+        .await;
         let report: Report = serde_json::from_slice(&std::fs::read(&failed).unwrap()).unwrap();
         assert_eq!(report.stage, Some(Stage::Start));
         assert_eq!(report.detail.as_deref(), Some("exit status 3"));
@@ -942,21 +938,14 @@ mod tests {
         reporter.serving("3.0.0"); // never started: nothing
         reporter.serving("v2.0.0");
         let promoted = store.join("reports/2.0.0/promoted/h1.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !promoted.exists() {
-            assert!(std::time::Instant::now() < deadline, "no report written");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("a report written", || promoted.exists()).await;
         let report: Report = serde_json::from_slice(&std::fs::read(&promoted).unwrap()).unwrap();
         assert!(report.detail.unwrap().contains("previous master"));
         // The same message again writes nothing more.
         reporter.serving("2.0.0");
         reporter.send(note(Outcome::Yanked));
         let yanked = store.join("reports/2.0.0/yanked/h1.json");
-        while !yanked.exists() {
-            assert!(std::time::Instant::now() < deadline, "no report written");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("a report written", || yanked.exists()).await;
         assert_eq!(reporter.counters().written.load(Ordering::Relaxed), 2);
         assert!(!store.join("reports/1.0.0").exists());
         assert!(!store.join("reports/3.0.0").exists());

@@ -131,7 +131,6 @@ async fn answer(
     }
 }
 
-/// The metrics for a status snapshot (see `Master::status`).
 /// Registers counter `name` labelled by `version` and `label`, from
 /// `counts` (version, then label value).
 fn by_version(
@@ -155,6 +154,7 @@ fn by_version(
     }
 }
 
+/// The metrics for a status snapshot (see `Master::status`).
 pub(crate) fn render(status: &reply::Status) -> String {
     let mut registry = Registry::default();
     let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {

@@ -210,8 +210,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Whether `a` and `b` hold the same bytes: the same file, or copies (a
 /// running executable is replaced by a copy, never a link, so a library
 /// master must not take its own copy for an unfinished replacement and
-/// rewrite the executable it runs from at every start).
-/// `b_sha256`, when known, is `b`'s digest, so only `a` is read.
+/// rewrite the executable it runs from at every start). `b_sha256`, when
+/// known, is `b`'s digest, so only `a` is read.
 fn same_bytes(a: &Path, b: &Path, b_sha256: Option<&str>) -> bool {
     if same_file(a, b) {
         return true;

@@ -56,14 +56,7 @@ fn install_baton(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let tmp = bin.join(".baton.new");
-    // Copied by `cp`, not by this process: a fork of another test thread
-    // never holds the new file open for writing (ETXTBSY at its exec).
-    let copied = Command::new("cp")
-        .arg(support::baton_bin())
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    support::copy_executable(&support::baton_bin(), &tmp);
     let path = bin.join("baton");
     std::fs::rename(&tmp, &path).unwrap();
     path
@@ -373,12 +366,7 @@ fn a_library_master_reexecs_into_its_own_promoted_build() {
         std::fs::create_dir(dir.path().join(d)).unwrap();
     }
     let app = dir.path().join("app/hello");
-    let copied = Command::new("cp")
-        .arg(support::hello("1.0.0"))
-        .arg(&app)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    support::copy_executable(&support::hello("1.0.0"), &app);
     let log = dir.path().join("hello.log");
     let mut master = Command::new(&app)
         .args([
@@ -397,12 +385,7 @@ fn a_library_master_reexecs_into_its_own_promoted_build() {
     let addr = support::wait_listening(&log);
     support::wait_version(addr, "1.0.0");
     let load = Load::start(addr, 4, LoadMode::KeepAlive);
-    let dropped = Command::new("cp")
-        .arg(support::hello("2.0.0"))
-        .arg(dir.path().join("dist/.hello"))
-        .status()
-        .unwrap();
-    assert!(dropped.success());
+    support::copy_executable(&support::hello("2.0.0"), &dir.path().join("dist/.hello"));
     std::fs::rename(
         dir.path().join("dist/.hello"),
         dir.path().join("dist/hello"),

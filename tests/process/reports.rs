@@ -125,8 +125,8 @@ fn a_promoted_and_a_failed_trial_are_reported_beside_the_manifest() {
     support::wait_version(baton.addr(), "2.0.0");
     assert!(!store.join("reports/3.0.0/promoted").exists());
     // Written once: the record survives a restart, so a new master that
-    // settles the same history writes nothing again.
-    // The record is written just after the report itself: wait for it.
+    // settles the same history writes nothing again. It is kept just after
+    // the report itself is written: wait for it.
     let keys = [
         "reports/2.0.0/started/web-7.json",
         "reports/2.0.0/promoted/web-7.json",
@@ -641,7 +641,7 @@ fn a_trial_its_masters_death_failed_is_reported_failed_by_the_next_master() {
         "{failed}"
     );
     support::wait_version(baton.addr(), "1.0.0");
-    let status: Value = serde_json::from_str(&ok(baton.dir.path(), &["status", "--json"])).unwrap();
+    let status = status_of(&baton);
     assert_eq!(status["trial_failures"]["2.0.0"]["settle"], 1, "{status}");
     assert_eq!(status["host_id"], HOST);
 }
